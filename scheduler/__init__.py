@@ -1,0 +1,1 @@
+"""The peergrid core: job store, job definitions, orchestration, markets and the broker side."""

@@ -1,0 +1,9 @@
+"""The job store's tables."""
+
+from scheduler.models.accounts import ApiToken, User
+from scheduler.models.base import Base
+from scheduler.models.jobs import Attempt, Job, LogLine, Op
+from scheduler.models.markets import Market
+from scheduler.models.nodes import Node, NodeGpu
+
+__all__ = ["ApiToken", "Attempt", "Base", "Job", "LogLine", "Market", "Node", "NodeGpu", "Op", "User"]

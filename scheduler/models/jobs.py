@@ -1,0 +1,118 @@
+"""Jobs, their ops, the attempts at running each op, and what those attempts printed."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from scheduler.models.base import Base, state_column
+from scheduler.models.markets import Market
+from scheduler.models.nodes import Node
+from scheduler.states import AttemptState, JobState, OpState, utcnow
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_owner_id_id", "owner_id", "id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    state: Mapped[JobState] = mapped_column(state_column(JobState), default=JobState.QUEUED, index=True)
+    # The definition as submitted, kept unchanged.
+    definition: Mapped[dict[str, Any]]
+    # The most the job can cost, reserved at submit; micro-credits.
+    max_cost: Mapped[int] = mapped_column(default=0)
+    cost: Mapped[int] = mapped_column(default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+    ops: Mapped[list["Op"]] = relationship(
+        back_populates="job", cascade="all, delete-orphan", order_by="Op.position"
+    )
+
+
+class Op(Base):
+    """One op of a job, as placed: its resolved container spec and where it stands."""
+
+    __tablename__ = "ops"
+    __table_args__ = (UniqueConstraint("job_id", "key"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    # The op's id in the definition.
+    key: Mapped[str] = mapped_column(String(200))
+    position: Mapped[int]
+    type: Mapped[str] = mapped_column(String(50))
+    group: Mapped[str | None] = mapped_column(String(200))
+    depends_on: Mapped[list[Any]] = mapped_column(default=list)
+    # The container spec to run: image, cmd, entrypoint, env, work_dir, ...
+    spec: Mapped[dict[str, Any]]
+    market_id: Mapped[int] = mapped_column(ForeignKey("markets.id"))
+    state: Mapped[OpState] = mapped_column(state_column(OpState), default=OpState.PENDING)
+    timeout_s: Mapped[int]
+    max_attempts: Mapped[int] = mapped_column(default=1)
+    exit_code: Mapped[int | None]
+    error: Mapped[str | None] = mapped_column(Text)
+    results: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+    job: Mapped[Job] = relationship(back_populates="ops")
+    market: Mapped[Market] = relationship()
+    attempts: Mapped[list["Attempt"]] = relationship(
+        back_populates="op", cascade="all, delete-orphan", order_by="Attempt.number"
+    )
+
+
+class Attempt(Base):
+    """One try at running an op on one node; its id fences every report about it."""
+
+    __tablename__ = "attempts"
+    __table_args__ = (
+        UniqueConstraint("op_id", "number"),
+        Index("ix_attempts_state_offered_at", "state", "offered_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    op_id: Mapped[int] = mapped_column(ForeignKey("ops.id", ondelete="CASCADE"), index=True)
+    number: Mapped[int] = mapped_column(default=1)
+    state: Mapped[AttemptState] = mapped_column(state_column(AttemptState), default=AttemptState.QUEUED)
+    node_id: Mapped[int | None] = mapped_column(ForeignKey("nodes.id", ondelete="SET NULL"), index=True)
+    # GPU UUIDs the attempt holds on its node.
+    gpus: Mapped[list[Any]] = mapped_column(default=list)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # When the offer was last published; NULL until the first publish succeeds.
+    offered_at: Mapped[datetime | None]
+    claimed_at: Mapped[datetime | None]
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    exit_code: Mapped[int | None]
+    error: Mapped[str | None] = mapped_column(Text)
+    cost: Mapped[int] = mapped_column(default=0)
+    # Highest log sequence number received, so a re-sent batch is not stored twice.
+    last_log_seq: Mapped[int] = mapped_column(default=0)
+
+    op: Mapped[Op] = relationship(back_populates="attempts")
+    node: Mapped[Node | None] = relationship()
+
+
+class LogLine(Base):
+    __tablename__ = "log_lines"
+    __table_args__ = (
+        UniqueConstraint("attempt_id", "seq"),
+        Index("ix_log_lines_job_id_id", "job_id", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    op_id: Mapped[int] = mapped_column(ForeignKey("ops.id", ondelete="CASCADE"), index=True)
+    attempt_id: Mapped[int] = mapped_column(ForeignKey("attempts.id", ondelete="CASCADE"))
+    seq: Mapped[int]
+    # stdout, stderr, or system for what peergrid itself says about the run.
+    stream: Mapped[str] = mapped_column(String(8))
+    text: Mapped[str] = mapped_column(Text)
+    logged_at: Mapped[datetime] = mapped_column(default=utcnow)

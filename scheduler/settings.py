@@ -1,0 +1,103 @@
+"""Typed settings of the server processes, read once from PEERGRID_* variables at start-up."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Mapping
+
+from scheduler.errors import ConfigurationError
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigurationError(f"{name} must be a whole number, not {raw!r}.") from None
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigurationError(f"{name} must be a number, not {raw!r}.") from None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a web, scheduler or `up` process needs to know about its surroundings."""
+
+    data_dir: Path
+    database_url: str
+    broker_url: str
+    # The broker address handed to workers when they register; differs from broker_url when the
+    # server reaches the broker by an internal name.
+    worker_broker_url: str
+    secret_key: str = field(repr=False)
+    # How long an offer may sit unclaimed before the scheduler publishes it again.
+    reoffer_after_s: float = 30.0
+    heartbeat_interval_s: float = 10.0
+    # Default and ceiling for an op's run time when neither the op nor its market says.
+    default_timeout_s: int = 3600
+    max_log_line_chars: int = 16_384
+    max_log_batch_lines: int = 5_000
+    # Largest request body the API accepts.
+    max_body_bytes: int = 4 * 1024 * 1024
+
+    @property
+    def embedded(self) -> bool:
+        """Whether the store and broker are the embedded SQLite ones."""
+        return self.database_url.startswith("sqlite") and self.broker_url.startswith("sqla+sqlite")
+
+    def with_overrides(self, **changes) -> "Settings":
+        return replace(self, **changes)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> "Settings":
+        """Read the settings from the environment (or the mapping given), with embedded defaults."""
+        env = os.environ if env is None else env
+        data_dir = Path(overrides.pop("data_dir", None) or env.get("PEERGRID_DATA_DIR") or "var").resolve()
+        database_url = env.get("PEERGRID_DATABASE_URL") or f"sqlite:///{data_dir / 'peergrid.sqlite'}"
+        broker_url = env.get("PEERGRID_BROKER_URL") or f"sqla+sqlite:///{data_dir / 'broker.sqlite'}"
+        values = dict(
+            data_dir=data_dir,
+            database_url=database_url,
+            broker_url=broker_url,
+            worker_broker_url=env.get("PEERGRID_WORKER_BROKER_URL") or broker_url,
+            secret_key=env.get("PEERGRID_SECRET_KEY") or "",
+            reoffer_after_s=_float(env, "PEERGRID_REOFFER_AFTER", 30.0),
+            heartbeat_interval_s=_float(env, "PEERGRID_HEARTBEAT_INTERVAL", 10.0),
+            default_timeout_s=_int(env, "PEERGRID_DEFAULT_TIMEOUT", 3600),
+            max_body_bytes=_int(env, "PEERGRID_MAX_BODY_BYTES", 4 * 1024 * 1024),
+        )
+        values.update(overrides)
+        settings = cls(**values)
+        if not settings.secret_key:
+            settings = replace(settings, secret_key=_local_secret(settings.data_dir))
+        return settings
+
+
+def _local_secret(data_dir: Path) -> str:
+    """Return the secret kept in the data dir, making one on first use."""
+    path = data_dir / "secret_key"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    data_dir.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_urlsafe(48)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process of this data dir made it first
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as fh:
+        fh.write(key)
+    return key
