@@ -1,0 +1,160 @@
+"""What nodes report about the attempts they run: claim, start, log lines, finish.
+
+The attempt id is the fencing token: a report about an attempt that is no longer the caller's
+is refused with Conflict, whatever it says.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from scheduler.errors import Conflict, NotFound
+from scheduler.models import Attempt, LogLine, Node, Op
+from scheduler.orchestration import advance, new_attempt
+from scheduler.states import (
+    ATTEMPT_HELD,
+    AttemptState,
+    NodeState,
+    OpState,
+    can_move,
+    move,
+    utcnow,
+)
+
+STREAMS = ("stdout", "stderr", "system")
+
+
+@dataclass(frozen=True)
+class LogRecord:
+    seq: int
+    stream: str
+    text: str
+
+
+def claim_attempt(session: Session, node: Node, attempt_id: int, *, now: datetime | None = None) -> Attempt:
+    """Give a queued attempt to node; exactly one of any number of concurrent callers wins.
+
+    Raises:
+        NotFound: no such attempt.
+        Conflict: the attempt was claimed already, cancelled, or the node takes no work now.
+    """
+    now = now or utcnow()
+    if node.state in (NodeState.DRAINING, NodeState.OFFLINE):
+        raise Conflict(f"Node {node.name} is {node.state.value} and takes no new work.")
+    assert can_move(AttemptState.QUEUED, AttemptState.CLAIMED)
+    # A conditional update rather than move(): the WHERE clause is what makes the claim exclusive.
+    result = session.execute(
+        update(Attempt)
+        .where(Attempt.id == attempt_id, Attempt.state == AttemptState.QUEUED)
+        .values(state=AttemptState.CLAIMED, node_id=node.id, claimed_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:
+        state = session.scalar(select(Attempt.state).where(Attempt.id == attempt_id))
+        if state is None:
+            raise NotFound(f"There is no attempt {attempt_id}.")
+        raise Conflict(f"Attempt {attempt_id} is {state.value}, not waiting for a node.")
+    attempt = session.get(Attempt, attempt_id, populate_existing=True)
+    assert attempt is not None
+    return attempt
+
+
+def held_attempt(session: Session, node: Node, attempt_id: int, *, lock: bool = True) -> Attempt:
+    """Return an attempt that node holds now, locked for update.
+
+    Raises:
+        NotFound: no such attempt.
+        Conflict: the attempt is not this node's, or is over.
+    """
+    query = select(Attempt).where(Attempt.id == attempt_id)
+    if lock:
+        query = query.with_for_update()
+    attempt = session.scalar(query.execution_options(populate_existing=True))
+    if attempt is None:
+        raise NotFound(f"There is no attempt {attempt_id}.")
+    if attempt.node_id != node.id or attempt.state not in ATTEMPT_HELD:
+        raise Conflict(f"Attempt {attempt_id} is no longer this node's ({attempt.state.value}).")
+    return attempt
+
+
+def start_attempt(session: Session, node: Node, attempt_id: int, *, now: datetime | None = None) -> Attempt:
+    """Record that the attempt's container is running."""
+    now = now or utcnow()
+    attempt = held_attempt(session, node, attempt_id)
+    move(attempt, AttemptState.RUNNING, now=now)
+    op = attempt.op
+    if op.state == OpState.QUEUED:
+        move(op, OpState.RUNNING, now=now)
+    advance(session, op.job, now=now)
+    return attempt
+
+
+def append_logs(
+    session: Session,
+    node: Node,
+    attempt_id: int,
+    records: list[LogRecord],
+    *,
+    max_line_chars: int,
+    now: datetime | None = None,
+) -> int:
+    """Store log lines in sequence order, ignoring any already stored; return how many were new."""
+    now = now or utcnow()
+    attempt = held_attempt(session, node, attempt_id)
+    fresh = sorted((r for r in records if r.seq > attempt.last_log_seq), key=lambda r: r.seq)
+    if not fresh:
+        return 0
+    op = attempt.op
+    session.add_all(
+        LogLine(
+            job_id=op.job_id,
+            op_id=op.id,
+            attempt_id=attempt.id,
+            seq=r.seq,
+            stream=r.stream if r.stream in STREAMS else "stdout",
+            text=r.text if len(r.text) <= max_line_chars else r.text[:max_line_chars] + " […cut]",
+            logged_at=now,
+        )
+        for r in fresh
+    )
+    attempt.last_log_seq = fresh[-1].seq
+    return len(fresh)
+
+
+def finish_attempt(
+    session: Session,
+    node: Node,
+    attempt_id: int,
+    *,
+    exit_code: int | None,
+    error: str | None = None,
+    now: datetime | None = None,
+) -> Attempt:
+    """Record how the attempt ended, retry or settle its op, and move the workflow on."""
+    now = now or utcnow()
+    attempt = held_attempt(session, node, attempt_id)
+    succeeded = error is None and exit_code == 0
+    attempt.exit_code = exit_code
+    attempt.error = error if error else (None if succeeded else f"The container exited with code {exit_code}.")
+    move(attempt, AttemptState.SUCCEEDED if succeeded else AttemptState.FAILED, now=now)
+    record_op_outcome(session, attempt.op, attempt, now=now)
+    return attempt
+
+
+def record_op_outcome(session: Session, op: Op, attempt: Attempt, *, now: datetime) -> None:
+    """Settle an op after one of its attempts ended: success, another try, or failure."""
+    op.exit_code = attempt.exit_code
+    if attempt.state == AttemptState.SUCCEEDED:
+        op.error = None
+        move(op, OpState.SUCCEEDED, now=now)
+    elif len(op.attempts) < op.max_attempts:
+        move(op, OpState.QUEUED, now=now)
+        new_attempt(session, op, now=now)
+    else:
+        op.error = attempt.error
+        move(op, OpState.FAILED, now=now)
+    advance(session, op.job, now=now)

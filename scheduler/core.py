@@ -1,0 +1,55 @@
+"""The long-lived handles a server process holds: settings, the store, and the offer publisher."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from scheduler import offers
+from scheduler.db import make_engine, make_sessionmaker
+from scheduler.offers import OfferPublisher
+from scheduler.settings import Settings
+
+
+@dataclass
+class Core:
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    publisher: OfferPublisher
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "Core":
+        engine = make_engine(settings.database_url)
+        return cls(settings, engine, make_sessionmaker(engine), OfferPublisher(settings.broker_url))
+
+    def commit(self, session: Session) -> None:
+        """Commit, then publish the offers the transaction staged (never before)."""
+        staged = offers.take_staged(session)
+        session.commit()
+        self.publisher.publish(staged)
+
+    def rollback(self, session: Session) -> None:
+        offers.discard_staged(session)
+        session.rollback()
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """One unit of work for a CLI command or task: commit and publish, or roll back."""
+        session = self.sessions()
+        try:
+            yield session
+            self.commit(session)
+        except BaseException:
+            self.rollback(session)
+            raise
+        finally:
+            session.close()
+
+    def close(self) -> None:
+        self.publisher.close()
+        self.engine.dispose()

@@ -1,0 +1,490 @@
+"""Nosana job definitions (version 0.1): reading them, and every problem with them at once."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from scheduler.errors import InvalidDefinition, Problem
+
+RUN = "container/run"
+CREATE_VOLUME = "container/create-volume"
+OP_TYPES = (RUN, CREATE_VOLUME)
+LOG_TYPES = ("stdout", "stderr", "stdin", "all")
+RESTART_POLICIES = ("no", "always", "on-failure", "unless-stopped")
+# %%ops.<op>.results.<key>%%, %%global.variables.<name>%%, %%global.<builtin>%%
+LITERAL = re.compile(r"%%([A-Za-z0-9_.\-]+)%%")
+_JS_NAMED_GROUP = re.compile(r"\(\?<(?![=!])")
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}$")
+MB_PER_GB = 1024
+
+
+def compile_result_regex(pattern: str) -> re.Pattern[str]:
+    """Compile a results regex written for JavaScript (named groups as (?<name>...))."""
+    return re.compile(_JS_NAMED_GROUP.sub("(?P<", pattern), re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class ResultRule:
+    regex: str
+    # Which of the op's streams the regex reads.
+    log_types: tuple[str, ...] = ("stdout", "stderr")
+
+
+@dataclass(frozen=True)
+class OpDefinition:
+    """One op as written, with the global defaults applied."""
+
+    key: str
+    type: str
+    position: int
+    args: dict[str, Any]
+    group: str | None = None
+    depends_on: tuple[str, ...] = ()
+    stop_if_dependent_stops: bool = False
+    results: dict[str, ResultRule] = field(default_factory=dict)
+
+    @property
+    def image(self) -> str | None:
+        return self.args.get("image")
+
+    @property
+    def gpu_count(self) -> int:
+        if "gpu_count" in self.args:
+            return int(self.args["gpu_count"])
+        return 1 if self.args.get("gpu") else 0
+
+    @property
+    def min_vram_mb(self) -> int:
+        return int(float(self.args.get("required_vram") or 0) * MB_PER_GB)
+
+    @property
+    def timeout_s(self) -> int | None:
+        return self.args.get("timeout")
+
+    @property
+    def max_attempts(self) -> int:
+        """Tries allowed: 1 plus our `retries`, or Nosana's on-failure restart tries."""
+        tries = 1 + int(self.args.get("retries") or 0)
+        policy = self.args.get("restart_policy")
+        if isinstance(policy, dict) and policy.get("policy") == "on-failure":
+            tries = max(tries, 1 + int(policy.get("restart_tries") or 0))
+        return tries
+
+
+@dataclass(frozen=True)
+class JobDefinition:
+    version: str
+    ops: tuple[OpDefinition, ...]
+    variables: dict[str, Any]
+    meta: dict[str, Any]
+    # Things that will not stop the job but that its author should know.
+    warnings: tuple[Problem, ...] = ()
+
+    def op(self, key: str) -> OpDefinition:
+        return next(o for o in self.ops if o.key == key)
+
+
+def parse_definition(doc: Any) -> JobDefinition:
+    """Read a job definition, or raise with every problem found in it.
+
+    Raises:
+        InvalidDefinition: the definition is wrong; `problems` lists each mistake with its JSON path.
+    """
+    checker = _Checker()
+    definition = checker.check(doc)
+    if checker.problems or definition is None:
+        raise InvalidDefinition(checker.problems)
+    return definition
+
+
+class _Checker:
+    def __init__(self) -> None:
+        self.problems: list[Problem] = []
+        self.warnings: list[Problem] = []
+
+    def add(self, path: str, message: str) -> None:
+        self.problems.append(Problem(path, message))
+
+    # -- top level -------------------------------------------------------------------------
+
+    def check(self, doc: Any) -> JobDefinition | None:
+        if not isinstance(doc, dict):
+            self.add("$", f"A job definition must be a JSON object, not {_kind(doc)}.")
+            return None
+        version = doc.get("version")
+        if version is None:
+            self.add("$.version", 'Missing: add "version": "0.1".')
+        elif version != "0.1":
+            self.add("$.version", f'Unsupported version {version!r}: only "0.1" is understood.')
+        kind = doc.get("type", "container")
+        if kind != "container":
+            self.add("$.type", f'Unsupported job type {kind!r}: only "container" is understood.')
+        meta = doc.get("meta", {})
+        if not isinstance(meta, dict):
+            self.add("$.meta", f"meta must be an object, not {_kind(meta)}.")
+            meta = {}
+        self._check_system_requirements(meta.get("system_requirements"))
+        global_ = doc.get("global", {})
+        if not isinstance(global_, dict):
+            self.add("$.global", f"global must be an object, not {_kind(global_)}.")
+            global_ = {}
+        variables = global_.get("variables", {})
+        if not isinstance(variables, dict):
+            self.add("$.global.variables", f"variables must be an object, not {_kind(variables)}.")
+            variables = {}
+        defaults = {k: v for k, v in global_.items() if k != "variables"}
+        self._check_args("$.global", defaults, require_image=False)
+
+        raw_ops = doc.get("ops")
+        if raw_ops is None:
+            self.add("$.ops", "Missing: a job needs a list of ops.")
+            return None
+        if not isinstance(raw_ops, list):
+            self.add("$.ops", f"ops must be a list, not {_kind(raw_ops)}.")
+            return None
+        if not raw_ops:
+            self.add("$.ops", "The job has no ops: add at least one.")
+            return None
+
+        ops: list[OpDefinition] = []
+        seen: dict[str, int] = {}
+        for i, raw in enumerate(raw_ops):
+            op = self._check_op(f"$.ops[{i}]", i, raw, defaults)
+            if op is None:
+                continue
+            if op.key in seen:
+                self.add(f"$.ops[{i}].id", f"Duplicate op id {op.key!r}: op {seen[op.key]} has it too.")
+                continue
+            seen[op.key] = i
+            ops.append(op)
+        self._check_graph(ops, seen)
+        self._check_volumes(ops, seen)
+        self._check_literals(doc, ops, variables)
+        return JobDefinition(
+            version="0.1", ops=tuple(ops), variables=variables, meta=meta, warnings=tuple(self.warnings)
+        )
+
+    def _check_system_requirements(self, req: Any) -> None:
+        if req is None:
+            return
+        path = "$.meta.system_requirements"
+        if not isinstance(req, dict):
+            self.add(path, f"system_requirements must be an object, not {_kind(req)}.")
+            return
+        vram = req.get("vram_total_mb")
+        if vram is not None and (not _is_number(vram) or vram < 0):
+            self.add(f"{path}.vram_total_mb", "vram_total_mb must be a number of megabytes, 0 or more.")
+        cuda = req.get("required_cuda")
+        if cuda is not None and not (
+            isinstance(cuda, list) and all(isinstance(v, (str, int, float)) for v in cuda)
+        ):
+            self.add(f"{path}.required_cuda", 'required_cuda must be a list of versions, like ["12.2"].')
+
+    # -- ops -------------------------------------------------------------------------------
+
+    def _check_op(self, path: str, position: int, raw: Any, defaults: dict) -> OpDefinition | None:
+        if not isinstance(raw, dict):
+            self.add(path, f"An op must be an object, not {_kind(raw)}.")
+            return None
+        key = raw.get("id")
+        ok = True
+        if key is None:
+            self.add(f"{path}.id", "Missing: every op needs an id.")
+            ok = False
+        elif not isinstance(key, str) or not _ID.match(key):
+            self.add(
+                f"{path}.id",
+                f"Op id {key!r} must be a string of letters, digits, '-', '_' or '.', "
+                "starting with a letter or digit.",
+            )
+            ok = False
+        op_type = raw.get("type")
+        if op_type is None:
+            self.add(f"{path}.type", f"Missing: the op type, one of {', '.join(OP_TYPES)}.")
+            ok = False
+        elif op_type not in OP_TYPES:
+            self.add(f"{path}.type", f"Unknown op type {op_type!r}: use one of {', '.join(OP_TYPES)}.")
+            ok = False
+        args = raw.get("args")
+        if args is None:
+            self.add(f"{path}.args", "Missing: every op needs args.")
+            args = {}
+            ok = False
+        elif not isinstance(args, dict):
+            self.add(f"{path}.args", f"args must be an object, not {_kind(args)}.")
+            args = {}
+            ok = False
+        if op_type == CREATE_VOLUME:
+            name = args.get("name")
+            if not isinstance(name, str) or not name:
+                self.add(f"{path}.args.name", "A container/create-volume op needs the volume's name.")
+                ok = False
+        elif op_type == RUN:
+            merged = {**defaults, **args}
+            if isinstance(defaults.get("env"), dict) and isinstance(args.get("env"), dict):
+                merged["env"] = {**defaults["env"], **args["env"]}
+            args = merged
+            ok &= self._check_args(f"{path}.args", args, require_image=True)
+
+        group, depends_on, stop_if = self._check_execution(f"{path}.execution", raw.get("execution"))
+        results = self._check_results(f"{path}.results", raw.get("results"))
+        if not ok or not isinstance(key, str):
+            return None
+        return OpDefinition(
+            key=key,
+            type=op_type,
+            position=position,
+            args=args,
+            group=group,
+            depends_on=depends_on,
+            stop_if_dependent_stops=stop_if,
+            results=results,
+        )
+
+    def _check_args(self, path: str, args: dict, *, require_image: bool) -> bool:
+        before = len(self.problems)
+        image = args.get("image")
+        if image is None:
+            if require_image:
+                self.add(f"{path}.image", "Missing: the container image to run, like \"ubuntu:24.04\".")
+        elif not isinstance(image, str) or not image.strip():
+            self.add(f"{path}.image", "image must be a non-empty string.")
+        for name in ("cmd", "entrypoint"):
+            value = args.get(name)
+            if value is not None and not _is_command(value):
+                self.add(f"{path}.{name}", f"{name} must be a string or a list of strings.")
+        env = args.get("env")
+        if env is not None:
+            if not isinstance(env, dict):
+                self.add(f"{path}.env", f"env must be an object of names to strings, not {_kind(env)}.")
+            else:
+                for name, value in env.items():
+                    if not isinstance(value, (str, int, float, bool)):
+                        self.add(f"{path}.env.{name}", f"The value of {name} must be a string.")
+        work_dir = args.get("work_dir")
+        if work_dir is not None and not isinstance(work_dir, str):
+            self.add(f"{path}.work_dir", "work_dir must be a path, as a string.")
+        gpu = args.get("gpu")
+        if gpu is not None and not isinstance(gpu, bool):
+            self.add(f"{path}.gpu", "gpu must be true or false.")
+        vram = args.get("required_vram")
+        if vram is not None and (not _is_number(vram) or vram < 0):
+            self.add(f"{path}.required_vram", "required_vram must be a number of gigabytes, 0 or more.")
+        for name, low in (("gpu_count", 0), ("timeout", 1), ("retries", 0)):
+            value = args.get(name)
+            if value is not None and (not _is_int(value) or value < low):
+                self.add(f"{path}.{name}", f"{name} must be a whole number, {low} or more.")
+        market = args.get("market")
+        if market is not None and (not isinstance(market, str) or not market):
+            self.add(f"{path}.market", "market must be a market's slug, as a string.")
+        output = args.get("output")
+        if output is not None and not isinstance(output, str):
+            self.add(f"{path}.output", "output must be a folder path inside the container.")
+        volumes = args.get("volumes")
+        if volumes is not None:
+            if not isinstance(volumes, list):
+                self.add(f"{path}.volumes", "volumes must be a list of {\"name\", \"dest\"} objects.")
+            else:
+                for i, volume in enumerate(volumes):
+                    if not (
+                        isinstance(volume, dict)
+                        and isinstance(volume.get("name"), str)
+                        and isinstance(volume.get("dest"), str)
+                    ):
+                        self.add(f"{path}.volumes[{i}]", 'A volume needs a "name" and a "dest" path.')
+        expose = args.get("expose")
+        if expose is not None and not _is_expose(expose):
+            self.add(f"{path}.expose", "expose must be a port number, or a list of ports or port objects.")
+        policy = args.get("restart_policy")
+        if policy is not None:
+            self._check_restart_policy(f"{path}.restart_policy", policy)
+        resources = args.get("resources")
+        if resources is not None and not (
+            isinstance(resources, list) and all(isinstance(r, dict) for r in resources)
+        ):
+            self.add(f"{path}.resources", "resources must be a list of objects.")
+        auth = args.get("authentication")
+        if auth is not None and not isinstance(auth, dict):
+            self.add(f"{path}.authentication", "authentication must be an object.")
+        return len(self.problems) == before
+
+    def _check_restart_policy(self, path: str, policy: Any) -> None:
+        if isinstance(policy, str):
+            name = policy
+        elif isinstance(policy, dict):
+            name = policy.get("policy")
+            tries = policy.get("restart_tries")
+            if tries is not None and (not _is_int(tries) or tries < 0):
+                self.add(f"{path}.restart_tries", "restart_tries must be a whole number, 0 or more.")
+        else:
+            self.add(path, "restart_policy must be a policy name or {\"policy\", \"restart_tries\"}.")
+            return
+        if name not in RESTART_POLICIES:
+            self.add(path, f"Unknown restart policy {name!r}: use one of {', '.join(RESTART_POLICIES)}.")
+
+    def _check_execution(self, path: str, execution: Any) -> tuple[str | None, tuple[str, ...], bool]:
+        if execution is None:
+            return None, (), False
+        if not isinstance(execution, dict):
+            self.add(path, f"execution must be an object, not {_kind(execution)}.")
+            return None, (), False
+        group = execution.get("group")
+        if group is not None and not isinstance(group, str):
+            self.add(f"{path}.group", "group must be a string.")
+            group = None
+        depends_on = execution.get("depends_on", [])
+        if not isinstance(depends_on, list) or not all(isinstance(d, str) for d in depends_on):
+            self.add(f"{path}.depends_on", "depends_on must be a list of op ids.")
+            depends_on = []
+        stop_if = execution.get("stop_if_dependent_stops", False)
+        if not isinstance(stop_if, bool):
+            self.add(f"{path}.stop_if_dependent_stops", "stop_if_dependent_stops must be true or false.")
+            stop_if = False
+        return group, tuple(depends_on), stop_if
+
+    def _check_results(self, path: str, results: Any) -> dict[str, ResultRule]:
+        if results is None:
+            return {}
+        if not isinstance(results, dict):
+            self.add(path, f"results must be an object of names to regexes, not {_kind(results)}.")
+            return {}
+        rules: dict[str, ResultRule] = {}
+        for name, rule in results.items():
+            where = f"{path}.{name}"
+            log_types: tuple[str, ...] = ("stdout", "stderr")
+            if isinstance(rule, str):
+                regex = rule
+            elif isinstance(rule, dict) and isinstance(rule.get("regex"), str):
+                regex = rule["regex"]
+                raw = rule.get("logType", "all")
+                names = [raw] if isinstance(raw, str) else raw
+                if not isinstance(names, list) or not names or any(n not in LOG_TYPES for n in names):
+                    self.add(
+                        f"{where}.logType",
+                        f"Unknown logType {raw!r}: use one of {', '.join(LOG_TYPES)}, or a list of them.",
+                    )
+                    continue
+                if "all" not in names:
+                    log_types = tuple(names)
+            else:
+                self.add(where, 'A result is a regex string or {"regex", "logType"}.')
+                continue
+            try:
+                compile_result_regex(regex)
+            except re.error as e:
+                # Nosana accepts such a definition and reports the result as an error when it runs
+                # (its own examples rely on that), so this is a warning, not a problem.
+                self.warnings.append(Problem(where, f"The regex does not compile ({e}); this result will be empty."))
+            rules[name] = ResultRule(regex=regex, log_types=log_types)
+        return rules
+
+    # -- across ops ------------------------------------------------------------------------
+
+    def _check_graph(self, ops: list[OpDefinition], index: dict[str, int]) -> None:
+        for op in ops:
+            for j, dep in enumerate(op.depends_on):
+                where = f"$.ops[{index[op.key]}].execution.depends_on[{j}]"
+                if dep == op.key:
+                    self.add(where, f"Op {op.key!r} cannot depend on itself.")
+                elif dep not in index:
+                    self.add(where, f"depends_on names {dep!r}, which is not an op of this job.")
+        graph = {op.key: [d for d in op.depends_on if d in index and d != op.key] for op in ops}
+        cycle = _find_cycle(graph)
+        if cycle:
+            where = f"$.ops[{index[cycle[0]]}].execution.depends_on"
+            self.add(where, "These ops depend on each other in a circle: " + " → ".join(cycle) + ".")
+
+    def _check_volumes(self, ops: list[OpDefinition], index: dict[str, int]) -> None:
+        created = {op.args.get("name") for op in ops if op.type == CREATE_VOLUME}
+        for op in ops:
+            for i, volume in enumerate(op.args.get("volumes") or []):
+                if isinstance(volume, dict) and volume.get("name") not in created:
+                    self.add(
+                        f"$.ops[{index[op.key]}].args.volumes[{i}].name",
+                        f"Volume {volume.get('name')!r} is used but no container/create-volume op makes it.",
+                    )
+
+    def _check_literals(self, doc: dict, ops: list[OpDefinition], variables: dict) -> None:
+        results = {op.key: set(op.results) for op in ops}
+        for path, text in _strings(doc.get("ops", []), "$.ops"):
+            for match in LITERAL.finditer(text):
+                parts = match.group(1).split(".")
+                literal = match.group(0)
+                if parts[0] == "ops":
+                    if len(parts) != 4 or parts[2] != "results":
+                        self.add(path, f"{literal} is not a literal: write %%ops.<op id>.results.<name>%%.")
+                    elif parts[1] not in results:
+                        self.add(path, f"{literal} names op {parts[1]!r}, which is not an op of this job.")
+                    elif parts[3] not in results[parts[1]]:
+                        self.add(path, f"{literal} names result {parts[3]!r}, which op {parts[1]!r} does not define.")
+                elif parts[0] == "global":
+                    if len(parts) >= 2 and parts[1] == "variables":
+                        if len(parts) != 3 or parts[2] not in variables:
+                            self.add(path, f"{literal} names a variable that global.variables does not define.")
+                else:
+                    self.add(path, f"{literal} is not a literal: it must start with ops. or global.")
+
+
+def _find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
+    white, grey, black = 0, 1, 2
+    colour = {node: white for node in graph}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        colour[node] = grey
+        stack.append(node)
+        for dep in graph[node]:
+            if colour[dep] == grey:
+                return stack[stack.index(dep):] + [dep]
+            if colour[dep] == white:
+                found = visit(dep)
+                if found:
+                    return found
+        stack.pop()
+        colour[node] = black
+        return None
+
+    for node in graph:
+        if colour[node] == white:
+            found = visit(node)
+            if found:
+                return found
+    return None
+
+
+def _strings(value: Any, path: str):
+    if isinstance(value, str):
+        yield path, value
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from _strings(item, f"{path}[{i}]")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _strings(item, f"{path}.{key}")
+
+
+def _kind(value: Any) -> str:
+    return {
+        dict: "an object", list: "a list", str: "a string", bool: "true/false",
+        int: "a number", float: "a number", type(None): "null",
+    }.get(type(value), type(value).__name__)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_command(value: Any) -> bool:
+    return isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value))
+
+
+def _is_expose(value: Any) -> bool:
+    if _is_int(value):
+        return True
+    return isinstance(value, list) and all(_is_int(v) or isinstance(v, dict) for v in value)

@@ -1,0 +1,90 @@
+"""Submitting jobs and reading them back, always on behalf of one person."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, selectinload
+
+from scheduler.errors import NotFound, PeergridError
+from scheduler.jobdef import parse_definition
+from scheduler.models import Attempt, Job, LogLine, Op, User
+from scheduler.orchestration import create_job
+from scheduler.states import JobState
+
+PAGE_SIZE = 25
+
+
+def submit_job(
+    session: Session, owner: User, document: object, *, market_slug: str | None = None, default_timeout_s: int
+) -> Job:
+    """Validate a job definition and store the job; nothing is stored when it is wrong.
+
+    Raises:
+        InvalidDefinition: the definition has problems, all of them listed.
+        NoMarket: an op needs hardware no market serves.
+    """
+    definition = parse_definition(document)
+    assert isinstance(document, dict)
+    return create_job(
+        session, owner, document, definition, market_slug=market_slug, default_timeout_s=default_timeout_s
+    )
+
+
+def job_for(session: Session, user: User, job_id: int) -> Job:
+    """Return a job its owner (or an admin) may see.
+
+    Raises:
+        NotFound: no such job, or it is someone else's.
+    """
+    job = session.scalar(
+        select(Job)
+        .where(Job.id == job_id)
+        .options(selectinload(Job.ops).selectinload(Op.attempts).selectinload(Attempt.node))
+    )
+    if job is None or (job.owner_id != user.id and not user.is_admin):
+        raise NotFound(f"There is no job {job_id}.")
+    return job
+
+
+@dataclass(frozen=True)
+class JobPage:
+    jobs: list[Job]
+    page: int
+    pages: int
+    total: int
+
+
+def list_jobs(session: Session, user: User, *, state: str | None = None, page: int = 1) -> JobPage:
+    query = select(Job).where(Job.owner_id == user.id)
+    if state:
+        try:
+            query = query.where(Job.state == JobState(state))
+        except ValueError:
+            raise PeergridError(
+                f"Unknown state {state!r}: use one of {', '.join(s.value for s in JobState)}."
+            ) from None
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    pages = max(1, -(-total // PAGE_SIZE))
+    page = max(1, page)
+    jobs = list(session.scalars(query.order_by(Job.id.desc()).limit(PAGE_SIZE).offset((page - 1) * PAGE_SIZE)))
+    return JobPage(jobs=jobs, page=page, pages=pages, total=total)
+
+
+def job_logs(
+    session: Session, job: Job, *, op_key: str | None = None, after: int = 0, limit: int = 5000
+) -> list[tuple[LogLine, str]]:
+    """The job's log lines (or one op's) after the cursor, in order, each with its op's id."""
+    query = (
+        select(LogLine, Op.key)
+        .join(Op, Op.id == LogLine.op_id)
+        .where(LogLine.job_id == job.id, LogLine.id > after)
+        .order_by(LogLine.id)
+        .limit(limit)
+    )
+    if op_key is not None:
+        if not any(op.key == op_key for op in job.ops):
+            raise NotFound(f"Job {job.id} has no op {op_key!r}.")
+        query = query.where(Op.key == op_key)
+    return [(line, key) for line, key in session.execute(query)]

@@ -1,0 +1,110 @@
+"""Providers' nodes: creation, authentication by node token, registration and heartbeats."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from scheduler.accounts import NODE_TOKEN_PREFIX, hash_token, new_token
+from scheduler.errors import AuthenticationError, Conflict, PeergridError
+from scheduler.models import Attempt, Node, NodeGpu, User
+from scheduler.states import ATTEMPT_HELD, NodeState, move, utcnow
+
+
+@dataclass(frozen=True)
+class GpuReport:
+    uuid: str
+    name: str
+    index: int = 0
+    memory_total_mb: int = 0
+    memory_free_mb: int = 0
+    compute_capability: str | None = None
+    driver_version: str | None = None
+    cuda_version: str | None = None
+    utilization_pct: int | None = None
+    temperature_c: int | None = None
+
+
+@dataclass(frozen=True)
+class NodeReport:
+    """What a worker says about its machine when it registers and on each heartbeat."""
+
+    gpus: tuple[GpuReport, ...] = ()
+    simulated: bool = False
+    gpu_message: str | None = None
+    agent_version: str | None = None
+    hostname: str | None = None
+    cpu_count: int = 0
+    memory_mb: int = 0
+    slots: int = 1
+    running: tuple[int, ...] = field(default=())
+
+
+def create_node(session: Session, owner: User, name: str) -> tuple[Node, str]:
+    """Register a node for owner and return it with its token, which is not kept.
+
+    Raises:
+        Conflict: owner already has a node of that name.
+    """
+    name = name.strip()
+    if not name or len(name) > 100:
+        raise PeergridError("A node needs a name of 1 to 100 characters.")
+    exists = session.scalar(select(Node.id).where(Node.owner_id == owner.id, Node.name == name))
+    if exists is not None:
+        raise Conflict(f"You already have a node called {name!r}.")
+    token = new_token(NODE_TOKEN_PREFIX)
+    node = Node(owner_id=owner.id, name=name, token_hash=hash_token(token), state=NodeState.OFFLINE)
+    session.add(node)
+    session.flush()
+    return node, token
+
+
+def node_for_token(session: Session, token: str) -> Node:
+    node = session.scalar(select(Node).where(Node.token_hash == hash_token(token)))
+    if node is None:
+        raise AuthenticationError("The node token is unknown; create a node with `peergrid node create`.")
+    return node
+
+
+def record_report(session: Session, node: Node, report: NodeReport, *, now: datetime | None = None) -> None:
+    """Register or refresh a node from its report: hardware, liveness and busy state."""
+    now = now or utcnow()
+    node.simulated = report.simulated
+    node.gpu_message = report.gpu_message
+    node.agent_version = report.agent_version
+    node.hostname = report.hostname
+    node.cpu_count = report.cpu_count
+    node.memory_mb = report.memory_mb
+    node.slots = max(1, report.slots)
+    node.last_heartbeat_at = now
+    _replace_gpus(node, report.gpus)
+    if node.state != NodeState.DRAINING:
+        held = session.scalar(
+            select(Attempt.id).where(Attempt.node_id == node.id, Attempt.state.in_(ATTEMPT_HELD)).limit(1)
+        )
+        move(node, NodeState.BUSY if held is not None or report.running else NodeState.ONLINE, now=now)
+
+
+def register(session: Session, node: Node, report: NodeReport, *, now: datetime | None = None) -> None:
+    now = now or utcnow()
+    node.registered_at = now
+    record_report(session, node, report, now=now)
+
+
+def _replace_gpus(node: Node, gpus: tuple[GpuReport, ...]) -> None:
+    current = {g.uuid: g for g in node.gpus}
+    seen = set()
+    for report in gpus:
+        seen.add(report.uuid)
+        row = current.get(report.uuid)
+        if row is None:
+            row = NodeGpu(uuid=report.uuid, index=report.index, name=report.name)
+            node.gpus.append(row)
+        for name, value in vars(report).items():
+            setattr(row, name, value)
+    for uuid, row in current.items():
+        if uuid not in seen:
+            node.gpus.remove(row)

@@ -1,0 +1,128 @@
+"""Offers: the broker messages that tell workers an attempt is waiting, published after commit."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+from typing import Iterable
+
+from kombu import Connection, Exchange, Queue
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from scheduler.models import Attempt
+from scheduler.states import AttemptState, utcnow
+
+log = logging.getLogger(__name__)
+
+_STAGED = "peergrid.staged_offers"
+# Offers travel on the default exchange, routed by queue name.
+DEFAULT_EXCHANGE = Exchange("", type="direct")
+
+
+@dataclass(frozen=True)
+class Offer:
+    """An attempt waiting for a node: public requirements only, never secrets."""
+
+    attempt_id: int
+    job_id: int
+    op: str
+    market: str
+    queue: str
+    gpu_count: int
+    min_vram_mb: int
+
+    def as_message(self) -> dict:
+        return asdict(self)
+
+
+def offer_for(attempt: Attempt) -> Offer:
+    op = attempt.op
+    market = op.market
+    return Offer(
+        attempt_id=attempt.id,
+        job_id=op.job_id,
+        op=op.key,
+        market=market.slug,
+        queue=market.queue,
+        gpu_count=market.gpu_count,
+        min_vram_mb=market.min_vram_mb,
+    )
+
+
+def stage(session: Session, attempt: Attempt, *, now: datetime | None = None) -> None:
+    """Mark attempt offered and hold its offer until the session commits."""
+    attempt.offered_at = now or utcnow()
+    session.flush()
+    session.info.setdefault(_STAGED, []).append(offer_for(attempt))
+
+
+def take_staged(session: Session) -> list[Offer]:
+    return session.info.pop(_STAGED, [])
+
+
+def discard_staged(session: Session) -> None:
+    session.info.pop(_STAGED, None)
+
+
+def stale_attempts(session: Session, *, older_than: timedelta, now: datetime | None = None) -> list[Attempt]:
+    """Queued attempts whose offer was never published, or sat unclaimed longer than older_than."""
+    cutoff = (now or utcnow()) - older_than
+    return list(
+        session.scalars(
+            select(Attempt)
+            .where(Attempt.state == AttemptState.QUEUED)
+            .where(or_(Attempt.offered_at.is_(None), Attempt.offered_at < cutoff))
+            .order_by(Attempt.id)
+            .limit(1000)
+        )
+    )
+
+
+class OfferPublisher:
+    """Publishes offers to their market queues over a small pool of broker connections."""
+
+    def __init__(self, broker_url: str):
+        self.broker_url = broker_url
+        self._connection = Connection(broker_url, transport_options=broker_transport_options(broker_url))
+        self._pool = self._connection.Pool(limit=8)
+
+    def publish(self, offers: Iterable[Offer]) -> int:
+        """Publish each offer; return how many went out. A failure is logged, not raised:
+        the scheduler publishes any offer left unclaimed again."""
+        sent = 0
+        offers = list(offers)
+        if not offers:
+            return 0
+        try:
+            with self._pool.acquire(block=True, timeout=10) as conn:
+                producer = conn.Producer(serializer="json")
+                for offer in offers:
+                    queue = Queue(offer.queue, DEFAULT_EXCHANGE, routing_key=offer.queue, durable=True)
+                    producer.publish(
+                        offer.as_message(),
+                        exchange=DEFAULT_EXCHANGE,
+                        routing_key=offer.queue,
+                        declare=[queue],
+                        retry=True,
+                        retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
+                    )
+                    sent += 1
+        except Exception as e:  # the broker is down or refused: the re-offer task catches up
+            log.warning("could not publish %d offer(s) to the broker: %s", len(offers) - sent, e)
+        return sent
+
+    def close(self) -> None:
+        self._pool.force_close_all()
+        self._connection.release()
+
+
+def broker_transport_options(broker_url: str) -> dict:
+    """Transport options for a broker URL: the SQL transport hands them to create_engine."""
+    if broker_url.startswith("sqla+sqlite"):
+        return {"connect_args": {"timeout": 30}}
+    if broker_url.startswith(("redis", "rediss")):
+        # Offers are acknowledged on claim, within seconds; an hour is far beyond that.
+        return {"visibility_timeout": 3600}
+    return {}

@@ -1,0 +1,60 @@
+"""The peergrid web app: dashboard, REST API for people, and the node API for worker agents."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, g
+
+from scheduler.core import Core
+from scheduler.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None, *, core: Core | None = None) -> Flask:
+    """Build the Flask app; settings are read from the environment when not given."""
+    settings = settings or (core.settings if core else Settings.from_env())
+    app = Flask(__name__)
+    app.config.update(
+        SECRET_KEY=settings.secret_key,
+        MAX_CONTENT_LENGTH=settings.max_body_bytes,
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        JSON_SORT_KEYS=False,
+    )
+    app.extensions["peergrid"] = core or Core.from_settings(settings)
+
+    from web import api, dashboard, errors
+
+    errors.init_app(app)
+    app.register_blueprint(api.bp)
+    app.register_blueprint(dashboard.bp)
+
+    @app.after_request
+    def _commit(response):
+        # Commit here, while the answer can still become an error, then publish offers.
+        session = g.pop("db", None)
+        if session is not None:
+            core_ = app.extensions["peergrid"]
+            try:
+                if response.status_code < 400:
+                    core_.commit(session)
+                else:
+                    core_.rollback(session)
+            except Exception:
+                log.exception("commit failed")
+                core_.rollback(session)
+                session.close()
+                return errors.json_error(500, "The request could not be saved; try again.")
+            session.close()
+        return response
+
+    @app.teardown_request
+    def _release(exc):
+        session = g.pop("db", None)
+        if session is not None:
+            app.extensions["peergrid"].rollback(session)
+            session.close()
+
+    return app

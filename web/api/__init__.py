@@ -1,0 +1,7 @@
+"""The REST API, /api/v1: jobs, nodes and markets for people; /api/v1/node for worker agents."""
+
+from flask import Blueprint
+
+bp = Blueprint("api", __name__, url_prefix="/api/v1")
+
+from web.api import agent, health, jobs, markets, nodes  # noqa: E402,F401  (routes register on bp)

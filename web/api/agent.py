@@ -1,0 +1,159 @@
+"""The node API: what worker agents call, authenticated by their node token."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import jsonify, request
+from sqlalchemy import select
+
+from scheduler.attempts import (
+    LogRecord,
+    append_logs,
+    claim_attempt,
+    finish_attempt,
+    start_attempt,
+)
+from scheduler.errors import PeergridError
+from scheduler.models import Attempt, Market
+from scheduler.nodes import GpuReport, NodeReport, record_report, register
+from scheduler.states import ATTEMPT_HELD
+from web.api import bp
+from web.api.serialize import market_json
+from web.auth import require_node
+from web.db import core, db
+
+
+def _body() -> dict[str, Any]:
+    body = request.get_json(silent=True)
+    if body is None and not request.get_data():
+        return {}
+    if not isinstance(body, dict):
+        raise PeergridError("The body must be a JSON object.")
+    return body
+
+
+def _int(value: Any, name: str, default: int = 0) -> int:
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise PeergridError(f"{name} must be a whole number.")
+    return value
+
+
+def _report(body: dict[str, Any]) -> NodeReport:
+    gpus = body.get("gpus") or []
+    if not isinstance(gpus, list):
+        raise PeergridError("gpus must be a list.")
+    reports = []
+    for i, gpu in enumerate(gpus):
+        if not isinstance(gpu, dict) or not isinstance(gpu.get("uuid"), str) or not isinstance(gpu.get("name"), str):
+            raise PeergridError(f"gpus[{i}] needs at least a uuid and a name.")
+        fields = {k: gpu[k] for k in GpuReport.__dataclass_fields__ if k in gpu}
+        reports.append(GpuReport(**fields))
+    running = body.get("running") or []
+    if not isinstance(running, list) or not all(isinstance(r, int) for r in running):
+        raise PeergridError("running must be a list of attempt ids.")
+    return NodeReport(
+        gpus=tuple(reports),
+        simulated=bool(body.get("simulated", False)),
+        gpu_message=str(body["gpu_message"])[:500] if body.get("gpu_message") else None,
+        agent_version=str(body.get("agent_version") or "")[:50] or None,
+        hostname=str(body.get("hostname") or "")[:255] or None,
+        cpu_count=_int(body.get("cpu_count"), "cpu_count"),
+        memory_mb=_int(body.get("memory_mb"), "memory_mb"),
+        slots=_int(body.get("slots"), "slots", 1),
+        running=tuple(running),
+    )
+
+
+@bp.post("/node/register")
+def node_register():
+    node = require_node()
+    register(db(), node, _report(_body()))
+    settings = core().settings
+    markets = db().scalars(select(Market).order_by(Market.id))
+    return jsonify(
+        {
+            "node": {"id": node.id, "name": node.name, "state": node.state.value},
+            "broker_url": settings.worker_broker_url,
+            "heartbeat_interval_s": settings.heartbeat_interval_s,
+            "markets": [market_json(m) for m in markets],
+        }
+    )
+
+
+@bp.post("/node/heartbeat")
+def node_heartbeat():
+    node = require_node()
+    report = _report(_body())
+    record_report(db(), node, report)
+    held = set(
+        db().scalars(
+            select(Attempt.id).where(Attempt.node_id == node.id, Attempt.state.in_(ATTEMPT_HELD))
+        )
+    )
+    # Attempts the node runs that are no longer its own (cancelled, or given to another node).
+    stop = sorted(set(report.running) - held)
+    return jsonify({"state": node.state.value, "cancel": stop})
+
+
+@bp.post("/node/attempts/<int:attempt_id>/claim")
+def attempt_claim(attempt_id: int):
+    node = require_node()
+    attempt = claim_attempt(db(), node, attempt_id)
+    op = attempt.op
+    return jsonify(
+        {
+            "attempt": {
+                "id": attempt.id,
+                "number": attempt.number,
+                "job_id": op.job_id,
+                "op": op.key,
+                "timeout_s": op.timeout_s,
+                "gpus": list(attempt.gpus or []),
+                "spec": op.spec,
+            }
+        }
+    )
+
+
+@bp.post("/node/attempts/<int:attempt_id>/started")
+def attempt_started(attempt_id: int):
+    attempt = start_attempt(db(), require_node(), attempt_id)
+    return jsonify({"id": attempt.id, "state": attempt.state.value})
+
+
+@bp.post("/node/attempts/<int:attempt_id>/logs")
+def attempt_logs(attempt_id: int):
+    node = require_node()
+    body = _body()
+    lines = body.get("lines")
+    settings = core().settings
+    if not isinstance(lines, list):
+        raise PeergridError('Send {"lines": [{"seq", "stream", "text"}, ...]}.')
+    if len(lines) > settings.max_log_batch_lines:
+        raise PeergridError(f"At most {settings.max_log_batch_lines} lines per batch.")
+    records = []
+    for i, line in enumerate(lines):
+        if not isinstance(line, dict) or not isinstance(line.get("text"), str):
+            raise PeergridError(f"lines[{i}] needs a text.")
+        records.append(LogRecord(seq=_int(line.get("seq"), f"lines[{i}].seq"), stream=str(line.get("stream", "stdout")), text=line["text"]))
+    stored = append_logs(db(), node, attempt_id, records, max_line_chars=settings.max_log_line_chars)
+    return jsonify({"stored": stored})
+
+
+@bp.post("/node/attempts/<int:attempt_id>/finished")
+def attempt_finished(attempt_id: int):
+    node = require_node()
+    body = _body()
+    exit_code = body.get("exit_code")
+    if exit_code is not None:
+        exit_code = _int(exit_code, "exit_code")
+    error = body.get("error")
+    if error is not None:
+        error = str(error)[:2000]
+    if exit_code is None and error is None:
+        raise PeergridError("Send the exit_code, or an error saying why the container could not run.")
+    attempt = finish_attempt(db(), node, attempt_id, exit_code=exit_code, error=error)
+    return jsonify({"id": attempt.id, "state": attempt.state.value})

@@ -1,0 +1,113 @@
+"""The JSON shapes of the API's answers."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from scheduler.models import Attempt, Job, Market, Node, Op
+
+
+def iso(value: datetime | None) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value else None
+
+
+def node_ref(node: Node | None) -> dict | None:
+    return {"id": node.id, "name": node.name} if node else None
+
+
+def attempt_json(attempt: Attempt) -> dict:
+    return {
+        "id": attempt.id,
+        "number": attempt.number,
+        "state": attempt.state.value,
+        "node": node_ref(attempt.node),
+        "gpus": list(attempt.gpus or []),
+        "started_at": iso(attempt.started_at),
+        "finished_at": iso(attempt.finished_at),
+        "exit_code": attempt.exit_code,
+        "error": attempt.error,
+        "cost": attempt.cost,
+    }
+
+
+def op_json(op: Op) -> dict:
+    last = op.attempts[-1] if op.attempts else None
+    node = next((a.node for a in reversed(op.attempts) if a.node is not None), None)
+    return {
+        "id": op.key,
+        "type": op.type,
+        "state": op.state.value,
+        "market": op.market.slug,
+        "exit_code": op.exit_code,
+        "error": op.error,
+        "results": op.results or {},
+        "node": node_ref(node),
+        "started_at": iso(op.started_at),
+        "finished_at": iso(op.finished_at),
+        "timeout": op.timeout_s,
+        "attempts": [attempt_json(a) for a in op.attempts],
+        "last_attempt": last.id if last else None,
+    }
+
+
+def job_json(job: Job, *, with_ops: bool = True) -> dict:
+    body = {
+        "id": job.id,
+        "state": job.state.value,
+        "created_at": iso(job.created_at),
+        "started_at": iso(job.started_at),
+        "finished_at": iso(job.finished_at),
+        "cost": job.cost,
+        "max_cost": job.max_cost,
+    }
+    if with_ops:
+        body["ops"] = [op_json(op) for op in job.ops]
+    return body
+
+
+def node_json(node: Node) -> dict:
+    return {
+        "id": node.id,
+        "name": node.name,
+        "state": node.state.value,
+        "simulated": node.simulated,
+        "gpu_message": node.gpu_message,
+        "hostname": node.hostname,
+        "cpu_count": node.cpu_count,
+        "memory_mb": node.memory_mb,
+        "slots": node.slots,
+        "agent_version": node.agent_version,
+        "last_heartbeat_at": iso(node.last_heartbeat_at),
+        "gpus": [
+            {
+                "index": g.index,
+                "uuid": g.uuid,
+                "name": g.name,
+                "memory_total_mb": g.memory_total_mb,
+                "memory_free_mb": g.memory_free_mb,
+                "compute_capability": g.compute_capability,
+                "driver_version": g.driver_version,
+                "cuda_version": g.cuda_version,
+                "utilization_pct": g.utilization_pct,
+                "temperature_c": g.temperature_c,
+                "simulated": node.simulated,
+            }
+            for g in node.gpus
+        ],
+    }
+
+
+def market_json(market: Market) -> dict:
+    return {
+        "slug": market.slug,
+        "name": market.name,
+        "queue": market.queue,
+        "gpu_count": market.gpu_count,
+        "min_vram_mb": market.min_vram_mb,
+        "gpu_models": list(market.gpu_models or []),
+        "min_compute_capability": market.min_compute_capability,
+        "min_cuda_version": market.min_cuda_version,
+        "price_per_second": market.price_per_second,
+        "fee_ppm": market.fee_ppm,
+        "max_timeout_s": market.max_timeout_s,
+    }

@@ -1,0 +1,72 @@
+"""Who is calling: a person by API token or session cookie, or a worker agent by node token."""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+
+from flask import abort, g, request, session
+
+from scheduler.accounts import NODE_TOKEN_PREFIX, user_for_token
+from scheduler.errors import AuthenticationError
+from scheduler.models import Node, User
+from scheduler.nodes import node_for_token
+from web.db import db
+
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+
+
+def bearer_token() -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return None
+
+
+def session_user() -> User | None:
+    """The person signed in to the dashboard, if any."""
+    if "user" not in g:
+        user_id = session.get("user_id")
+        g.user = db().get(User, user_id) if user_id is not None else None
+    return g.user
+
+
+def require_user() -> User:
+    """The person making an API call: by bearer token, or by session cookie for reads.
+
+    Raises:
+        AuthenticationError: neither is there, or the token is not a user's.
+    """
+    token = bearer_token()
+    if token is not None:
+        if token.startswith(NODE_TOKEN_PREFIX):
+            raise AuthenticationError("This is a node token; the API for people needs an API token.")
+        return user_for_token(db(), token)
+    # The cookie counts only for reads, so a page elsewhere cannot post on a person's behalf.
+    if request.method in SAFE_METHODS:
+        user = session_user()
+        if user is not None:
+            return user
+    raise AuthenticationError(
+        "Send an API token as 'Authorization: Bearer <token>' (peergrid admin create-token makes one)."
+    )
+
+
+def require_node() -> Node:
+    token = bearer_token()
+    if token is None:
+        raise AuthenticationError("Send the node token as 'Authorization: Bearer <token>'.")
+    return node_for_token(db(), token)
+
+
+def csrf_token() -> str:
+    if "csrf" not in session:
+        session["csrf"] = secrets.token_urlsafe(32)
+    return session["csrf"]
+
+
+def check_csrf() -> None:
+    sent = request.form.get("csrf_token", "")
+    if not sent or not hmac.compare_digest(sent, session.get("csrf", "")):
+        abort(400, "The form expired; reload the page and try again.")

@@ -1,0 +1,360 @@
+"""The `peergrid` command."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from scheduler.errors import InvalidDefinition, PeergridError
+from scheduler.settings import Settings
+from web.apiclient import ApiClient, ApiError
+
+FINISHED = ("succeeded", "failed", "cancelled")
+
+
+def _fail(message: str, code: int = 1):
+    click.echo(f"Error: {message}", err=True)
+    sys.exit(code)
+
+
+def _logging(level: str = "INFO") -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="peergrid")
+def main() -> None:
+    """peergrid: pool GPUs, post container jobs, pay providers by the second."""
+
+
+# -- server processes ----------------------------------------------------------------------
+
+
+def _core():
+    from scheduler.core import Core
+
+    try:
+        return Core.from_settings(Settings.from_env())
+    except PeergridError as e:
+        _fail(str(e))
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--data-dir", type=click.Path(file_okay=False), help="Where the embedded store and broker live [./var].")
+@click.option("--simulate-gpus", metavar="SPEC", help='Give the local worker made-up GPUs, e.g. "NVIDIA GeForce RTX 4090:24x2".')
+@click.option("--no-worker", is_flag=True, help="Do not start a local worker.")
+def up(host: str, port: int, data_dir: str | None, simulate_gpus: str | None, no_worker: bool) -> None:
+    """Run web, scheduler and a local worker together on this machine."""
+    from web.up import run_up
+
+    sys.exit(run_up(host=host, port=port, data_dir=data_dir, simulate_gpus=simulate_gpus, worker=not no_worker))
+
+
+@main.group()
+def db() -> None:
+    """The job store."""
+
+
+@db.command("upgrade")
+def db_upgrade() -> None:
+    """Apply migrations to PEERGRID_DATABASE_URL."""
+    from scheduler.migrate import upgrade
+
+    settings = Settings.from_env()
+    upgrade(settings.database_url)
+    click.echo(f"The store at {_redact(settings.database_url)} is up to date.")
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--threads", default=8, show_default=True, type=int)
+def web(host: str, port: int, threads: int) -> None:
+    """Serve the web app and APIs."""
+    import waitress
+
+    from web import create_app
+
+    _logging()
+    app = create_app(Settings.from_env())
+    click.echo(f"Serving on http://{host}:{port}/", err=True)
+    waitress.serve(app, host=host, port=port, threads=threads, ident="peergrid", clear_untrusted_proxy_headers=True)
+
+
+@main.command()
+@click.option("--loglevel", default="INFO", show_default=True)
+def scheduler(loglevel: str) -> None:
+    """Run the trusted scheduler service (Celery worker with beat)."""
+    from scheduler.celery_app import SCHEDULER_QUEUE, make_celery
+
+    app = make_celery(Settings.from_env())
+    app.worker_main(
+        ["worker", "--beat", "-Q", SCHEDULER_QUEUE, "--pool", "solo", "--loglevel", loglevel, "--without-mingle", "--without-gossip"]
+    )
+
+
+@main.command()
+@click.option("--server", envvar="PEERGRID_SERVER", default="http://127.0.0.1:8000", show_default=True)
+@click.option("--token", envvar="PEERGRID_NODE_TOKEN", required=True, help="The node token from `peergrid node create`.")
+@click.option("--name", help="A label for logs; the node's name is the one it was created with.")
+@click.option("--simulate-gpus", metavar="SPEC", help="Made-up GPUs for development and tests; shown as simulated.")
+@click.option("--slots", default=1, show_default=True, type=click.IntRange(1, 256), help="CPU ops run at once.")
+@click.option("--job-network", envvar="PEERGRID_JOB_NETWORK", default="bridge", show_default=True,
+              help='Network for job containers: "none" or a Docker network name.')
+def worker(server: str, token: str, name: str | None, simulate_gpus: str | None, slots: int, job_network: str) -> None:
+    """Run the provider's agent: take offers and run them in Docker."""
+    from worker.agent import Agent
+    from worker.errors import WorkerError
+    from worker.settings import WorkerSettings
+
+    _logging()
+    settings = WorkerSettings.from_env(
+        server=server, token=token, name=name, simulate_gpus=simulate_gpus, slots=slots, job_network=job_network
+    )
+    try:
+        agent = Agent(settings)
+    except WorkerError as e:
+        _fail(str(e))
+
+    def _stop(signum, _frame):
+        logging.getLogger("worker").info("stopping (signal %s): finishing what runs", signum)
+        agent.stop()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    try:
+        agent.run()
+    except WorkerError as e:
+        _fail(str(e))
+
+
+# -- admin ---------------------------------------------------------------------------------
+
+
+@main.group()
+def admin() -> None:
+    """Accounts and tokens (run on the server, against its store)."""
+
+
+@admin.command("create-user")
+@click.argument("email")
+@click.option("--admin", "is_admin", is_flag=True, help="Make the account an admin.")
+@click.option("--password", help="Prompted for when omitted.")
+def create_user_cmd(email: str, is_admin: bool, password: str | None) -> None:
+    """Create an account."""
+    from scheduler.accounts import create_user
+
+    if password is None:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    core = _core()
+    try:
+        with core.transaction() as session:
+            user = create_user(session, email, password, is_admin=is_admin)
+    except PeergridError as e:
+        _fail(str(e))
+    click.echo(f"Created {'admin ' if is_admin else ''}account {user.email} (id {user.id}).")
+
+
+@admin.command("create-token")
+@click.argument("email")
+@click.option("--name", default="cli", show_default=True)
+def create_token_cmd(email: str, name: str) -> None:
+    """Print a new API token for an account, and nothing else."""
+    from scheduler.accounts import create_api_token, find_user
+
+    core = _core()
+    with core.transaction() as session:
+        user = find_user(session, email)
+        if user is None:
+            _fail(f"There is no account {email}; create it with `peergrid admin create-user {email}`.")
+        token = create_api_token(session, user, name)
+    click.echo(token)
+
+
+# -- client commands -----------------------------------------------------------------------
+
+
+def _client() -> ApiClient:
+    token = os.environ.get("PEERGRID_TOKEN")
+    if not token:
+        _fail("Set PEERGRID_TOKEN to an API token (`peergrid admin create-token EMAIL` prints one).")
+    return ApiClient(os.environ.get("PEERGRID_SERVER", "http://127.0.0.1:8000"), token)
+
+
+def _api(call):
+    try:
+        return call()
+    except ApiError as e:
+        if e.body.get("errors"):
+            for problem in e.body["errors"]:
+                click.echo(f"{problem['path']}: {problem['message']}", err=True)
+            sys.exit(1)
+        _fail(str(e))
+
+
+def _read_definition(path: str) -> object:
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        _fail(f"Cannot read {path}: {e.strerror}.")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        click.echo(f"$: {path} is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}.", err=True)
+        sys.exit(1)
+
+
+@main.group()
+def job() -> None:
+    """Validate, submit and follow jobs."""
+
+
+@job.command("validate")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the problems as JSON.")
+def job_validate(file: str, as_json: bool) -> None:
+    """Exit 0 if the definition is valid, else print each problem as `PATH: message`."""
+    from scheduler.jobdef import parse_definition
+
+    document = _read_definition(file)
+    try:
+        definition = parse_definition(document)
+    except InvalidDefinition as e:
+        if as_json:
+            click.echo(json.dumps({"valid": False, "errors": [p.as_dict() for p in e.problems]}, indent=2))
+        else:
+            for problem in e.problems:
+                click.echo(str(problem))
+        sys.exit(1)
+    if as_json:
+        click.echo(json.dumps({"valid": True, "ops": [o.key for o in definition.ops],
+                               "warnings": [w.as_dict() for w in definition.warnings]}, indent=2))
+    else:
+        for warning in definition.warnings:
+            click.echo(f"warning: {warning}", err=True)
+        click.echo(f"{file}: valid, {len(definition.ops)} op(s): {', '.join(o.key for o in definition.ops)}")
+
+
+@job.command("submit")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--market", help="The market's slug, for ops that name none.")
+@click.option("--wait", is_flag=True, help="Wait for the job to end; exit 0 only if it succeeded.")
+@click.option("--follow", is_flag=True, help="Print its log lines as they arrive, until it ends.")
+def job_submit(file: str, market: str | None, wait: bool, follow: bool) -> None:
+    """Submit a job definition and print the job's id."""
+    client = _client()
+    document = _read_definition(file)
+    created = _api(lambda: client.post("/jobs", document, market=market))
+    click.echo(created["id"])
+    if follow:
+        state = _follow_logs(client, created["id"], None)
+        sys.exit(0 if state == "succeeded" else 1)
+    if wait:
+        state = _wait(client, created["id"])
+        click.echo(f"job {created['id']} {state}", err=True)
+        sys.exit(0 if state == "succeeded" else 1)
+
+
+def _wait(client: ApiClient, job_id: int) -> str:
+    delay = 0.2
+    while True:
+        state = _api(lambda: client.get(f"/jobs/{job_id}"))["state"]
+        if state in FINISHED:
+            return state
+        time.sleep(delay)
+        delay = min(delay * 1.5, 2.0)
+
+
+def _follow_logs(client: ApiClient, job_id: int, op: str | None) -> str:
+    after = 0
+    while True:
+        page = _api(lambda: client.get(f"/jobs/{job_id}/logs", op=op, after=after))
+        for line in page["lines"]:
+            click.echo(f"[{line['op']}] {line['text']}", err=line["stream"] == "stderr")
+        after = page["next"]
+        if page["state"] in FINISHED and not page["lines"]:
+            return page["state"]
+        if not page["lines"]:
+            time.sleep(0.5)
+
+
+@job.command("status")
+@click.argument("job_id", type=int)
+@click.option("--json", "as_json", is_flag=True)
+def job_status(job_id: int, as_json: bool) -> None:
+    """Show a job's state and its ops'."""
+    body = _api(lambda: _client().get(f"/jobs/{job_id}"))
+    if as_json:
+        click.echo(json.dumps(body, indent=2))
+        return
+    click.echo(f"job {body['id']}: {body['state']}  cost {body['cost'] / 1e6:.6f} credits")
+    for op in body["ops"]:
+        node = op["node"]["name"] if op["node"] else "-"
+        code = "" if op["exit_code"] is None else f" exit {op['exit_code']}"
+        note = f"  ({op['error']})" if op["error"] else ""
+        click.echo(f"  {op['id']}: {op['state']}{code} on {node}{note}")
+        for key, value in (op.get("results") or {}).items():
+            click.echo(f"    {key} = {value}")
+
+
+@job.command("logs")
+@click.argument("job_id", type=int)
+@click.option("--op", help="Only this op's lines.")
+@click.option("--follow", is_flag=True, help="Keep printing new lines until the job ends.")
+def job_logs(job_id: int, op: str | None, follow: bool) -> None:
+    """Print a job's log lines."""
+    client = _client()
+    if follow:
+        _follow_logs(client, job_id, op)
+        return
+    after = 0
+    while True:
+        page = _api(lambda: client.get(f"/jobs/{job_id}/logs", op=op, after=after))
+        for line in page["lines"]:
+            click.echo(line["text"] if op else f"[{line['op']}] {line['text']}")
+        if not page["lines"]:
+            return
+        after = page["next"]
+
+
+@job.command("cancel")
+@click.argument("job_id", type=int)
+def job_cancel(job_id: int) -> None:
+    """Cancel a job: running containers are stopped, the rest never start."""
+    body = _api(lambda: _client().post(f"/jobs/{job_id}/cancel"))
+    click.echo(f"job {body['id']}: {body['state']}")
+
+
+@main.group()
+def node() -> None:
+    """Register machines as nodes."""
+
+
+@node.command("create")
+@click.argument("name")
+def node_create(name: str) -> None:
+    """Register a node and print its token, once, and nothing else."""
+    body = _api(lambda: _client().post("/nodes", {"name": name}))
+    click.echo(body["token"])
+
+
+def _redact(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""The dashboard: sign in, see your jobs, open one and read its logs as they arrive."""
+
+from __future__ import annotations
+
+from functools import wraps
+from urllib.parse import urlparse
+
+from flask import Blueprint, redirect, render_template, request, session, url_for
+
+from scheduler.accounts import authenticate
+from scheduler.errors import AuthenticationError
+from scheduler.jobs import job_for, job_logs, list_jobs
+from scheduler.states import JobState
+from web.auth import check_csrf, csrf_token, session_user
+from web.db import db
+
+bp = Blueprint("dashboard", __name__)
+
+
+@bp.app_context_processor
+def _template_globals():
+    return {"current_user": session_user(), "csrf_token": csrf_token}
+
+
+def login_required(view):
+    @wraps(view)
+    def wrapped(*args, **kwargs):
+        if session_user() is None:
+            return redirect(url_for("dashboard.login", next=request.full_path.rstrip("?")))
+        return view(*args, **kwargs)
+
+    return wrapped
+
+
+def _safe_next(target: str | None) -> str:
+    # Only same-site paths, so the login form cannot bounce a person elsewhere.
+    if target and target.startswith("/") and not target.startswith("//") and not urlparse(target).netloc:
+        return target
+    return url_for("dashboard.jobs")
+
+
+@bp.route("/login", methods=["GET", "POST"])
+def login():
+    error = None
+    email = ""
+    if request.method == "POST":
+        check_csrf()
+        email = request.form.get("email", "")
+        try:
+            user = authenticate(db(), email, request.form.get("password", ""))
+        except AuthenticationError as e:
+            error = str(e)
+        else:
+            session.clear()
+            session["user_id"] = user.id
+            session.permanent = True
+            return redirect(_safe_next(request.args.get("next")))
+    return render_template("login.html", error=error, email=email), (401 if error else 200)
+
+
+@bp.post("/logout")
+def logout():
+    check_csrf()
+    session.clear()
+    return redirect(url_for("dashboard.login"))
+
+
+@bp.get("/")
+@login_required
+def home():
+    return redirect(url_for("dashboard.jobs"))
+
+
+@bp.get("/jobs")
+@login_required
+def jobs():
+    state = request.args.get("state") or None
+    if state not in {s.value for s in JobState}:
+        state = None
+    page = list_jobs(db(), session_user(), state=state, page=request.args.get("page", 1, type=int))
+    return render_template("jobs.html", page=page, state=state, states=[s.value for s in JobState])
+
+
+@bp.get("/jobs/<int:job_id>")
+@login_required
+def job(job_id: int):
+    job = job_for(db(), session_user(), job_id)
+    lines = job_logs(db(), job)
+    return render_template("job.html", job=job, lines=lines, cursor=lines[-1][0].id if lines else 0)

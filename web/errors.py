@@ -1,0 +1,73 @@
+"""Turning the core's errors into answers: JSON for the API, a page for the dashboard."""
+
+from __future__ import annotations
+
+from flask import Flask, jsonify, render_template, request
+from werkzeug.exceptions import HTTPException
+
+from scheduler.errors import (
+    AuthenticationError,
+    Conflict,
+    InvalidDefinition,
+    NoMarket,
+    NotFound,
+    PeergridError,
+)
+
+
+def json_error(status: int, message: str, **extra):
+    response = jsonify({"error": message, **extra})
+    response.status_code = status
+    return response
+
+
+def _wants_json() -> bool:
+    return request.path.startswith("/api/")
+
+
+def init_app(app: Flask) -> None:
+    @app.errorhandler(InvalidDefinition)
+    def _invalid(e: InvalidDefinition):
+        return json_error(
+            422, "The job definition has problems.", errors=[p.as_dict() for p in e.problems]
+        )
+
+    @app.errorhandler(NoMarket)
+    def _no_market(e: NoMarket):
+        return json_error(422, str(e), errors=[{"path": "$.ops", "message": str(e)}])
+
+    @app.errorhandler(NotFound)
+    def _not_found(e: NotFound):
+        return _page_or_json(404, str(e))
+
+    @app.errorhandler(Conflict)
+    def _conflict(e: Conflict):
+        return _page_or_json(409, str(e))
+
+    @app.errorhandler(AuthenticationError)
+    def _unauthenticated(e: AuthenticationError):
+        response = _page_or_json(401, str(e))
+        if _wants_json():
+            response.headers["WWW-Authenticate"] = 'Bearer realm="peergrid"'
+        return response
+
+    @app.errorhandler(PeergridError)
+    def _bad_request(e: PeergridError):
+        return _page_or_json(400, str(e))
+
+    @app.errorhandler(HTTPException)
+    def _http(e: HTTPException):
+        if e.code == 413:
+            return _page_or_json(413, "The request body is larger than this server accepts.")
+        return _page_or_json(e.code or 500, e.description or e.name)
+
+    @app.errorhandler(Exception)
+    def _crash(e: Exception):
+        app.logger.exception("unhandled error on %s %s", request.method, request.path)
+        return _page_or_json(500, "Something went wrong on the server; the error was logged.")
+
+
+def _page_or_json(status: int, message: str):
+    if _wants_json():
+        return json_error(status, message)
+    return render_template("error.html", status=status, message=message), status

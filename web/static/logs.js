@@ -1,0 +1,41 @@
+// Follow a job's logs: poll the API for lines after the last one shown, until the job ends.
+(function () {
+  const pre = document.getElementById("logs");
+  if (!pre) return;
+  const status = document.getElementById("log-status");
+  let cursor = Number(pre.dataset.cursor || 0);
+  let finished = pre.dataset.finished === "true";
+
+  function append(line) {
+    const span = document.createElement("span");
+    span.className = "line " + line.stream;
+    const op = document.createElement("span");
+    op.className = "op";
+    op.textContent = line.op;
+    span.appendChild(op);
+    span.appendChild(document.createTextNode(line.text));
+    pre.appendChild(span);
+    pre.appendChild(document.createTextNode("\n"));
+  }
+
+  async function poll() {
+    try {
+      const res = await fetch(`/api/v1/jobs/${pre.dataset.job}/logs?after=${cursor}`, {credentials: "same-origin"});
+      if (res.ok) {
+        const body = await res.json();
+        const atBottom = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
+        body.lines.forEach(append);
+        cursor = body.next;
+        if (atBottom) pre.scrollTop = pre.scrollHeight;
+        if (["succeeded", "failed", "cancelled"].includes(body.state)) {
+          if (!finished) window.location.reload();  // show final states, exit codes and cost
+          return;
+        }
+      }
+    } catch (e) {
+      status.textContent = "Lost contact with the server; retrying…";
+    }
+    setTimeout(poll, 1000);
+  }
+  if (!finished) setTimeout(poll, 1000);
+})();

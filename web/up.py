@@ -1,0 +1,168 @@
+"""`peergrid up`: the whole system on one machine, as child processes stopped together."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+from sqlalchemy import func, select
+
+from scheduler.accounts import create_user
+from scheduler.core import Core
+from scheduler.migrate import upgrade
+from scheduler.models import Node, User
+from scheduler.nodes import create_node
+from scheduler.settings import Settings
+
+ADMIN_EMAIL = "admin@peergrid.local"
+LOCAL_NODE = "local"
+
+
+def say(message: str) -> None:
+    print(message, flush=True)
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+
+
+def prepare(settings: Settings) -> tuple[str | None, str]:
+    """Migrate the store; on first run make the admin and the local node.
+
+    Returns the admin's new password (None when the admin existed) and the local node's token.
+    """
+    upgrade(settings.database_url)
+    core = Core.from_settings(settings)
+    token_file = settings.data_dir / "local-node.token"
+    password = None
+    try:
+        with core.transaction() as session:
+            admin = session.scalar(select(User).where(User.is_admin.is_(True)).order_by(User.id))
+            if admin is None and not session.scalar(select(func.count(User.id))):
+                password = secrets.token_urlsafe(12)
+                admin = create_user(session, ADMIN_EMAIL, password, is_admin=True)
+            if not token_file.exists() and admin is not None:
+                existing = session.scalar(select(Node).where(Node.owner_id == admin.id, Node.name == LOCAL_NODE))
+                if existing is not None:
+                    session.delete(existing)
+                    session.flush()
+                _, token = create_node(session, admin, LOCAL_NODE)
+                _write_private(token_file, token)
+    finally:
+        core.close()
+    if password:
+        _write_private(settings.data_dir / "admin-password.txt", f"{ADMIN_EMAIL}\n{password}\n")
+    return password, token_file.read_text().strip() if token_file.exists() else ""
+
+
+def docker_problem() -> str | None:
+    from worker.runtime import DockerRuntime
+
+    return DockerRuntime(os.environ.get("DOCKER_HOST") or None).check()
+
+
+def run_up(*, host: str, port: int, data_dir: str | None, simulate_gpus: str | None, worker: bool) -> int:
+    settings = Settings.from_env(data_dir=data_dir) if data_dir else Settings.from_env()
+    env = {**os.environ, "PEERGRID_DATA_DIR": str(settings.data_dir), "PEERGRID_SECRET_KEY": settings.secret_key}
+    say(f"peergrid: data in {settings.data_dir}")
+    password, node_token = prepare(settings)
+
+    children: list[tuple[str, subprocess.Popen]] = []
+
+    def spawn(name: str, *args: str, extra_env: dict | None = None) -> None:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "web.cli", *args],
+            env={**env, **(extra_env or {})},
+            start_new_session=True,  # Ctrl-C reaches us; we stop the children in order
+        )
+        children.append((name, process))
+
+    stopping = False
+
+    def on_signal(signum, _frame):
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+
+    spawn("web", "web", "--host", host, "--port", str(port))
+    spawn("scheduler", "scheduler", "--loglevel", "WARNING")
+    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+    if not _wait_for(url + "/api/v1/health", lambda: stopping or children[0][1].poll() is not None):
+        code = children[0][1].poll()
+        _stop_all(children)
+        if code is not None:
+            say(f"peergrid: the web server exited with code {code}; is port {port} free? Try --port.")
+            return 1
+        return 0
+
+    problem = docker_problem() if worker else None
+    if worker and problem:
+        say(f"peergrid: no local worker: {problem}")
+        say("peergrid: the dashboard and API run; jobs wait until a worker with Docker joins.")
+    elif worker:
+        args = ["worker", "--server", url, "--token", node_token, "--name", LOCAL_NODE]
+        if simulate_gpus:
+            args += ["--simulate-gpus", simulate_gpus]
+        spawn("worker", *args)
+
+    say(f"peergrid is running: {url}/")
+    if password:
+        say(f"  admin login: {ADMIN_EMAIL} / {password}  (also saved in {settings.data_dir / 'admin-password.txt'})")
+    say("  Ctrl-C stops everything.")
+
+    code = 0
+    while not stopping:
+        for name, process in children:
+            if process.poll() is not None:
+                say(f"peergrid: {name} exited with code {process.returncode}; stopping the rest.")
+                stopping = True
+                code = 1
+                break
+        time.sleep(0.3)
+    _stop_all(children)
+    say("peergrid: stopped.")
+    return code
+
+
+def _wait_for(url: str, give_up, timeout: float = 60.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not give_up():
+        try:
+            if requests.get(url, timeout=2).ok:
+                return True
+        except requests.RequestException:
+            pass
+        time.sleep(0.2)
+    return False
+
+
+def _stop_all(children: list[tuple[str, subprocess.Popen]], grace: float = 20.0) -> None:
+    """Stop the worker first (it stops its containers and reports), then the rest."""
+    for _, process in reversed(children):
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+        if process is children[-1][1]:
+            _wait(process, grace)
+    deadline = time.monotonic() + grace
+    for _, process in children:
+        if not _wait(process, max(0.1, deadline - time.monotonic())):
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def _wait(process: subprocess.Popen, timeout: float) -> bool:
+    try:
+        process.wait(timeout)
+        return True
+    except subprocess.TimeoutExpired:
+        return False

@@ -1,0 +1,250 @@
+"""The worker agent: register, heartbeat, take offers it can run, run them, report."""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import threading
+import time
+from dataclasses import dataclass, field
+
+from worker import __version__
+from worker.broker import connect, consume_offers
+from worker.client import NodeClient
+from worker.errors import AttemptGone, ServerError
+from worker.gpus import Inventory, probe, simulated_inventory
+from worker.logs import LogShipper
+from worker.runtime import DockerRuntime, container_spec
+from worker.settings import WorkerSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Running:
+    attempt: dict
+    cancel: threading.Event = field(default_factory=threading.Event)
+    thread: threading.Thread | None = None
+
+
+class Agent:
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        *,
+        runtime: DockerRuntime | None = None,
+        inventory: Inventory | None = None,
+    ):
+        self.settings = settings
+        self.client = NodeClient(settings.server, settings.token)
+        self.runtime = runtime or DockerRuntime(settings.docker_host)
+        self.inventory = inventory or (
+            simulated_inventory(settings.simulate_gpus, seed=settings.name or settings.token[-8:])
+            if settings.simulate_gpus
+            else probe()
+        )
+        self.stopping = threading.Event()
+        self._changed = threading.Event()
+        self._lock = threading.Lock()
+        self._running: dict[int, Running] = {}
+        self._markets: list[dict] = []
+        self.node: dict = {}
+        self.broker_url: str | None = None
+        self.heartbeat_interval_s = 10.0
+
+    # -- what the node tells the server ------------------------------------------------------
+
+    def report(self) -> dict:
+        with self._lock:
+            running = sorted(self._running)
+        return {
+            "hostname": platform.node(),
+            "agent_version": __version__,
+            "cpu_count": os.cpu_count() or 1,
+            "memory_mb": _memory_mb(),
+            "slots": self.settings.slots,
+            "simulated": self.inventory.simulated,
+            "gpu_message": self.inventory.message,
+            "gpus": [g.as_report() for g in self.inventory.gpus],
+            "running": running,
+        }
+
+    def register(self) -> None:
+        """Register with the server, waiting for it to come up."""
+        delay = 1.0
+        while not self.stopping.is_set():
+            try:
+                answer = self.client.register(self.report())
+                break
+            except ServerError as e:
+                if e.status is not None and e.status < 500:
+                    raise
+                log.warning("cannot register yet: %s", e)
+                self.stopping.wait(delay)
+                delay = min(delay * 2, 15)
+        else:
+            return
+        self.node = answer["node"]
+        self.broker_url = answer["broker_url"]
+        self._markets = answer["markets"]
+        self.heartbeat_interval_s = float(answer.get("heartbeat_interval_s", 10))
+        log.info("registered as node %s (%s)", self.node["name"], self.node["id"])
+
+    # -- capacity ----------------------------------------------------------------------------
+
+    def free_slots(self) -> int:
+        with self._lock:
+            return self.settings.slots - len(self._running)
+
+    def can_take(self) -> bool:
+        return not self.stopping.is_set() and self.free_slots() > 0
+
+    def queues(self) -> list[str]:
+        """The market queues this node can serve now: CPU markets while a slot is free."""
+        return sorted(m["queue"] for m in self._markets if m["gpu_count"] == 0)
+
+    # -- offers and runs ---------------------------------------------------------------------
+
+    def on_offer(self, body: dict, message) -> None:
+        attempt_id = body.get("attempt_id") if isinstance(body, dict) else None
+        if not isinstance(attempt_id, int) or not self.can_take():
+            # Not ours to run now; a malformed offer is dropped, a good one re-offered later.
+            message.requeue() if isinstance(attempt_id, int) else message.ack()
+            return
+        try:
+            attempt = self.client.claim(attempt_id)
+        except AttemptGone:
+            message.ack()  # someone else won, or it was cancelled
+            return
+        except ServerError as e:
+            log.warning("could not claim attempt %s: %s", attempt_id, e)
+            message.ack()  # the server re-offers attempts left unclaimed
+            return
+        message.ack()
+        self.start(attempt)
+
+    def start(self, attempt: dict) -> None:
+        run = Running(attempt)
+        run.thread = threading.Thread(target=self._execute, args=(run,), name=f"attempt-{attempt['id']}", daemon=True)
+        with self._lock:
+            self._running[attempt["id"]] = run
+        run.thread.start()
+
+    def _execute(self, run: Running) -> None:
+        attempt = run.attempt
+        attempt_id = attempt["id"]
+        log.info("running attempt %s (job %s, op %s)", attempt_id, attempt["job_id"], attempt["op"])
+        shipper = LogShipper(self.client, attempt_id, interval_s=self.settings.log_interval_s)
+
+        def started() -> None:
+            try:
+                self.client.started(attempt_id)
+            except AttemptGone:
+                shipper.gone.set()
+            except ServerError as e:
+                log.warning("could not report attempt %s started: %s", attempt_id, e)
+
+        try:
+            spec = container_spec(
+                attempt["spec"],
+                network=self.settings.job_network,
+                labels={"peergrid.attempt": str(attempt_id), "peergrid.job": str(attempt["job_id"])},
+            )
+            outcome = self.runtime.run(
+                spec,
+                shipper.add,
+                timeout_s=attempt.get("timeout_s"),
+                should_stop=lambda: run.cancel.is_set() or shipper.gone.is_set() or self.stopping.is_set(),
+                on_started=started,
+                stop_grace_s=self.settings.stop_grace_s,
+            )
+            error = outcome.error
+            if self.stopping.is_set() and not run.cancel.is_set():
+                error = "The worker was shut down while the op ran."
+            if error:
+                shipper.add("system", f"[peergrid] {error}")
+            shipper.close()
+            if run.cancel.is_set() or shipper.gone.is_set():
+                log.info("attempt %s was taken back by the server; not reporting it", attempt_id)
+                return
+            try:
+                self.client.finished(attempt_id, exit_code=outcome.exit_code, error=error)
+            except AttemptGone:
+                log.info("attempt %s ended but is no longer ours", attempt_id)
+            except ServerError as e:
+                log.error("could not report attempt %s finished: %s", attempt_id, e)
+        except Exception:
+            log.exception("attempt %s crashed in the worker", attempt_id)
+            shipper.close(timeout=5)
+            try:
+                self.client.finished(attempt_id, exit_code=None, error="The worker failed while running the op.")
+            except ServerError:
+                pass
+        finally:
+            with self._lock:
+                self._running.pop(attempt_id, None)
+            self._changed.set()
+
+    # -- liveness ----------------------------------------------------------------------------
+
+    def _heartbeats(self) -> None:
+        while not self.stopping.wait(self.heartbeat_interval_s):
+            try:
+                answer = self.client.heartbeat(self.report())
+            except ServerError as e:
+                log.warning("heartbeat failed: %s", e)
+                continue
+            for attempt_id in answer.get("cancel", []):
+                with self._lock:
+                    run = self._running.get(attempt_id)
+                if run is not None:
+                    log.info("server cancelled attempt %s; stopping its container", attempt_id)
+                    run.cancel.set()
+
+    # -- main loop ---------------------------------------------------------------------------
+
+    def run(self) -> None:
+        problem = self.runtime.check()
+        if problem:
+            log.warning("%s Ops it takes will fail until then.", problem)
+        self.register()
+        if self.stopping.is_set():
+            return
+        threading.Thread(target=self._heartbeats, name="heartbeat", daemon=True).start()
+        connection = connect(self.broker_url, poll_interval_s=self.settings.poll_interval_s)
+        try:
+            consume_offers(
+                connection,
+                self.queues,
+                self.on_offer,
+                can_take=self.can_take,
+                stopping=self.stopping.is_set,
+                idle_wait=self._idle_wait,
+            )
+        finally:
+            connection.release()
+            self._drain()
+
+    def _idle_wait(self, seconds: float) -> None:
+        self._changed.wait(seconds)
+        self._changed.clear()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self._changed.set()
+
+    def _drain(self, timeout: float = 60.0) -> None:
+        """Wait for running attempts to stop and report."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            threads = [r.thread for r in self._running.values() if r.thread]
+        for thread in threads:
+            thread.join(max(0.1, deadline - time.monotonic()))
+
+
+def _memory_mb() -> int:
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1024 * 1024))
+    except (ValueError, OSError, AttributeError):
+        return 0

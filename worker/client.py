@@ -1,0 +1,69 @@
+"""The node API, as the worker calls it over HTTP."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import requests
+
+from worker.errors import AttemptGone, ServerError
+
+log = logging.getLogger(__name__)
+
+
+class NodeClient:
+    def __init__(self, server: str, token: str, *, timeout: float = 15.0):
+        self.base = server.rstrip("/") + "/api/v1/node"
+        self.timeout = timeout
+        self.http = requests.Session()
+        self.http.headers.update({"Authorization": f"Bearer {token}", "User-Agent": "peergrid-worker"})
+
+    def _post(self, path: str, body: dict | None = None, *, retries: int = 3) -> dict[str, Any]:
+        """POST to the node API, retrying connection failures and 5xx answers a few times."""
+        delay = 0.5
+        for attempt in range(retries + 1):
+            try:
+                response = self.http.post(self.base + path, json=body or {}, timeout=self.timeout)
+            except requests.RequestException as e:
+                error = ServerError(f"The server at {self.base} cannot be reached: {e}")
+            else:
+                if response.status_code == 409:
+                    raise AttemptGone(_message(response), 409)
+                if response.status_code < 500:
+                    if response.status_code >= 400:
+                        raise ServerError(_message(response), response.status_code)
+                    return response.json()
+                error = ServerError(_message(response), response.status_code)
+            if attempt == retries:
+                raise error
+            log.warning("%s; retrying in %.1fs", error, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 8)
+        raise AssertionError("unreachable")
+
+    def register(self, report: dict) -> dict:
+        return self._post("/register", report, retries=5)
+
+    def heartbeat(self, report: dict) -> dict:
+        return self._post("/heartbeat", report, retries=1)
+
+    def claim(self, attempt_id: int) -> dict:
+        return self._post(f"/attempts/{attempt_id}/claim", retries=2)["attempt"]
+
+    def started(self, attempt_id: int) -> None:
+        self._post(f"/attempts/{attempt_id}/started")
+
+    def logs(self, attempt_id: int, lines: list[dict]) -> None:
+        self._post(f"/attempts/{attempt_id}/logs", {"lines": lines})
+
+    def finished(self, attempt_id: int, *, exit_code: int | None, error: str | None = None) -> None:
+        self._post(f"/attempts/{attempt_id}/finished", {"exit_code": exit_code, "error": error}, retries=8)
+
+
+def _message(response: requests.Response) -> str:
+    try:
+        return response.json().get("error") or response.reason
+    except ValueError:
+        return f"{response.status_code} {response.reason}"

@@ -1,0 +1,79 @@
+"""Sends a running attempt's output lines to the server in batches, in order."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+
+from worker.client import NodeClient
+from worker.errors import AttemptGone, ServerError
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH = 1000
+# Lines held while the server cannot be reached; past this the oldest are dropped and said so.
+MAX_BUFFERED = 100_000
+
+
+class LogShipper:
+    def __init__(self, client: NodeClient, attempt_id: int, *, interval_s: float = 0.25):
+        self.client = client
+        self.attempt_id = attempt_id
+        self.interval_s = interval_s
+        self._lines: deque[dict] = deque()
+        self._seq = 0
+        self._dropped = 0
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._closing = False
+        # Set when the server says the attempt is no longer ours: the run must stop.
+        self.gone = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"logs-{attempt_id}", daemon=True)
+        self._thread.start()
+
+    def add(self, stream: str, text: str) -> None:
+        with self._lock:
+            self._seq += 1
+            self._lines.append({"seq": self._seq, "stream": stream, "text": text})
+            if len(self._lines) > MAX_BUFFERED:
+                self._lines.popleft()
+                self._dropped += 1
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Send what is left, then stop."""
+        self._closing = True
+        self._wake.set()
+        self._thread.join(timeout)
+
+    def _loop(self) -> None:
+        while True:
+            self._wake.wait(self.interval_s)
+            self._wake.clear()
+            self._flush()
+            if self._closing:
+                self._flush()
+                return
+
+    def _flush(self) -> None:
+        while not self.gone.is_set():
+            with self._lock:
+                if self._dropped:
+                    self._seq += 1
+                    note = f"[peergrid] {self._dropped} log lines were dropped while the server was unreachable."
+                    self._lines.append({"seq": self._seq, "stream": "system", "text": note})
+                    self._dropped = 0
+                batch = [self._lines[i] for i in range(min(MAX_BATCH, len(self._lines)))]
+            if not batch:
+                return
+            try:
+                self.client.logs(self.attempt_id, batch)
+            except AttemptGone:
+                self.gone.set()
+                return
+            except ServerError as e:
+                log.warning("could not send logs of attempt %s: %s", self.attempt_id, e)
+                return
+            with self._lock:
+                for _ in range(len(batch)):
+                    self._lines.popleft()

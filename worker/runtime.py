@@ -1,0 +1,240 @@
+"""Running an op's container with the Docker engine, streaming its output line by line."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import docker
+from docker.errors import APIError, DockerException, ImageNotFound, NotFound
+
+from worker.errors import ContainerFailed, RuntimeUnavailable
+
+log = logging.getLogger(__name__)
+
+LineSink = Callable[[str, str], None]  # (stream, text)
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    image: str
+    command: list[str] | None = None
+    entrypoint: list[str] | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    work_dir: str | None = None
+    network: str = "none"
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+def container_spec(spec: dict, *, network: str, labels: dict[str, str] | None = None) -> ContainerSpec:
+    """Translate an op's spec (Nosana args) into what Docker is asked to run.
+
+    A string cmd runs in a shell, as Nosana does, unless the op sets its own entrypoint, which
+    then receives the string as its one argument.
+    """
+    cmd = spec.get("cmd")
+    entrypoint = spec.get("entrypoint")
+    if isinstance(entrypoint, str):
+        entrypoint = [entrypoint]
+    if isinstance(cmd, str):
+        command = [cmd] if entrypoint else ["/bin/sh", "-c", cmd]
+    else:
+        command = list(cmd) if cmd else None
+    env = {str(k): str(v) for k, v in (spec.get("env") or {}).items()}
+    return ContainerSpec(
+        image=spec["image"],
+        command=command,
+        entrypoint=list(entrypoint) if entrypoint else None,
+        env=env,
+        work_dir=spec.get("work_dir") or None,
+        network=network,
+        labels=labels or {},
+    )
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a run ended: an exit code, or an error sentence when the container could not run."""
+
+    exit_code: int | None
+    error: str | None = None
+
+
+class LineSplitter:
+    """Turns the chunks of one output stream into whole lines."""
+
+    def __init__(self, stream: str, sink: LineSink):
+        self.stream = stream
+        self.sink = sink
+        self.partial = b""
+
+    def feed(self, chunk: bytes) -> None:
+        data = self.partial + chunk
+        *lines, self.partial = data.split(b"\n")
+        for line in lines:
+            self.sink(self.stream, line.rstrip(b"\r").decode("utf-8", errors="replace"))
+
+    def close(self) -> None:
+        if self.partial:
+            self.sink(self.stream, self.partial.decode("utf-8", errors="replace"))
+            self.partial = b""
+
+
+class DockerRuntime:
+    def __init__(self, docker_host: str | None = None):
+        self.docker_host = docker_host
+        self._client: docker.DockerClient | None = None
+
+    @property
+    def where(self) -> str:
+        return self.docker_host or "the local socket (unix:///var/run/docker.sock)"
+
+    def client(self) -> docker.DockerClient:
+        """A connected client, made on first use and remade after the engine went away.
+
+        Raises:
+            RuntimeUnavailable: the engine does not answer.
+        """
+        try:
+            if self._client is None:
+                self._client = (
+                    docker.DockerClient(base_url=self.docker_host, timeout=60)
+                    if self.docker_host
+                    else docker.from_env(timeout=60)
+                )
+            self._client.ping()
+            return self._client
+        except (DockerException, OSError) as e:
+            self._client = None
+            raise RuntimeUnavailable(
+                f"The Docker engine at {self.where} is not answering ({_short(e)}). "
+                "Start it (for example `sudo systemctl start docker`) and the worker will use it."
+            ) from e
+
+    def check(self) -> str | None:
+        """None when the engine answers, else a sentence saying what is wrong and what to do."""
+        try:
+            self.client()
+        except RuntimeUnavailable as e:
+            return str(e)
+        return None
+
+    def run(
+        self,
+        spec: ContainerSpec,
+        on_line: LineSink,
+        *,
+        timeout_s: float | None = None,
+        should_stop: Callable[[], bool] = lambda: False,
+        on_started: Callable[[], None] = lambda: None,
+        stop_grace_s: int = 5,
+    ) -> Outcome:
+        """Run a container to its end, handing each output line to on_line as it arrives."""
+        try:
+            client = self.client()
+            self._ensure_image(client, spec.image)
+            container = self._create(client, spec)
+        except (RuntimeUnavailable, ContainerFailed) as e:
+            return Outcome(exit_code=None, error=str(e))
+        try:
+            return self._run_created(container, on_line, timeout_s, should_stop, on_started, stop_grace_s)
+        except (DockerException, OSError) as e:
+            return Outcome(exit_code=None, error=f"The Docker engine failed while running the container: {_short(e)}")
+        finally:
+            try:
+                container.remove(force=True)
+            except (DockerException, OSError) as e:
+                log.warning("could not remove container %s: %s", container.id[:12], e)
+
+    def _ensure_image(self, client: docker.DockerClient, image: str) -> None:
+        try:
+            client.images.get(image)
+            return
+        except ImageNotFound:
+            pass
+        except (DockerException, OSError) as e:
+            raise ContainerFailed(f"Could not look up the image {image!r}: {_short(e)}") from e
+        try:
+            client.images.pull(image)
+        except (DockerException, OSError) as e:
+            raise ContainerFailed(
+                f"The image {image!r} is not on this machine and could not be pulled ({_short(e)}). "
+                "Check the image name and tag, and that the registry is reachable from the node."
+            ) from e
+
+    def _create(self, client: docker.DockerClient, spec: ContainerSpec):
+        try:
+            return client.containers.create(
+                spec.image,
+                command=spec.command,
+                entrypoint=spec.entrypoint,
+                environment=spec.env,
+                working_dir=spec.work_dir,
+                network_mode=spec.network,
+                labels={"peergrid": "1", **spec.labels},
+                detach=True,
+                tty=False,
+                stdin_open=False,
+                security_opt=["no-new-privileges"],
+            )
+        except (DockerException, OSError) as e:
+            raise ContainerFailed(f"Docker could not create the container: {_short(e)}") from e
+
+    def _run_created(self, container, on_line, timeout_s, should_stop, on_started, stop_grace_s) -> Outcome:
+        out, err = LineSplitter("stdout", on_line), LineSplitter("stderr", on_line)
+        # Attach before starting so no early output is missed.
+        stream = container.attach(stdout=True, stderr=True, stream=True, logs=True, demux=True)
+
+        def pump() -> None:
+            try:
+                for stdout_chunk, stderr_chunk in stream:
+                    if stdout_chunk:
+                        out.feed(stdout_chunk)
+                    if stderr_chunk:
+                        err.feed(stderr_chunk)
+            except Exception as e:  # the engine closed the stream; the exit code still tells
+                log.debug("output stream ended: %s", e)
+            finally:
+                out.close()
+                err.close()
+
+        reader = threading.Thread(target=pump, name=f"output-{container.id[:12]}", daemon=True)
+        reader.start()
+        try:
+            container.start()
+        except APIError as e:
+            stream.close()
+            return Outcome(exit_code=None, error=f"The container could not start: {_short(e)}")
+        on_started()
+        began = time.monotonic()
+        stopped_because: str | None = None
+        while reader.is_alive():
+            reader.join(0.2)
+            if stopped_because is None:
+                if should_stop():
+                    stopped_because = "stopped"
+                elif timeout_s is not None and time.monotonic() - began > timeout_s:
+                    stopped_because = f"timed out after {timeout_s:g} seconds"
+                if stopped_because:
+                    try:
+                        container.stop(timeout=stop_grace_s)
+                    except NotFound:
+                        pass
+        result = container.wait(timeout=60)
+        reader.join(5)
+        code = int(result.get("StatusCode", -1))
+        if stopped_because and stopped_because != "stopped":
+            return Outcome(exit_code=code, error=f"The container {stopped_because} and was stopped.")
+        if result.get("Error") and result["Error"].get("Message"):
+            return Outcome(exit_code=code, error=result["Error"]["Message"])
+        return Outcome(exit_code=code)
+
+
+def _short(e: BaseException) -> str:
+    if isinstance(e, APIError) and getattr(e, "explanation", None):
+        return str(e.explanation)
+    text = str(e)
+    return text if len(text) < 300 else text[:300] + "…"

@@ -1,0 +1,39 @@
+"""Typed settings of the worker agent, from its command line and PEERGRID_* variables."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Mapping
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    server: str
+    token: str
+    name: str | None = None
+    simulate_gpus: str | None = None
+    # CPU ops run at once.
+    slots: int = 1
+    # Network for job containers: "none" (no network) or a Docker network name such as "bridge".
+    job_network: str = "bridge"
+    # Seconds between log batches sent while a container runs.
+    log_interval_s: float = 0.25
+    # Seconds between broker polls on transports that poll (the embedded SQL broker).
+    poll_interval_s: float = 0.1
+    # Docker engine address; None means the environment's (DOCKER_HOST or the local socket).
+    docker_host: str | None = None
+    # Seconds a container gets to stop after SIGTERM before it is killed.
+    stop_grace_s: int = 5
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **given) -> "WorkerSettings":
+        env = os.environ if env is None else env
+        values = {
+            "server": env.get("PEERGRID_SERVER", "http://127.0.0.1:8000"),
+            "token": env.get("PEERGRID_NODE_TOKEN", ""),
+            "job_network": env.get("PEERGRID_JOB_NETWORK", "bridge"),
+            "docker_host": env.get("DOCKER_HOST") or None,
+        }
+        values.update({k: v for k, v in given.items() if v is not None})
+        return cls(**values)
