@@ -1,0 +1,175 @@
+"""Fixtures: real stores (SQLite, PostgreSQL), a real Docker engine and test image, the app."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from scheduler.core import Core
+from scheduler.migrate import upgrade
+from scheduler.settings import Settings
+
+IN_CI = os.environ.get("CI") == "true"
+TEST_IMAGE = os.environ.get("PEERGRID_TEST_IMAGE", "peergrid-test/busybox:latest")
+REDIS_URL = os.environ.get("PEERGRID_TEST_REDIS_URL", "redis://127.0.0.1:6390/0")
+POSTGRES_URL = os.environ.get(
+    "PEERGRID_TEST_POSTGRES_URL", "postgresql+psycopg://peergrid:peergrid@127.0.0.1:5432/postgres"
+)
+
+
+def need(available: bool, what: str) -> None:
+    """Skip on a developer's machine without the service; fail in CI, where it must be there."""
+    if available:
+        return
+    if IN_CI:
+        pytest.fail(f"{what} is required in CI but is not available (scripts/test sets it up).")
+    pytest.skip(f"{what} is not available; scripts/test sets it up")
+
+
+# -- Docker --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def docker_client():
+    import docker
+
+    try:
+        client = docker.from_env(timeout=30)
+        client.ping()
+    except Exception:
+        client = None
+    need(client is not None, "A Docker engine")
+    return client
+
+
+@pytest.fixture(scope="session")
+def test_image(docker_client) -> str:
+    from docker.errors import ImageNotFound
+
+    try:
+        docker_client.images.get(TEST_IMAGE)
+        found = True
+    except ImageNotFound:
+        found = False
+    need(found, f"The test image {TEST_IMAGE}")
+    return TEST_IMAGE
+
+
+# -- stores --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("sqlite-template") / "store.sqlite"
+    upgrade(f"sqlite:///{path}")
+    return path
+
+
+@pytest.fixture
+def sqlite_url(tmp_path, sqlite_template) -> str:
+    path = tmp_path / "store.sqlite"
+    shutil.copy(sqlite_template, path)
+    return f"sqlite:///{path}"
+
+
+def _with_database(url: str, name: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).set(database=name).render_as_string(hide_password=False)
+
+
+@pytest.fixture(scope="session")
+def postgres_admin():
+    try:
+        engine = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except Exception:
+        engine = None
+    need(engine is not None, f"PostgreSQL at {POSTGRES_URL}")
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres_template(postgres_admin) -> str:
+    name = f"peergrid_tmpl_{os.getpid()}"
+    with postgres_admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    upgrade(_with_database(POSTGRES_URL, name))
+    yield name
+    with postgres_admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def postgres_url(postgres_admin, postgres_template) -> str:
+    name = f"peergrid_test_{uuid.uuid4().hex[:12]}"
+    with postgres_admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{postgres_template}"'))
+    yield _with_database(POSTGRES_URL, name)
+    with postgres_admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request) -> str:
+    """A migrated, empty store; tests using it run on both backends."""
+    return request.getfixturevalue(f"{request.param}_url")
+
+
+@pytest.fixture
+def redis_url():
+    import redis
+
+    try:
+        client = redis.Redis.from_url(REDIS_URL)
+        client.ping()
+    except Exception:
+        client = None
+    need(client is not None, f"Redis at {REDIS_URL}")
+    client.flushdb()
+    yield REDIS_URL
+    client.flushdb()
+
+
+# -- the app -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def settings(tmp_path, sqlite_url) -> Settings:
+    return Settings.from_env(
+        {
+            "PEERGRID_DATABASE_URL": sqlite_url,
+            "PEERGRID_BROKER_URL": f"sqla+sqlite:///{tmp_path / 'broker.sqlite'}",
+            "PEERGRID_SECRET_KEY": "test-secret",
+        },
+        data_dir=tmp_path,
+    )
+
+
+@pytest.fixture
+def core(settings):
+    core = Core.from_settings(settings)
+    yield core
+    core.close()
+
+
+@pytest.fixture
+def app(core):
+    from web import create_app
+
+    app = create_app(core=core)
+    app.config["TESTING"] = True
+    return app
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()

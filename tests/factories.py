@@ -1,0 +1,50 @@
+"""Make accounts, tokens and nodes in a store, for tests."""
+
+from __future__ import annotations
+
+import uuid
+
+from scheduler.accounts import create_api_token, create_user
+from scheduler.core import Core
+from scheduler.nodes import create_node
+
+PASSWORD = "correct horse battery"
+
+
+def user(core: Core, *, email: str | None = None, admin: bool = False) -> tuple[int, str]:
+    """Create an account; return its id and an API token."""
+    with core.transaction() as session:
+        row = create_user(session, email or f"{uuid.uuid4().hex[:8]}@example.com", PASSWORD, is_admin=admin)
+        token = create_api_token(session, row, "test")
+    return row.id, token
+
+
+def node(core: Core, owner_email: str | None = None, *, name: str | None = None) -> tuple[int, str, str]:
+    """Create an account and a node of it; return the node id, the node token and the owner's API token."""
+    from sqlalchemy import select
+
+    from scheduler.models import User
+
+    owner_id, api_token = user(core, email=owner_email)
+    with core.transaction() as session:
+        owner = session.scalar(select(User).where(User.id == owner_id))
+        row, token = create_node(session, owner, name or f"node-{uuid.uuid4().hex[:6]}")
+    return row.id, token, api_token
+
+
+def hello_world(image: str, cmd=None) -> dict:
+    return {
+        "version": "0.1",
+        "type": "container",
+        "ops": [
+            {
+                "type": "container/run",
+                "id": "hello-world",
+                "args": {"image": image, "cmd": cmd if cmd is not None else ["echo", "hello", "world"]},
+            }
+        ],
+    }
+
+
+def bearer(token: str) -> dict:
+    return {"Authorization": f"Bearer {token}"}

@@ -1,0 +1,140 @@
+"""The REST API for people: submit, read, logs, cancel; who may see what."""
+
+from __future__ import annotations
+
+from kombu import Connection, Exchange, Queue
+
+from tests import factories
+from tests.factories import bearer, hello_world
+
+
+def offers_on(broker_url: str, queue: str = "market.cpu") -> list[dict]:
+    with Connection(broker_url) as conn:
+        bound = Queue(queue, Exchange("", type="direct"), routing_key=queue)(conn)
+        bound.declare()
+        found = []
+        while (message := bound.get(no_ack=True)) is not None:
+            found.append(message.payload)
+        return found
+
+
+def test_submit_stores_the_job_and_publishes_its_offer(client, core):
+    _, token = factories.user(core)
+
+    response = client.post("/api/v1/jobs", json=hello_world("busybox"), headers=bearer(token))
+
+    assert response.status_code == 201, response.json
+    body = response.json
+    assert body["state"] == "queued"
+    assert body["max_cost"] == 100 * 3600  # CPU price × one core × default timeout × one try
+    job = client.get(f"/api/v1/jobs/{body['id']}", headers=bearer(token)).json
+    assert [op["id"] for op in job["ops"]] == ["hello-world"]
+    attempt = job["ops"][0]["attempts"][0]
+    assert attempt["state"] == "queued" and attempt["node"] is None
+    (offer,) = offers_on(core.settings.broker_url)
+    assert offer["attempt_id"] == attempt["id"]
+    assert offer["market"] == "cpu" and "env" not in offer
+
+
+def test_a_wrong_definition_gets_every_problem_and_stores_nothing(client, core):
+    _, token = factories.user(core)
+    bad = {"version": "0.1", "ops": [{"id": "x", "type": "container/run", "args": {"cmd": 3}}]}
+
+    response = client.post("/api/v1/jobs", json=bad, headers=bearer(token))
+
+    assert response.status_code == 422
+    paths = {e["path"] for e in response.json["errors"]}
+    assert paths == {"$.ops[0].args.image", "$.ops[0].args.cmd"}
+    assert client.get("/api/v1/jobs", headers=bearer(token)).json["total"] == 0
+    assert offers_on(core.settings.broker_url) == []
+
+
+def test_a_body_that_is_not_json_is_a_problem_at_the_root(client, core):
+    _, token = factories.user(core)
+    response = client.post("/api/v1/jobs", data="{nope", headers={**bearer(token), "Content-Type": "application/json"})
+    assert response.status_code == 422
+    assert response.json["errors"] == [{"path": "$", "message": "The body is not valid JSON."}]
+
+
+def test_an_op_no_market_serves_is_refused_with_the_reason(client, core):
+    _, token = factories.user(core)
+    doc = hello_world("busybox")
+    doc["ops"][0]["args"]["gpu"] = True
+
+    response = client.post("/api/v1/jobs", json=doc, headers=bearer(token))
+
+    assert response.status_code == 422
+    assert "No market serves an op that needs 1 GPU" in response.json["errors"][0]["message"]
+
+
+def test_calls_without_a_valid_token_are_refused(client, core):
+    assert client.get("/api/v1/jobs").status_code == 401
+    response = client.get("/api/v1/jobs", headers=bearer("pg_not-a-token"))
+    assert response.status_code == 401
+    assert "unknown" in response.json["error"]
+    _, node_token, _ = factories.node(core)
+    assert client.get("/api/v1/jobs", headers=bearer(node_token)).status_code == 401
+
+
+def test_another_users_job_is_not_found(client, core):
+    _, mine = factories.user(core)
+    _, theirs = factories.user(core)
+    job_id = client.post("/api/v1/jobs", json=hello_world("busybox"), headers=bearer(mine)).json["id"]
+
+    for path in (f"/api/v1/jobs/{job_id}", f"/api/v1/jobs/{job_id}/logs"):
+        assert client.get(path, headers=bearer(theirs)).status_code == 404
+    assert client.post(f"/api/v1/jobs/{job_id}/cancel", headers=bearer(theirs)).status_code == 404
+    assert client.get("/api/v1/jobs/999999", headers=bearer(mine)).status_code == 404
+
+
+def test_jobs_list_filters_by_state_and_pages(client, core):
+    _, token = factories.user(core)
+    ids = [client.post("/api/v1/jobs", json=hello_world("busybox"), headers=bearer(token)).json["id"] for _ in range(3)]
+    client.post(f"/api/v1/jobs/{ids[0]}/cancel", headers=bearer(token))
+
+    queued = client.get("/api/v1/jobs?state=queued", headers=bearer(token)).json
+    cancelled = client.get("/api/v1/jobs?state=cancelled", headers=bearer(token)).json
+
+    assert [j["id"] for j in queued["jobs"]] == [ids[2], ids[1]]
+    assert [j["id"] for j in cancelled["jobs"]] == [ids[0]]
+    bad = client.get("/api/v1/jobs?state=sleeping", headers=bearer(token))
+    assert bad.status_code == 400 and "Unknown state" in bad.json["error"]
+
+
+def test_cancel_ends_every_op_and_attempt(client, core):
+    _, token = factories.user(core)
+    job_id = client.post("/api/v1/jobs", json=hello_world("busybox"), headers=bearer(token)).json["id"]
+
+    job = client.post(f"/api/v1/jobs/{job_id}/cancel", headers=bearer(token)).json
+
+    assert job["state"] == "cancelled" and job["finished_at"]
+    assert job["ops"][0]["state"] == "cancelled"
+    assert job["ops"][0]["attempts"][0]["state"] == "cancelled"
+
+
+def test_nodes_are_created_with_a_token_shown_once(client, core):
+    _, token = factories.user(core)
+
+    created = client.post("/api/v1/nodes", json={"name": "rig-1"}, headers=bearer(token))
+    again = client.post("/api/v1/nodes", json={"name": "rig-1"}, headers=bearer(token))
+    listed = client.get("/api/v1/nodes", headers=bearer(token)).json["nodes"]
+
+    assert created.status_code == 201 and created.json["token"].startswith("pgn_")
+    assert again.status_code == 409
+    assert [n["name"] for n in listed] == ["rig-1"]
+    assert "token" not in listed[0]
+
+
+def test_markets_and_health(client, core):
+    _, token = factories.user(core)
+    markets = client.get("/api/v1/markets", headers=bearer(token)).json["markets"]
+    assert [m["slug"] for m in markets] == ["cpu"]
+    assert client.get("/api/v1/health").json == {"ok": True}
+
+
+def test_an_oversized_body_is_cut_off_with_a_clear_message(client, core, app):
+    _, token = factories.user(core)
+    app.config["MAX_CONTENT_LENGTH"] = 1000
+    response = client.post("/api/v1/jobs", data="x" * 5000, headers={**bearer(token), "Content-Type": "application/json"})
+    assert response.status_code == 413
+    assert "larger than" in response.json["error"]

@@ -1,0 +1,50 @@
+from pathlib import Path
+
+import pytest
+
+from scheduler.errors import ConfigurationError
+from scheduler.settings import Settings
+
+
+def test_embedded_defaults_live_under_the_data_dir(tmp_path):
+    settings = Settings.from_env({"PEERGRID_DATA_DIR": str(tmp_path)})
+
+    assert settings.data_dir == tmp_path
+    assert settings.database_url == f"sqlite:///{tmp_path / 'peergrid.sqlite'}"
+    assert settings.broker_url == f"sqla+sqlite:///{tmp_path / 'broker.sqlite'}"
+    assert settings.worker_broker_url == settings.broker_url
+    assert settings.embedded
+
+
+def test_scaled_setup_comes_from_the_environment(tmp_path):
+    settings = Settings.from_env(
+        {
+            "PEERGRID_DATA_DIR": str(tmp_path),
+            "PEERGRID_DATABASE_URL": "postgresql+psycopg://u:p@db/peergrid",
+            "PEERGRID_BROKER_URL": "redis://redis:6379/0",
+            "PEERGRID_WORKER_BROKER_URL": "redis://broker.example:6379/0",
+            "PEERGRID_SECRET_KEY": "s3cret",
+            "PEERGRID_REOFFER_AFTER": "12.5",
+        }
+    )
+
+    assert settings.database_url.startswith("postgresql")
+    assert settings.broker_url == "redis://redis:6379/0"
+    assert settings.worker_broker_url == "redis://broker.example:6379/0"
+    assert settings.secret_key == "s3cret"
+    assert settings.reoffer_after_s == 12.5
+    assert not settings.embedded
+
+
+def test_a_secret_is_made_once_and_kept(tmp_path):
+    first = Settings.from_env({"PEERGRID_DATA_DIR": str(tmp_path)})
+    second = Settings.from_env({"PEERGRID_DATA_DIR": str(tmp_path)})
+
+    assert len(first.secret_key) > 40
+    assert first.secret_key == second.secret_key
+    assert (Path(tmp_path) / "secret_key").stat().st_mode & 0o077 == 0
+
+
+def test_a_bad_number_says_which_setting(tmp_path):
+    with pytest.raises(ConfigurationError, match="PEERGRID_DEFAULT_TIMEOUT"):
+        Settings.from_env({"PEERGRID_DATA_DIR": str(tmp_path), "PEERGRID_DEFAULT_TIMEOUT": "soon"})
