@@ -1,0 +1,120 @@
+"""A running peergrid for end-to-end tests: web, scheduler and workers as real processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+from scheduler.core import Core
+from scheduler.migrate import upgrade
+from scheduler.settings import Settings
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Stack:
+    def __init__(self, root: Path, *, database_url: str, broker_url: str):
+        self.root = root
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {
+            **os.environ,
+            "PEERGRID_DATA_DIR": str(root),
+            "PEERGRID_DATABASE_URL": database_url,
+            "PEERGRID_BROKER_URL": broker_url,
+            "PEERGRID_SECRET_KEY": "e2e-secret",
+            "PEERGRID_REOFFER_AFTER": "5",
+            "PEERGRID_HEARTBEAT_INTERVAL": "2",
+            "PYTHONUNBUFFERED": "1",
+        }
+        self.settings = Settings.from_env(self.env)
+        upgrade(database_url)
+        self.core = Core.from_settings(self.settings)
+        self.processes: list[tuple[str, subprocess.Popen, Path]] = []
+
+    def spawn(self, name: str, *args: str, env: dict | None = None) -> subprocess.Popen:
+        log = self.root / f"{name}.log"
+        process = subprocess.Popen(
+            [sys.executable, "-m", "web.cli", *args],
+            env={**self.env, **(env or {})},
+            stdout=log.open("w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.processes.append((name, process, log))
+        return process
+
+    def start_web(self) -> None:
+        self.spawn("web", "web", "--port", str(self.port))
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(self.url + "/api/v1/health", timeout=1).ok:
+                    return
+            except requests.RequestException:
+                time.sleep(0.1)
+        raise AssertionError("the web server did not come up:\n" + self.logs())
+
+    def start_scheduler(self) -> None:
+        self.spawn("scheduler", "scheduler", "--loglevel", "INFO")
+
+    def start_worker(self, node_token: str, *args: str, name: str = "worker", env: dict | None = None):
+        return self.spawn(
+            name, "worker", "--server", self.url, "--token", node_token, "--job-network", "none", *args, env=env
+        )
+
+    def logs(self) -> str:
+        out = []
+        for name, _, log in self.processes:
+            text = log.read_text() if log.exists() else ""
+            out.append(f"--- {name} ---\n{text[-4000:]}")
+        return "\n".join(out)
+
+    def stop(self) -> None:
+        for _, process, _ in reversed(self.processes):
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for _, process, _ in self.processes:
+            try:
+                process.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        self.core.close()
+
+
+class Api:
+    """The REST API as a test calls it."""
+
+    def __init__(self, url: str, token: str):
+        self.url = url + "/api/v1"
+        self.http = requests.Session()
+        self.http.headers["Authorization"] = f"Bearer {token}"
+
+    def get(self, path: str, **params):
+        response = self.http.get(self.url + path, params=params, timeout=10)
+        response.raise_for_status()
+        return response.json()
+
+    def post(self, path: str, body=None):
+        return self.http.post(self.url + path, json=body, timeout=10)
+
+    def wait(self, job_id: int, *, timeout: float = 60, until=("succeeded", "failed", "cancelled")) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            job = self.get(f"/jobs/{job_id}")
+            if job["state"] in until:
+                return job
+            time.sleep(0.05)
+        raise AssertionError(f"job {job_id} is still {job['state']} after {timeout}s")

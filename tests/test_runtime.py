@@ -1,0 +1,99 @@
+"""The Docker runtime against a real engine and a locally built image."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from worker.runtime import DockerRuntime, container_spec
+
+
+def run(image: str, spec: dict, **kwargs):
+    lines: list[tuple[str, str]] = []
+    outcome = DockerRuntime().run(
+        container_spec({"image": image, **spec}, network="none"), lambda s, t: lines.append((s, t)), **kwargs
+    )
+    return outcome, lines
+
+
+def test_a_list_cmd_runs_as_given(test_image):
+    outcome, lines = run(test_image, {"cmd": ["echo", "hello", "world"]})
+    assert (outcome.exit_code, outcome.error) == (0, None)
+    assert lines == [("stdout", "hello world")]
+
+
+def test_a_string_cmd_runs_in_a_shell_with_env_and_work_dir(test_image):
+    outcome, lines = run(
+        test_image,
+        {"cmd": "echo $GREETING from $(pwd); echo oops >&2; exit 4", "env": {"GREETING": "hi"}, "work_dir": "/tmp"},
+    )
+    assert outcome.exit_code == 4
+    assert ("stdout", "hi from /tmp") in lines and ("stderr", "oops") in lines
+
+
+def test_an_entrypoint_receives_the_cmd(test_image):
+    outcome, lines = run(test_image, {"entrypoint": ["/bin/sh", "-c"], "cmd": ["echo via entrypoint"]})
+    assert outcome.exit_code == 0
+    assert lines == [("stdout", "via entrypoint")]
+
+
+def test_containers_have_no_network_when_told(test_image):
+    outcome, lines = run(test_image, {"cmd": "ls /sys/class/net"})
+    assert outcome.exit_code == 0
+    assert [t for _, t in lines] == ["lo"]
+
+
+def test_lines_arrive_while_the_container_runs(test_image):
+    seen: list[tuple[float, str]] = []
+    began = time.monotonic()
+    spec = container_spec({"image": test_image, "cmd": "for i in 1 2 3; do echo line-$i; sleep 0.4; done"}, network="none")
+    outcome = DockerRuntime().run(spec, lambda s, t: seen.append((time.monotonic() - began, t)))
+    ended = time.monotonic() - began
+    assert outcome.exit_code == 0
+    assert [t for _, t in seen] == ["line-1", "line-2", "line-3"]
+    assert seen[0][0] < ended - 0.6  # the first line came well before the end
+
+
+def test_a_missing_image_fails_with_a_sentence(docker_client):
+    outcome, lines = run("peergrid-test/no-such-image:never", {"cmd": ["true"]})
+    assert outcome.exit_code is None
+    assert "is not on this machine and could not be pulled" in outcome.error
+    assert "Traceback" not in outcome.error
+
+
+def test_a_missing_executable_fails_with_a_sentence(test_image):
+    outcome, _ = run(test_image, {"cmd": ["/no/such/binary"]})
+    assert outcome.exit_code is None or outcome.exit_code != 0
+    assert outcome.error and "Traceback" not in outcome.error
+
+
+def test_a_stopped_engine_fails_with_a_sentence_saying_what_to_do(tmp_path):
+    runtime = DockerRuntime(f"unix://{tmp_path}/docker.sock")
+    outcome = runtime.run(container_spec({"image": "x", "cmd": "true"}, network="none"), lambda s, t: None)
+    assert outcome.exit_code is None
+    assert "is not answering" in outcome.error and "Start it" in outcome.error
+    assert "is not answering" in runtime.check()
+
+
+def test_a_timeout_stops_the_container(test_image):
+    began = time.monotonic()
+    outcome, _ = run(test_image, {"cmd": "sleep 30"}, timeout_s=1, stop_grace_s=1)
+    assert time.monotonic() - began < 10
+    assert "timed out after 1 seconds" in outcome.error
+
+
+def test_should_stop_stops_the_container(test_image):
+    stop = threading.Event()
+    threading.Timer(0.8, stop.set).start()
+    began = time.monotonic()
+    outcome, _ = run(test_image, {"cmd": "sleep 30"}, should_stop=stop.is_set, stop_grace_s=1)
+    assert time.monotonic() - began < 10
+    assert outcome.exit_code is not None and outcome.exit_code != 0
+
+
+@pytest.mark.parametrize("cmd", [None, []])
+def test_no_cmd_runs_the_images_default(test_image, cmd):
+    outcome, _ = run(test_image, {"cmd": cmd} if cmd is not None else {})
+    assert outcome.exit_code == 0  # busybox sh with no input exits at once
