@@ -1,0 +1,159 @@
+"""The `peergrid` command as users and scripts call it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests import factories
+from tests.stack import Stack
+from tests.test_jobdef import EXAMPLES
+
+
+def peergrid(*args: str, env: dict, input: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "web.cli", *args], env=env, capture_output=True, text=True, input=input, timeout=120
+    )
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, sqlite_template, docker_client):
+    from docker.errors import ImageNotFound
+
+    from tests.conftest import TEST_IMAGE
+
+    try:
+        docker_client.images.get(TEST_IMAGE)
+    except ImageNotFound:
+        pytest.fail(f"the test image {TEST_IMAGE} is missing")
+    root = tmp_path_factory.mktemp("cli")
+    db = root / "store.sqlite"
+    db.write_bytes(sqlite_template.read_bytes())
+    stack = Stack(root, database_url=f"sqlite:///{db}", broker_url=f"sqla+sqlite:///{root / 'broker.sqlite'}")
+    try:
+        stack.start_web()
+        yield stack
+    finally:
+        stack.stop()
+
+
+@pytest.fixture(scope="module")
+def user_env(stack):
+    env = {**stack.env, "PEERGRID_SERVER": stack.url}
+    made = peergrid("admin", "create-user", "cli@example.com", "--password", "long enough pw", env=env)
+    assert made.returncode == 0, made.stderr
+    token = peergrid("admin", "create-token", "cli@example.com", env=env)
+    assert token.returncode == 0, token.stderr
+    return {**env, "PEERGRID_TOKEN": token.stdout.strip()}
+
+
+def test_create_token_prints_the_token_and_nothing_else(user_env):
+    assert user_env["PEERGRID_TOKEN"].startswith("pg_")
+    assert "\n" not in user_env["PEERGRID_TOKEN"]
+
+
+def test_create_user_refuses_a_duplicate_with_a_sentence(stack, user_env):
+    again = peergrid("admin", "create-user", "cli@example.com", "--password", "long enough pw", env=user_env)
+    assert again.returncode == 1
+    assert "already exists" in again.stderr and "Traceback" not in again.stderr
+
+
+def test_create_user_prompts_for_the_password(stack):
+    made = peergrid("admin", "create-user", "prompted@example.com", env=stack.env, input="a fine password\na fine password\n")
+    assert made.returncode == 0, made.stderr
+    assert "Created account prompted@example.com" in made.stdout
+
+
+def test_create_token_for_an_unknown_account_says_what_to_do(stack):
+    result = peergrid("admin", "create-token", "ghost@example.com", env=stack.env)
+    assert result.returncode == 1
+    assert "peergrid admin create-user ghost@example.com" in result.stderr
+
+
+def test_node_create_prints_the_node_token_only(user_env):
+    result = peergrid("node", "create", "my-rig", env=user_env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("pgn_") and result.stdout.count("\n") == 1
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_validate_accepts_every_nosana_example(path, tmp_path):
+    result = peergrid("job", "validate", str(path), env=dict(os.environ))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_validate_prints_one_line_per_problem(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"version": "0.1", "ops": [{"id": "a", "type": "container/run", "args": {"cmd": 1}}]}))
+    result = peergrid("job", "validate", str(bad), env=dict(os.environ))
+    assert result.returncode == 1
+    assert result.stdout.splitlines() == [
+        '$.ops[0].args.image: Missing: the container image to run, like "ubuntu:24.04".',
+        "$.ops[0].args.cmd: cmd must be a string or a list of strings.",
+    ]
+    as_json = json.loads(peergrid("job", "validate", str(bad), "--json", env=dict(os.environ)).stdout)
+    assert as_json["valid"] is False and len(as_json["errors"]) == 2
+
+
+def test_validate_reports_a_file_that_is_not_json(tmp_path):
+    bad = tmp_path / "broken.json"
+    bad.write_text("{ nope")
+    result = peergrid("job", "validate", str(bad), env=dict(os.environ))
+    assert result.returncode == 1 and "is not valid JSON" in result.stderr
+
+
+def test_submit_wait_status_and_logs(stack, user_env, tmp_path, test_image):
+    _, node_token, _ = factories.node(stack.core)
+    stack.start_worker(node_token, name="cli-worker")
+    job = tmp_path / "hello.json"
+    job.write_text(json.dumps(factories.hello_world(test_image)))
+
+    submitted = peergrid("job", "submit", str(job), "--wait", env=user_env)
+    assert submitted.returncode == 0, submitted.stderr + stack.logs()
+    job_id = submitted.stdout.strip()
+    assert job_id.isdigit()
+
+    status = peergrid("job", "status", job_id, env=user_env)
+    assert status.returncode == 0
+    assert f"job {job_id}: succeeded" in status.stdout and "hello-world: succeeded exit 0" in status.stdout
+    as_json = json.loads(peergrid("job", "status", job_id, "--json", env=user_env).stdout)
+    assert as_json["state"] == "succeeded" and as_json["ops"][0]["exit_code"] == 0
+
+    logs = peergrid("job", "logs", job_id, env=user_env)
+    assert logs.stdout == "[hello-world] hello world\n"
+    assert peergrid("job", "logs", job_id, "--op", "hello-world", env=user_env).stdout == "hello world\n"
+
+    failing = tmp_path / "fail.json"
+    failing.write_text(json.dumps(factories.hello_world(test_image, cmd="exit 2")))
+    failed = peergrid("job", "submit", str(failing), "--wait", env=user_env)
+    assert failed.returncode == 1 and "failed" in failed.stderr
+
+
+def test_submit_of_a_bad_definition_prints_the_problems(user_env, tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"version": "0.1", "ops": []}))
+    result = peergrid("job", "submit", str(bad), env=user_env)
+    assert result.returncode == 1
+    assert result.stderr.strip() == "$.ops: The job has no ops: add at least one."
+
+
+def test_client_commands_say_what_to_do_without_a_token_or_server(user_env):
+    no_token = {k: v for k, v in user_env.items() if k != "PEERGRID_TOKEN"}
+    result = peergrid("job", "status", "1", env=no_token)
+    assert result.returncode == 1 and "PEERGRID_TOKEN" in result.stderr
+    down = {**user_env, "PEERGRID_SERVER": "http://127.0.0.1:9"}
+    result = peergrid("job", "status", "1", env=down)
+    assert result.returncode == 1 and "Cannot reach the server" in result.stderr
+
+
+def test_db_upgrade_migrates_an_empty_store(tmp_path):
+    env = {**os.environ, "PEERGRID_DATA_DIR": str(tmp_path)}
+    result = peergrid("db", "upgrade", env=env)
+    assert result.returncode == 0, result.stderr
+    assert (Path(tmp_path) / "peergrid.sqlite").exists()
+    assert "up to date" in result.stdout

@@ -1,0 +1,101 @@
+"""The first dashboard pages: sign in, the jobs list, a job with its logs."""
+
+from __future__ import annotations
+
+import re
+
+from scheduler.attempts import LogRecord, append_logs, claim_attempt, finish_attempt, start_attempt
+from scheduler.models import Attempt, Node
+from scheduler.nodes import NodeReport, register
+from tests import factories
+from tests.factories import PASSWORD, bearer, hello_world
+
+
+def csrf(page) -> str:
+    return re.search(r'name="csrf_token" value="([^"]+)"', page.get_data(as_text=True)).group(1)
+
+
+def sign_in(client, email: str, password: str = PASSWORD):
+    token = csrf(client.get("/login"))
+    return client.post("/login", data={"email": email, "password": password, "csrf_token": token})
+
+
+def test_pages_need_a_sign_in(client):
+    response = client.get("/jobs")
+    assert response.status_code == 302 and response.headers["Location"].startswith("/login")
+
+
+def test_sign_in_page_has_the_promised_fields(client):
+    page = client.get("/login").get_data(as_text=True)
+    assert 'type="email"' in page and 'type="password"' in page and 'type="submit"' in page
+
+
+def test_a_wrong_password_says_so_without_saying_which_part(client, core):
+    factories.user(core, email="ann@example.com")
+    response = sign_in(client, "ann@example.com", "wrong password")
+    assert response.status_code == 401
+    assert "Wrong email or password." in response.get_data(as_text=True)
+
+
+def test_a_form_without_its_csrf_token_is_refused(client, core):
+    factories.user(core, email="ann@example.com")
+    response = client.post("/login", data={"email": "ann@example.com", "password": PASSWORD})
+    assert response.status_code == 400
+
+
+def test_a_signed_in_user_sees_their_jobs_and_a_jobs_logs(client, core):
+    _, token = factories.user(core, email="ann@example.com")
+    job_id = client.post("/api/v1/jobs", json=hello_world("busybox"), headers=bearer(token)).json["id"]
+    node_id, _, _ = factories.node(core)
+    with core.transaction() as session:
+        node = session.get(Node, node_id)
+        register(session, node, NodeReport())
+        attempt = session.query(Attempt).one()
+        claim_attempt(session, node, attempt.id)
+        start_attempt(session, node, attempt.id)
+        append_logs(session, node, attempt.id, [LogRecord(1, "stdout", "hello <world>")], max_line_chars=100)
+        finish_attempt(session, node, attempt.id, exit_code=0)
+
+    response = sign_in(client, "ann@example.com")
+    assert response.status_code == 302
+    listing = client.get("/jobs").get_data(as_text=True)
+    assert f"#{job_id}" in listing and "state-succeeded" in listing
+    page = client.get(f"/jobs/{job_id}").get_data(as_text=True)
+    assert "hello &lt;world&gt;" in page  # escaped, never raw HTML
+    assert "hello-world" in page and "succeeded" in page
+    # The page's script follows the logs through the API, with the session cookie.
+    assert client.get(f"/api/v1/jobs/{job_id}/logs").json["lines"][0]["text"] == "hello <world>"
+
+
+def test_someone_elses_job_is_a_not_found_page(client, core):
+    _, token = factories.user(core)
+    job_id = client.post("/api/v1/jobs", json=hello_world("busybox"), headers=bearer(token)).json["id"]
+    factories.user(core, email="bob@example.com")
+    sign_in(client, "bob@example.com")
+    response = client.get(f"/jobs/{job_id}")
+    assert response.status_code == 404
+    assert "There is no job" in response.get_data(as_text=True)
+
+
+def test_sign_out(client, core):
+    factories.user(core, email="ann@example.com")
+    sign_in(client, "ann@example.com")
+    page = client.get("/jobs")
+    client.post("/logout", data={"csrf_token": csrf(page)})
+    assert client.get("/jobs").status_code == 302
+
+
+def test_the_session_cookie_does_not_authorise_writes(client, core):
+    _, token = factories.user(core, email="ann@example.com")
+    job_id = client.post("/api/v1/jobs", json=hello_world("busybox"), headers=bearer(token)).json["id"]
+    sign_in(client, "ann@example.com")
+    assert client.post(f"/api/v1/jobs/{job_id}/cancel").status_code == 401
+
+
+def test_login_only_redirects_within_the_site(client, core):
+    factories.user(core, email="ann@example.com")
+    token = csrf(client.get("/login"))
+    response = client.post(
+        "/login?next=//evil.example/x", data={"email": "ann@example.com", "password": PASSWORD, "csrf_token": token}
+    )
+    assert response.headers["Location"] == "/jobs"
