@@ -126,7 +126,7 @@ def worker(server: str, token: str, name: str | None, simulate_gpus: str | None,
         _fail(str(e))
 
     def _stop(signum, _frame):
-        logging.getLogger("worker").info("stopping (signal %s): finishing what runs", signum)
+        logging.getLogger("worker").info("stopping (signal %s): stopping running containers and reporting them", signum)
         agent.stop()
 
     signal.signal(signal.SIGTERM, _stop)
