@@ -12,9 +12,11 @@ from datetime import datetime
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from scheduler import events
 from scheduler.errors import Conflict, NotFound
 from scheduler.models import Attempt, LogLine, Node, Op
-from scheduler.orchestration import advance, new_attempt
+from scheduler.orchestration import advance, new_attempt, pinned_node_id
+from scheduler.results import extract
 from scheduler.states import (
     ATTEMPT_HELD,
     AttemptState,
@@ -45,6 +47,11 @@ def claim_attempt(session: Session, node: Node, attempt_id: int, *, now: datetim
     now = now or utcnow()
     if node.state in (NodeState.DRAINING, NodeState.OFFLINE):
         raise Conflict(f"Node {node.name} is {node.state.value} and takes no new work.")
+    pending = session.get(Attempt, attempt_id)
+    if pending is not None:
+        pinned = pinned_node_id(pending.op)
+        if pinned is not None and pinned != node.id:
+            raise Conflict(f"Attempt {attempt_id} must run on the node that holds its volumes.")
     assert can_move(AttemptState.QUEUED, AttemptState.CLAIMED)
     # A conditional update rather than move(): the WHERE clause is what makes the claim exclusive.
     result = session.execute(
@@ -60,6 +67,9 @@ def claim_attempt(session: Session, node: Node, attempt_id: int, *, now: datetim
         raise Conflict(f"Attempt {attempt_id} is {state.value}, not waiting for a node.")
     attempt = session.get(Attempt, attempt_id, populate_existing=True)
     assert attempt is not None
+    events.record(
+        session, attempt.op.job_id, "claimed", f"{attempt.op.key}: claimed by node {node.name}.", attempt=attempt, now=now
+    )
     return attempt
 
 
@@ -87,6 +97,7 @@ def start_attempt(session: Session, node: Node, attempt_id: int, *, now: datetim
     attempt = held_attempt(session, node, attempt_id)
     move(attempt, AttemptState.RUNNING, now=now)
     op = attempt.op
+    events.record(session, op.job, "started", f"{op.key}: the container started on node {node.name}.", attempt=attempt, now=now)
     if op.state == OpState.QUEUED:
         move(op, OpState.RUNNING, now=now)
     advance(session, op.job, now=now)
@@ -125,6 +136,15 @@ def append_logs(
     return len(fresh)
 
 
+def attempt_lines(session: Session, attempt: Attempt) -> list[tuple[str, str]]:
+    return [
+        (stream, text)
+        for stream, text in session.execute(
+            select(LogLine.stream, LogLine.text).where(LogLine.attempt_id == attempt.id).order_by(LogLine.seq)
+        )
+    ]
+
+
 def finish_attempt(
     session: Session,
     node: Node,
@@ -137,10 +157,17 @@ def finish_attempt(
     """Record how the attempt ended, retry or settle its op, and move the workflow on."""
     now = now or utcnow()
     attempt = held_attempt(session, node, attempt_id)
+    if attempt.op.result_rules:
+        attempt.op.results = extract(attempt.op.result_rules, attempt_lines(session, attempt))
     succeeded = error is None and exit_code == 0
     attempt.exit_code = exit_code
     attempt.error = error if error else (None if succeeded else f"The container exited with code {exit_code}.")
     move(attempt, AttemptState.SUCCEEDED if succeeded else AttemptState.FAILED, now=now)
+    events.record(
+        session, attempt.op.job, "exited",
+        f"{attempt.op.key}: " + ("the container exited with code 0." if succeeded else attempt.error),
+        attempt=attempt, now=now,
+    )
     record_op_outcome(session, attempt.op, attempt, now=now)
     return attempt
 
@@ -153,8 +180,37 @@ def record_op_outcome(session: Session, op: Op, attempt: Attempt, *, now: dateti
         move(op, OpState.SUCCEEDED, now=now)
     elif len(op.attempts) < op.max_attempts:
         move(op, OpState.QUEUED, now=now)
+        events.record(
+            session, op.job, "retrying",
+            f"{op.key}: attempt {attempt.number} failed; {op.max_attempts - len(op.attempts)} more allowed.",
+            op=op, now=now,
+        )
         new_attempt(session, op, now=now)
     else:
         op.error = attempt.error
         move(op, OpState.FAILED, now=now)
     advance(session, op.job, now=now)
+
+
+def expire_overdue(session: Session, *, grace_s: float, now: datetime | None = None) -> list[Attempt]:
+    """Fail held attempts past their op's time limit plus grace: their node stopped reporting.
+
+    The node enforces the limit itself; this catches nodes that vanished mid-run.
+    """
+    now = now or utcnow()
+    expired = []
+    held = session.scalars(
+        select(Attempt).where(Attempt.state.in_(ATTEMPT_HELD)).order_by(Attempt.id).with_for_update(skip_locked=True)
+    )
+    for attempt in held:
+        began = attempt.started_at or attempt.claimed_at
+        op = attempt.op
+        if began is None or (now - began).total_seconds() <= op.timeout_s + grace_s:
+            continue
+        node = attempt.node.name if attempt.node else "its node"
+        attempt.error = f"Timed out: {node} did not report the op ending within its {op.timeout_s} s limit."
+        move(attempt, AttemptState.FAILED, now=now)
+        events.record(session, op.job, "timed_out", f"{op.key}: {attempt.error}", attempt=attempt, now=now)
+        record_op_outcome(session, op, attempt, now=now)
+        expired.append(attempt)
+    return expired

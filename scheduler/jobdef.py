@@ -11,13 +11,14 @@ from scheduler.errors import InvalidDefinition, Problem
 RUN = "container/run"
 CREATE_VOLUME = "container/create-volume"
 OP_TYPES = (RUN, CREATE_VOLUME)
-LOG_TYPES = ("stdout", "stderr", "stdin", "all")
+LOG_TYPES = ("stdout", "stderr", "stdin", "nodeerr", "all")
 RESTART_POLICIES = ("no", "always", "on-failure", "unless-stopped")
 # %%ops.<op>.results.<key>%%, %%global.variables.<name>%%, %%global.<builtin>%%
 LITERAL = re.compile(r"%%([A-Za-z0-9_.\-]+)%%")
 _JS_NAMED_GROUP = re.compile(r"\(\?<(?![=!])")
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}$")
 MB_PER_GB = 1024
+GLOBAL_BUILTINS = ("job", "host", "version")
 
 
 def compile_result_regex(pattern: str) -> re.Pattern[str]:
@@ -28,8 +29,11 @@ def compile_result_regex(pattern: str) -> re.Pattern[str]:
 @dataclass(frozen=True)
 class ResultRule:
     regex: str
-    # Which of the op's streams the regex reads.
-    log_types: tuple[str, ...] = ("stdout", "stderr")
+    # Which of the op's log types the regex reads (Nosana's names).
+    log_types: tuple[str, ...] = ("all",)
+
+    def as_dict(self) -> dict:
+        return {"regex": self.regex, "log_types": list(self.log_types)}
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,13 @@ class OpDefinition:
     depends_on: tuple[str, ...] = ()
     stop_if_dependent_stops: bool = False
     results: dict[str, ResultRule] = field(default_factory=dict)
+    # Nosana's execution.timeout, in seconds.
+    execution_timeout: int | None = None
+
+    @property
+    def group_key(self) -> str:
+        """The op's group; an op with none is a group of its own, as in Nosana."""
+        return self.group if self.group is not None else f"op:{self.key}"
 
     @property
     def image(self) -> str | None:
@@ -61,7 +72,7 @@ class OpDefinition:
 
     @property
     def timeout_s(self) -> int | None:
-        return self.args.get("timeout")
+        return self.args.get("timeout") or self.execution_timeout
 
     @property
     def max_attempts(self) -> int:
@@ -225,10 +236,12 @@ class _Checker:
             merged = {**defaults, **args}
             if isinstance(defaults.get("env"), dict) and isinstance(args.get("env"), dict):
                 merged["env"] = {**defaults["env"], **args["env"]}
+            if defaults.get("gpu") is True:
+                merged["gpu"] = True  # as in Nosana, an op cannot turn off a global gpu
             args = merged
             ok &= self._check_args(f"{path}.args", args, require_image=True)
 
-        group, depends_on, stop_if = self._check_execution(f"{path}.execution", raw.get("execution"))
+        group, depends_on, stop_if, timeout = self._check_execution(f"{path}.execution", raw.get("execution"))
         results = self._check_results(f"{path}.results", raw.get("results"))
         if not ok or not isinstance(key, str):
             return None
@@ -241,6 +254,7 @@ class _Checker:
             depends_on=depends_on,
             stop_if_dependent_stops=stop_if,
             results=results,
+            execution_timeout=timeout,
         )
 
     def _check_args(self, path: str, args: dict, *, require_image: bool) -> bool:
@@ -324,12 +338,12 @@ class _Checker:
         if name not in RESTART_POLICIES:
             self.add(path, f"Unknown restart policy {name!r}: use one of {', '.join(RESTART_POLICIES)}.")
 
-    def _check_execution(self, path: str, execution: Any) -> tuple[str | None, tuple[str, ...], bool]:
+    def _check_execution(self, path: str, execution: Any) -> tuple[str | None, tuple[str, ...], bool, int | None]:
         if execution is None:
-            return None, (), False
+            return None, (), False, None
         if not isinstance(execution, dict):
             self.add(path, f"execution must be an object, not {_kind(execution)}.")
-            return None, (), False
+            return None, (), False, None
         group = execution.get("group")
         if group is not None and not isinstance(group, str):
             self.add(f"{path}.group", "group must be a string.")
@@ -342,7 +356,11 @@ class _Checker:
         if not isinstance(stop_if, bool):
             self.add(f"{path}.stop_if_dependent_stops", "stop_if_dependent_stops must be true or false.")
             stop_if = False
-        return group, tuple(depends_on), stop_if
+        timeout = execution.get("timeout")
+        if timeout is not None and (not _is_int(timeout) or timeout < 1):
+            self.add(f"{path}.timeout", "timeout must be a whole number of seconds, 1 or more.")
+            timeout = None
+        return group, tuple(depends_on), stop_if, timeout
 
     def _check_results(self, path: str, results: Any) -> dict[str, ResultRule]:
         if results is None:
@@ -353,7 +371,7 @@ class _Checker:
         rules: dict[str, ResultRule] = {}
         for name, rule in results.items():
             where = f"{path}.{name}"
-            log_types: tuple[str, ...] = ("stdout", "stderr")
+            log_types: tuple[str, ...] = ("all",)
             if isinstance(rule, str):
                 regex = rule
             elif isinstance(rule, dict) and isinstance(rule.get("regex"), str):
@@ -366,8 +384,7 @@ class _Checker:
                         f"Unknown logType {raw!r}: use one of {', '.join(LOG_TYPES)}, or a list of them.",
                     )
                     continue
-                if "all" not in names:
-                    log_types = tuple(names)
+                log_types = tuple(names)
             else:
                 self.add(where, 'A result is a regex string or {"regex", "logType"}.')
                 continue
@@ -390,6 +407,19 @@ class _Checker:
                     self.add(where, f"Op {op.key!r} cannot depend on itself.")
                 elif dep not in index:
                     self.add(where, f"depends_on names {dep!r}, which is not an op of this job.")
+        order: list[str] = []
+        for op in ops:
+            if op.group_key not in order:
+                order.append(op.group_key)
+        rank = {op.key: order.index(op.group_key) for op in ops}
+        for op in ops:
+            for j, dep in enumerate(op.depends_on):
+                if dep in rank and rank[dep] > rank[op.key]:
+                    self.add(
+                        f"$.ops[{index[op.key]}].execution.depends_on[{j}]",
+                        f"Op {op.key!r} depends on {dep!r}, which runs in a later group: "
+                        "groups run in order of first appearance.",
+                    )
         graph = {op.key: [d for d in op.depends_on if d in index and d != op.key] for op in ops}
         cycle = _find_cycle(graph)
         if cycle:
@@ -412,19 +442,25 @@ class _Checker:
             for match in LITERAL.finditer(text):
                 parts = match.group(1).split(".")
                 literal = match.group(0)
-                if parts[0] == "ops":
+                if parts[0] == "ops" and len(parts) == 3 and parts[2] in ("host", "endpoint"):
+                    if parts[1] not in results:
+                        self.add(path, f"{literal} names op {parts[1]!r}, which is not an op of this job.")
+                elif parts[0] == "ops":
                     if len(parts) != 4 or parts[2] != "results":
                         self.add(path, f"{literal} is not a literal: write %%ops.<op id>.results.<name>%%.")
                     elif parts[1] not in results:
                         self.add(path, f"{literal} names op {parts[1]!r}, which is not an op of this job.")
                     elif parts[3] not in results[parts[1]]:
                         self.add(path, f"{literal} names result {parts[3]!r}, which op {parts[1]!r} does not define.")
-                elif parts[0] == "global":
+                elif parts[0] in ("global", "globals"):
                     if len(parts) >= 2 and parts[1] == "variables":
                         if len(parts) != 3 or parts[2] not in variables:
                             self.add(path, f"{literal} names a variable that global.variables does not define.")
                 else:
                     self.add(path, f"{literal} is not a literal: it must start with ops. or global.")
+                    continue
+                if parts[0] in ("global", "globals") and len(parts) == 2 and parts[1] not in GLOBAL_BUILTINS:
+                    self.add(path, f"{literal} is not a known global: use {', '.join(GLOBAL_BUILTINS)} or variables.<name>.")
 
 
 def _find_cycle(graph: dict[str, list[str]]) -> list[str] | None:

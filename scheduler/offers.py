@@ -37,7 +37,12 @@ class Offer:
         return asdict(self)
 
 
-def offer_for(attempt: Attempt) -> Offer:
+def node_queue(node_id: int) -> str:
+    """The queue only one node consumes: offers that must run there."""
+    return f"node.{node_id}"
+
+
+def offer_for(attempt: Attempt, *, node_id: int | None = None) -> Offer:
     op = attempt.op
     market = op.market
     return Offer(
@@ -45,17 +50,20 @@ def offer_for(attempt: Attempt) -> Offer:
         job_id=op.job_id,
         op=op.key,
         market=market.slug,
-        queue=market.queue,
+        queue=node_queue(node_id) if node_id is not None else market.queue,
         gpu_count=market.gpu_count,
         min_vram_mb=market.min_vram_mb,
     )
 
 
-def stage(session: Session, attempt: Attempt, *, now: datetime | None = None) -> None:
-    """Mark attempt offered and hold its offer until the session commits."""
+def stage(session: Session, attempt: Attempt, *, now: datetime | None = None, node_id: int | None = None) -> None:
+    """Mark attempt offered and hold its offer until the session commits.
+
+    An attempt that must run on one node (node_id) is offered on that node's own queue.
+    """
     attempt.offered_at = now or utcnow()
     session.flush()
-    session.info.setdefault(_STAGED, []).append(offer_for(attempt))
+    session.info.setdefault(_STAGED, []).append(offer_for(attempt, node_id=node_id))
 
 
 def take_staged(session: Session) -> list[Offer]:

@@ -6,13 +6,16 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
-from scheduler import offers
-from scheduler.jobdef import JobDefinition, OpDefinition
+from scheduler import events, offers
+from scheduler.errors import Conflict, PeergridError
+from scheduler.jobdef import CREATE_VOLUME, JobDefinition, OpDefinition
+from scheduler.literals import Scope, UnresolvedLiteral, has_literals, resolve_args
 from scheduler.markets import choose_market, requirements_for
 from scheduler.models import Attempt, Job, Op, User
 from scheduler.states import (
     ATTEMPT_FINISHED,
     JOB_FINISHED,
+    OP_FINE,
     OP_FINISHED,
     AttemptState,
     JobState,
@@ -47,17 +50,22 @@ def create_job(
         market = choose_market(session, need, op_def.args.get("market") or market_slug)
         placed.append((op_def, market))
 
+    creators = {op.args.get("name"): op.key for op in definition.ops if op.type == CREATE_VOLUME}
     job = Job(owner_id=owner.id, definition=document, state=JobState.QUEUED, created_at=now)
     session.add(job)
     for op_def, market in placed:
         timeout = min(op_def.timeout_s or default_timeout_s, market.max_timeout_s)
+        volume_creators = [creators[v["name"]] for v in op_def.args.get("volumes") or [] if v["name"] in creators]
         job.ops.append(
             Op(
                 key=op_def.key,
                 position=op_def.position,
                 type=op_def.type,
                 group=op_def.group,
-                depends_on=list(_effective_dependencies(op_def, definition)),
+                depends_on=list(dict.fromkeys([*op_def.depends_on, *volume_creators])),
+                after=list(_earlier_groups(op_def, definition)),
+                stop_if_dependent_stops=op_def.stop_if_dependent_stops,
+                result_rules={name: rule.as_dict() for name, rule in op_def.results.items()},
                 spec=_spec(op_def),
                 market=market,
                 state=OpState.PENDING,
@@ -67,53 +75,117 @@ def create_job(
         )
     session.flush()
     job.max_cost = max_cost(job)
+    events.record(session, job, "submitted", f"Submitted with {len(job.ops)} op(s).", now=now)
     advance(session, job, now=now)
     return job
 
 
 def _spec(op_def: OpDefinition) -> dict:
+    if op_def.type == CREATE_VOLUME:
+        return {"create_volume": op_def.args["name"], "gpu_count": 0}
     spec = {k: op_def.args[k] for k in SPEC_FIELDS if k in op_def.args}
     spec["gpu_count"] = op_def.gpu_count
     return spec
 
 
-def _effective_dependencies(op_def: OpDefinition, definition: JobDefinition) -> tuple[str, ...]:
-    """depends_on, plus every op of the groups that appear before this op's group."""
-    deps = list(op_def.depends_on)
-    if op_def.group is not None:
-        order: list[str] = []
-        for other in definition.ops:
-            if other.group is not None and other.group not in order:
-                order.append(other.group)
-        earlier = set(order[: order.index(op_def.group)])
-        deps += [o.key for o in definition.ops if o.group in earlier and o.key not in deps]
-    return tuple(deps)
+def _earlier_groups(op_def: OpDefinition, definition: JobDefinition) -> tuple[str, ...]:
+    """Every op of the groups that appear before this op's group (groups run in that order)."""
+    order: list[str] = []
+    for other in definition.ops:
+        if other.group_key not in order:
+            order.append(other.group_key)
+    earlier = set(order[: order.index(op_def.group_key)])
+    return tuple(o.key for o in definition.ops if o.group_key in earlier)
+
+
+def _started(op: Op) -> bool:
+    return op.started_at is not None
+
+
+def _readiness(op: Op, by_key: dict[str, Op]) -> tuple[bool, str | None]:
+    """Whether a pending op can be offered now, or why it never will (the second value)."""
+    if any(by_key[k].state not in OP_FINISHED for k in op.after if k in by_key):
+        return False, None
+    deps = [by_key[k] for k in op.depends_on if k in by_key]
+    if op.stop_if_dependent_stops:
+        # It serves alongside what it depends on: it starts once they have started.
+        dead = next((d for d in deps if d.state in OP_FINISHED and not _started(d)), None)
+        if dead is not None:
+            return False, f"{dead.key!r}, which it depends on, ended without starting."
+        return all(_started(d) for d in deps), None
+    failed = next((d for d in deps if d.state in OP_FINISHED and d.state not in OP_FINE), None)
+    if failed is not None:
+        return False, f"{failed.key!r}, which it depends on, did not succeed ({failed.state.value})."
+    return all(d.state in OP_FINE for d in deps), None
 
 
 def advance(session: Session, job: Job, *, now: datetime | None = None) -> list[Attempt]:
-    """Offer every op whose dependencies succeeded, skip those that can no longer run, and
-    bring the job's state up to date. Return the attempts created."""
+    """Offer every op whose turn has come, skip those that can no longer run, stop those whose
+    reason to run has ended, and bring the job's state up to date. Return the attempts created."""
     now = now or utcnow()
     if job.state in JOB_FINISHED:
         return []
     by_key = {op.key: op for op in job.ops}
     created: list[Attempt] = []
     changed = True
-    while changed:  # skipping one op can make its dependents skippable in turn
+    while changed:  # one op's change can decide another's
         changed = False
         for op in job.ops:
-            if op.state != OpState.PENDING:
-                continue
-            deps = [by_key[k] for k in op.depends_on if k in by_key]
-            if any(d.state in (OpState.FAILED, OpState.SKIPPED, OpState.CANCELLED) for d in deps):
-                move(op, OpState.SKIPPED, now=now)
-                op.error = "Skipped: an op it depends on did not succeed."
-                changed = True
-            elif all(d.state == OpState.SUCCEEDED for d in deps):
-                move(op, OpState.QUEUED, now=now)
-                created.append(new_attempt(session, op, now=now))
-    settle_job_state(job, now=now)
+            if op.state == OpState.PENDING:
+                ready, never = _readiness(op, by_key)
+                if never:
+                    move(op, OpState.SKIPPED, now=now)
+                    op.error = f"Skipped: {never}"
+                    events.record(session, job, "skipped", f"{op.key}: {op.error}", op=op, now=now)
+                    changed = True
+                elif ready:
+                    changed = True
+                    if _resolve(session, job, op, by_key, now=now):
+                        move(op, OpState.QUEUED, now=now)
+                        created.append(new_attempt(session, op, now=now))
+            elif op.stop_if_dependent_stops and op.state in (OpState.QUEUED, OpState.RUNNING):
+                ended = next((by_key[k] for k in op.depends_on if by_key[k].state in OP_FINISHED), None)
+                if ended is not None:
+                    stop_op(session, op, f"{ended.key!r}, which it depends on, ended ({ended.state.value}).", now=now)
+                    changed = True
+    settle_job_state(session, job, now=now)
     return created
+
+
+def _resolve(session: Session, job: Job, op: Op, by_key: dict[str, Op], *, now: datetime) -> bool:
+    """Resolve the literals in op's spec from what finished before it; fail the op if one has no value."""
+    if not has_literals(op.spec):
+        return True
+    definition = job.definition
+    scope = Scope(
+        job_id=job.id,
+        results={o.key: o.results for o in job.ops if o.results is not None},
+        hosts={o.key: f"peergrid-job-{job.id}-{o.position}" for o in job.ops},
+        variables=((definition.get("global") or {}).get("variables") or {}),
+        version=str(definition.get("version", "0.1")),
+    )
+    try:
+        op.spec = resolve_args(op.spec, scope)
+    except UnresolvedLiteral as e:
+        move(op, OpState.FAILED, now=now)
+        op.error = str(e)
+        events.record(session, job, "failed", f"{op.key}: {op.error}", op=op, now=now)
+        return False
+    events.record(session, job, "resolved", f"{op.key}: literals resolved.", op=op, now=now)
+    return True
+
+
+def pinned_node_id(op: Op) -> int | None:
+    """The node an op must run on: where the volumes it uses were made."""
+    names = {v.get("name") for v in op.spec.get("volumes") or [] if isinstance(v, dict)}
+    if not names:
+        return None
+    for other in op.job.ops:
+        if other.spec.get("create_volume") in names:
+            done = next((a for a in reversed(other.attempts) if a.state == AttemptState.SUCCEEDED), None)
+            if done is not None:
+                return done.node_id
+    return None
 
 
 def new_attempt(session: Session, op: Op, *, now: datetime | None = None) -> Attempt:
@@ -121,38 +193,61 @@ def new_attempt(session: Session, op: Op, *, now: datetime | None = None) -> Att
     attempt = Attempt(op=op, number=len(op.attempts) + 1, created_at=now or utcnow())
     session.add(attempt)
     session.flush()
-    offers.stage(session, attempt, now=now)
+    offers.stage(session, attempt, now=now, node_id=pinned_node_id(op))
+    where = f"market {op.market.slug}"
+    events.record(
+        session, op.job, "offered",
+        f"{op.key}: attempt {attempt.number} of {op.max_attempts} offered on {where}.",
+        attempt=attempt, now=now,
+    )
     return attempt
 
 
-def settle_job_state(job: Job, *, now: datetime | None = None) -> None:
+def stop_op(session: Session, op: Op, why: str, *, now: datetime) -> None:
+    """Stop an op that has served its purpose: its attempts end, its node stops the container."""
+    for attempt in op.attempts:
+        if attempt.state == AttemptState.QUEUED:
+            move(attempt, AttemptState.CANCELLED, now=now)
+        elif attempt.state not in ATTEMPT_FINISHED:
+            move(attempt, AttemptState.STOPPED, now=now)
+            attempt.error = f"Stopped: {why}"
+    move(op, OpState.STOPPED, now=now)
+    op.error = f"Stopped: {why}"
+    events.record(session, op.job, "stopped", f"{op.key}: {op.error}", op=op, now=now)
+
+
+def settle_job_state(session: Session, job: Job, *, now: datetime | None = None) -> None:
     """Derive the job's state from its ops'."""
     if job.state in JOB_FINISHED:
         return
     states = [op.state for op in job.ops]
     if all(s in OP_FINISHED for s in states):
-        final = JobState.SUCCEEDED if all(s == OpState.SUCCEEDED for s in states) else JobState.FAILED
+        final = JobState.SUCCEEDED if all(s in OP_FINE for s in states) else JobState.FAILED
         move(job, final, now=now)
+        failed = [op.key for op in job.ops if op.state not in OP_FINE]
+        why = "every op succeeded" if final == JobState.SUCCEEDED else f"not every op succeeded: {', '.join(failed)}"
+        events.record(session, job, final.value, f"The job {final.value}: {why}.", now=now)
     elif job.state == JobState.QUEUED and any(
         s in (OpState.RUNNING, OpState.SUCCEEDED, OpState.FAILED) for s in states
     ):
         move(job, JobState.RUNNING, now=now)
 
 
-def cancel_job(session: Session, job: Job, *, now: datetime | None = None) -> None:
+def cancel_job(session: Session, job: Job, *, by: str = "its owner", now: datetime | None = None) -> None:
     """Cancel every unfinished op and attempt of job; nodes learn of it on their next report."""
     now = now or utcnow()
     if job.state in JOB_FINISHED:
         return
+    events.record(session, job, "cancelled", f"Cancelled by {by}.", now=now)
     for op in job.ops:
         if op.state in OP_FINISHED:
             continue
         for attempt in op.attempts:
             if attempt.state not in ATTEMPT_FINISHED:
                 move(attempt, AttemptState.CANCELLED, now=now)
-                attempt.error = "Cancelled by its owner."
+                attempt.error = f"Cancelled by {by}."
         move(op, OpState.CANCELLED, now=now)
-        op.error = "Cancelled by its owner."
+        op.error = f"Cancelled by {by}."
     move(job, JobState.CANCELLED, now=now)
 
 
@@ -162,3 +257,26 @@ def max_cost(job: Job) -> int:
         op.market.price_per_second * max(1, op.spec.get("gpu_count", 0)) * op.timeout_s * op.max_attempts
         for op in job.ops
     )
+
+
+def extend_job(session: Session, job: Job, seconds: int, *, now: datetime | None = None) -> int:
+    """Give every unfinished op of job more time, up to its market's maximum; return the op
+    timeout's largest increase. Nodes learn the new limits on their next heartbeat."""
+    now = now or utcnow()
+    if job.state in JOB_FINISHED:
+        raise Conflict(f"Job {job.id} has ended ({job.state.value}); there is nothing to extend.")
+    if seconds <= 0:
+        raise PeergridError("Extend by a positive number of seconds.")
+    gained = 0
+    for op in job.ops:
+        if op.state in OP_FINISHED:
+            continue
+        new = min(op.timeout_s + seconds, op.market.max_timeout_s)
+        gained = max(gained, new - op.timeout_s)
+        op.timeout_s = new
+    if gained == 0:
+        raise Conflict(f"Job {job.id}'s ops are already at their market's longest allowed time.")
+    job.max_cost = max_cost(job)
+    capped = " (capped by the market's maximum)" if gained < seconds else ""
+    events.record(session, job, "extended", f"Time limits extended by {gained} s{capped}.", now=now)
+    return gained

@@ -47,10 +47,14 @@ class Settings:
     heartbeat_interval_s: float = 10.0
     # Default and ceiling for an op's run time when neither the op nor its market says.
     default_timeout_s: int = 3600
+    # How long past an op's time limit the scheduler waits for its node before failing the attempt.
+    timeout_grace_s: float = 60.0
     max_log_line_chars: int = 16_384
     max_log_batch_lines: int = 5_000
     # Largest request body the API accepts.
     max_body_bytes: int = 4 * 1024 * 1024
+    # Largest output archive an op may upload.
+    max_artifact_bytes: int = 1024 * 1024 * 1024
 
     @property
     def embedded(self) -> bool:
@@ -76,7 +80,9 @@ class Settings:
             reoffer_after_s=_float(env, "PEERGRID_REOFFER_AFTER", 30.0),
             heartbeat_interval_s=_float(env, "PEERGRID_HEARTBEAT_INTERVAL", 10.0),
             default_timeout_s=_int(env, "PEERGRID_DEFAULT_TIMEOUT", 3600),
+            timeout_grace_s=_float(env, "PEERGRID_TIMEOUT_GRACE", 60.0),
             max_body_bytes=_int(env, "PEERGRID_MAX_BODY_BYTES", 4 * 1024 * 1024),
+            max_artifact_bytes=_int(env, "PEERGRID_MAX_ARTIFACT_BYTES", 1024 * 1024 * 1024),
         )
         values.update(overrides)
         settings = cls(**values)

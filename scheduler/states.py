@@ -29,6 +29,7 @@ class OpState(str, enum.Enum):
     FAILED = "failed"  # set when the last allowed attempt failed
     SKIPPED = "skipped"  # set when an op it depends on did not succeed
     CANCELLED = "cancelled"  # set when its job is cancelled
+    STOPPED = "stopped"  # set when an op flagged stop_if_dependent_stops outlived what it served
 
 
 class AttemptState(str, enum.Enum):
@@ -39,6 +40,7 @@ class AttemptState(str, enum.Enum):
     FAILED = "failed"  # set when the container exited non-zero or could not run
     LOST = "lost"  # set by the reaper when the node went silent; never billed
     CANCELLED = "cancelled"  # set when its job is cancelled
+    STOPPED = "stopped"  # set when its op was stopped because an op it depends on ended
 
 
 class NodeState(str, enum.Enum):
@@ -59,26 +61,29 @@ JOB_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
 
 _O = OpState
 OP_TRANSITIONS: dict[OpState, frozenset[OpState]] = {
-    _O.PENDING: frozenset({_O.QUEUED, _O.SKIPPED, _O.CANCELLED}),
+    # pending → failed: its literals could not be resolved
+    _O.PENDING: frozenset({_O.QUEUED, _O.SKIPPED, _O.CANCELLED, _O.FAILED}),
     # running → queued: a lost or failed attempt is retried
-    _O.QUEUED: frozenset({_O.RUNNING, _O.SUCCEEDED, _O.FAILED, _O.CANCELLED}),
-    _O.RUNNING: frozenset({_O.QUEUED, _O.SUCCEEDED, _O.FAILED, _O.CANCELLED}),
+    _O.QUEUED: frozenset({_O.RUNNING, _O.SUCCEEDED, _O.FAILED, _O.CANCELLED, _O.STOPPED}),
+    _O.RUNNING: frozenset({_O.QUEUED, _O.SUCCEEDED, _O.FAILED, _O.CANCELLED, _O.STOPPED}),
     _O.SUCCEEDED: frozenset(),
     _O.FAILED: frozenset(),
     _O.SKIPPED: frozenset(),
     _O.CANCELLED: frozenset(),
+    _O.STOPPED: frozenset(),
 }
 
 _A = AttemptState
 ATTEMPT_TRANSITIONS: dict[AttemptState, frozenset[AttemptState]] = {
     _A.QUEUED: frozenset({_A.CLAIMED, _A.CANCELLED}),
     # claimed → failed: the node could not start the container at all
-    _A.CLAIMED: frozenset({_A.RUNNING, _A.FAILED, _A.SUCCEEDED, _A.LOST, _A.CANCELLED}),
-    _A.RUNNING: frozenset({_A.SUCCEEDED, _A.FAILED, _A.LOST, _A.CANCELLED}),
+    _A.CLAIMED: frozenset({_A.RUNNING, _A.FAILED, _A.SUCCEEDED, _A.LOST, _A.CANCELLED, _A.STOPPED}),
+    _A.RUNNING: frozenset({_A.SUCCEEDED, _A.FAILED, _A.LOST, _A.CANCELLED, _A.STOPPED}),
     _A.SUCCEEDED: frozenset(),
     _A.FAILED: frozenset(),
     _A.LOST: frozenset(),
     _A.CANCELLED: frozenset(),
+    _A.STOPPED: frozenset(),
 }
 
 _N = NodeState
@@ -91,10 +96,14 @@ NODE_TRANSITIONS: dict[NodeState, frozenset[NodeState]] = {
 
 JOB_FINISHED = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
 JOB_UNFINISHED = frozenset(JobState) - JOB_FINISHED
-OP_FINISHED = frozenset({OpState.SUCCEEDED, OpState.FAILED, OpState.SKIPPED, OpState.CANCELLED})
+OP_FINISHED = frozenset(
+    {OpState.SUCCEEDED, OpState.FAILED, OpState.SKIPPED, OpState.CANCELLED, OpState.STOPPED}
+)
+# Ops that ended without fault: a job whose ops all did so succeeded.
+OP_FINE = frozenset({OpState.SUCCEEDED, OpState.STOPPED})
 OP_UNFINISHED = frozenset(OpState) - OP_FINISHED
 ATTEMPT_FINISHED = frozenset(
-    {AttemptState.SUCCEEDED, AttemptState.FAILED, AttemptState.LOST, AttemptState.CANCELLED}
+    {AttemptState.SUCCEEDED, AttemptState.FAILED, AttemptState.LOST, AttemptState.CANCELLED, AttemptState.STOPPED}
 )
 # Attempts a node holds: reports for these are accepted from their node.
 ATTEMPT_HELD = frozenset({AttemptState.CLAIMED, AttemptState.RUNNING})

@@ -8,6 +8,7 @@ from datetime import timedelta
 from celery import current_app, shared_task
 
 from scheduler import offers
+from scheduler.orchestration import pinned_node_id
 
 log = logging.getLogger(__name__)
 
@@ -19,10 +20,26 @@ def reoffer_stale(core) -> int:
             session, older_than=timedelta(seconds=core.settings.reoffer_after_s)
         )
         for attempt in stale:
-            offers.stage(session, attempt)
+            offers.stage(session, attempt, node_id=pinned_node_id(attempt.op))
     if stale:
         log.info("re-offered %d attempt(s)", len(stale))
     return len(stale)
+
+
+def expire_overdue(core) -> int:
+    """Fail attempts whose node went silent past the op's time limit; return how many."""
+    from scheduler.attempts import expire_overdue as expire
+
+    with core.transaction() as session:
+        expired = expire(session, grace_s=core.settings.timeout_grace_s)
+    if expired:
+        log.info("timed out %d attempt(s) whose node stopped reporting", len(expired))
+    return len(expired)
+
+
+@shared_task(name="peergrid.expire_overdue_attempts", ignore_result=True)
+def expire_overdue_attempts() -> int:
+    return expire_overdue(current_app.peergrid)
 
 
 @shared_task(name="peergrid.reoffer_stale_attempts", ignore_result=True)

@@ -79,7 +79,7 @@ def test_a_stopped_engine_fails_with_a_sentence_saying_what_to_do(tmp_path):
 
 def test_a_timeout_stops_the_container(test_image):
     began = time.monotonic()
-    outcome, _ = run(test_image, {"cmd": "sleep 30"}, timeout_s=1, stop_grace_s=1)
+    outcome, _ = run(test_image, {"cmd": "sleep 30"}, time_limit=lambda: 1, stop_grace_s=1)
     assert time.monotonic() - began < 10
     assert "timed out after 1 seconds" in outcome.error
 
@@ -97,3 +97,29 @@ def test_should_stop_stops_the_container(test_image):
 def test_no_cmd_runs_the_images_default(test_image, cmd):
     outcome, _ = run(test_image, {"cmd": cmd} if cmd is not None else {})
     assert outcome.exit_code == 0  # busybox sh with no input exits at once
+
+
+def test_the_output_folder_is_made_and_collected(test_image, tmp_path):
+    import tarfile
+
+    archive = tmp_path / "out.tar.gz"
+    spec = container_spec({"image": test_image, "cmd": "echo test-output > /output/file.txt", "output": "/output"}, network="none")
+    outcome = DockerRuntime().run(spec, lambda s, t: None, output_archive=archive)
+    assert (outcome.exit_code, outcome.error, outcome.artifact) == (0, None, archive)
+    with tarfile.open(archive) as tar:
+        assert tar.extractfile("output/file.txt").read() == b"test-output\n"
+
+
+def test_inputs_appear_under_inputs_op_id(test_image, tmp_path):
+    import io
+    import tarfile
+
+    parent = tmp_path / "parent.tar.gz"
+    with tarfile.open(parent, "w:gz") as tar:
+        for name, data in (("out/a.txt", b"alpha\n"), ("out/sub/b.txt", b"beta\n")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    outcome, lines = run(test_image, {"cmd": "cat /inputs/make/a.txt /inputs/make/sub/b.txt"}, inputs={"make": parent})
+    assert outcome.exit_code == 0, outcome.error
+    assert [t for _, t in lines] == ["alpha", "beta"]

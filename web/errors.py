@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Flask, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
 
+from scheduler.artifacts import ArtifactTooLarge
 from scheduler.errors import (
     AuthenticationError,
     Conflict,
@@ -35,6 +36,10 @@ def init_app(app: Flask) -> None:
     @app.errorhandler(NoMarket)
     def _no_market(e: NoMarket):
         return json_error(422, str(e), errors=[{"path": "$.ops", "message": str(e)}])
+
+    @app.errorhandler(ArtifactTooLarge)
+    def _too_large(e: ArtifactTooLarge):
+        return json_error(413, str(e))
 
     @app.errorhandler(NotFound)
     def _not_found(e: NotFound):

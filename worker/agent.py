@@ -5,17 +5,21 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import shutil
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from worker import __version__
 from worker.broker import connect, consume_offers
 from worker.client import NodeClient
-from worker.errors import AttemptGone, ServerError
+from worker.archives import file_sha256
+from worker.errors import AttemptGone, ServerError, WorkerError
 from worker.gpus import Inventory, probe, simulated_inventory
 from worker.logs import LogShipper
-from worker.runtime import DockerRuntime, container_spec
+from worker.runtime import DockerRuntime, container_spec, volume_name
 from worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -26,6 +30,8 @@ class Running:
     attempt: dict
     cancel: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
+    # Seconds the container may run; the server may extend it while it runs.
+    time_limit: float | None = None
 
 
 class Agent:
@@ -101,8 +107,8 @@ class Agent:
         return not self.stopping.is_set() and self.free_slots() > 0
 
     def queues(self) -> list[str]:
-        """The market queues this node can serve now: CPU markets while a slot is free."""
-        return sorted(m["queue"] for m in self._markets if m["gpu_count"] == 0)
+        """The queues this node takes offers from now: its own, and CPU markets while a slot is free."""
+        return sorted([f"node.{self.node['id']}", *(m["queue"] for m in self._markets if m["gpu_count"] == 0)])
 
     # -- offers and runs ---------------------------------------------------------------------
 
@@ -125,7 +131,7 @@ class Agent:
         self.start(attempt)
 
     def start(self, attempt: dict) -> None:
-        run = Running(attempt)
+        run = Running(attempt, time_limit=attempt.get("timeout_s"))
         run.thread = threading.Thread(target=self._execute, args=(run,), name=f"attempt-{attempt['id']}", daemon=True)
         with self._lock:
             self._running[attempt["id"]] = run
@@ -145,46 +151,96 @@ class Agent:
             except ServerError as e:
                 log.warning("could not report attempt %s started: %s", attempt_id, e)
 
+        scratch = Path(tempfile.mkdtemp(prefix=f"peergrid-{attempt_id}-"))
         try:
+            labels = {"peergrid.attempt": str(attempt_id), "peergrid.job": str(attempt["job_id"])}
+            if "create_volume" in attempt["spec"]:
+                name = volume_name(attempt["job_id"], attempt["spec"]["create_volume"])
+                started()
+                outcome = self.runtime.create_volume(name, labels)
+                if outcome.error is None:
+                    shipper.add("system", f"[peergrid] volume {attempt['spec']['create_volume']} is ready")
+                self._report(run, shipper, outcome.exit_code, outcome.error)
+                return
             spec = container_spec(
                 attempt["spec"],
                 network=self.settings.job_network,
-                labels={"peergrid.attempt": str(attempt_id), "peergrid.job": str(attempt["job_id"])},
+                job_id=attempt["job_id"],
+                attempt=attempt.get("number", 1),
+                labels=labels,
             )
+            inputs = self._fetch_inputs(attempt, scratch, shipper)
             outcome = self.runtime.run(
                 spec,
                 shipper.add,
-                timeout_s=attempt.get("timeout_s"),
+                time_limit=lambda: run.time_limit,
                 should_stop=lambda: run.cancel.is_set() or shipper.gone.is_set() or self.stopping.is_set(),
                 on_started=started,
                 stop_grace_s=self.settings.stop_grace_s,
+                inputs=inputs,
+                output_archive=scratch / "output.tar.gz",
             )
             error = outcome.error
+            if outcome.artifact is not None and not (run.cancel.is_set() or shipper.gone.is_set()):
+                error = self._upload(attempt_id, outcome.artifact, shipper) or error
             if self.stopping.is_set() and not run.cancel.is_set():
                 error = "The worker was shut down while the op ran."
-            if error:
-                shipper.add("system", f"[peergrid] {error}")
-            shipper.close()
-            if run.cancel.is_set() or shipper.gone.is_set():
-                log.info("attempt %s was taken back by the server; not reporting it", attempt_id)
-                return
-            try:
-                self.client.finished(attempt_id, exit_code=outcome.exit_code, error=error)
-            except AttemptGone:
-                log.info("attempt %s ended but is no longer ours", attempt_id)
-            except ServerError as e:
-                log.error("could not report attempt %s finished: %s", attempt_id, e)
-        except Exception:
-            log.exception("attempt %s crashed in the worker", attempt_id)
+            self._report(run, shipper, outcome.exit_code, error)
+        except Exception as e:
+            if isinstance(e, WorkerError):
+                message = str(e)
+            else:
+                log.exception("attempt %s crashed in the worker", attempt_id)
+                message = "The worker failed while running the op."
+            shipper.add("system", f"[peergrid] {message}")
             shipper.close(timeout=5)
             try:
-                self.client.finished(attempt_id, exit_code=None, error="The worker failed while running the op.")
+                self.client.finished(attempt_id, exit_code=None, error=message)
             except ServerError:
                 pass
         finally:
+            shutil.rmtree(scratch, ignore_errors=True)
             with self._lock:
                 self._running.pop(attempt_id, None)
             self._changed.set()
+
+    def _report(self, run: Running, shipper: LogShipper, exit_code: int | None, error: str | None) -> None:
+        """Send the last log lines, then how the attempt ended, unless it is no longer ours."""
+        attempt_id = run.attempt["id"]
+        if error:
+            shipper.add("system", f"[peergrid] {error}")
+        shipper.close()
+        if run.cancel.is_set() or shipper.gone.is_set():
+            log.info("attempt %s was taken back by the server; not reporting it", attempt_id)
+            return
+        try:
+            self.client.finished(attempt_id, exit_code=exit_code, error=error)
+        except AttemptGone:
+            log.info("attempt %s ended but is no longer ours", attempt_id)
+        except ServerError as e:
+            log.error("could not report attempt %s finished: %s", attempt_id, e)
+
+    def _fetch_inputs(self, attempt: dict, scratch: Path, shipper: LogShipper) -> dict[str, Path]:
+        inputs = {}
+        for parent in attempt.get("inputs") or []:
+            dest = scratch / f"input-{parent['op']}.tar.gz"
+            self.client.download_input(attempt["id"], parent["op"], dest)
+            if file_sha256(dest) != parent["sha256"]:
+                raise WorkerError(f"The output of {parent['op']} arrived damaged.")
+            inputs[parent["op"]] = dest
+        if inputs:
+            shipper.add("system", f"[peergrid] inputs from {', '.join(sorted(inputs))} are under /inputs/")
+        return inputs
+
+    def _upload(self, attempt_id: int, archive: Path, shipper: LogShipper) -> str | None:
+        """Upload the output archive; return an error sentence when it cannot be kept."""
+        try:
+            self.client.upload_artifact(attempt_id, archive, file_sha256(archive))
+        except AttemptGone:
+            shipper.gone.set()
+        except ServerError as e:
+            return f"The output folder could not be uploaded: {e}"
+        return None
 
     # -- liveness ----------------------------------------------------------------------------
 
@@ -195,6 +251,12 @@ class Agent:
             except ServerError as e:
                 log.warning("heartbeat failed: %s", e)
                 continue
+            for attempt_id, limit in (answer.get("time_limits") or {}).items():
+                with self._lock:
+                    run = self._running.get(int(attempt_id))
+                if run is not None and limit != run.time_limit:
+                    log.info("attempt %s may now run for %s s", attempt_id, limit)
+                    run.time_limit = limit
             for attempt_id in answer.get("cancel", []):
                 with self._lock:
                     run = self._running.get(attempt_id)

@@ -62,6 +62,47 @@ class NodeClient:
         self._post(f"/attempts/{attempt_id}/finished", {"exit_code": exit_code, "error": error}, retries=8)
 
 
+    def upload_artifact(self, attempt_id: int, archive, sha256: str) -> None:
+        """PUT the output archive; retried on connection failures and 5xx like other reports."""
+        delay = 0.5
+        for attempt in range(4):
+            try:
+                with open(archive, "rb") as body:
+                    response = self.http.put(
+                        f"{self.base}/attempts/{attempt_id}/artifact",
+                        data=body,
+                        headers={"X-Checksum-Sha256": sha256, "Content-Type": "application/gzip"},
+                        timeout=max(self.timeout, 300),
+                    )
+            except requests.RequestException as e:
+                error = ServerError(f"The server at {self.base} cannot be reached: {e}")
+            else:
+                if response.status_code == 409 and "already" not in _message(response):
+                    raise AttemptGone(_message(response), 409)
+                if response.status_code < 500 and response.status_code not in (201, 409):
+                    raise ServerError(_message(response), response.status_code)
+                if response.status_code < 500:
+                    return
+                error = ServerError(_message(response), response.status_code)
+            if attempt == 3:
+                raise error
+            time.sleep(delay)
+            delay *= 2
+
+    def download_input(self, attempt_id: int, op: str, dest) -> None:
+        try:
+            with self.http.get(f"{self.base}/attempts/{attempt_id}/inputs/{op}", stream=True, timeout=max(self.timeout, 300)) as response:
+                if response.status_code == 409:
+                    raise AttemptGone(_message(response), 409)
+                if response.status_code >= 400:
+                    raise ServerError(f"Could not fetch the output of {op}: {_message(response)}", response.status_code)
+                with open(dest, "wb") as out:
+                    for chunk in response.iter_content(1024 * 1024):
+                        out.write(chunk)
+        except requests.RequestException as e:
+            raise ServerError(f"Could not fetch the output of {op}: {e}") from e
+
+
 def _message(response: requests.Response) -> str:
     try:
         return response.json().get("error") or response.reason

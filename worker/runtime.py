@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Callable
 
 import docker
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 
+from worker.archives import folders_tar, inputs_tar, write_gzip
 from worker.errors import ContainerFailed, RuntimeUnavailable
 
 log = logging.getLogger(__name__)
@@ -27,23 +29,42 @@ class ContainerSpec:
     work_dir: str | None = None
     network: str = "none"
     labels: dict[str, str] = field(default_factory=dict)
+    # The folder whose contents are collected when the container ends.
+    output: str | None = None
+    # Named Docker volumes mounted at container paths.
+    volumes: dict[str, str] = field(default_factory=dict)
 
 
-def container_spec(spec: dict, *, network: str, labels: dict[str, str] | None = None) -> ContainerSpec:
+def volume_name(job_id: int, name: str) -> str:
+    """The Docker volume behind a job's named volume: one per job and name."""
+    return f"peergrid-{job_id}-{name}"
+
+
+def container_spec(
+    spec: dict, *, network: str, job_id: int = 0, attempt: int = 1, labels: dict[str, str] | None = None
+) -> ContainerSpec:
     """Translate an op's spec (Nosana args) into what Docker is asked to run.
 
-    A string cmd runs in a shell, as Nosana does, unless the op sets its own entrypoint, which
-    then receives the string as its one argument.
+    As in Nosana, a string cmd runs in `/bin/sh -c`, also when the op sets an entrypoint (which
+    then receives those three arguments); a list runs as it is.
     """
     cmd = spec.get("cmd")
     entrypoint = spec.get("entrypoint")
     if isinstance(entrypoint, str):
         entrypoint = [entrypoint]
     if isinstance(cmd, str):
-        command = [cmd] if entrypoint else ["/bin/sh", "-c", cmd]
+        command = ["/bin/sh", "-c", cmd]
     else:
         command = list(cmd) if cmd else None
     env = {str(k): str(v) for k, v in (spec.get("env") or {}).items()}
+    env.setdefault("PEERGRID_JOB_ID", str(job_id))
+    env.setdefault("NOSANA_ID", str(job_id))
+    env.setdefault("PEERGRID_ATTEMPT", str(attempt))
+    volumes = {
+        volume_name(job_id, v["name"]): v["dest"]
+        for v in spec.get("volumes") or []
+        if isinstance(v, dict) and v.get("name") and v.get("dest")
+    }
     return ContainerSpec(
         image=spec["image"],
         command=command,
@@ -52,6 +73,8 @@ def container_spec(spec: dict, *, network: str, labels: dict[str, str] | None = 
         work_dir=spec.get("work_dir") or None,
         network=network,
         labels=labels or {},
+        output=spec.get("output") or None,
+        volumes=volumes,
     )
 
 
@@ -61,6 +84,8 @@ class Outcome:
 
     exit_code: int | None
     error: str | None = None
+    # The output folder as a .tar.gz, when the op has one and it could be read.
+    artifact: Path | None = None
 
 
 class LineSplitter:
@@ -114,6 +139,20 @@ class DockerRuntime:
                 "Start it (for example `sudo systemctl start docker`) and the worker will use it."
             ) from e
 
+    def create_volume(self, name: str, labels: dict[str, str]) -> Outcome:
+        """Make a named volume (once; a second call finds it)."""
+        try:
+            client = self.client()
+            try:
+                client.volumes.get(name)
+            except NotFound:
+                client.volumes.create(name=name, labels={"peergrid": "1", **labels})
+        except RuntimeUnavailable as e:
+            return Outcome(exit_code=None, error=str(e))
+        except (DockerException, OSError) as e:
+            return Outcome(exit_code=None, error=f"Docker could not create the volume {name}: {_short(e)}")
+        return Outcome(exit_code=0)
+
     def check(self) -> str | None:
         """None when the engine answers, else a sentence saying what is wrong and what to do."""
         try:
@@ -127,20 +166,30 @@ class DockerRuntime:
         spec: ContainerSpec,
         on_line: LineSink,
         *,
-        timeout_s: float | None = None,
+        time_limit: Callable[[], float | None] = lambda: None,
         should_stop: Callable[[], bool] = lambda: False,
         on_started: Callable[[], None] = lambda: None,
         stop_grace_s: int = 5,
+        inputs: dict[str, Path] | None = None,
+        output_archive: Path | None = None,
     ) -> Outcome:
-        """Run a container to its end, handing each output line to on_line as it arrives."""
+        """Run a container to its end, handing each output line to on_line as it arrives.
+
+        Parents' outputs (inputs) are placed under /inputs/<op id>/ before it starts; its output
+        folder, if it has one, is written to output_archive as a .tar.gz when it ends.
+        """
         try:
             client = self.client()
             self._ensure_image(client, spec.image)
             container = self._create(client, spec)
+            self._place_files(container, spec, inputs or {})
         except (RuntimeUnavailable, ContainerFailed) as e:
             return Outcome(exit_code=None, error=str(e))
         try:
-            return self._run_created(container, on_line, timeout_s, should_stop, on_started, stop_grace_s)
+            outcome = self._run_created(container, on_line, time_limit, should_stop, on_started, stop_grace_s)
+            if spec.output and output_archive is not None and outcome.exit_code is not None:
+                outcome = self._collect_output(container, spec.output, output_archive, outcome)
+            return outcome
         except (DockerException, OSError) as e:
             return Outcome(exit_code=None, error=f"The Docker engine failed while running the container: {_short(e)}")
         finally:
@@ -175,6 +224,7 @@ class DockerRuntime:
                 working_dir=spec.work_dir,
                 network_mode=spec.network,
                 labels={"peergrid": "1", **spec.labels},
+                volumes={name: {"bind": dest, "mode": "rw"} for name, dest in spec.volumes.items()},
                 detach=True,
                 tty=False,
                 stdin_open=False,
@@ -183,7 +233,27 @@ class DockerRuntime:
         except (DockerException, OSError) as e:
             raise ContainerFailed(f"Docker could not create the container: {_short(e)}") from e
 
-    def _run_created(self, container, on_line, timeout_s, should_stop, on_started, stop_grace_s) -> Outcome:
+    def _place_files(self, container, spec: ContainerSpec, inputs: dict[str, Path]) -> None:
+        try:
+            if spec.output:
+                container.put_archive("/", folders_tar(spec.output))
+            if inputs:
+                container.put_archive("/", inputs_tar(inputs))
+        except (DockerException, OSError) as e:
+            container.remove(force=True)
+            raise ContainerFailed(f"Could not place the op's input files in the container: {_short(e)}") from e
+
+    def _collect_output(self, container, folder: str, dest: Path, outcome: Outcome) -> Outcome:
+        try:
+            chunks, _ = container.get_archive(folder)
+            write_gzip(chunks, dest)
+        except NotFound:
+            return replace(outcome, error=outcome.error or f"The output folder {folder} does not exist in the container.")
+        except (DockerException, OSError) as e:
+            return replace(outcome, error=outcome.error or f"Could not read the output folder {folder}: {_short(e)}")
+        return replace(outcome, artifact=dest)
+
+    def _run_created(self, container, on_line, time_limit, should_stop, on_started, stop_grace_s) -> Outcome:
         out, err = LineSplitter("stdout", on_line), LineSplitter("stderr", on_line)
         # Attach before starting so no early output is missed.
         stream = container.attach(stdout=True, stderr=True, stream=True, logs=True, demux=True)
@@ -216,8 +286,8 @@ class DockerRuntime:
             if stopped_because is None:
                 if should_stop():
                     stopped_because = "stopped"
-                elif timeout_s is not None and time.monotonic() - began > timeout_s:
-                    stopped_because = f"timed out after {timeout_s:g} seconds"
+                elif (limit := time_limit()) is not None and time.monotonic() - began > limit:
+                    stopped_because = f"timed out after {limit:g} seconds"
                 if stopped_because:
                     try:
                         container.stop(timeout=stop_grace_s)

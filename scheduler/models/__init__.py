@@ -1,9 +1,14 @@
 """The job store's tables."""
 
 from scheduler.models.accounts import ApiToken, User
+from scheduler.models.artifacts import Artifact
 from scheduler.models.base import Base
+from scheduler.models.events import JobEvent
 from scheduler.models.jobs import Attempt, Job, LogLine, Op
 from scheduler.models.markets import Market
 from scheduler.models.nodes import Node, NodeGpu
 
-__all__ = ["ApiToken", "Attempt", "Base", "Job", "LogLine", "Market", "Node", "NodeGpu", "Op", "User"]
+__all__ = [
+    "ApiToken",
+    "Artifact",
+    "Attempt", "Base", "Job", "JobEvent", "LogLine", "Market", "Node", "NodeGpu", "Op", "User"]

@@ -48,8 +48,16 @@ class Op(Base):
     position: Mapped[int]
     type: Mapped[str] = mapped_column(String(50))
     group: Mapped[str | None] = mapped_column(String(200))
+    # Ops that must succeed first (depends_on, plus the creators of volumes it uses).
     depends_on: Mapped[list[Any]] = mapped_column(default=list)
-    # The container spec to run: image, cmd, entrypoint, env, work_dir, ...
+    # Ops that must have ended first, whatever their outcome: those of earlier groups.
+    after: Mapped[list[Any]] = mapped_column(default=list)
+    # Starts once what it depends on has started, and is stopped when that ends.
+    stop_if_dependent_stops: Mapped[bool] = mapped_column(default=False)
+    # Results regexes: name → {"regex", "log_types"}.
+    result_rules: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # The container spec to run: image, cmd, entrypoint, env, work_dir, ... Literals in it are
+    # resolved when the op is queued.
     spec: Mapped[dict[str, Any]]
     market_id: Mapped[int] = mapped_column(ForeignKey("markets.id"))
     state: Mapped[OpState] = mapped_column(state_column(OpState), default=OpState.PENDING)

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import jsonify, request
+from flask import jsonify, request, send_file
 from sqlalchemy import select
 
+from scheduler.artifacts import artifacts_root, input_for, job_artifacts, store_artifact
 from scheduler.attempts import (
     LogRecord,
     append_logs,
     claim_attempt,
     finish_attempt,
+    held_attempt,
     start_attempt,
 )
 from scheduler.errors import PeergridError
-from scheduler.models import Attempt, Market
+from scheduler.models import Attempt, Market, Op
 from scheduler.nodes import GpuReport, NodeReport, record_report, register
 from scheduler.states import ATTEMPT_HELD
 from web.api import bp
@@ -88,14 +90,18 @@ def node_heartbeat():
     node = require_node()
     report = _report(_body())
     record_report(db(), node, report)
-    held = set(
-        db().scalars(
-            select(Attempt.id).where(Attempt.node_id == node.id, Attempt.state.in_(ATTEMPT_HELD))
-        )
+    held = dict(
+        db().execute(
+            select(Attempt.id, Op.timeout_s)
+            .join(Op, Op.id == Attempt.op_id)
+            .where(Attempt.node_id == node.id, Attempt.state.in_(ATTEMPT_HELD))
+        ).all()
     )
     # Attempts the node runs that are no longer its own (cancelled, or given to another node).
-    stop = sorted(set(report.running) - held)
-    return jsonify({"state": node.state.value, "cancel": stop})
+    stop = sorted(set(report.running) - set(held))
+    return jsonify(
+        {"state": node.state.value, "cancel": stop, "time_limits": {str(k): v for k, v in held.items()}}
+    )
 
 
 @bp.post("/node/attempts/<int:attempt_id>/claim")
@@ -103,6 +109,13 @@ def attempt_claim(attempt_id: int):
     node = require_node()
     attempt = claim_attempt(db(), node, attempt_id)
     op = attempt.op
+    parents = {a.op_id: a for a in job_artifacts(db(), op.job)}
+    keys = {o.id: o.key for o in op.job.ops}
+    inputs = [
+        {"op": keys[op_id], "sha256": a.sha256, "size": a.size_bytes}
+        for op_id, a in parents.items()
+        if keys[op_id] in op.depends_on
+    ]
     return jsonify(
         {
             "attempt": {
@@ -113,6 +126,7 @@ def attempt_claim(attempt_id: int):
                 "timeout_s": op.timeout_s,
                 "gpus": list(attempt.gpus or []),
                 "spec": op.spec,
+                "inputs": inputs,
             }
         }
     )
@@ -157,3 +171,37 @@ def attempt_finished(attempt_id: int):
         raise PeergridError("Send the exit_code, or an error saying why the container could not run.")
     attempt = finish_attempt(db(), node, attempt_id, exit_code=exit_code, error=error)
     return jsonify({"id": attempt.id, "state": attempt.state.value})
+
+
+@bp.put("/node/attempts/<int:attempt_id>/artifact")
+def attempt_artifact(attempt_id: int):
+    """Receive the attempt's output folder as a .tar.gz body, checksummed by X-Checksum-Sha256."""
+    node = require_node()
+    settings = core().settings
+    request.max_content_length = settings.max_artifact_bytes
+    attempt = held_attempt(db(), node, attempt_id)
+    if not attempt.op.spec.get("output"):
+        raise PeergridError(f"Op {attempt.op.key} has no output folder to upload.")
+    artifact = store_artifact(
+        db(),
+        attempt,
+        request.stream,
+        data_dir=settings.data_dir,
+        max_bytes=settings.max_artifact_bytes,
+        expected_sha256=request.headers.get("X-Checksum-Sha256"),
+    )
+    return jsonify({"id": artifact.id, "size": artifact.size_bytes, "sha256": artifact.sha256}), 201
+
+
+@bp.get("/node/attempts/<int:attempt_id>/inputs/<op_key>")
+def attempt_input(attempt_id: int, op_key: str):
+    """A parent op's output, for the node running a dependent attempt."""
+    node = require_node()
+    attempt = held_attempt(db(), node, attempt_id, lock=False)
+    artifact = input_for(db(), node, attempt, op_key)
+    return send_file(
+        artifacts_root(core().settings.data_dir) / artifact.path,
+        mimetype="application/gzip",
+        download_name=f"{op_key}.tar.gz",
+        etag=artifact.sha256,
+    )

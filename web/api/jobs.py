@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from flask import jsonify, request
+from flask import jsonify, request, send_file
 
-from scheduler.errors import InvalidDefinition, Problem
+from scheduler.errors import InvalidDefinition, PeergridError, Problem
 from scheduler.jobs import job_for, job_logs, list_jobs, submit_job
-from scheduler.orchestration import cancel_job
+from scheduler.artifacts import artifact_of_op, artifacts_root, job_artifacts
+from scheduler.events import job_events
+from scheduler.orchestration import cancel_job, extend_job
 from web.api import bp
 from web.api.serialize import iso, job_json
 from web.auth import require_user
@@ -54,7 +56,8 @@ def jobs_index():
 
 @bp.get("/jobs/<int:job_id>")
 def job_show(job_id: int):
-    return jsonify(job_json(job_for(db(), require_user(), job_id)))
+    job = job_for(db(), require_user(), job_id)
+    return jsonify(job_json(job, events=job_events(db(), job)))
 
 
 @bp.get("/jobs/<int:job_id>/logs")
@@ -82,4 +85,49 @@ def job_log_lines(job_id: int):
 def job_cancel(job_id: int):
     job = job_for(db(), require_user(), job_id)
     cancel_job(db(), job)
-    return jsonify(job_json(job))
+    return jsonify(job_json(job, events=job_events(db(), job)))
+
+
+@bp.post("/jobs/<int:job_id>/extend")
+def job_extend(job_id: int):
+    job = job_for(db(), require_user(), job_id)
+    body = request.get_json(silent=True)
+    seconds = body.get("seconds") if isinstance(body, dict) else None
+    if not isinstance(seconds, int) or isinstance(seconds, bool):
+        raise PeergridError('Send {"seconds": N}: how much longer the job\'s ops may run.')
+    extend_job(db(), job, seconds)
+    return jsonify(job_json(job, events=job_events(db(), job)))
+
+
+@bp.get("/jobs/<int:job_id>/artifacts")
+def job_artifact_list(job_id: int):
+    job = job_for(db(), require_user(), job_id)
+    keys = {op.id: op.key for op in job.ops}
+    return jsonify(
+        {
+            "artifacts": [
+                {
+                    "op": keys[a.op_id],
+                    "attempt": a.attempt_id,
+                    "size": a.size_bytes,
+                    "sha256": a.sha256,
+                    "created_at": iso(a.created_at),
+                    "url": f"/api/v1/jobs/{job.id}/artifacts/{keys[a.op_id]}",
+                }
+                for a in job_artifacts(db(), job)
+            ]
+        }
+    )
+
+
+@bp.get("/jobs/<int:job_id>/artifacts/<op_key>")
+def job_artifact_download(job_id: int, op_key: str):
+    job = job_for(db(), require_user(), job_id)
+    artifact = artifact_of_op(db(), job, op_key)
+    return send_file(
+        artifacts_root(core().settings.data_dir) / artifact.path,
+        mimetype="application/gzip",
+        as_attachment=True,
+        download_name=f"job-{job.id}-{op_key}.tar.gz",
+        etag=artifact.sha256,
+    )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from scheduler.models import Attempt, Job, Market, Node, Op
+from scheduler.models import Attempt, Job, JobEvent, Market, Node, Op
 
 
 def iso(value: datetime | None) -> str | None:
@@ -50,7 +50,17 @@ def op_json(op: Op) -> dict:
     }
 
 
-def job_json(job: Job, *, with_ops: bool = True) -> dict:
+def event_json(event: JobEvent, op_keys: dict[int, str]) -> dict:
+    return {
+        "time": iso(event.created_at),
+        "kind": event.kind,
+        "op": op_keys.get(event.op_id) if event.op_id else None,
+        "attempt": event.attempt_id,
+        "message": event.message,
+    }
+
+
+def job_json(job: Job, *, with_ops: bool = True, events: list[JobEvent] | None = None) -> dict:
     body = {
         "id": job.id,
         "state": job.state.value,
@@ -62,6 +72,9 @@ def job_json(job: Job, *, with_ops: bool = True) -> dict:
     }
     if with_ops:
         body["ops"] = [op_json(op) for op in job.ops]
+    if events is not None:
+        keys = {op.id: op.key for op in job.ops}
+        body["events"] = [event_json(e, keys) for e in events]
     return body
 
 
