@@ -24,7 +24,7 @@ def free_port() -> int:
 
 
 class Stack:
-    def __init__(self, root: Path, *, database_url: str, broker_url: str):
+    def __init__(self, root: Path, *, database_url: str, broker_url: str, extra_env: dict | None = None):
         self.root = root
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -37,6 +37,7 @@ class Stack:
             "PEERGRID_REOFFER_AFTER": "5",
             "PEERGRID_HEARTBEAT_INTERVAL": "2",
             "PYTHONUNBUFFERED": "1",
+            **(extra_env or {}),
         }
         self.settings = Settings.from_env(self.env)
         upgrade(database_url)
@@ -45,6 +46,8 @@ class Stack:
 
     def spawn(self, name: str, *args: str, env: dict | None = None) -> subprocess.Popen:
         log = self.root / f"{name}.log"
+        if log.exists():  # a restart keeps what the first run said
+            log.rename(log.with_suffix(f".{time.time_ns()}.log"))
         process = subprocess.Popen(
             [sys.executable, "-m", "web.cli", *args],
             env={**self.env, **(env or {})},
@@ -73,6 +76,21 @@ class Stack:
         return self.spawn(
             name, "worker", "--server", self.url, "--token", node_token, "--job-network", "none", *args, env=env
         )
+
+    def restart(self, name: str, start) -> None:
+        """Stop the named process (SIGTERM, as an operator would) and start it again."""
+        for i, (each, process, _) in enumerate(self.processes):
+            if each == name and process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                process.wait(30)
+        start()
+
+    def kill(self, name: str) -> None:
+        """kill -9 the named process."""
+        for each, process, _ in self.processes:
+            if each == name and process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
 
     def logs(self) -> str:
         out = []

@@ -138,3 +138,22 @@ def test_an_oversized_body_is_cut_off_with_a_clear_message(client, core, app):
     response = client.post("/api/v1/jobs", data="x" * 5000, headers={**bearer(token), "Content-Type": "application/json"})
     assert response.status_code == 413
     assert "larger than" in response.json["error"]
+
+
+def test_an_ops_timeout_is_capped_by_its_market(client, core):
+    _, token = factories.user(core)
+    doc = hello_world("busybox")
+    doc["ops"][0]["args"]["timeout"] = 10**7
+    job_id = client.post("/api/v1/jobs", json=doc, headers=bearer(token)).json["id"]
+    op = client.get(f"/api/v1/jobs/{job_id}", headers=bearer(token)).json["ops"][0]
+    assert op["timeout"] == 86_400
+
+
+def test_extend_refuses_what_it_cannot_do(client, core):
+    _, token = factories.user(core)
+    job_id = client.post("/api/v1/jobs", json=hello_world("busybox"), headers=bearer(token)).json["id"]
+    assert client.post(f"/api/v1/jobs/{job_id}/extend", json={"seconds": "soon"}, headers=bearer(token)).status_code == 400
+    assert client.post(f"/api/v1/jobs/{job_id}/extend", json={"seconds": -5}, headers=bearer(token)).status_code == 400
+    client.post(f"/api/v1/jobs/{job_id}/cancel", headers=bearer(token))
+    ended = client.post(f"/api/v1/jobs/{job_id}/extend", json={"seconds": 60}, headers=bearer(token))
+    assert ended.status_code == 409 and "has ended" in ended.json["error"]

@@ -15,7 +15,8 @@ EXAMPLES = sorted(COMPAT.glob("*.json"))
 HELLO = {
     "version": "0.1",
     "type": "container",
-    "ops": [{"type": "container/run", "id": "hello", "args": {"image": "ubuntu", "cmd": ["echo", "hi"]}}],
+    "ops": [{"type": "container/run", "id": "hello", "args": {"image": "ubuntu", "cmd": ["echo", "hi"]},
+             "results": {"port": "port: (\\d+)"}}],
 }
 
 
@@ -82,7 +83,54 @@ MISTAKES = [
      "$.ops[0].args.cmd"),
     ("volume never created", _with(lambda d: d["ops"][0]["args"].update(volumes=[{"name": "v", "dest": "/v"}])),
      "$.ops[0].args.volumes[0].name"),
+    ("volume without dest", _with(lambda d: d["ops"][0]["args"].update(volumes=[{"name": "v"}])),
+     "$.ops[0].args.volumes[0]"),
+    ("op not an object", _with(lambda d: d["ops"].append("run this")), "$.ops[1]"),
+    ("args not an object", _with(lambda d: d["ops"][0].update(args=["ubuntu"])), "$.ops[0].args"),
+    ("id with spaces", _with(lambda d: d["ops"][0].update(id="my op")), "$.ops[0].id"),
+    ("unknown restart policy", _with(lambda d: d["ops"][0]["args"].update(restart_policy="sometimes")),
+     "$.ops[0].args.restart_policy"),
+    ("negative restart tries", _with(lambda d: d["ops"][0]["args"].update(
+        restart_policy={"policy": "on-failure", "restart_tries": -1})), "$.ops[0].args.restart_policy.restart_tries"),
+    ("expose of text", _with(lambda d: d["ops"][0]["args"].update(expose="port 80")), "$.ops[0].args.expose"),
+    ("result neither regex nor object", _with(lambda d: d["ops"][0].update(results={"r": 5})), "$.ops[0].results.r"),
+    ("literal of the wrong shape", _with(lambda d: d["ops"][0]["args"].update(cmd="echo %%ops.hello.port%%")),
+     "$.ops[0].args.cmd"),
+    ("literal naming an unknown result",
+     _with(lambda d: d["ops"][0]["args"].update(cmd="echo %%ops.hello.results.nope%%")), "$.ops[0].args.cmd"),
+    ("unknown global", _with(lambda d: d["ops"][0]["args"].update(cmd="echo %%global.weather%%")), "$.ops[0].args.cmd"),
+    ("unknown variable", _with(lambda d: d["ops"][0]["args"].update(cmd="echo %%global.variables.X%%")),
+     "$.ops[0].args.cmd"),
+    ("zero execution timeout", _with(lambda d: d["ops"][0].update(execution={"timeout": 0})), "$.ops[0].execution.timeout"),
+    ("group not a string", _with(lambda d: d["ops"][0].update(execution={"group": 3})), "$.ops[0].execution.group"),
+    ("depends on itself", _with(lambda d: d["ops"][0].update(execution={"depends_on": ["hello"]})),
+     "$.ops[0].execution.depends_on[0]"),
+    ("bad vram_total_mb", _with(lambda d: d.update(meta={"system_requirements": {"vram_total_mb": "lots"}})),
+     "$.meta.system_requirements.vram_total_mb"),
+    ("create-volume without a name", _with(lambda d: d["ops"].append({"type": "container/create-volume", "id": "v", "args": {}})),
+     "$.ops[1].args.name"),
+    ("market not a string", _with(lambda d: d["ops"][0]["args"].update(market=7)), "$.ops[0].args.market"),
+    ("work_dir not a string", _with(lambda d: d["ops"][0]["args"].update(work_dir=["/tmp"])), "$.ops[0].args.work_dir"),
 ]
+
+
+def test_twenty_and_more_distinct_mistakes_are_covered():
+    assert len({m[0] for m in MISTAKES}) >= 20
+
+
+def test_depending_on_an_op_of_a_later_group_is_refused():
+    doc = _with(lambda d: d["ops"].extend([
+        {"type": "container/run", "id": "early", "args": {"image": "x"}, "execution": {"group": "a", "depends_on": ["late"]}},
+        {"type": "container/run", "id": "late", "args": {"image": "x"}, "execution": {"group": "b"}},
+    ]))
+    problems = _problems(doc)
+    assert "later group" in problems["$.ops[1].execution.depends_on[0]"]
+
+
+def test_a_regex_that_does_not_compile_is_a_warning_as_in_nosana():
+    doc = _with(lambda d: d["ops"][0].update(results={"bad": "\\"}))
+    definition = parse_definition(doc)
+    assert [w.path for w in definition.warnings] == ["$.ops[0].results.bad"]
 
 
 @pytest.mark.parametrize("name,doc,path", MISTAKES, ids=[m[0] for m in MISTAKES])
