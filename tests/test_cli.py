@@ -128,6 +128,23 @@ def test_submit_wait_status_and_logs(stack, user_env, tmp_path, test_image):
     assert logs.stdout == "[hello-world] hello world\n"
     assert peergrid("job", "logs", job_id, "--op", "hello-world", env=user_env).stdout == "hello world\n"
 
+    output_job = tmp_path / "output.json"
+    output_job.write_text(json.dumps(factories.hello_world(test_image, cmd="echo kept > /out/f.txt")))
+    doc = json.loads(output_job.read_text())
+    doc["ops"][0]["args"]["output"] = "/out"
+    output_job.write_text(json.dumps(doc))
+    made = peergrid("job", "submit", str(output_job), "--wait", env=user_env)
+    assert made.returncode == 0, made.stderr
+    target = tmp_path / "got.tar.gz"
+    fetched = peergrid("job", "download", made.stdout.strip(), "hello-world", "-o", str(target), env=user_env)
+    assert fetched.returncode == 0, fetched.stderr
+    import tarfile
+
+    with tarfile.open(target) as tar:
+        assert tar.extractfile("out/f.txt").read() == b"kept\n"
+    missing = peergrid("job", "download", job_id, "hello-world", env=user_env)
+    assert missing.returncode == 1 and "has no output" in missing.stderr
+
     failing = tmp_path / "fail.json"
     failing.write_text(json.dumps(factories.hello_world(test_image, cmd="exit 2")))
     failed = peergrid("job", "submit", str(failing), "--wait", env=user_env)

@@ -99,3 +99,22 @@ def test_login_only_redirects_within_the_site(client, core):
         "/login?next=//evil.example/x", data={"email": "ann@example.com", "password": PASSWORD, "csrf_token": token}
     )
     assert response.headers["Location"] == "/jobs"
+
+
+def test_the_job_page_shows_what_happened_and_can_extend_and_cancel(client, core):
+    _, token = factories.user(core, email="ann@example.com")
+    job_id = client.post("/api/v1/jobs", json=hello_world("busybox"), headers=bearer(token)).json["id"]
+    sign_in(client, "ann@example.com")
+    page = client.get(f"/jobs/{job_id}")
+    text = page.get_data(as_text=True)
+    assert "What happened" in text and "Submitted with 1 op(s)." in text and "offered on market cpu" in text
+
+    extended = client.post(f"/jobs/{job_id}/extend", data={"minutes": "5", "csrf_token": csrf(page)})
+    assert extended.status_code == 302
+    assert "Time limits extended by 300 s." in client.get(f"/jobs/{job_id}").get_data(as_text=True)
+
+    cancelled = client.post(f"/jobs/{job_id}/cancel", data={"csrf_token": csrf(page)})
+    assert cancelled.status_code == 302
+    after = client.get(f"/jobs/{job_id}").get_data(as_text=True)
+    assert "Cancelled by its owner." in after and "Cancel job" not in after
+    assert client.post(f"/jobs/{job_id}/cancel", data={}).status_code == 400  # no CSRF token

@@ -334,6 +334,45 @@ def job_cancel(job_id: int) -> None:
     click.echo(f"job {body['id']}: {body['state']}")
 
 
+@job.command("extend")
+@click.argument("job_id", type=int)
+@click.argument("seconds", type=click.IntRange(min=1))
+def job_extend(job_id: int, seconds: int) -> None:
+    """Give a running job's ops more time (up to their market's maximum)."""
+    body = _api(lambda: _client().post(f"/jobs/{job_id}/extend", {"seconds": seconds}))
+    limits = ", ".join(f"{op['id']} {op['timeout']} s" for op in body["ops"] if op["state"] in ("pending", "queued", "running"))
+    click.echo(f"job {body['id']}: time limits now {limits}")
+
+
+@job.command("download")
+@click.argument("job_id", type=int)
+@click.argument("op")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Where to write it [job-ID-OP.tar.gz].")
+def job_download(job_id: int, op: str, output: str | None) -> None:
+    """Download an op's output folder as a .tar.gz."""
+    import hashlib
+
+    client = _client()
+    listing = _api(lambda: client.get(f"/jobs/{job_id}/artifacts"))["artifacts"]
+    artifact = next((a for a in listing if a["op"] == op), None)
+    if artifact is None:
+        have = ", ".join(a["op"] for a in listing) or "none"
+        _fail(f"Op {op!r} of job {job_id} has no output (ops with output: {have}).")
+    target = Path(output or f"job-{job_id}-{op}.tar.gz")
+    digest = hashlib.sha256()
+    with client.http.get(client.server + artifact["url"], stream=True, timeout=300) as response:
+        if response.status_code >= 400:
+            _fail(f"The download failed: {response.status_code} {response.reason}.")
+        with open(target, "wb") as out:
+            for chunk in response.iter_content(1024 * 1024):
+                digest.update(chunk)
+                out.write(chunk)
+    if digest.hexdigest() != artifact["sha256"]:
+        target.unlink(missing_ok=True)
+        _fail("The download arrived damaged (checksum mismatch); try again.")
+    click.echo(str(target))
+
+
 @main.group()
 def node() -> None:
     """Register machines as nodes."""

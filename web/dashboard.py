@@ -8,8 +8,11 @@ from urllib.parse import urlparse
 from flask import Blueprint, redirect, render_template, request, session, url_for
 
 from scheduler.accounts import authenticate
-from scheduler.errors import AuthenticationError
+from scheduler.artifacts import job_artifacts
+from scheduler.errors import AuthenticationError, PeergridError
+from scheduler.events import job_events
 from scheduler.jobs import job_for, job_logs, list_jobs
+from scheduler.orchestration import cancel_job, extend_job
 from scheduler.states import JobState
 from web.auth import check_csrf, csrf_token, session_user
 from web.db import db
@@ -86,4 +89,32 @@ def jobs():
 def job(job_id: int):
     job = job_for(db(), session_user(), job_id)
     lines = job_logs(db(), job)
-    return render_template("job.html", job=job, lines=lines, cursor=lines[-1][0].id if lines else 0)
+    keys = {op.id: op.key for op in job.ops}
+    return render_template(
+        "job.html",
+        job=job,
+        lines=lines,
+        cursor=lines[-1][0].id if lines else 0,
+        events=job_events(db(), job),
+        artifacts=[(keys[a.op_id], a) for a in job_artifacts(db(), job)],
+        op_keys=keys,
+    )
+
+
+@bp.post("/jobs/<int:job_id>/cancel")
+@login_required
+def job_cancel(job_id: int):
+    check_csrf()
+    cancel_job(db(), job_for(db(), session_user(), job_id))
+    return redirect(url_for("dashboard.job", job_id=job_id))
+
+
+@bp.post("/jobs/<int:job_id>/extend")
+@login_required
+def job_extend(job_id: int):
+    check_csrf()
+    minutes = request.form.get("minutes", type=int)
+    if not minutes or minutes <= 0:
+        raise PeergridError("Extend by a whole number of minutes, 1 or more.")
+    extend_job(db(), job_for(db(), session_user(), job_id), minutes * 60)
+    return redirect(url_for("dashboard.job", job_id=job_id))
