@@ -128,6 +128,15 @@ def test_submit_wait_status_and_logs(stack, user_env, tmp_path, test_image):
     assert logs.stdout == "[hello-world] hello world\n"
     assert peergrid("job", "logs", job_id, "--op", "hello-world", env=user_env).stdout == "hello world\n"
 
+    with_results = tmp_path / "results.json"
+    doc = factories.hello_world(test_image, cmd="echo answer=42")
+    doc["ops"][0]["results"] = {"answer": "(?<=answer=)\\d+"}
+    with_results.write_text(json.dumps(doc))
+    answered = peergrid("job", "submit", str(with_results), "--wait", env=user_env)
+    assert answered.returncode == 0, answered.stderr
+    shown = peergrid("job", "status", answered.stdout.strip(), env=user_env)
+    assert "answer = ['42']" in shown.stdout
+
     output_job = tmp_path / "output.json"
     output_job.write_text(json.dumps(factories.hello_world(test_image, cmd="echo kept > /out/f.txt")))
     doc = json.loads(output_job.read_text())

@@ -210,3 +210,32 @@ def test_exactly_one_of_many_concurrent_claimants_wins(database_url, tmp_path):
         assert attempt["state"] == "claimed" and attempt["node"]["id"] == winners[0]
     finally:
         core.close()
+
+
+def test_an_output_over_the_limit_is_refused_with_a_clear_message(client, core, provider, app):
+    _, node_token = provider
+    _, token = factories.user(core)
+    doc = hello_world("busybox")
+    doc["ops"][0]["args"]["output"] = "/out"
+    attempt_id = first_attempt(submit(client, token, doc))
+    client.post(f"/api/v1/node/attempts/{attempt_id}/claim", headers=bearer(node_token))
+    object.__setattr__(core.settings, "max_artifact_bytes", 1024 * 1024)
+
+    too_big = client.put(f"/api/v1/node/attempts/{attempt_id}/artifact", data=b"x" * (1024 * 1024 + 1),
+                         headers=bearer(node_token))
+    assert too_big.status_code == 413
+    assert "larger than the 1 MB limit" in too_big.json["error"]
+
+    damaged = client.put(f"/api/v1/node/attempts/{attempt_id}/artifact", data=b"abc",
+                         headers={**bearer(node_token), "X-Checksum-Sha256": "0" * 64})
+    assert damaged.status_code == 400 and "checksum" in damaged.json["error"]
+
+    import hashlib
+
+    good = client.put(f"/api/v1/node/attempts/{attempt_id}/artifact", data=b"abc",
+                      headers={**bearer(node_token), "X-Checksum-Sha256": hashlib.sha256(b"abc").hexdigest()})
+    assert good.status_code == 201 and good.json["size"] == 3
+    again = client.put(f"/api/v1/node/attempts/{attempt_id}/artifact", data=b"abc", headers=bearer(node_token))
+    assert again.status_code == 409
+    leftovers = list((core.settings.data_dir / "artifacts").rglob("*.part"))
+    assert leftovers == []

@@ -7,7 +7,7 @@ from typing import Any
 from flask import jsonify, request, send_file
 from sqlalchemy import select
 
-from scheduler.artifacts import artifacts_root, input_for, job_artifacts, store_artifact
+from scheduler.artifacts import ArtifactTooLarge, artifacts_root, input_for, job_artifacts, store_artifact
 from scheduler.attempts import (
     LogRecord,
     append_logs,
@@ -178,10 +178,15 @@ def attempt_artifact(attempt_id: int):
     """Receive the attempt's output folder as a .tar.gz body, checksummed by X-Checksum-Sha256."""
     node = require_node()
     settings = core().settings
-    request.max_content_length = settings.max_artifact_bytes
     attempt = held_attempt(db(), node, attempt_id)
     if not attempt.op.spec.get("output"):
         raise PeergridError(f"Op {attempt.op.key} has no output folder to upload.")
+    if (request.content_length or 0) > settings.max_artifact_bytes:
+        raise ArtifactTooLarge(
+            f"The output of {attempt.op.key} is larger than the {settings.max_artifact_bytes // (1024 * 1024)} MB limit."
+        )
+    # Past the general body limit, up to the artifact limit; a stream without a length is cut there too.
+    request.max_content_length = settings.max_artifact_bytes
     artifact = store_artifact(
         db(),
         attempt,
