@@ -1,0 +1,108 @@
+"""Latency: submit → succeeded for a one-op job, against a bare `docker run --rm` of the same image.
+
+    .venv/bin/python -m bench.latency [--runs 20] [--setup embedded|scaled|both]
+
+Needs what scripts/test sets up (Docker and the test image; Redis and PostgreSQL for `scaled`).
+Prints median and p95 for each, and the ratio to the baseline measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from sqlalchemy import create_engine, text
+
+from tests import factories
+from tests.stack import Api, Stack
+
+IMAGE = os.environ.get("PEERGRID_TEST_IMAGE", "peergrid-test/busybox:latest")
+REDIS = os.environ.get("PEERGRID_TEST_REDIS_URL", "redis://127.0.0.1:6390/0")
+POSTGRES = os.environ.get("PEERGRID_TEST_POSTGRES_URL", "postgresql+psycopg://peergrid:peergrid@127.0.0.1:5432/postgres")
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def bare_docker(runs: int) -> list[float]:
+    out = []
+    for _ in range(runs):
+        began = time.monotonic()
+        subprocess.run(["docker", "run", "--rm", "--network", "none", IMAGE, "echo", "hello", "world"],
+                       check=True, capture_output=True)
+        out.append(time.monotonic() - began)
+    return out
+
+
+def through_peergrid(setup: str, runs: int, root: Path) -> list[float]:
+    if setup == "embedded":
+        database_url, broker_url, drop = f"sqlite:///{root / 'store.sqlite'}", f"sqla+sqlite:///{root / 'broker.sqlite'}", None
+    else:
+        name = f"peergrid_bench_{uuid.uuid4().hex[:8]}"
+        admin = create_engine(POSTGRES, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        from sqlalchemy.engine import make_url
+
+        database_url = make_url(POSTGRES).set(database=name).render_as_string(hide_password=False)
+        broker_url = REDIS
+        import redis
+
+        redis.Redis.from_url(REDIS).flushdb()
+
+        def drop():
+            with admin.connect() as conn:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+    stack = Stack(root, database_url=database_url, broker_url=broker_url)
+    try:
+        stack.start_web()
+        _, node_token, _ = factories.node(stack.core, name="bench")
+        stack.start_worker(node_token)
+        _, token = factories.user(stack.core)
+        api = Api(stack.url, token)
+        api.wait(api.post("/jobs", factories.hello_world(IMAGE)).json()["id"])  # warm-up, not counted
+        out = []
+        for _ in range(runs):
+            began = time.monotonic()
+            job = api.wait(api.post("/jobs", factories.hello_world(IMAGE)).json()["id"])
+            out.append(time.monotonic() - began)
+            assert job["state"] == "succeeded", stack.logs()
+        return out
+    finally:
+        stack.stop()
+        if drop:
+            drop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--setup", choices=["embedded", "scaled", "both"], default="both")
+    args = parser.parse_args()
+    setups = ["embedded", "scaled"] if args.setup == "both" else [args.setup]
+
+    baseline = bare_docker(args.runs)
+    base_median = statistics.median(baseline)
+    rows = [("bare docker run --rm", baseline)]
+    for setup in setups:
+        with tempfile.TemporaryDirectory() as root:
+            rows.append((f"peergrid {setup}", through_peergrid(setup, args.runs, Path(root))))
+
+    print(f"latency, {args.runs} runs each, one-op hello-world job, image {IMAGE}")
+    print(f"{'what':28} {'median s':>9} {'p95 s':>9} {'× baseline':>11}")
+    for name, values in rows:
+        median = statistics.median(values)
+        print(f"{name:28} {median:9.3f} {percentile(values, 0.95):9.3f} {median / base_median:11.2f}")
+
+
+if __name__ == "__main__":
+    main()
