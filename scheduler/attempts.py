@@ -37,13 +37,18 @@ class LogRecord:
     text: str
 
 
-def claim_attempt(session: Session, node: Node, attempt_id: int, *, now: datetime | None = None) -> Attempt:
-    """Give a queued attempt to node; exactly one of any number of concurrent callers wins.
+def claim_attempt(
+    session: Session, node: Node, attempt_id: int, *, gpus: list[str] | None = None, now: datetime | None = None
+) -> Attempt:
+    """Give a queued attempt to node, on the GPUs it names; exactly one of any number of
+    concurrent callers wins.
 
     Raises:
         NotFound: no such attempt.
-        Conflict: the attempt was claimed already, cancelled, or the node takes no work now.
+        Conflict: the attempt was claimed already or cancelled, the node takes no work now, or
+            the GPUs it names are not free or not what the op's market needs.
     """
+    gpus = list(gpus or [])
     now = now or utcnow()
     if node.state in (NodeState.DRAINING, NodeState.OFFLINE):
         raise Conflict(f"Node {node.name} is {node.state.value} and takes no new work.")
@@ -52,12 +57,13 @@ def claim_attempt(session: Session, node: Node, attempt_id: int, *, now: datetim
         pinned = pinned_node_id(pending.op)
         if pinned is not None and pinned != node.id:
             raise Conflict(f"Attempt {attempt_id} must run on the node that holds its volumes.")
+        check_capacity(session, node, pending.op.market, gpus)
     assert can_move(AttemptState.QUEUED, AttemptState.CLAIMED)
     # A conditional update rather than move(): the WHERE clause is what makes the claim exclusive.
     result = session.execute(
         update(Attempt)
         .where(Attempt.id == attempt_id, Attempt.state == AttemptState.QUEUED)
-        .values(state=AttemptState.CLAIMED, node_id=node.id, claimed_at=now)
+        .values(state=AttemptState.CLAIMED, node_id=node.id, claimed_at=now, gpus=gpus)
         .execution_options(synchronize_session=False)
     )
     if result.rowcount != 1:
@@ -71,6 +77,35 @@ def claim_attempt(session: Session, node: Node, attempt_id: int, *, now: datetim
         session, attempt.op.job_id, "claimed", f"{attempt.op.key}: claimed by node {node.name}.", attempt=attempt, now=now
     )
     return attempt
+
+
+def check_capacity(session: Session, node: Node, market, gpus: list[str]) -> None:
+    """Refuse a claim the node cannot honour: GPUs that are not its own, busy, or short of the market.
+
+    Raises:
+        Conflict: saying which.
+    """
+    held = list(
+        session.scalars(select(Attempt).where(Attempt.node_id == node.id, Attempt.state.in_(ATTEMPT_HELD)))
+    )
+    if market.gpu_count == 0:
+        if gpus:
+            raise Conflict(f"Market {market.slug} runs ops without GPUs.")
+        if sum(1 for a in held if not a.gpus) >= node.slots:
+            raise Conflict(f"Node {node.name} has no free CPU slot ({node.slots} in use).")
+        return
+    if len(gpus) != market.gpu_count or len(set(gpus)) != len(gpus):
+        raise Conflict(f"Market {market.slug} needs {market.gpu_count} distinct GPU(s); the claim named {len(set(gpus))}.")
+    own = {g.uuid: g for g in node.gpus}
+    busy = {uuid for a in held for uuid in (a.gpus or [])}
+    for uuid in gpus:
+        gpu = own.get(uuid)
+        if gpu is None:
+            raise Conflict(f"GPU {uuid} is not one node {node.name} reported.")
+        if uuid in busy:
+            raise Conflict(f"GPU {uuid} is already running another op.")
+        if gpu.memory_total_mb < market.min_vram_mb or (market.gpu_models and gpu.name not in market.gpu_models):
+            raise Conflict(f"GPU {uuid} ({gpu.name}) does not meet market {market.slug}'s requirements.")
 
 
 def held_attempt(session: Session, node: Node, attempt_id: int, *, lock: bool = True) -> Attempt:
@@ -172,17 +207,28 @@ def finish_attempt(
     return attempt
 
 
+# Attempts lost with their node do not use up an op's tries, but an op that loses this many is
+# failed, so one that brings nodes down cannot go round forever.
+MAX_LOST_ATTEMPTS = 3
+
+
 def record_op_outcome(session: Session, op: Op, attempt: Attempt, *, now: datetime) -> None:
     """Settle an op after one of its attempts ended: success, another try, or failure."""
     op.exit_code = attempt.exit_code
+    lost = sum(1 for a in op.attempts if a.state == AttemptState.LOST)
+    tries = len(op.attempts) - lost
     if attempt.state == AttemptState.SUCCEEDED:
         op.error = None
         move(op, OpState.SUCCEEDED, now=now)
-    elif len(op.attempts) < op.max_attempts:
+    elif attempt.state == AttemptState.LOST and lost < MAX_LOST_ATTEMPTS:
+        move(op, OpState.QUEUED, now=now)
+        events.record(session, op.job, "requeued", f"{op.key}: its node was lost; offering it again.", op=op, now=now)
+        new_attempt(session, op, now=now)
+    elif attempt.state != AttemptState.LOST and tries < op.max_attempts:
         move(op, OpState.QUEUED, now=now)
         events.record(
             session, op.job, "retrying",
-            f"{op.key}: attempt {attempt.number} failed; {op.max_attempts - len(op.attempts)} more allowed.",
+            f"{op.key}: attempt {attempt.number} failed; {op.max_attempts - tries} more allowed.",
             op=op, now=now,
         )
         new_attempt(session, op, now=now)
@@ -190,6 +236,22 @@ def record_op_outcome(session: Session, op: Op, attempt: Attempt, *, now: dateti
         op.error = attempt.error
         move(op, OpState.FAILED, now=now)
     advance(session, op.job, now=now)
+
+
+def lose_attempts(session: Session, node: Node, why: str, *, now: datetime | None = None) -> list[Attempt]:
+    """Mark the attempts node holds as lost (never billed) and offer their ops again elsewhere."""
+    now = now or utcnow()
+    held = list(
+        session.scalars(
+            select(Attempt).where(Attempt.node_id == node.id, Attempt.state.in_(ATTEMPT_HELD)).order_by(Attempt.id)
+        )
+    )
+    for attempt in held:
+        attempt.error = f"Lost: {why}"
+        move(attempt, AttemptState.LOST, now=now)
+        events.record(session, attempt.op.job, "lost", f"{attempt.op.key}: {attempt.error}", attempt=attempt, now=now)
+        record_op_outcome(session, attempt.op, attempt, now=now)
+    return held
 
 
 def expire_overdue(session: Session, *, grace_s: float, now: datetime | None = None) -> list[Attempt]:

@@ -30,6 +30,10 @@ def make_celery(settings: Settings, core: Core | None = None) -> Celery:
                 "task": "peergrid.reoffer_stale_attempts",
                 "schedule": max(1.0, settings.reoffer_after_s / 3),
             },
+            "reap-silent-nodes": {
+                "task": "peergrid.reap_silent_nodes",
+                "schedule": max(1.0, settings.node_timeout_s / 5),
+            },
             "expire-overdue-attempts": {
                 "task": "peergrid.expire_overdue_attempts",
                 "schedule": max(1.0, min(30.0, settings.timeout_grace_s / 2)),

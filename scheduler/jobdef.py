@@ -17,7 +17,8 @@ RESTART_POLICIES = ("no", "always", "on-failure", "unless-stopped")
 LITERAL = re.compile(r"%%([A-Za-z0-9_.\-]+)%%")
 _JS_NAMED_GROUP = re.compile(r"\(\?<(?![=!])")
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}$")
-MB_PER_GB = 1024
+# Nosana writes VRAM in GB; a "24 GB" card reports about 24,560 MB, so a GB here is 1000 MB.
+MB_PER_GB = 1000
 GLOBAL_BUILTINS = ("job", "host", "version")
 
 

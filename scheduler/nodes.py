@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -89,9 +89,41 @@ def record_report(session: Session, node: Node, report: NodeReport, *, now: date
 
 
 def register(session: Session, node: Node, report: NodeReport, *, now: datetime | None = None) -> None:
+    """A worker (re)starting: what the node held before is gone with the old process."""
+    from scheduler.attempts import lose_attempts
+
     now = now or utcnow()
+    lose_attempts(session, node, f"node {node.name} restarted while running it.", now=now)
     node.registered_at = now
     record_report(session, node, report, now=now)
+
+
+def reap_silent_nodes(session: Session, *, timeout_s: float, now: datetime | None = None) -> list[Node]:
+    """Mark nodes silent past timeout_s offline; their attempts are lost and offered again."""
+    from scheduler.attempts import lose_attempts
+
+    now = now or utcnow()
+    cutoff = now - timedelta(seconds=timeout_s)
+    silent = list(
+        session.scalars(
+            select(Node)
+            .where(Node.state != NodeState.OFFLINE)
+            .where((Node.last_heartbeat_at < cutoff) | Node.last_heartbeat_at.is_(None))
+            .with_for_update(skip_locked=True)
+        )
+    )
+    for node in silent:
+        move(node, NodeState.OFFLINE, now=now)
+        lose_attempts(session, node, f"node {node.name} stopped sending heartbeats.", now=now)
+    return silent
+
+
+def set_draining(session: Session, node: Node, draining: bool, *, now: datetime | None = None) -> None:
+    """Drain a node (it finishes what runs and takes nothing new), or take it back into service."""
+    if draining:
+        move(node, NodeState.DRAINING, now=now)
+    elif node.state == NodeState.DRAINING:
+        move(node, NodeState.ONLINE, now=now)
 
 
 def _replace_gpus(node: Node, gpus: tuple[GpuReport, ...]) -> None:

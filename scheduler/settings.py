@@ -45,6 +45,8 @@ class Settings:
     # How long an offer may sit unclaimed before the scheduler publishes it again.
     reoffer_after_s: float = 30.0
     heartbeat_interval_s: float = 10.0
+    # A node silent this long is offline, and what it ran is offered again elsewhere.
+    node_timeout_s: float = 30.0
     # Default and ceiling for an op's run time when neither the op nor its market says.
     default_timeout_s: int = 3600
     # How long past an op's time limit the scheduler waits for its node before failing the attempt.
@@ -79,6 +81,7 @@ class Settings:
             secret_key=env.get("PEERGRID_SECRET_KEY") or "",
             reoffer_after_s=_float(env, "PEERGRID_REOFFER_AFTER", 30.0),
             heartbeat_interval_s=_float(env, "PEERGRID_HEARTBEAT_INTERVAL", 10.0),
+            node_timeout_s=_float(env, "PEERGRID_NODE_TIMEOUT", 30.0),
             default_timeout_s=_int(env, "PEERGRID_DEFAULT_TIMEOUT", 3600),
             timeout_grace_s=_float(env, "PEERGRID_TIMEOUT_GRACE", 60.0),
             max_body_bytes=_int(env, "PEERGRID_MAX_BODY_BYTES", 4 * 1024 * 1024),

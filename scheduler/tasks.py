@@ -42,6 +42,23 @@ def expire_overdue_attempts() -> int:
     return expire_overdue(current_app.peergrid)
 
 
+def reap_nodes(core) -> int:
+    """Take silent nodes offline and offer their work again; return how many went offline."""
+    from scheduler.nodes import reap_silent_nodes
+
+    with core.transaction() as session:
+        silent = reap_silent_nodes(session, timeout_s=core.settings.node_timeout_s)
+        names = [n.name for n in silent]
+    if names:
+        log.warning("nodes went silent and are now offline: %s", ", ".join(names))
+    return len(names)
+
+
+@shared_task(name="peergrid.reap_silent_nodes", ignore_result=True)
+def reap_silent_nodes() -> int:
+    return reap_nodes(current_app.peergrid)
+
+
 @shared_task(name="peergrid.reoffer_stale_attempts", ignore_result=True)
 def reoffer_stale_attempts() -> int:
     return reoffer_stale(current_app.peergrid)

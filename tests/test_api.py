@@ -59,12 +59,53 @@ def test_a_body_that_is_not_json_is_a_problem_at_the_root(client, core):
 def test_an_op_no_market_serves_is_refused_with_the_reason(client, core):
     _, token = factories.user(core)
     doc = hello_world("busybox")
-    doc["ops"][0]["args"]["gpu"] = True
+    doc["ops"][0]["args"].update(gpu=True, required_vram=200)
 
     response = client.post("/api/v1/jobs", json=doc, headers=bearer(token))
 
     assert response.status_code == 422
-    assert "No market serves an op that needs 1 GPU" in response.json["errors"][0]["message"]
+    assert "No market serves an op that needs 1 GPU with at least 200 GB" in response.json["errors"][0]["message"]
+
+
+def test_gpu_ops_go_to_the_cheapest_market_that_covers_them(client, core):
+    _, token = factories.user(core)
+
+    def market_of(**args):
+        doc = hello_world("busybox")
+        doc["ops"][0]["args"].update(args)
+        job_id = client.post("/api/v1/jobs", json=doc, headers=bearer(token)).json["id"]
+        return client.get(f"/api/v1/jobs/{job_id}", headers=bearer(token)).json["ops"][0]["market"]
+
+    assert market_of() == "cpu"
+    assert market_of(gpu=True) == "gpu"
+    assert market_of(gpu=True, required_vram=16) == "gpu-24gb"
+    assert market_of(gpu=True, required_vram=40) == "gpu-48gb"
+    assert market_of(gpu_count=4, required_vram=80) == "gpu-4x-80gb"
+    assert market_of(gpu_count=2) == "gpu-2x"
+    assert market_of(gpu=True, market="gpu-80gb") == "gpu-80gb"
+    named_wrong = hello_world("busybox")
+    named_wrong["ops"][0]["args"].update(gpu=True, market="cpu")
+    refused = client.post("/api/v1/jobs", json=named_wrong, headers=bearer(token))
+    assert refused.status_code == 422 and "Market 'cpu' cannot serve" in refused.json["errors"][0]["message"]
+
+
+def test_admins_define_and_edit_markets_and_others_may_not(client, core):
+    _, admin = factories.user(core, admin=True)
+    _, user = factories.user(core)
+    spec = {"slug": "a100", "name": "A100s", "gpu_count": 1, "min_vram_mb": 80_000,
+            "gpu_models": ["NVIDIA A100-SXM4-80GB"], "price_per_second": 900, "fee_ppm": 50_000}
+
+    assert client.post("/api/v1/admin/markets", json=spec, headers=bearer(user)).status_code == 403
+    created = client.post("/api/v1/admin/markets", json=spec, headers=bearer(admin))
+    assert created.status_code == 201 and created.json["queue"] == "market.a100"
+    assert client.post("/api/v1/admin/markets", json=spec, headers=bearer(admin)).status_code == 409
+    bad = client.post("/api/v1/admin/markets", json={**spec, "slug": "b", "price_per_second": -1, "colour": "red"},
+                      headers=bearer(admin))
+    assert bad.status_code == 400
+    assert "price_per_second must be a whole number" in bad.json["error"] and "colour is not a market field" in bad.json["error"]
+    edited = client.patch("/api/v1/admin/markets/a100", json={"price_per_second": 950}, headers=bearer(admin))
+    assert edited.json["price_per_second"] == 950
+    assert client.patch("/api/v1/admin/markets/a100", json={"fee_ppm": 1}, headers=bearer(user)).status_code == 403
 
 
 def test_calls_without_a_valid_token_are_refused(client, core):
@@ -128,7 +169,7 @@ def test_nodes_are_created_with_a_token_shown_once(client, core):
 def test_markets_and_health(client, core):
     _, token = factories.user(core)
     markets = client.get("/api/v1/markets", headers=bearer(token)).json["markets"]
-    assert [m["slug"] for m in markets] == ["cpu"]
+    assert markets[0]["slug"] == "cpu" and "gpu-80gb" in [m["slug"] for m in markets]
     assert client.get("/api/v1/health").json == {"ok": True}
 
 

@@ -45,7 +45,7 @@ def test_gpu_and_retries_read_as_nosana_means_them():
     doc = copy.deepcopy(HELLO)
     doc["ops"][0]["args"].update({"gpu": True, "required_vram": 24, "restart_policy": {"policy": "on-failure", "restart_tries": 2}})
     op = parse_definition(doc).ops[0]
-    assert (op.gpu_count, op.min_vram_mb, op.max_attempts) == (1, 24 * 1024, 3)
+    assert (op.gpu_count, op.min_vram_mb, op.max_attempts) == (1, 24_000, 3)
 
 
 def _problems(doc) -> dict[str, str]:

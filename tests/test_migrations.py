@@ -21,10 +21,12 @@ def test_autogenerate_finds_nothing_to_change(database_url):
     assert diff == []
 
 
-def test_upgrade_seeds_the_cpu_market_and_is_idempotent(database_url):
+def test_upgrade_seeds_cpu_and_gpu_markets_and_is_idempotent(database_url):
     upgrade(database_url)  # already at head: nothing happens
     engine = create_engine(database_url)
     with engine.connect() as conn:
         markets = conn.execute(select(Market.slug, Market.queue, Market.gpu_count)).all()
     engine.dispose()
-    assert markets == [("cpu", "market.cpu", 0)]
+    assert markets[0] == ("cpu", "market.cpu", 0)
+    assert {m[2] for m in markets} == {0, 1, 2, 4}
+    assert all(queue == f"market.{slug}" for slug, queue, _ in markets)

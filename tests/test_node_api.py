@@ -43,7 +43,7 @@ def test_register_answers_with_the_broker_and_markets(client, core, provider):
     _, node_token = provider
     answer = client.post("/api/v1/node/register", json=REPORT, headers=bearer(node_token)).json
     assert answer["broker_url"] == core.settings.worker_broker_url
-    assert [m["queue"] for m in answer["markets"]] == ["market.cpu"]
+    assert "market.cpu" in [m["queue"] for m in answer["markets"]]
     assert answer["node"]["state"] == "online"
 
 
@@ -239,3 +239,160 @@ def test_an_output_over_the_limit_is_refused_with_a_clear_message(client, core, 
     assert again.status_code == 409
     leftovers = list((core.settings.data_dir / "artifacts").rglob("*.part"))
     assert leftovers == []
+
+
+def gpu_node(client, core, *gpus: tuple[str, int], slots: int = 1) -> tuple[int, str]:
+    node_id, node_token, _ = factories.node(core)
+    report = {**REPORT, "slots": slots, "simulated": True, "gpus": [
+        {"uuid": uuid, "name": "NVIDIA A100-SXM4-80GB", "memory_total_mb": mb, "index": i}
+        for i, (uuid, mb) in enumerate(gpus)]}
+    assert client.post("/api/v1/node/register", json=report, headers=bearer(node_token)).status_code == 200
+    return node_id, node_token
+
+
+def gpu_job(client, token, **args) -> int:
+    doc = hello_world("busybox")
+    doc["ops"][0]["args"].update(args)
+    return first_attempt(submit(client, token, doc))
+
+
+def test_a_gpu_claim_must_name_free_fitting_gpus_of_the_node(client, core):
+    _, token = factories.user(core)
+    _, node = gpu_node(client, core, ("GPU-a", 81920), ("GPU-b", 81920), ("GPU-small", 16000))
+    _, other = gpu_node(client, core, ("GPU-x", 81920))
+    first = gpu_job(client, token, gpu=True, required_vram=80)
+    second = gpu_job(client, token, gpu=True, required_vram=80)
+
+    def claim(attempt, gpus, who=node):
+        return client.post(f"/api/v1/node/attempts/{attempt}/claim", json={"gpus": gpus}, headers=bearer(who))
+
+    assert claim(first, []).status_code == 409  # a GPU market needs its GPUs named
+    assert "needs 1 distinct GPU" in claim(first, ["GPU-a", "GPU-b"]).json["error"]
+    assert "not one node" in claim(first, ["GPU-x"]).json["error"]
+    assert "does not meet" in claim(first, ["GPU-small"]).json["error"]
+    won = claim(first, ["GPU-a"])
+    assert won.status_code == 200 and won.json["attempt"]["gpus"] == ["GPU-a"]
+    assert "already running another op" in claim(second, ["GPU-a"]).json["error"]
+    assert claim(second, ["GPU-b"]).status_code == 200
+
+
+def test_cpu_claims_stop_at_the_nodes_slots(client, core):
+    _, token = factories.user(core)
+    _, node = gpu_node(client, core, slots=1)
+    first, second = first_attempt(submit(client, token)), first_attempt(submit(client, token))
+    assert client.post(f"/api/v1/node/attempts/{first}/claim", headers=bearer(node)).status_code == 200
+    full = client.post(f"/api/v1/node/attempts/{second}/claim", headers=bearer(node))
+    assert full.status_code == 409 and "no free CPU slot" in full.json["error"]
+
+
+def test_a_drained_node_takes_nothing_new_and_can_come_back(client, core):
+    node_id, node_token, owner_token = factories.node(core)
+    client.post("/api/v1/node/register", json=REPORT, headers=bearer(node_token))
+    _, stranger = factories.user(core)
+
+    assert client.post(f"/api/v1/nodes/{node_id}/drain", headers=bearer(stranger)).status_code == 404
+    drained = client.post(f"/api/v1/nodes/{node_id}/drain", headers=bearer(owner_token))
+    assert drained.json["state"] == "draining"
+    beat = client.post("/api/v1/node/heartbeat", json=REPORT, headers=bearer(node_token))
+    assert beat.json["state"] == "draining"  # heartbeats do not undo a drain
+    attempt = first_attempt(submit(client, owner_token))
+    refused = client.post(f"/api/v1/node/attempts/{attempt}/claim", headers=bearer(node_token))
+    assert refused.status_code == 409 and "draining" in refused.json["error"]
+
+    back = client.post(f"/api/v1/nodes/{node_id}/drain", json={"drain": False}, headers=bearer(owner_token))
+    assert back.json["state"] == "online"
+    assert client.post(f"/api/v1/node/attempts/{attempt}/claim", headers=bearer(node_token)).status_code == 200
+
+
+def test_the_reaper_loses_a_silent_nodes_attempts_and_offers_them_again(client, core, provider):
+    """Given a node running an op, when it falls silent past the timeout, then it goes offline,
+    its attempt is lost (unbilled, not counted as a try) and a new attempt is offered."""
+    from datetime import timedelta
+
+    from scheduler.nodes import reap_silent_nodes
+    from scheduler.states import utcnow
+
+    node_id, node_token = provider
+    _, token = factories.user(core)
+    job = submit(client, token)
+    attempt_id = first_attempt(job)
+    client.post(f"/api/v1/node/attempts/{attempt_id}/claim", headers=bearer(node_token))
+    client.post(f"/api/v1/node/attempts/{attempt_id}/started", headers=bearer(node_token))
+
+    with core.transaction() as session:
+        assert reap_silent_nodes(session, timeout_s=30) == []  # it just spoke
+        reaped = reap_silent_nodes(session, timeout_s=30, now=utcnow() + timedelta(seconds=31))
+        assert [n.id for n in reaped] == [node_id]
+
+    op = client.get(f"/api/v1/jobs/{job['id']}", headers=bearer(token)).json["ops"][0]
+    assert [a["state"] for a in op["attempts"]] == ["lost", "queued"]
+    assert op["attempts"][0]["cost"] == 0
+    assert op["state"] == "queued"
+    late = client.post(f"/api/v1/node/attempts/{attempt_id}/finished", json={"exit_code": 0}, headers=bearer(node_token))
+    assert late.status_code == 409  # the fencing token: reports from the old attempt are refused
+
+
+def test_a_restarted_worker_loses_what_it_held(client, core, provider):
+    _, node_token = provider
+    _, token = factories.user(core)
+    job = submit(client, token)
+    attempt_id = first_attempt(job)
+    client.post(f"/api/v1/node/attempts/{attempt_id}/claim", headers=bearer(node_token))
+
+    client.post("/api/v1/node/register", json=REPORT, headers=bearer(node_token))
+
+    attempts = client.get(f"/api/v1/jobs/{job['id']}", headers=bearer(token)).json["ops"][0]["attempts"]
+    assert [a["state"] for a in attempts] == ["lost", "queued"]
+    assert "restarted" in attempts[0]["error"]
+
+
+def test_an_op_that_keeps_losing_nodes_fails_in_the_end(client, core):
+    from scheduler.attempts import MAX_LOST_ATTEMPTS
+
+    _, token = factories.user(core)
+    job = submit(client, token)
+    for _ in range(MAX_LOST_ATTEMPTS):
+        _, node_token = registered(client, core)
+        attempt_id = client.get(f"/api/v1/jobs/{job['id']}", headers=bearer(token)).json["ops"][0]["attempts"][-1]["id"]
+        assert client.post(f"/api/v1/node/attempts/{attempt_id}/claim", headers=bearer(node_token)).status_code == 200
+        client.post("/api/v1/node/register", json=REPORT, headers=bearer(node_token))
+    body = client.get(f"/api/v1/jobs/{job['id']}", headers=bearer(token)).json
+    assert body["state"] == "failed"
+    assert [a["state"] for a in body["ops"][0]["attempts"]] == ["lost"] * MAX_LOST_ATTEMPTS
+
+
+def test_a_duplicated_offer_changes_nothing(client, core, provider):
+    from scheduler.models import Attempt
+    from scheduler.offers import offer_for
+
+    _, node_token = provider
+    _, token = factories.user(core)
+    job = submit(client, token)
+    attempt_id = first_attempt(job)
+    with core.sessions() as session:
+        offer = offer_for(session.get(Attempt, attempt_id))
+    core.publisher.publish([offer, offer])  # the broker delivers it twice
+
+    assert client.post(f"/api/v1/node/attempts/{attempt_id}/claim", headers=bearer(node_token)).status_code == 200
+    assert client.post(f"/api/v1/node/attempts/{attempt_id}/claim", headers=bearer(node_token)).status_code == 409
+    attempts = client.get(f"/api/v1/jobs/{job['id']}", headers=bearer(token)).json["ops"][0]["attempts"]
+    assert len(attempts) == 1 and attempts[0]["state"] == "claimed"
+
+
+def test_stale_offers_are_published_again(client, core):
+    from datetime import timedelta
+
+    from scheduler import offers
+    from scheduler.states import utcnow
+    from tests.test_api import offers_on
+
+    _, token = factories.user(core)
+    attempt_id = first_attempt(submit(client, token))
+    assert [o["attempt_id"] for o in offers_on(core.settings.broker_url)] == [attempt_id]  # drained
+    with core.transaction() as session:
+        assert offers.stale_attempts(session, older_than=timedelta(seconds=30)) == []
+        stale = offers.stale_attempts(session, older_than=timedelta(seconds=30), now=utcnow() + timedelta(seconds=31))
+        assert [a.id for a in stale] == [attempt_id]
+        for attempt in stale:
+            offers.stage(session, attempt)
+    assert [o["attempt_id"] for o in offers_on(core.settings.broker_url)] == [attempt_id]

@@ -53,6 +53,13 @@ def require_user() -> User:
     )
 
 
+def require_admin() -> User:
+    user = require_user()
+    if not user.is_admin:
+        abort(403, "Only an admin may do this.")
+    return user
+
+
 def require_node() -> Node:
     token = bearer_token()
     if token is None:

@@ -16,6 +16,7 @@ from worker import __version__
 from worker.broker import connect, consume_offers
 from worker.client import NodeClient
 from worker.archives import file_sha256
+from worker.capacity import Capacity
 from worker.errors import AttemptGone, ServerError, WorkerError
 from worker.gpus import Inventory, probe, simulated_inventory
 from worker.logs import LogShipper
@@ -50,6 +51,8 @@ class Agent:
             if settings.simulate_gpus
             else probe()
         )
+        self.capacity = Capacity(self.inventory.gpus, settings.slots, simulated=self.inventory.simulated)
+        self.draining = False
         self.stopping = threading.Event()
         self._changed = threading.Event()
         self._lock = threading.Lock()
@@ -60,6 +63,20 @@ class Agent:
         self.heartbeat_interval_s = 10.0
 
     # -- what the node tells the server ------------------------------------------------------
+
+    def _gpu_reports(self) -> list[dict]:
+        if not self.inventory.simulated and self.inventory.gpus:
+            fresh = probe()  # memory, utilisation and temperature change; send them each time
+            if fresh.gpus:
+                self.inventory = fresh
+        held = self.capacity.holders()
+        reports = []
+        for gpu in self.inventory.gpus:
+            report = gpu.as_report()
+            if self.inventory.simulated and gpu.uuid in held:
+                report.update(utilization_pct=100, memory_free_mb=0)
+            reports.append(report)
+        return reports
 
     def report(self) -> dict:
         with self._lock:
@@ -72,7 +89,7 @@ class Agent:
             "slots": self.settings.slots,
             "simulated": self.inventory.simulated,
             "gpu_message": self.inventory.message,
-            "gpus": [g.as_report() for g in self.inventory.gpus],
+            "gpus": self._gpu_reports(),
             "running": running,
         }
 
@@ -92,38 +109,57 @@ class Agent:
         else:
             return
         self.node = answer["node"]
+        self.draining = self.node.get("state") == "draining"
         self.broker_url = answer["broker_url"]
         self._markets = answer["markets"]
         self.heartbeat_interval_s = float(answer.get("heartbeat_interval_s", 10))
         log.info("registered as node %s (%s)", self.node["name"], self.node["id"])
+        removed = self.runtime.remove_leftovers({"peergrid.node": str(self.node["id"])})
+        if removed:
+            log.info("removed %d container(s) left from an earlier run of this node", removed)
 
     # -- capacity ----------------------------------------------------------------------------
 
-    def free_slots(self) -> int:
-        with self._lock:
-            return self.settings.slots - len(self._running)
+    def servable(self) -> list[dict]:
+        """The markets whose ops this node can run with what is free now."""
+        if self.draining or self.stopping.is_set():
+            return []
+        return [m for m in self._markets if self.capacity.can_serve(m)]
 
     def can_take(self) -> bool:
-        return not self.stopping.is_set() and self.free_slots() > 0
+        return bool(self.servable())
 
     def queues(self) -> list[str]:
-        """The queues this node takes offers from now: its own, and CPU markets while a slot is free."""
-        return sorted([f"node.{self.node['id']}", *(m["queue"] for m in self._markets if m["gpu_count"] == 0)])
+        """The queues to take offers from now: exactly the markets free capacity satisfies, and
+        the node's own queue (offers that must run here) while anything is free."""
+        markets = self.servable()
+        if not markets:
+            return []
+        return sorted([f"node.{self.node['id']}", *(m["queue"] for m in markets)])
 
     # -- offers and runs ---------------------------------------------------------------------
 
     def on_offer(self, body: dict, message) -> None:
         attempt_id = body.get("attempt_id") if isinstance(body, dict) else None
-        if not isinstance(attempt_id, int) or not self.can_take():
-            # Not ours to run now; a malformed offer is dropped, a good one re-offered later.
-            message.requeue() if isinstance(attempt_id, int) else message.ack()
+        market = next((m for m in self._markets if m["slug"] == body.get("market")), None) if isinstance(body, dict) else None
+        if not isinstance(attempt_id, int) or market is None:
+            log.warning("dropping an offer this worker cannot read: %r", body)
+            message.ack()
+            return
+        gpus = self.capacity.reserve(attempt_id, market)
+        if gpus is None:
+            # Capacity changed since the consumer was set up; leave it for others (or later).
+            self.stopping.wait(0.5)
+            message.requeue()
             return
         try:
-            attempt = self.client.claim(attempt_id)
+            attempt = self.client.claim(attempt_id, gpus=[g.uuid for g in gpus])
         except AttemptGone:
+            self.capacity.release(attempt_id)
             message.ack()  # someone else won, or it was cancelled
             return
         except ServerError as e:
+            self.capacity.release(attempt_id)
             log.warning("could not claim attempt %s: %s", attempt_id, e)
             message.ack()  # the server re-offers attempts left unclaimed
             return
@@ -153,7 +189,11 @@ class Agent:
 
         scratch = Path(tempfile.mkdtemp(prefix=f"peergrid-{attempt_id}-"))
         try:
-            labels = {"peergrid.attempt": str(attempt_id), "peergrid.job": str(attempt["job_id"])}
+            labels = {
+                "peergrid.attempt": str(attempt_id),
+                "peergrid.job": str(attempt["job_id"]),
+                "peergrid.node": str(self.node["id"]),
+            }
             if "create_volume" in attempt["spec"]:
                 name = volume_name(attempt["job_id"], attempt["spec"]["create_volume"])
                 started()
@@ -168,6 +208,8 @@ class Agent:
                 job_id=attempt["job_id"],
                 attempt=attempt.get("number", 1),
                 labels=labels,
+                gpus=attempt.get("gpus") or [],
+                simulated_gpus=self.inventory.simulated,
             )
             inputs = self._fetch_inputs(attempt, scratch, shipper)
             outcome = self.runtime.run(
@@ -200,6 +242,7 @@ class Agent:
                 pass
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
+            self.capacity.release(attempt_id)
             with self._lock:
                 self._running.pop(attempt_id, None)
             self._changed.set()
@@ -251,6 +294,11 @@ class Agent:
             except ServerError as e:
                 log.warning("heartbeat failed: %s", e)
                 continue
+            draining = answer.get("state") == "draining"
+            if draining != self.draining:
+                log.info("node is %s", "draining: finishing what runs, taking nothing new" if draining else "taking work again")
+                self.draining = draining
+                self._changed.set()
             for attempt_id, limit in (answer.get("time_limits") or {}).items():
                 with self._lock:
                     run = self._running.get(int(attempt_id))

@@ -49,8 +49,8 @@ class NodeClient:
     def heartbeat(self, report: dict) -> dict:
         return self._post("/heartbeat", report, retries=1)
 
-    def claim(self, attempt_id: int) -> dict:
-        return self._post(f"/attempts/{attempt_id}/claim", retries=2)["attempt"]
+    def claim(self, attempt_id: int, *, gpus: list[str] | None = None) -> dict:
+        return self._post(f"/attempts/{attempt_id}/claim", {"gpus": gpus or []}, retries=2)["attempt"]
 
     def started(self, attempt_id: int) -> None:
         self._post(f"/attempts/{attempt_id}/started")

@@ -55,7 +55,7 @@ def parse_simulated(spec: str) -> tuple[tuple[str, float, int], ...]:
             )
         count = int(match["count"] or 1)
         if count < 1:
-            raise WorkerError(f"--simulate-gpus: {part.strip()!r} asks for no GPUs.")
+            raise WorkerError(f"--simulate-gpus: {part.strip()!r} asks for no GPUs; write MODEL:VRAM_GB[xCOUNT] with COUNT 1 or more.")
         items.append((match["name"], float(match["vram"]), count))
     if not items:
         raise WorkerError("--simulate-gpus is empty; give at least one MODEL:VRAM_GB.")

@@ -33,6 +33,9 @@ class ContainerSpec:
     output: str | None = None
     # Named Docker volumes mounted at container paths.
     volumes: dict[str, str] = field(default_factory=dict)
+    # GPU UUIDs the container gets; simulated ones are only named in its environment.
+    gpus: tuple[str, ...] = ()
+    simulated_gpus: bool = False
 
 
 def volume_name(job_id: int, name: str) -> str:
@@ -41,7 +44,14 @@ def volume_name(job_id: int, name: str) -> str:
 
 
 def container_spec(
-    spec: dict, *, network: str, job_id: int = 0, attempt: int = 1, labels: dict[str, str] | None = None
+    spec: dict,
+    *,
+    network: str,
+    job_id: int = 0,
+    attempt: int = 1,
+    labels: dict[str, str] | None = None,
+    gpus: list[str] | tuple[str, ...] = (),
+    simulated_gpus: bool = False,
 ) -> ContainerSpec:
     """Translate an op's spec (Nosana args) into what Docker is asked to run.
 
@@ -60,6 +70,10 @@ def container_spec(
     env.setdefault("PEERGRID_JOB_ID", str(job_id))
     env.setdefault("NOSANA_ID", str(job_id))
     env.setdefault("PEERGRID_ATTEMPT", str(attempt))
+    if gpus:
+        env["PEERGRID_GPUS"] = ",".join(gpus)
+        if simulated_gpus:
+            env["PEERGRID_GPUS_SIMULATED"] = "1"
     volumes = {
         volume_name(job_id, v["name"]): v["dest"]
         for v in spec.get("volumes") or []
@@ -75,6 +89,8 @@ def container_spec(
         labels=labels or {},
         output=spec.get("output") or None,
         volumes=volumes,
+        gpus=tuple(gpus),
+        simulated_gpus=simulated_gpus,
     )
 
 
@@ -153,6 +169,19 @@ class DockerRuntime:
             return Outcome(exit_code=None, error=f"Docker could not create the volume {name}: {_short(e)}")
         return Outcome(exit_code=0)
 
+    def remove_leftovers(self, labels: dict[str, str]) -> int:
+        """Remove containers a previous run of this worker left behind (it was killed, say)."""
+        try:
+            client = self.client()
+            filters = {"label": [f"{k}={v}" for k, v in labels.items()]}
+            leftovers = client.containers.list(all=True, filters=filters)
+            for container in leftovers:
+                container.remove(force=True)
+            return len(leftovers)
+        except (RuntimeUnavailable, DockerException, OSError) as e:
+            log.warning("could not clean up old containers: %s", e)
+            return 0
+
     def check(self) -> str | None:
         """None when the engine answers, else a sentence saying what is wrong and what to do."""
         try:
@@ -215,6 +244,10 @@ class DockerRuntime:
             ) from e
 
     def _create(self, client: docker.DockerClient, spec: ContainerSpec):
+        devices = []
+        if spec.gpus and not spec.simulated_gpus:
+            # Each GPU is bound by UUID, so the container sees exactly the GPUs its op holds.
+            devices = [docker.types.DeviceRequest(device_ids=list(spec.gpus), capabilities=[["gpu"]])]
         try:
             return client.containers.create(
                 spec.image,
@@ -229,6 +262,7 @@ class DockerRuntime:
                 tty=False,
                 stdin_open=False,
                 security_opt=["no-new-privileges"],
+                device_requests=devices or None,
             )
         except (DockerException, OSError) as e:
             raise ContainerFailed(f"Docker could not create the container: {_short(e)}") from e

@@ -107,7 +107,10 @@ def node_heartbeat():
 @bp.post("/node/attempts/<int:attempt_id>/claim")
 def attempt_claim(attempt_id: int):
     node = require_node()
-    attempt = claim_attempt(db(), node, attempt_id)
+    gpus = _body().get("gpus") or []
+    if not isinstance(gpus, list) or not all(isinstance(g, str) for g in gpus):
+        raise PeergridError("gpus must be a list of GPU UUIDs.")
+    attempt = claim_attempt(db(), node, attempt_id, gpus=gpus)
     op = attempt.op
     parents = {a.op_id: a for a in job_artifacts(db(), op.job)}
     keys = {o.id: o.key for o in op.job.ops}
@@ -124,6 +127,7 @@ def attempt_claim(attempt_id: int):
                 "job_id": op.job_id,
                 "op": op.key,
                 "timeout_s": op.timeout_s,
+                "market": op.market.slug,
                 "gpus": list(attempt.gpus or []),
                 "spec": op.spec,
                 "inputs": inputs,

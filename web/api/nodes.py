@@ -6,9 +6,9 @@ from flask import jsonify, request
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
-from scheduler.errors import PeergridError
+from scheduler.errors import NotFound, PeergridError
 from scheduler.models import Node
-from scheduler.nodes import create_node
+from scheduler.nodes import create_node, set_draining
 from web.api import bp
 from web.api.serialize import node_json
 from web.auth import require_user
@@ -32,3 +32,15 @@ def nodes_index():
     if not user.is_admin:
         query = query.where(Node.owner_id == user.id)
     return jsonify({"nodes": [node_json(n) for n in db().scalars(query)]})
+
+
+@bp.post("/nodes/<int:node_id>/drain")
+def nodes_drain(node_id: int):
+    """Drain a node (`{"drain": false}` takes it back into service); its owner or an admin."""
+    user = require_user()
+    node = db().get(Node, node_id)
+    if node is None or (node.owner_id != user.id and not user.is_admin):
+        raise NotFound(f"There is no node {node_id}.")
+    body = request.get_json(silent=True) or {}
+    set_draining(db(), node, bool(body.get("drain", True)))
+    return jsonify(node_json(node))
