@@ -183,3 +183,25 @@ def test_db_upgrade_migrates_an_empty_store(tmp_path):
     assert result.returncode == 0, result.stderr
     assert (Path(tmp_path) / "peergrid.sqlite").exists()
     assert "up to date" in result.stdout
+
+
+def test_admins_manage_markets_from_the_command_line(stack):
+    made = peergrid("admin", "market", "create", "h100", "--name", "H100s", "--gpus", "1", "--min-vram-gb", "80",
+                    "--models", "NVIDIA H100 80GB HBM3", "--min-cuda", "12.2", "--price", "2000", "--fee-percent", "7.5",
+                    env=stack.env)
+    assert made.returncode == 0, made.stderr
+    assert peergrid("admin", "market", "update", "h100", "--price", "1800", env=stack.env).returncode == 0
+    listed = peergrid("admin", "market", "list", env=stack.env).stdout
+    line = next(l for l in listed.splitlines() if l.startswith("h100"))
+    assert "1 GPU ≥ 80 GB (NVIDIA H100 80GB HBM3)" in line and "1800" in line and "fee 7.5%" in line
+    again = peergrid("admin", "market", "create", "h100", env=stack.env)
+    assert again.returncode == 1 and "already" in again.stderr
+
+
+def test_providers_list_and_drain_their_nodes(stack, user_env):
+    peergrid("node", "create", "drain-me", env=user_env)
+    listed = peergrid("node", "list", env=user_env)
+    assert "drain-me" in listed.stdout and "offline" in listed.stdout
+    drained = peergrid("node", "drain", "drain-me", env=user_env)
+    assert drained.returncode == 0 and drained.stdout.strip() == "node drain-me: draining"
+    assert peergrid("node", "drain", "no-such-node", env=user_env).returncode == 1

@@ -122,3 +122,15 @@ def test_a_killed_worker_s_op_finishes_elsewhere_and_the_lost_attempt_is_not_bil
           f"(new attempt started {restarted.total_seconds():.1f}s after the first; node timeout 3s, op 4s)")
     nodes = {n["name"]: n["state"] for n in cluster.admin.get("/nodes")["nodes"]}
     assert nodes["first"] == "offline"
+
+
+def test_a_free_node_does_not_idle_behind_an_op_it_cannot_run(cluster, test_image):
+    """Given only a 2-GPU node, when a 4-GPU op waits, then a later 1-GPU op still runs at once."""
+    add_worker(cluster, "two", "--simulate-gpus", "NVIDIA GeForce RTX 4090:24x2")
+    big = cluster.admin.post("/jobs", one_op(test_image, "echo GPUS=$PEERGRID_GPUS", gpu_count=4)).json()["id"]
+    small = cluster.admin.post("/jobs", one_op(test_image, "echo GPUS=$PEERGRID_GPUS", gpu=True)).json()["id"]
+
+    assert cluster.admin.wait(small, timeout=60)["state"] == "succeeded", cluster.logs()
+    waiting = cluster.admin.get(f"/jobs/{big}")
+    assert waiting["state"] == "queued" and waiting["ops"][0]["attempts"][0]["node"] is None
+    cluster.admin.post(f"/jobs/{big}/cancel")

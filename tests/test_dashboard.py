@@ -118,3 +118,23 @@ def test_the_job_page_shows_what_happened_and_can_extend_and_cancel(client, core
     after = client.get(f"/jobs/{job_id}").get_data(as_text=True)
     assert "Cancelled by its owner." in after and "Cancel job" not in after
     assert client.post(f"/jobs/{job_id}/cancel", data={}).status_code == 400  # no CSRF token
+
+
+def test_the_nodes_page_shows_gpus_marked_simulated_and_can_drain(client, core):
+    node_id, node_token, owner_token = factories.node(core, owner_email="prov@example.com")
+    report = {"hostname": "rig", "cpu_count": 8, "memory_mb": 32768, "simulated": True, "gpus": [
+        {"uuid": "GPU-SIM-1", "name": "NVIDIA GeForce RTX 4090", "memory_total_mb": 24576, "memory_free_mb": 24576,
+         "utilization_pct": 0, "index": 0}]}
+    client.post("/api/v1/node/register", json=report, headers=bearer(node_token))
+    sign_in(client, "prov@example.com")
+
+    page = client.get("/nodes")
+    text = page.get_data(as_text=True)
+    assert "NVIDIA GeForce RTX 4090" in text and "simulated GPUs" in text and "state-online" in text
+    client.post(f"/nodes/{node_id}/drain", data={"drain": "1", "csrf_token": csrf(page)})
+    assert "state-draining" in client.get("/nodes").get_data(as_text=True)
+    factories.user(core, email="other@example.com")
+    client.post("/logout", data={"csrf_token": csrf(page)})
+    sign_in(client, "other@example.com")
+    assert "RTX 4090" not in client.get("/nodes").get_data(as_text=True)
+    assert client.post(f"/nodes/{node_id}/drain", data={"csrf_token": csrf(client.get("/nodes"))}).status_code == 404

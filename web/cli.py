@@ -180,6 +180,96 @@ def create_token_cmd(email: str, name: str) -> None:
     click.echo(token)
 
 
+@admin.group("market")
+def market() -> None:
+    """Markets: which hardware an op gets, and its price."""
+
+
+def _market_fields(gpus, min_vram_gb, models, min_compute, min_cuda, price, fee_percent, max_timeout, name) -> dict:
+    fields = {
+        "name": name,
+        "gpu_count": gpus,
+        "min_vram_mb": None if min_vram_gb is None else int(min_vram_gb * 1000),
+        "gpu_models": None if models is None else [m.strip() for m in models.split(",") if m.strip()],
+        "min_compute_capability": min_compute,
+        "min_cuda_version": min_cuda,
+        "price_per_second": price,
+        "fee_ppm": None if fee_percent is None else round(fee_percent * 10_000),
+        "max_timeout_s": max_timeout,
+    }
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+_market_options = [
+    click.option("--name", help="What people see."),
+    click.option("--gpus", type=click.IntRange(0, 64), help="GPUs each op holds (0 for a CPU market)."),
+    click.option("--min-vram-gb", type=click.FloatRange(0), help="Memory each GPU must have, in GB."),
+    click.option("--models", help="Allowed GPU model names, comma-separated (any when omitted)."),
+    click.option("--min-compute", help="Lowest compute capability, e.g. 8.0."),
+    click.option("--min-cuda", help="Lowest CUDA version the driver must support, e.g. 12.2."),
+    click.option("--price", type=click.IntRange(0), help="Micro-credits per GPU-second (per core-second for CPU)."),
+    click.option("--fee-percent", type=click.FloatRange(0, 100), help="The platform's share of each charge."),
+    click.option("--max-timeout", type=click.IntRange(1), help="The longest an op may run, in seconds."),
+]
+
+
+def _with_market_options(command):
+    for option in reversed(_market_options):
+        command = option(command)
+    return command
+
+
+@market.command("create")
+@click.argument("slug")
+@_with_market_options
+def market_create(slug, name, gpus, min_vram_gb, models, min_compute, min_cuda, price, fee_percent, max_timeout) -> None:
+    """Define a market (its queue is market.SLUG)."""
+    from scheduler.markets import create_market
+
+    fields = _market_fields(gpus, min_vram_gb, models, min_compute, min_cuda, price, fee_percent, max_timeout, name)
+    core = _core()
+    try:
+        with core.transaction() as session:
+            created = create_market(session, slug, **fields)
+    except PeergridError as e:
+        _fail(str(e))
+    click.echo(f"Created market {created.slug} (queue {created.queue}).")
+
+
+@market.command("update")
+@click.argument("slug")
+@_with_market_options
+def market_update(slug, name, gpus, min_vram_gb, models, min_compute, min_cuda, price, fee_percent, max_timeout) -> None:
+    """Change a market's requirements or price."""
+    from scheduler.markets import update_market
+
+    fields = _market_fields(gpus, min_vram_gb, models, min_compute, min_cuda, price, fee_percent, max_timeout, name)
+    core = _core()
+    try:
+        with core.transaction() as session:
+            update_market(session, slug, **fields)
+    except PeergridError as e:
+        _fail(str(e))
+    click.echo(f"Updated market {slug}.")
+
+
+@market.command("list")
+def market_list() -> None:
+    """Every market with its requirements and price."""
+    from sqlalchemy import select
+
+    from scheduler.models import Market
+
+    core = _core()
+    with core.transaction() as session:
+        rows = list(session.scalars(select(Market).order_by(Market.gpu_count, Market.price_per_second)))
+        for m in rows:
+            need = "CPU" if m.gpu_count == 0 else f"{m.gpu_count} GPU ≥ {m.min_vram_mb / 1000:g} GB"
+            if m.gpu_models:
+                need += f" ({', '.join(m.gpu_models)})"
+            click.echo(f"{m.slug:<14} {need:<34} {m.price_per_second:>6} µcr/s  fee {m.fee_ppm / 10_000:g}%  max {m.max_timeout_s} s")
+
+
 # -- client commands -----------------------------------------------------------------------
 
 
@@ -376,6 +466,41 @@ def job_download(job_id: int, op: str, output: str | None) -> None:
 @main.group()
 def node() -> None:
     """Register machines as nodes."""
+
+
+@node.command("list")
+@click.option("--json", "as_json", is_flag=True)
+def node_list(as_json: bool) -> None:
+    """Your nodes (all of them, for an admin), their state and GPUs."""
+    nodes = _api(lambda: _client().get("/nodes"))["nodes"]
+    if as_json:
+        click.echo(json.dumps(nodes, indent=2))
+        return
+    if not nodes:
+        click.echo("No nodes yet: `peergrid node create NAME` registers one.")
+    for n in nodes:
+        gpus = ", ".join(f"{g['name']} {g['memory_total_mb'] / 1024:.0f} GB" for g in n["gpus"]) or (n["gpu_message"] or "no GPUs")
+        simulated = " (simulated)" if n["simulated"] else ""
+        click.echo(f"{n['id']:>4}  {n['name']:<20} {n['state']:<9} {gpus}{simulated}")
+
+
+def _node_id(client: ApiClient, name_or_id: str) -> int:
+    nodes = _api(lambda: client.get("/nodes"))["nodes"]
+    match = [n for n in nodes if n["name"] == name_or_id or str(n["id"]) == name_or_id]
+    if len(match) != 1:
+        _fail(f"No node {name_or_id!r} of yours; `peergrid node list` shows them.")
+    return match[0]["id"]
+
+
+@node.command("drain")
+@click.argument("node_name")
+@click.option("--undo", is_flag=True, help="Take the node back into service.")
+def node_drain(node_name: str, undo: bool) -> None:
+    """Let a node finish what it runs and take nothing new (or, with --undo, take work again)."""
+    client = _client()
+    node_id = _node_id(client, node_name)
+    body = _api(lambda: client.post(f"/nodes/{node_id}/drain", {"drain": not undo}))
+    click.echo(f"node {body['name']}: {body['state']}")
 
 
 @node.command("create")

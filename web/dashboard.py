@@ -6,13 +6,18 @@ from functools import wraps
 from urllib.parse import urlparse
 
 from flask import Blueprint, redirect, render_template, request, session, url_for
+from sqlalchemy import select
+from sqlalchemy.orm import selectinload
 
 from scheduler.accounts import authenticate
 from scheduler.artifacts import job_artifacts
-from scheduler.errors import AuthenticationError, PeergridError
+from scheduler.errors import AuthenticationError, NotFound, PeergridError
 from scheduler.events import job_events
 from scheduler.jobs import job_for, job_logs, list_jobs
+from scheduler.models import Attempt, Node, Op
+from scheduler.nodes import set_draining
 from scheduler.orchestration import cancel_job, extend_job
+from scheduler.states import ATTEMPT_HELD
 from scheduler.states import JobState
 from web.auth import check_csrf, csrf_token, session_user
 from web.db import db
@@ -99,6 +104,38 @@ def job(job_id: int):
         artifacts=[(keys[a.op_id], a) for a in job_artifacts(db(), job)],
         op_keys=keys,
     )
+
+
+@bp.get("/nodes")
+@login_required
+def nodes():
+    user = session_user()
+    query = select(Node).options(selectinload(Node.gpus)).order_by(Node.id)
+    if not user.is_admin:
+        query = query.where(Node.owner_id == user.id)
+    rows = list(db().scalars(query))
+    running = {}
+    if rows:
+        held = db().execute(
+            select(Attempt.node_id, Op.key, Op.job_id, Attempt.gpus)
+            .join(Op, Op.id == Attempt.op_id)
+            .where(Attempt.node_id.in_([n.id for n in rows]), Attempt.state.in_(ATTEMPT_HELD))
+        )
+        for node_id, key, job_id, gpus in held:
+            running.setdefault(node_id, []).append((job_id, key, gpus or []))
+    return render_template("nodes.html", nodes=rows, running=running)
+
+
+@bp.post("/nodes/<int:node_id>/drain")
+@login_required
+def node_drain(node_id: int):
+    check_csrf()
+    user = session_user()
+    node = db().get(Node, node_id)
+    if node is None or (node.owner_id != user.id and not user.is_admin):
+        raise NotFound(f"There is no node {node_id}.")
+    set_draining(db(), node, request.form.get("drain") != "0")
+    return redirect(url_for("dashboard.nodes"))
 
 
 @bp.post("/jobs/<int:job_id>/cancel")
