@@ -19,9 +19,15 @@ class Requirements:
 
     gpu_count: int = 0
     min_vram_mb: int = 0
+    # The oldest CUDA version the op accepts (the lowest of meta.system_requirements.required_cuda).
+    min_cuda_version: str | None = None
 
     def as_dict(self) -> dict:
-        return {"gpu_count": self.gpu_count, "min_vram_mb": self.min_vram_mb}
+        return {"gpu_count": self.gpu_count, "min_vram_mb": self.min_vram_mb, "min_cuda_version": self.min_cuda_version}
+
+
+def version_tuple(value: str | None) -> tuple[int, ...]:
+    return tuple(int(p) if p.isdigit() else 0 for p in str(value).split(".")) if value else ()
 
 
 def requirements_for(op: OpDefinition, definition: JobDefinition) -> Requirements:
@@ -29,14 +35,21 @@ def requirements_for(op: OpDefinition, definition: JobDefinition) -> Requirement
     system = definition.meta.get("system_requirements") or {}
     if op.gpu_count and system.get("vram_total_mb"):
         vram = max(vram, int(system["vram_total_mb"]))
-    return Requirements(gpu_count=op.gpu_count, min_vram_mb=vram)
+    cuda = None
+    if op.gpu_count and system.get("required_cuda"):
+        cuda = str(min(system["required_cuda"], key=lambda v: version_tuple(str(v))))
+    return Requirements(gpu_count=op.gpu_count, min_vram_mb=vram, min_cuda_version=cuda)
 
 
 def covers(market: Market, need: Requirements) -> bool:
     """Whether every machine that qualifies for market can run an op with these needs."""
     if market.gpu_count != need.gpu_count:
         return False
-    return market.is_cpu or market.min_vram_mb >= need.min_vram_mb
+    if market.is_cpu:
+        return True
+    if need.min_cuda_version and version_tuple(market.min_cuda_version) < version_tuple(need.min_cuda_version):
+        return False
+    return market.min_vram_mb >= need.min_vram_mb
 
 
 def choose_market(session: Session, need: Requirements, slug: str | None = None) -> Market:
@@ -64,6 +77,8 @@ def _describe(need: Requirements) -> str:
     gpus = f"{need.gpu_count} GPU" + ("s" if need.gpu_count > 1 else "")
     if need.min_vram_mb:
         gpus += f" with at least {need.min_vram_mb / 1000:g} GB of memory each"
+    if need.min_cuda_version:
+        gpus += f" and CUDA {need.min_cuda_version} or newer"
     return gpus
 
 

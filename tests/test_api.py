@@ -89,6 +89,22 @@ def test_gpu_ops_go_to_the_cheapest_market_that_covers_them(client, core):
     assert refused.status_code == 422 and "Market 'cpu' cannot serve" in refused.json["errors"][0]["message"]
 
 
+def test_required_cuda_picks_a_market_that_guarantees_it(client, core):
+    _, admin = factories.user(core, admin=True)
+    doc = hello_world("busybox")
+    doc["ops"][0]["args"]["gpu"] = True
+    doc["meta"] = {"system_requirements": {"required_cuda": ["12.4", "12.2"], "vram_total_mb": 20000}}
+
+    refused = client.post("/api/v1/jobs", json=doc, headers=bearer(admin))
+    assert refused.status_code == 422
+    assert "with at least 20 GB of memory each and CUDA 12.2 or newer" in refused.json["errors"][0]["message"]
+
+    client.post("/api/v1/admin/markets", json={"slug": "cuda12", "gpu_count": 1, "min_vram_mb": 24_000,
+                                               "min_cuda_version": "12.2", "price_per_second": 500}, headers=bearer(admin))
+    job_id = client.post("/api/v1/jobs", json=doc, headers=bearer(admin)).json["id"]
+    assert client.get(f"/api/v1/jobs/{job_id}", headers=bearer(admin)).json["ops"][0]["market"] == "cuda12"
+
+
 def test_admins_define_and_edit_markets_and_others_may_not(client, core):
     _, admin = factories.user(core, admin=True)
     _, user = factories.user(core)
