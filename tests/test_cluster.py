@@ -134,3 +134,14 @@ def test_a_free_node_does_not_idle_behind_an_op_it_cannot_run(cluster, test_imag
     waiting = cluster.admin.get(f"/jobs/{big}")
     assert waiting["state"] == "queued" and waiting["ops"][0]["attempts"][0]["node"] is None
     cluster.admin.post(f"/jobs/{big}/cancel")
+
+
+def test_a_worker_whose_docker_engine_is_down_fails_jobs_with_a_sentence(cluster, test_image, tmp_path):
+    _, token, _ = factories.node(cluster.core, name="no-docker")
+    cluster.start_worker(token, name="no-docker", env={"DOCKER_HOST": f"unix://{tmp_path}/gone.sock"})
+    body = cluster.admin.wait(cluster.admin.post("/jobs", one_op(test_image, "echo hi")).json()["id"], timeout=60)
+
+    op = body["ops"][0]
+    assert body["state"] == "failed" and op["exit_code"] is None
+    assert "The Docker engine at unix://" in op["error"] and "is not answering" in op["error"] and "Start it" in op["error"]
+    assert "Traceback" not in op["error"]
