@@ -10,6 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from werkzeug.security import check_password_hash, generate_password_hash
 
+from scheduler import ledger
 from scheduler.errors import AuthenticationError, Conflict, PeergridError
 from scheduler.models import ApiToken, User
 from scheduler.states import utcnow
@@ -35,8 +36,10 @@ def normalise_email(email: str) -> str:
     return email
 
 
-def create_user(session: Session, email: str, password: str, *, is_admin: bool = False) -> User:
-    """Create an account.
+def create_user(
+    session: Session, email: str, password: str, *, is_admin: bool = False, starter_credits: int = 0
+) -> User:
+    """Create an account, with the starter grant when the platform gives one.
 
     Raises:
         Conflict: an account with this email exists.
@@ -50,6 +53,7 @@ def create_user(session: Session, email: str, password: str, *, is_admin: bool =
     user = User(email=email, password_hash=generate_password_hash(password), is_admin=is_admin)
     session.add(user)
     session.flush()
+    ledger.starter_grant(session, user, starter_credits)
     return user
 
 

@@ -12,7 +12,7 @@ from datetime import datetime
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from scheduler import events
+from scheduler import events, ledger
 from scheduler.errors import Conflict, NotFound
 from scheduler.models import Attempt, LogLine, Node, Op
 from scheduler.orchestration import advance, new_attempt, pinned_node_id
@@ -198,6 +198,7 @@ def finish_attempt(
     attempt.exit_code = exit_code
     attempt.error = error if error else (None if succeeded else f"The container exited with code {exit_code}.")
     move(attempt, AttemptState.SUCCEEDED if succeeded else AttemptState.FAILED, now=now)
+    ledger.bill_attempt(session, attempt)
     events.record(
         session, attempt.op.job, "exited",
         f"{attempt.op.key}: " + ("the container exited with code 0." if succeeded else attempt.error),
@@ -248,6 +249,7 @@ def lose_attempts(session: Session, node: Node, why: str, *, now: datetime | Non
     )
     for attempt in held:
         attempt.error = f"Lost: {why}"
+        attempt.cost_note = "Not billed: lost with its node."
         move(attempt, AttemptState.LOST, now=now)
         events.record(session, attempt.op.job, "lost", f"{attempt.op.key}: {attempt.error}", attempt=attempt, now=now)
         record_op_outcome(session, attempt.op, attempt, now=now)
@@ -271,6 +273,7 @@ def expire_overdue(session: Session, *, grace_s: float, now: datetime | None = N
             continue
         node = attempt.node.name if attempt.node else "its node"
         attempt.error = f"Timed out: {node} did not report the op ending within its {op.timeout_s} s limit."
+        attempt.cost_note = "Not billed: its node stopped reporting."
         move(attempt, AttemptState.FAILED, now=now)
         events.record(session, op.job, "timed_out", f"{op.key}: {attempt.error}", attempt=attempt, now=now)
         record_op_outcome(session, op, attempt, now=now)

@@ -6,7 +6,7 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
-from scheduler import events, offers
+from scheduler import events, ledger, offers
 from scheduler.errors import Conflict, PeergridError
 from scheduler.jobdef import CREATE_VOLUME, JobDefinition, OpDefinition
 from scheduler.literals import Scope, UnresolvedLiteral, has_literals, resolve_args
@@ -75,7 +75,12 @@ def create_job(
         )
     session.flush()
     job.max_cost = max_cost(job)
-    events.record(session, job, "submitted", f"Submitted with {len(job.ops)} op(s).", now=now)
+    ledger.escrow(session, job, job.max_cost, key=f"escrow:job:{job.id}", what="This job at its longest")
+    events.record(
+        session, job, "submitted",
+        f"Submitted with {len(job.ops)} op(s); {ledger.credits(job.max_cost)} credits reserved for its longest run.",
+        now=now,
+    )
     advance(session, job, now=now)
     return job
 
@@ -211,6 +216,7 @@ def stop_op(session: Session, op: Op, why: str, *, now: datetime) -> None:
         elif attempt.state not in ATTEMPT_FINISHED:
             move(attempt, AttemptState.STOPPED, now=now)
             attempt.error = f"Stopped: {why}"
+            ledger.bill_attempt(session, attempt, end=now)
     move(op, OpState.STOPPED, now=now)
     op.error = f"Stopped: {why}"
     events.record(session, op.job, "stopped", f"{op.key}: {op.error}", op=op, now=now)
@@ -224,6 +230,9 @@ def settle_job_state(session: Session, job: Job, *, now: datetime | None = None)
     if all(s in OP_FINISHED for s in states):
         final = JobState.SUCCEEDED if all(s in OP_FINE for s in states) else JobState.FAILED
         move(job, final, now=now)
+        returned = ledger.release(session, job)
+        if returned:
+            events.record(session, job, "released", f"{ledger.credits(returned)} unused credits returned.", now=now)
         failed = [op.key for op in job.ops if op.state not in OP_FINE]
         why = "every op succeeded" if final == JobState.SUCCEEDED else f"not every op succeeded: {', '.join(failed)}"
         events.record(session, job, final.value, f"The job {final.value}: {why}.", now=now)
@@ -244,11 +253,17 @@ def cancel_job(session: Session, job: Job, *, by: str = "its owner", now: dateti
             continue
         for attempt in op.attempts:
             if attempt.state not in ATTEMPT_FINISHED:
+                held = attempt.state != AttemptState.QUEUED
                 move(attempt, AttemptState.CANCELLED, now=now)
                 attempt.error = f"Cancelled by {by}."
+                if held:  # the time it ran is paid for
+                    ledger.bill_attempt(session, attempt, end=now)
         move(op, OpState.CANCELLED, now=now)
         op.error = f"Cancelled by {by}."
     move(job, JobState.CANCELLED, now=now)
+    returned = ledger.release(session, job)
+    if returned:
+        events.record(session, job, "released", f"{ledger.credits(returned)} unused credits returned.", now=now)
 
 
 def max_cost(job: Job) -> int:
@@ -276,7 +291,11 @@ def extend_job(session: Session, job: Job, seconds: int, *, now: datetime | None
         op.timeout_s = new
     if gained == 0:
         raise Conflict(f"Job {job.id}'s ops are already at their market's longest allowed time.")
+    before = job.max_cost
     job.max_cost = max_cost(job)
+    ledger.escrow(
+        session, job, job.max_cost - before, key=f"escrow:job:{job.id}:{job.max_cost}", what=f"{gained} more seconds"
+    )
     capped = " (capped by the market's maximum)" if gained < seconds else ""
     events.record(session, job, "extended", f"Time limits extended by {gained} s{capped}.", now=now)
     return gained

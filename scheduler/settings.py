@@ -31,6 +31,20 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         raise ConfigurationError(f"{name} must be a number, not {raw!r}.") from None
 
 
+def _credits(env: Mapping[str, str], name: str, default: int) -> int:
+    """A setting written in credits ("2.5"), as micro-credits."""
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigurationError(f"{name} must be an amount of credits, like 100 or 2.5, not {raw!r}.") from None
+    if value < 0:
+        raise ConfigurationError(f"{name} cannot be negative.")
+    return round(value * 1_000_000)
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything a web, scheduler or `up` process needs to know about its surroundings."""
@@ -57,6 +71,10 @@ class Settings:
     max_body_bytes: int = 4 * 1024 * 1024
     # Largest output archive an op may upload.
     max_artifact_bytes: int = 1024 * 1024 * 1024
+    # Micro-credits every new account is granted; on in the embedded set-up, so the quick start runs.
+    starter_credits: int = 0
+    # The smallest payout a provider may ask for, in micro-credits.
+    min_payout: int = 1_000_000
 
     @property
     def embedded(self) -> bool:
@@ -86,7 +104,10 @@ class Settings:
             timeout_grace_s=_float(env, "PEERGRID_TIMEOUT_GRACE", 60.0),
             max_body_bytes=_int(env, "PEERGRID_MAX_BODY_BYTES", 4 * 1024 * 1024),
             max_artifact_bytes=_int(env, "PEERGRID_MAX_ARTIFACT_BYTES", 1024 * 1024 * 1024),
+            min_payout=_credits(env, "PEERGRID_MIN_PAYOUT", 1_000_000),
         )
+        embedded = database_url.startswith("sqlite") and broker_url.startswith("sqla+sqlite")
+        values["starter_credits"] = _credits(env, "PEERGRID_STARTER_CREDITS", 100_000_000 if embedded else 0)
         values.update(overrides)
         settings = cls(**values)
         if not settings.secret_key:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 
+from scheduler import ledger
 from scheduler.accounts import create_api_token, create_user
 from scheduler.core import Core
 from scheduler.nodes import create_node
@@ -11,10 +12,12 @@ from scheduler.nodes import create_node
 PASSWORD = "correct horse battery"
 
 
-def user(core: Core, *, email: str | None = None, admin: bool = False) -> tuple[int, str]:
-    """Create an account; return its id and an API token."""
+def user(core: Core, *, email: str | None = None, admin: bool = False, credits: int = 1000) -> tuple[int, str]:
+    """Create an account holding `credits` credits; return its id and an API token."""
     with core.transaction() as session:
         row = create_user(session, email or f"{uuid.uuid4().hex[:8]}@example.com", PASSWORD, is_admin=admin)
+        if credits:
+            ledger.grant(session, row, credits * ledger.MICRO, memo="test credits")
         token = create_api_token(session, row, "test")
     return row.id, token
 

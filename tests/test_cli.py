@@ -205,3 +205,27 @@ def test_providers_list_and_drain_their_nodes(stack, user_env):
     drained = peergrid("node", "drain", "drain-me", env=user_env)
     assert drained.returncode == 0 and drained.stdout.strip() == "node drain-me: draining"
     assert peergrid("node", "drain", "no-such-node", env=user_env).returncode == 1
+
+
+def test_grant_check_books_balance_and_payouts(stack, user_env):
+    granted = peergrid("admin", "grant", "cli@example.com", "2.5", "--memo", "top-up", env=stack.env)
+    assert granted.returncode == 0 and "Granted 2.5 credits" in granted.stdout
+    bad = peergrid("admin", "grant", "cli@example.com", "1.0000001", env=stack.env)
+    assert bad.returncode == 1 and "six decimals" in bad.stderr
+    books = peergrid("admin", "check-books", env=stack.env)
+    assert books.returncode == 0 and "The books balance." in books.stdout and "issued" in books.stdout
+    shown = peergrid("balance", env=user_env)
+    assert shown.returncode == 0 and "available" in shown.stdout
+    refused = peergrid("payout", "request", "5", env=user_env)
+    assert refused.returncode == 1 and "short by" in refused.stderr
+
+    import sqlite3
+
+    store = sqlite3.connect(stack.settings.database_url.removeprefix("sqlite:///"))
+    store.execute("UPDATE accounts SET balance = balance + 7 WHERE kind = 'available'")
+    store.commit()
+    broken = peergrid("admin", "check-books", env=stack.env)
+    assert broken.returncode == 1 and "UNBALANCED" in broken.stderr
+    store.execute("UPDATE accounts SET balance = balance - 7 WHERE kind = 'available'")
+    store.commit()
+    assert peergrid("admin", "check-books", env=stack.env).returncode == 0

@@ -107,7 +107,7 @@ def test_the_job_page_shows_what_happened_and_can_extend_and_cancel(client, core
     sign_in(client, "ann@example.com")
     page = client.get(f"/jobs/{job_id}")
     text = page.get_data(as_text=True)
-    assert "What happened" in text and "Submitted with 1 op(s)." in text and "offered on market cpu" in text
+    assert "What happened" in text and "Submitted with 1 op(s); 0.36 credits reserved" in text and "offered on market cpu" in text
 
     extended = client.post(f"/jobs/{job_id}/extend", data={"minutes": "5", "csrf_token": csrf(page)})
     assert extended.status_code == 302
@@ -138,3 +138,43 @@ def test_the_nodes_page_shows_gpus_marked_simulated_and_can_drain(client, core):
     sign_in(client, "other@example.com")
     assert "RTX 4090" not in client.get("/nodes").get_data(as_text=True)
     assert client.post(f"/nodes/{node_id}/drain", data={"csrf_token": csrf(client.get("/nodes"))}).status_code == 404
+
+
+def test_credits_payouts_grants_and_the_books_through_the_pages(client, core):
+    from scheduler import ledger
+    from scheduler.models import User
+    from sqlalchemy import select
+
+    _, admin_token = factories.user(core, email="boss@example.com", admin=True)
+    provider_id, _ = factories.user(core, email="prov@example.com", credits=0)
+    with core.transaction() as session:  # the provider earned 3 credits
+        prov = session.get(User, provider_id)
+        earnings = ledger.account(session, ledger.K.EARNINGS, prov.id)
+        ledger.post(session, "test:earned", "settle", [(ledger.account(session, ledger.K.ISSUANCE), -3 * ledger.MICRO), (earnings, 3 * ledger.MICRO)])
+
+    sign_in(client, "prov@example.com")
+    page = client.get("/credits")
+    assert "Earned as a provider" in page.get_data(as_text=True)
+    client.post("/credits/payout", data={"credits": "2", "csrf_token": csrf(page)})
+    after = client.get("/credits").get_data(as_text=True)
+    assert "Payout of 2 credits requested" in after and "state-requested" in after
+    assert client.get("/admin/payouts").status_code == 403
+    client.post("/logout", data={"csrf_token": csrf(page)})
+
+    sign_in(client, "boss@example.com")
+    queue = client.get("/admin/payouts")
+    assert "prov@example.com" in queue.get_data(as_text=True)
+    with core.sessions() as session:
+        payout_id = session.scalar(select(ledger.Payout.id))
+    client.post(f"/admin/payouts/{payout_id}/decide", data={"decision": "approve", "reference": "", "csrf_token": csrf(queue)})
+    assert "needs the external payment" in client.get("/admin/payouts").get_data(as_text=True)
+    client.post(f"/admin/payouts/{payout_id}/decide", data={"decision": "approve", "reference": "WIRE-7", "csrf_token": csrf(queue)})
+    assert "WIRE-7" in client.get("/admin/payouts?state=approved").get_data(as_text=True)
+
+    users = client.get("/admin/users")
+    client.post(f"/admin/users/{provider_id}/grant", data={"credits": "1.5", "memo": "bonus", "once": "abc", "csrf_token": csrf(users)})
+    client.post(f"/admin/users/{provider_id}/grant", data={"credits": "1.5", "memo": "bonus", "once": "abc", "csrf_token": csrf(users)})
+    with core.sessions() as session:
+        assert ledger.balances(session, provider_id)["available"] == 1_500_000  # a resent form grants once
+    ledger_page = client.get("/admin/ledger").get_data(as_text=True)
+    assert "The books balance." in ledger_page and "payout_paid" in ledger_page

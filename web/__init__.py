@@ -25,11 +25,12 @@ def create_app(settings: Settings | None = None, *, core: Core | None = None) ->
     )
     app.extensions["peergrid"] = core or Core.from_settings(settings)
 
-    from web import api, dashboard, errors
+    from web import admin_pages, api, dashboard, errors
 
     errors.init_app(app)
     app.register_blueprint(api.bp)
     app.register_blueprint(dashboard.bp)
+    app.register_blueprint(admin_pages.bp)
 
     @app.after_request
     def _commit(response):

@@ -158,7 +158,7 @@ def create_user_cmd(email: str, is_admin: bool, password: str | None) -> None:
     core = _core()
     try:
         with core.transaction() as session:
-            user = create_user(session, email, password, is_admin=is_admin)
+            user = create_user(session, email, password, is_admin=is_admin, starter_credits=core.settings.starter_credits)
     except PeergridError as e:
         _fail(str(e))
     click.echo(f"Created {'admin ' if is_admin else ''}account {user.email} (id {user.id}).")
@@ -178,6 +178,47 @@ def create_token_cmd(email: str, name: str) -> None:
             _fail(f"There is no account {email}; create it with `peergrid admin create-user {email}`.")
         token = create_api_token(session, user, name)
     click.echo(token)
+
+
+@admin.command("grant")
+@click.argument("email")
+@click.argument("amount")
+@click.option("--memo", default="", help="Why, for the ledger.")
+def grant_cmd(email: str, amount: str, memo: str) -> None:
+    """Credit an account from issuance (AMOUNT in credits, e.g. 25 or 2.5)."""
+    from scheduler import ledger
+    from scheduler.accounts import find_user
+
+    core = _core()
+    try:
+        micro = ledger.parse_credits(amount)
+        with core.transaction() as session:
+            user = find_user(session, email)
+            if user is None:
+                _fail(f"There is no account {email}; create it with `peergrid admin create-user {email}`.")
+            ledger.grant(session, user, micro, memo=memo or "Granted from the command line.")
+            available = ledger.balances(session, user.id)["available"]
+    except PeergridError as e:
+        _fail(str(e))
+    click.echo(f"Granted {ledger.credits(micro)} credits to {email}; available now {ledger.credits(available)}.")
+
+
+@admin.command("check-books")
+def check_books_cmd() -> None:
+    """Exit 0 and print the totals when the ledger balances; exit 1 and say where it does not."""
+    from scheduler import ledger
+
+    core = _core()
+    with core.transaction() as session:
+        books = ledger.check_books(session)
+    for name, value in books.totals.items():
+        click.echo(f"{name:<16} {ledger.credits(value):>20} credits")
+    if books.balanced:
+        click.echo("The books balance.")
+        return
+    for problem in books.problems:
+        click.echo(f"UNBALANCED: {problem}", err=True)
+    sys.exit(1)
 
 
 @admin.group("market")
@@ -461,6 +502,45 @@ def job_download(job_id: int, op: str, output: str | None) -> None:
         target.unlink(missing_ok=True)
         _fail("The download arrived damaged (checksum mismatch); try again.")
     click.echo(str(target))
+
+
+@main.command()
+def balance() -> None:
+    """Your credits: available, in escrow, earned, and in payout requests."""
+    from scheduler.ledger import credits
+
+    body = _api(lambda: _client().get("/ledger/balance"))
+    for name in ("available", "escrow", "earnings", "payout_pending"):
+        click.echo(f"{name.replace('_', ' '):<15} {credits(body[name]):>16} credits")
+
+
+@main.group()
+def payout() -> None:
+    """Ask for your earnings to be paid out, and see your requests."""
+
+
+@payout.command("request")
+@click.argument("amount")
+def payout_request(amount: str) -> None:
+    """Ask for AMOUNT credits of your earnings to be paid out."""
+    from scheduler.ledger import credits, parse_credits
+
+    try:
+        micro = parse_credits(amount)
+    except PeergridError as e:
+        _fail(str(e))
+    body = _api(lambda: _client().post("/payouts", {"amount": micro}))
+    click.echo(f"payout {body['id']}: {credits(body['amount'])} credits {body['state']}")
+
+
+@payout.command("list")
+def payout_list() -> None:
+    """Your payout requests and what became of them."""
+    from scheduler.ledger import credits
+
+    for p in _api(lambda: _client().get("/payouts"))["payouts"]:
+        detail = p["reference"] or p["reason"] or ""
+        click.echo(f"{p['id']:>5}  {credits(p['amount']):>12}  {p['state']:<9} {detail}")
 
 
 @main.group()

@@ -5,29 +5,40 @@ from __future__ import annotations
 from functools import wraps
 from urllib.parse import urlparse
 
-from flask import Blueprint, redirect, render_template, request, session, url_for
+import secrets
+
+from flask import Blueprint, flash, redirect, render_template, request, session, url_for
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
+from scheduler import ledger
 from scheduler.accounts import authenticate
 from scheduler.artifacts import job_artifacts
 from scheduler.errors import AuthenticationError, NotFound, PeergridError
 from scheduler.events import job_events
 from scheduler.jobs import job_for, job_logs, list_jobs
+from scheduler.ledger_views import movements, payouts
 from scheduler.models import Attempt, Node, Op
 from scheduler.nodes import set_draining
 from scheduler.orchestration import cancel_job, extend_job
 from scheduler.states import ATTEMPT_HELD
 from scheduler.states import JobState
 from web.auth import check_csrf, csrf_token, session_user
-from web.db import db
+from web.db import core, db
 
 bp = Blueprint("dashboard", __name__)
 
 
 @bp.app_context_processor
 def _template_globals():
-    return {"current_user": session_user(), "csrf_token": csrf_token}
+    user = session_user()
+    return {
+        "current_user": user,
+        "csrf_token": csrf_token,
+        "available": ledger.balances(db(), user.id)["available"] if user else 0,
+        "credits": ledger.credits,
+        "once": lambda: secrets.token_hex(8),
+    }
 
 
 def login_required(view):
@@ -136,6 +147,32 @@ def node_drain(node_id: int):
         raise NotFound(f"There is no node {node_id}.")
     set_draining(db(), node, request.form.get("drain") != "0")
     return redirect(url_for("dashboard.nodes"))
+
+
+@bp.get("/credits")
+@login_required
+def credits_page():
+    user = session_user()
+    return render_template(
+        "credits.html",
+        balances=ledger.balances(db(), user.id),
+        rows=movements(db(), user_id=user.id, limit=200),
+        payouts=[p for p, _ in payouts(db(), user_id=user.id)],
+        min_payout=core().settings.min_payout,
+    )
+
+
+@bp.post("/credits/payout")
+@login_required
+def payout_request():
+    check_csrf()
+    try:
+        amount = ledger.parse_credits(request.form.get("credits", ""))
+        ledger.request_payout(db(), session_user(), amount, minimum=core().settings.min_payout)
+        flash(f"Payout of {ledger.credits(amount)} credits requested; an admin will review it.", "ok")
+    except PeergridError as e:
+        flash(str(e), "error")
+    return redirect(url_for("dashboard.credits_page"))
 
 
 @bp.post("/jobs/<int:job_id>/cancel")

@@ -6,6 +6,7 @@ from flask import Flask, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
 
 from scheduler.artifacts import ArtifactTooLarge
+from scheduler.ledger import InsufficientCredits
 from scheduler.errors import (
     AuthenticationError,
     Conflict,
@@ -36,6 +37,12 @@ def init_app(app: Flask) -> None:
     @app.errorhandler(NoMarket)
     def _no_market(e: NoMarket):
         return json_error(422, str(e), errors=[{"path": "$.ops", "message": str(e)}])
+
+    @app.errorhandler(InsufficientCredits)
+    def _payment_required(e: InsufficientCredits):
+        return _page_or_json(402, str(e)) if not _wants_json() else json_error(
+            402, str(e), needed=e.needed, available=e.available, shortfall=e.shortfall
+        )
 
     @app.errorhandler(ArtifactTooLarge)
     def _too_large(e: ArtifactTooLarge):

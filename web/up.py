@@ -48,7 +48,9 @@ def prepare(settings: Settings) -> tuple[str | None, str]:
             admin = session.scalar(select(User).where(User.is_admin.is_(True)).order_by(User.id))
             if admin is None and not session.scalar(select(func.count(User.id))):
                 password = secrets.token_urlsafe(12)
-                admin = create_user(session, ADMIN_EMAIL, password, is_admin=True)
+                admin = create_user(
+                    session, ADMIN_EMAIL, password, is_admin=True, starter_credits=settings.starter_credits
+                )
             if not token_file.exists() and admin is not None:
                 existing = session.scalar(select(Node).where(Node.owner_id == admin.id, Node.name == LOCAL_NODE))
                 if existing is not None:

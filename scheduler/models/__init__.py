@@ -5,10 +5,17 @@ from scheduler.models.artifacts import Artifact
 from scheduler.models.base import Base
 from scheduler.models.events import JobEvent
 from scheduler.models.jobs import Attempt, Job, LogLine, Op
+from scheduler.models.ledger import Account, AccountKind, LedgerTransaction, Payout, PayoutState, Posting
 from scheduler.models.markets import Market
 from scheduler.models.nodes import Node, NodeGpu
 
 __all__ = [
+    "Account",
+    "AccountKind",
+    "LedgerTransaction",
+    "Payout",
+    "PayoutState",
+    "Posting",
     "ApiToken",
     "Artifact",
     "Attempt", "Base", "Job", "JobEvent", "LogLine", "Market", "Node", "NodeGpu", "Op", "User"]

@@ -25,6 +25,9 @@ class Job(Base):
     definition: Mapped[dict[str, Any]]
     # The most the job can cost, reserved at submit; micro-credits.
     max_cost: Mapped[int] = mapped_column(default=0)
+    # Micro-credits held in the owner's escrow for this job now: what was reserved, less what was
+    # charged and what was returned. Zero once the job has ended.
+    reserved: Mapped[int] = mapped_column(default=0)
     cost: Mapped[int] = mapped_column(default=0)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
@@ -101,6 +104,8 @@ class Attempt(Base):
     exit_code: Mapped[int | None]
     error: Mapped[str | None] = mapped_column(Text)
     cost: Mapped[int] = mapped_column(default=0)
+    # How the cost was reached, in words: seconds × GPUs × price, and the fee.
+    cost_note: Mapped[str | None] = mapped_column(Text)
     # Highest log sequence number received, so a re-sent batch is not stored twice.
     last_log_seq: Mapped[int] = mapped_column(default=0)
 

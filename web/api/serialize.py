@@ -27,6 +27,7 @@ def attempt_json(attempt: Attempt) -> dict:
         "exit_code": attempt.exit_code,
         "error": attempt.error,
         "cost": attempt.cost,
+        "cost_note": attempt.cost_note,
     }
 
 
@@ -69,6 +70,7 @@ def job_json(job: Job, *, with_ops: bool = True, events: list[JobEvent] | None =
         "finished_at": iso(job.finished_at),
         "cost": job.cost,
         "max_cost": job.max_cost,
+        "reserved": job.reserved,
     }
     if with_ops:
         body["ops"] = [op_json(op) for op in job.ops]
@@ -123,4 +125,34 @@ def market_json(market: Market) -> dict:
         "price_per_second": market.price_per_second,
         "fee_ppm": market.fee_ppm,
         "max_timeout_s": market.max_timeout_s,
+    }
+
+
+def movement_json(m) -> dict:
+    return {
+        "transaction": m.transaction_id,
+        "time": iso(m.time),
+        "kind": m.kind,
+        "key": m.key,
+        "account": m.account,
+        "user": m.user_email,
+        "amount": m.amount,
+        "job": m.job_id,
+        "attempt": m.attempt_id,
+        "payout": m.payout_id,
+        "memo": m.memo,
+    }
+
+
+def payout_json(payout, email: str | None) -> dict:
+    return {
+        "id": payout.id,
+        "user": email,
+        "amount": payout.amount,
+        "state": payout.state.value,
+        "requested_at": iso(payout.requested_at),
+        "decided_at": iso(payout.decided_at),
+        "decided_by": payout.decided_by_id,
+        "reference": payout.reference,
+        "reason": payout.reason,
     }
