@@ -48,3 +48,23 @@ def test_a_secret_is_made_once_and_kept(tmp_path):
 def test_a_bad_number_says_which_setting(tmp_path):
     with pytest.raises(ConfigurationError, match="PEERGRID_DEFAULT_TIMEOUT"):
         Settings.from_env({"PEERGRID_DATA_DIR": str(tmp_path), "PEERGRID_DEFAULT_TIMEOUT": "soon"})
+
+
+def test_the_starter_grant_is_on_only_in_the_embedded_set_up(tmp_path):
+    embedded = Settings.from_env({"PEERGRID_DATA_DIR": str(tmp_path)})
+    scaled = Settings.from_env({"PEERGRID_DATA_DIR": str(tmp_path), "PEERGRID_DATABASE_URL": "postgresql://x/y"})
+    chosen = Settings.from_env({"PEERGRID_DATA_DIR": str(tmp_path), "PEERGRID_STARTER_CREDITS": "2.5",
+                                "PEERGRID_MIN_PAYOUT": "0.5"})
+    assert embedded.starter_credits == 100_000_000 and scaled.starter_credits == 0
+    assert chosen.starter_credits == 2_500_000 and chosen.min_payout == 500_000
+    with pytest.raises(ConfigurationError, match="PEERGRID_STARTER_CREDITS"):
+        Settings.from_env({"PEERGRID_DATA_DIR": str(tmp_path), "PEERGRID_STARTER_CREDITS": "lots"})
+
+
+def test_a_new_account_gets_the_starter_grant(core):
+    from scheduler import ledger
+    from scheduler.accounts import create_user
+
+    with core.transaction() as session:
+        user = create_user(session, "new@example.com", "password1", starter_credits=core.settings.starter_credits)
+        assert ledger.balances(session, user.id)["available"] == 100_000_000
