@@ -99,3 +99,23 @@ def user_for_token(session: Session, token: str) -> User:
     if row.last_used_at is None or (now - row.last_used_at).total_seconds() > 60:
         row.last_used_at = now
     return row.user
+
+
+def revoke_token(session: Session, user: User, token_id: int) -> ApiToken:
+    """Revoke one of user's API tokens; it stops working at once.
+
+    Raises:
+        NotFound: no such token of theirs.
+    """
+    from scheduler.errors import NotFound
+
+    row = session.get(ApiToken, token_id)
+    if row is None or row.user_id != user.id:
+        raise NotFound(f"There is no token {token_id} of yours.")
+    if row.revoked_at is None:
+        row.revoked_at = utcnow()
+    return row
+
+
+def tokens_of(session: Session, user: User) -> list[ApiToken]:
+    return list(session.scalars(select(ApiToken).where(ApiToken.user_id == user.id).order_by(ApiToken.id.desc())))

@@ -51,5 +51,9 @@ class InvalidDefinition(PeergridError):
         super().__init__("; ".join(str(p) for p in problems))
 
 
+class Banned(PeergridError):
+    """Raised when a banned node calls the node API."""
+
+
 class NoMarket(PeergridError):
     """Raised when no market can serve an op."""

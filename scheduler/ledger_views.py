@@ -72,3 +72,22 @@ def payouts(session: Session, *, user_id: int | None = None, state: str | None =
         except ValueError:
             raise PeergridError(f"Unknown payout state {state!r}: use requested, approved or rejected.") from None
     return [(payout, email) for payout, email in session.execute(query)]
+
+
+def earnings_by_node(session: Session, node_ids: list[int]) -> dict[int, int]:
+    """What each node's owner has earned from the ops it ran, in micro-credits."""
+    from sqlalchemy import func
+
+    from scheduler.models import AccountKind, Attempt
+
+    if not node_ids:
+        return {}
+    rows = session.execute(
+        select(Attempt.node_id, func.sum(Posting.amount))
+        .join(LedgerTransaction, LedgerTransaction.attempt_id == Attempt.id)
+        .join(Posting, Posting.transaction_id == LedgerTransaction.id)
+        .join(Account, Account.id == Posting.account_id)
+        .where(Attempt.node_id.in_(node_ids), Account.kind == AccountKind.EARNINGS)
+        .group_by(Attempt.node_id)
+    )
+    return {node_id: total for node_id, total in rows}

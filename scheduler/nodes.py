@@ -9,7 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from scheduler.accounts import NODE_TOKEN_PREFIX, hash_token, new_token
-from scheduler.errors import AuthenticationError, Conflict, PeergridError
+from scheduler.errors import AuthenticationError, Banned, Conflict, PeergridError
 from scheduler.models import Attempt, Node, NodeGpu, User
 from scheduler.states import ATTEMPT_HELD, NodeState, move, utcnow
 
@@ -63,10 +63,55 @@ def create_node(session: Session, owner: User, name: str) -> tuple[Node, str]:
 
 
 def node_for_token(session: Session, token: str) -> Node:
+    """The node a token belongs to.
+
+    Raises:
+        AuthenticationError: unknown, or its node was removed.
+        Banned: an admin banned the node.
+    """
     node = session.scalar(select(Node).where(Node.token_hash == hash_token(token)))
-    if node is None:
+    if node is None or node.removed_at is not None:
         raise AuthenticationError("The node token is unknown; create a node with `peergrid node create`.")
+    if node.banned_at is not None:
+        raise Banned(f"Node {node.name} is banned: {node.ban_reason or 'ask an admin why'}.")
     return node
+
+
+def remove_node(session: Session, node: Node, *, now: datetime | None = None) -> None:
+    """Retire a node: its token stops working; its history stays in the jobs it ran.
+
+    Raises:
+        Conflict: it is running work now (drain it first).
+    """
+    held = session.scalar(select(Attempt.id).where(Attempt.node_id == node.id, Attempt.state.in_(ATTEMPT_HELD)).limit(1))
+    if held is not None:
+        raise Conflict(f"Node {node.name} is running work; drain it and wait for it to finish first.")
+    now = now or utcnow()
+    node.removed_at = now
+    node.token_hash = hash_token(new_token("removed-"))  # nothing can authenticate as it again
+    node.name = f"{node.name} (removed {now:%Y-%m-%d %H:%M})"[:100]
+    if node.state != NodeState.OFFLINE:
+        move(node, NodeState.OFFLINE, now=now)
+
+
+def ban_node(session: Session, node: Node, reason: str, *, now: datetime | None = None) -> None:
+    """Bar a node from the platform: its reports are refused and what it runs is offered elsewhere."""
+    from scheduler.attempts import lose_attempts
+
+    reason = reason.strip()
+    if not reason:
+        raise PeergridError("Say why the node is banned; its owner sees the reason.")
+    now = now or utcnow()
+    node.banned_at = now
+    node.ban_reason = reason[:500]
+    lose_attempts(session, node, f"node {node.name} was banned.", now=now)
+    if node.state != NodeState.OFFLINE:
+        move(node, NodeState.OFFLINE, now=now)
+
+
+def unban_node(session: Session, node: Node) -> None:
+    node.banned_at = None
+    node.ban_reason = None
 
 
 def record_report(session: Session, node: Node, report: NodeReport, *, now: datetime | None = None) -> None:

@@ -11,7 +11,7 @@ from scheduler.errors import Conflict, PeergridError
 from scheduler.jobdef import CREATE_VOLUME, JobDefinition, OpDefinition
 from scheduler.literals import Scope, UnresolvedLiteral, has_literals, resolve_args
 from scheduler.markets import choose_market, requirements_for
-from scheduler.models import Attempt, Job, Op, User
+from scheduler.models import Attempt, Job, Market, Op, User
 from scheduler.states import (
     ATTEMPT_FINISHED,
     JOB_FINISHED,
@@ -44,17 +44,12 @@ def create_job(
         NoMarket: an op needs hardware no market serves; nothing is stored.
     """
     now = now or utcnow()
-    placed = []
-    for op_def in definition.ops:
-        need = requirements_for(op_def, definition)
-        market = choose_market(session, need, op_def.args.get("market") or market_slug)
-        placed.append((op_def, market))
+    placed = plan_ops(session, definition, market_slug=market_slug, default_timeout_s=default_timeout_s)
 
     creators = {op.args.get("name"): op.key for op in definition.ops if op.type == CREATE_VOLUME}
     job = Job(owner_id=owner.id, definition=document, state=JobState.QUEUED, created_at=now)
     session.add(job)
-    for op_def, market in placed:
-        timeout = min(op_def.timeout_s or default_timeout_s, market.max_timeout_s)
+    for op_def, market, timeout, _ in placed:
         volume_creators = [creators[v["name"]] for v in op_def.args.get("volumes") or [] if v["name"] in creators]
         job.ops.append(
             Op(
@@ -83,6 +78,23 @@ def create_job(
     )
     advance(session, job, now=now)
     return job
+
+
+def plan_ops(
+    session: Session, definition: JobDefinition, *, market_slug: str | None, default_timeout_s: int
+) -> list[tuple[OpDefinition, Market, int, int]]:
+    """Each op with its market, time limit and most possible cost; stores nothing.
+
+    Raises:
+        NoMarket: an op needs hardware no market serves.
+    """
+    planned = []
+    for op_def in definition.ops:
+        market = choose_market(session, requirements_for(op_def, definition), op_def.args.get("market") or market_slug)
+        timeout = min(op_def.timeout_s or default_timeout_s, market.max_timeout_s)
+        cost = market.price_per_second * max(1, op_def.gpu_count) * timeout * op_def.max_attempts
+        planned.append((op_def, market, timeout, cost))
+    return planned
 
 
 def _spec(op_def: OpDefinition) -> dict:

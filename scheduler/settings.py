@@ -75,6 +75,8 @@ class Settings:
     starter_credits: int = 0
     # The smallest payout a provider may ask for, in micro-credits.
     min_payout: int = 1_000_000
+    # Whether anyone may sign up on the dashboard (otherwise admins create accounts).
+    allow_signup: bool = True
 
     @property
     def embedded(self) -> bool:
@@ -105,6 +107,7 @@ class Settings:
             max_body_bytes=_int(env, "PEERGRID_MAX_BODY_BYTES", 4 * 1024 * 1024),
             max_artifact_bytes=_int(env, "PEERGRID_MAX_ARTIFACT_BYTES", 1024 * 1024 * 1024),
             min_payout=_credits(env, "PEERGRID_MIN_PAYOUT", 1_000_000),
+            allow_signup=env.get("PEERGRID_ALLOW_SIGNUP", "true").strip().lower() not in ("0", "false", "no", "off"),
         )
         embedded = database_url.startswith("sqlite") and broker_url.startswith("sqla+sqlite")
         values["starter_credits"] = _credits(env, "PEERGRID_STARTER_CREDITS", 100_000_000 if embedded else 0)

@@ -25,12 +25,14 @@ def create_app(settings: Settings | None = None, *, core: Core | None = None) ->
     )
     app.extensions["peergrid"] = core or Core.from_settings(settings)
 
-    from web import admin_pages, api, dashboard, errors
+    from web import account_pages, admin_pages, api, dashboard, errors, submit_pages
 
     errors.init_app(app)
     app.register_blueprint(api.bp)
     app.register_blueprint(dashboard.bp)
     app.register_blueprint(admin_pages.bp)
+    app.register_blueprint(account_pages.bp)
+    app.register_blueprint(submit_pages.bp)
 
     @app.after_request
     def _commit(response):

@@ -10,7 +10,9 @@ from sqlalchemy import func, select
 from scheduler import ledger
 from scheduler.errors import PeergridError
 from scheduler.ledger_views import movements, payouts
-from scheduler.models import Account, AccountKind, User
+from scheduler.markets import create_market, update_market
+from scheduler.models import Account, AccountKind, Market, Node, User
+from scheduler.nodes import ban_node, unban_node
 from web.auth import check_csrf, session_user
 from web.dashboard import login_required
 from web.db import db
@@ -93,3 +95,79 @@ def grant(user_id: int):
     except PeergridError as e:
         flash(str(e), "error")
     return redirect(url_for("admin.users"))
+
+
+@bp.post("/nodes/<int:node_id>/ban")
+@admin_required
+def node_ban(node_id: int):
+    check_csrf()
+    node = db().get(Node, node_id)
+    if node is None:
+        abort(404, f"There is no node {node_id}.")
+    try:
+        if request.form.get("ban") == "0":
+            unban_node(db(), node)
+            flash(f"The ban on {node.name} is lifted.", "ok")
+        else:
+            ban_node(db(), node, request.form.get("reason", ""))
+            flash(f"Node {node.name} is banned; what it ran is offered elsewhere.", "ok")
+    except PeergridError as e:
+        flash(str(e), "error")
+    return redirect(url_for("dashboard.nodes"))
+
+
+@bp.get("/markets")
+@admin_required
+def markets():
+    rows = db().scalars(select(Market).order_by(Market.gpu_count, Market.price_per_second)).all()
+    return render_template("admin/markets.html", markets=rows)
+
+
+def _market_form() -> dict:
+    form = request.form
+    fields: dict = {}
+    for key in ("gpu_count", "price_per_second", "max_timeout_s"):
+        if form.get(key, "").strip():
+            fields[key] = int(form[key]) if form[key].strip().isdigit() else -1
+    if form.get("min_vram_gb", "").strip():
+        try:
+            fields["min_vram_mb"] = int(float(form["min_vram_gb"]) * 1000)
+        except ValueError:
+            fields["min_vram_mb"] = -1
+    if form.get("fee_percent", "").strip():
+        try:
+            fields["fee_ppm"] = round(float(form["fee_percent"]) * 10_000)
+        except ValueError:
+            fields["fee_ppm"] = -1
+    if "gpu_models" in form:
+        fields["gpu_models"] = [m.strip() for m in form["gpu_models"].split(",") if m.strip()]
+    for key in ("min_compute_capability", "min_cuda_version"):
+        if key in form:
+            fields[key] = form[key].strip() or None
+    if form.get("name", "").strip():
+        fields["name"] = form["name"].strip()
+    return fields
+
+
+@bp.post("/markets")
+@admin_required
+def market_create():
+    check_csrf()
+    try:
+        market = create_market(db(), request.form.get("slug", "").strip(), **_market_form())
+        flash(f"Market {market.slug} created.", "ok")
+    except PeergridError as e:
+        flash(str(e), "error")
+    return redirect(url_for("admin.markets"))
+
+
+@bp.post("/markets/<slug>")
+@admin_required
+def market_edit(slug: str):
+    check_csrf()
+    try:
+        update_market(db(), slug, **_market_form())
+        flash(f"Market {slug} saved.", "ok")
+    except PeergridError as e:
+        flash(str(e), "error")
+    return redirect(url_for("admin.markets"))

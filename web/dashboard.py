@@ -11,15 +11,15 @@ from flask import Blueprint, flash, redirect, render_template, request, session,
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
-from scheduler import ledger
+from scheduler import ledger, overview
 from scheduler.accounts import authenticate
 from scheduler.artifacts import job_artifacts
 from scheduler.errors import AuthenticationError, NotFound, PeergridError
 from scheduler.events import job_events
 from scheduler.jobs import job_for, job_logs, list_jobs
-from scheduler.ledger_views import movements, payouts
+from scheduler.ledger_views import earnings_by_node, movements, payouts
 from scheduler.models import Attempt, Node, Op
-from scheduler.nodes import set_draining
+from scheduler.nodes import create_node, remove_node, set_draining
 from scheduler.orchestration import cancel_job, extend_job
 from scheduler.states import ATTEMPT_HELD
 from scheduler.states import JobState
@@ -87,7 +87,17 @@ def logout():
 @bp.get("/")
 @login_required
 def home():
-    return redirect(url_for("dashboard.jobs"))
+    user = session_user()
+    gpus, cpu_nodes = overview.capacity_online(db())
+    return render_template(
+        "overview.html",
+        gpus=gpus,
+        cpu_nodes=cpu_nodes,
+        queues=overview.queue_depth(db()),
+        recent=list_jobs(db(), user, page=1).jobs[:8],
+        usage=overview.gpu_utilisation(db()),
+        balances=ledger.balances(db(), user.id),
+    )
 
 
 @bp.get("/jobs")
@@ -121,7 +131,7 @@ def job(job_id: int):
 @login_required
 def nodes():
     user = session_user()
-    query = select(Node).options(selectinload(Node.gpus)).order_by(Node.id)
+    query = select(Node).options(selectinload(Node.gpus)).where(Node.removed_at.is_(None)).order_by(Node.id)
     if not user.is_admin:
         query = query.where(Node.owner_id == user.id)
     rows = list(db().scalars(query))
@@ -134,18 +144,55 @@ def nodes():
         )
         for node_id, key, job_id, gpus in held:
             running.setdefault(node_id, []).append((job_id, key, gpus or []))
-    return render_template("nodes.html", nodes=rows, running=running)
+    return render_template(
+        "nodes.html", nodes=rows, running=running, earned=earnings_by_node(db(), [n.id for n in rows]),
+        new_token=None, server=request.host_url.rstrip("/"),
+    )
+
+
+@bp.post("/nodes")
+@login_required
+def node_create():
+    check_csrf()
+    try:
+        node, token = create_node(db(), session_user(), request.form.get("name", ""))
+    except PeergridError as e:
+        flash(str(e), "error")
+        return redirect(url_for("dashboard.nodes"))
+    db().flush()
+    # The token is shown on this page once, with the command that uses it; only its hash is kept.
+    return render_template(
+        "nodes.html", nodes=[node], running={}, earned={}, new_token=token, new_node=node,
+        server=request.host_url.rstrip("/"),
+    )
+
+
+def _own_node(node_id: int) -> Node:
+    user = session_user()
+    node = db().get(Node, node_id)
+    if node is None or node.removed_at is not None or (node.owner_id != user.id and not user.is_admin):
+        raise NotFound(f"There is no node {node_id}.")
+    return node
+
+
+@bp.post("/nodes/<int:node_id>/remove")
+@login_required
+def node_remove(node_id: int):
+    check_csrf()
+    node = _own_node(node_id)
+    try:
+        remove_node(db(), node)
+        flash("Node removed: its token no longer works.", "ok")
+    except PeergridError as e:
+        flash(str(e), "error")
+    return redirect(url_for("dashboard.nodes"))
 
 
 @bp.post("/nodes/<int:node_id>/drain")
 @login_required
 def node_drain(node_id: int):
     check_csrf()
-    user = session_user()
-    node = db().get(Node, node_id)
-    if node is None or (node.owner_id != user.id and not user.is_admin):
-        raise NotFound(f"There is no node {node_id}.")
-    set_draining(db(), node, request.form.get("drain") != "0")
+    set_draining(db(), _own_node(node_id), request.form.get("drain") != "0")
     return redirect(url_for("dashboard.nodes"))
 
 

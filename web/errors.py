@@ -9,6 +9,7 @@ from scheduler.artifacts import ArtifactTooLarge
 from scheduler.ledger import InsufficientCredits
 from scheduler.errors import (
     AuthenticationError,
+    Banned,
     Conflict,
     InvalidDefinition,
     NoMarket,
@@ -47,6 +48,10 @@ def init_app(app: Flask) -> None:
     @app.errorhandler(ArtifactTooLarge)
     def _too_large(e: ArtifactTooLarge):
         return json_error(413, str(e))
+
+    @app.errorhandler(Banned)
+    def _banned(e: Banned):
+        return json_error(403, str(e))
 
     @app.errorhandler(NotFound)
     def _not_found(e: NotFound):

@@ -292,6 +292,10 @@ class Agent:
             try:
                 answer = self.client.heartbeat(self.report())
             except ServerError as e:
+                if e.status in (401, 403):
+                    log.error("the server refuses this node: %s; stopping", e)
+                    self.stop()
+                    return
                 log.warning("heartbeat failed: %s", e)
                 continue
             draining = answer.get("state") == "draining"

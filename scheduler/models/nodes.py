@@ -33,6 +33,11 @@ class Node(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     registered_at: Mapped[datetime | None]
     last_heartbeat_at: Mapped[datetime | None]
+    # Set when its owner removed it: its token no longer works and it is listed no more.
+    removed_at: Mapped[datetime | None]
+    # Set when an admin banned it: its token is refused and it takes no work.
+    banned_at: Mapped[datetime | None]
+    ban_reason: Mapped[str | None] = mapped_column(String(500))
 
     gpus: Mapped[list["NodeGpu"]] = relationship(
         back_populates="node", cascade="all, delete-orphan", order_by="NodeGpu.index"

@@ -18,8 +18,28 @@
     pre.appendChild(document.createTextNode("\n"));
   }
 
+  function badge(cell, state) {
+    const span = cell.querySelector(".state");
+    if (span && span.textContent !== state) {
+      span.textContent = state;
+      span.className = "state state-" + state;
+    }
+  }
+
+  async function refreshStates() {
+    const res = await fetch(`/api/v1/jobs/${pre.dataset.job}`, {credentials: "same-origin"});
+    if (!res.ok) return;
+    const job = await res.json();
+    badge(document.getElementById("job-state"), job.state);
+    job.ops.forEach(function (op) {
+      const cell = document.querySelector(`.op-state[data-op="${CSS.escape(op.id)}"]`);
+      if (cell) badge(cell, op.state);
+    });
+  }
+
   async function poll() {
     try {
+      await refreshStates();
       const res = await fetch(`/api/v1/jobs/${pre.dataset.job}/logs?after=${cursor}`, {credentials: "same-origin"});
       if (res.ok) {
         const body = await res.json();

@@ -1,0 +1,100 @@
+"""Submitting from the dashboard: a gallery of templates, a JSON editor checked as you type,
+the cost estimate and balance before confirming."""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+
+from flask import Blueprint, abort, jsonify, redirect, render_template, request, session, url_for
+
+from scheduler import ledger
+from scheduler.errors import InvalidDefinition, NoMarket, PeergridError, Problem
+from scheduler.jobdef import parse_definition
+from scheduler.jobs import submit_job
+from scheduler.orchestration import plan_ops
+from web.auth import session_user
+from web.dashboard import login_required
+from web.db import core, db
+
+bp = Blueprint("submit", __name__)
+GALLERY = Path(__file__).parent / "gallery"
+
+
+@lru_cache(maxsize=1)
+def gallery() -> list[dict]:
+    entries = json.loads((GALLERY / "index.json").read_text())
+    for entry in entries:
+        entry["slug"] = entry["file"].removesuffix(".json")
+        entry["text"] = json.dumps(json.loads((GALLERY / entry["file"]).read_text()), indent=2)
+    return entries
+
+
+def check(text: str, market: str | None) -> dict:
+    """What the editor shows: every problem by path, or the plan with its cost and the balance."""
+    user = session_user()
+    available = ledger.balances(db(), user.id)["available"]
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as e:
+        return {"valid": False, "available": available,
+                "errors": [{"path": "$", "message": f"Not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}."}]}
+    try:
+        definition = parse_definition(document)
+        planned = plan_ops(db(), definition, market_slug=market, default_timeout_s=core().settings.default_timeout_s)
+    except InvalidDefinition as e:
+        return {"valid": False, "available": available, "errors": [p.as_dict() for p in e.problems]}
+    except NoMarket as e:
+        return {"valid": False, "available": available, "errors": [{"path": "$.ops", "message": str(e)}]}
+    total = sum(cost for *_, cost in planned)
+    return {
+        "valid": True,
+        "available": available,
+        "max_cost": total,
+        "affordable": total <= available,
+        "warnings": [w.as_dict() for w in definition.warnings],
+        "ops": [{"id": op.key, "market": market.slug, "timeout": timeout, "tries": op.max_attempts, "max_cost": cost}
+                for op, market, timeout, cost in planned],
+    }
+
+
+@bp.get("/submit")
+@login_required
+def submit_page():
+    chosen = request.args.get("template") or "nosana-hello-world"
+    entry = next((g for g in gallery() if g["slug"] == chosen), gallery()[0])
+    return render_template("submit.html", gallery=gallery(), chosen=entry, text=entry["text"], result=None)
+
+
+@bp.post("/submit/check")
+@login_required
+def submit_check():
+    # A JSON call from the editor: the session's CSRF token travels in a header.
+    if request.headers.get("X-CSRF-Token") != session.get("csrf"):
+        abort(400, "The page expired; reload it.")
+    body = request.get_json(silent=True) or {}
+    return jsonify(check(str(body.get("definition", "")), body.get("market") or None))
+
+
+@bp.post("/submit")
+@login_required
+def submit_post():
+    from web.auth import check_csrf
+
+    check_csrf()
+    text = request.form.get("definition", "")
+    market = request.form.get("market") or None
+    result = check(text, market)
+    if result["valid"]:
+        try:
+            job = submit_job(db(), session_user(), json.loads(text), market_slug=market,
+                             default_timeout_s=core().settings.default_timeout_s)
+        except ledger.InsufficientCredits as e:
+            result = {**result, "valid": False, "errors": [{"path": "$", "message": str(e)}]}
+        except (InvalidDefinition, NoMarket, PeergridError) as e:
+            problems = e.problems if isinstance(e, InvalidDefinition) else [Problem("$", str(e))]
+            result = {**result, "valid": False, "errors": [p.as_dict() for p in problems]}
+        else:
+            return redirect(url_for("dashboard.job", job_id=job.id))
+    return render_template("submit.html", gallery=gallery(), chosen=None, text=text, result=result), 422
