@@ -178,3 +178,81 @@ def test_credits_payouts_grants_and_the_books_through_the_pages(client, core):
         assert ledger.balances(session, provider_id)["available"] == 1_500_000  # a resent form grants once
     ledger_page = client.get("/admin/ledger").get_data(as_text=True)
     assert "The books balance." in ledger_page and "payout_paid" in ledger_page
+
+
+def test_signup_creates_an_account_with_starter_credits_and_tokens_can_be_made_and_revoked(client, core):
+    page = client.get("/signup")
+    mismatch = client.post("/signup", data={"email": "new@example.com", "password": "long enough", "confirm": "other",
+                                            "csrf_token": csrf(page)})
+    assert mismatch.status_code == 400 and "differ" in mismatch.get_data(as_text=True)
+    made = client.post("/signup", data={"email": "new@example.com", "password": "long enough", "confirm": "long enough",
+                                        "csrf_token": csrf(page)})
+    assert made.status_code == 302
+    overview = client.get("/").get_data(as_text=True)
+    assert "Welcome to peergrid" in overview and ">100<" in overview.replace("</strong>", "<")
+
+    account = client.get("/account")
+    created = client.post("/account/tokens", data={"name": "laptop", "csrf_token": csrf(account)})
+    token = re.search(r'id="new-token">(pg_[^<]+)<', created.get_data(as_text=True)).group(1)
+    assert client.get("/api/v1/jobs", headers=bearer(token)).status_code == 200
+    listing = client.get("/account").get_data(as_text=True)
+    assert token not in listing  # shown once only
+    token_id = re.search(r'/account/tokens/(\d+)/revoke', listing).group(1)
+    client.post(f"/account/tokens/{token_id}/revoke", data={"csrf_token": csrf(account)})
+    assert client.get("/api/v1/jobs", headers=bearer(token)).status_code == 401
+
+
+def test_the_submit_page_checks_and_submits_without_javascript_too(client, core):
+    import json
+
+    factories.user(core, email="ann@example.com")
+    sign_in(client, "ann@example.com")
+    page = client.get("/submit?template=workflow-three-steps")
+    assert "Three-step workflow" in page.get_data(as_text=True)
+    check = client.post("/submit/check", json={"definition": "{\"ops\": 3}"}, headers={"X-CSRF-Token": csrf(page)})
+    assert check.json["valid"] is False and check.json["errors"][0]["path"] == "$.version"
+    good = client.post("/submit/check", json={"definition": json.dumps(hello_world("busybox"))}, headers={"X-CSRF-Token": csrf(page)})
+    assert good.json["valid"] and good.json["max_cost"] == 360_000 and good.json["affordable"]
+    assert client.post("/submit/check", json={"definition": "{}"}).status_code == 400  # no CSRF header
+    bad = client.post("/submit", data={"definition": "{\"version\": \"0.1\", \"ops\": []}", "csrf_token": csrf(page)})
+    assert bad.status_code == 422 and "The job has no ops" in bad.get_data(as_text=True)
+    posted = client.post("/submit", data={"definition": json.dumps(hello_world("busybox")), "csrf_token": csrf(page)})
+    assert posted.status_code == 302 and re.search(r"/jobs/\d+$", posted.headers["Location"])
+
+
+def test_admins_edit_markets_and_ban_nodes_from_the_pages(client, core):
+    node_id, node_token, _ = factories.node(core)
+    client.post("/api/v1/node/register", json={}, headers=bearer(node_token))
+    factories.user(core, email="boss@example.com", admin=True)
+    sign_in(client, "boss@example.com")
+    page = client.get("/admin/markets")
+    client.post("/admin/markets", data={"slug": "l4", "name": "L4", "gpu_count": "1", "min_vram_gb": "22",
+                                        "price_per_second": "150", "fee_percent": "5", "csrf_token": csrf(page)})
+    client.post("/admin/markets/l4", data={"price_per_second": "175", "csrf_token": csrf(page)})
+    listing = client.get("/admin/markets").get_data(as_text=True)
+    assert 'id="market-l4"' in listing and 'value="175"' in listing
+    client.post("/admin/markets", data={"slug": "Bad Slug", "csrf_token": csrf(page)})
+    assert "lowercase letters" in client.get("/admin/markets").get_data(as_text=True)
+
+    nodes = client.get("/nodes")
+    client.post(f"/admin/nodes/{node_id}/ban", data={"ban": "1", "reason": "crypto mining", "csrf_token": csrf(nodes)})
+    assert "banned: crypto mining" in client.get("/nodes").get_data(as_text=True)
+    refused = client.post("/api/v1/node/heartbeat", json={}, headers=bearer(node_token))
+    assert refused.status_code == 403 and "banned" in refused.json["error"]
+    client.post(f"/admin/nodes/{node_id}/ban", data={"ban": "0", "csrf_token": csrf(nodes)})
+    assert client.post("/api/v1/node/heartbeat", json={}, headers=bearer(node_token)).status_code == 200
+
+
+def test_providers_register_nodes_on_the_page_and_remove_them(client, core):
+    factories.user(core, email="prov@example.com")
+    sign_in(client, "prov@example.com")
+    page = client.get("/nodes")
+    shown = client.post("/nodes", data={"name": "rig-9", "csrf_token": csrf(page)}).get_data(as_text=True)
+    command = re.search(r'id="worker-command">([^<]+)<', shown).group(1)
+    assert command.startswith("peergrid worker --server http://localhost --token pgn_")
+    token = command.split("--token ")[1].strip()
+    assert client.post("/api/v1/node/register", json={}, headers=bearer(token)).status_code == 200
+    node_id = re.search(r'/nodes/(\d+)/remove', client.get("/nodes").get_data(as_text=True)).group(1)
+    client.post(f"/nodes/{node_id}/remove", data={"csrf_token": csrf(page)})
+    assert "rig-9" not in client.get("/nodes").get_data(as_text=True)
+    assert client.post("/api/v1/node/register", json={}, headers=bearer(token)).status_code == 401

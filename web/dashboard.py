@@ -18,7 +18,7 @@ from scheduler.errors import AuthenticationError, NotFound, PeergridError
 from scheduler.events import job_events
 from scheduler.jobs import job_for, job_logs, list_jobs
 from scheduler.ledger_views import earnings_by_node, movements, payouts
-from scheduler.models import Attempt, Node, Op
+from scheduler.models import Attempt, Job, Node, Op
 from scheduler.nodes import create_node, remove_node, set_draining
 from scheduler.orchestration import cancel_job, extend_job
 from scheduler.states import ATTEMPT_HELD
@@ -138,12 +138,15 @@ def nodes():
     running = {}
     if rows:
         held = db().execute(
-            select(Attempt.node_id, Op.key, Op.job_id, Attempt.gpus)
+            select(Attempt.node_id, Op.key, Op.job_id, Attempt.gpus, Job.owner_id)
             .join(Op, Op.id == Attempt.op_id)
+            .join(Job, Job.id == Op.job_id)
             .where(Attempt.node_id.in_([n.id for n in rows]), Attempt.state.in_(ATTEMPT_HELD))
         )
-        for node_id, key, job_id, gpus in held:
-            running.setdefault(node_id, []).append((job_id, key, gpus or []))
+        for node_id, key, job_id, gpus, owner_id in held:
+            # A provider sees that its node runs someone's op, but only its own jobs link to their pages.
+            visible = owner_id == user.id or user.is_admin
+            running.setdefault(node_id, []).append((job_id, key, gpus or [], visible))
     return render_template(
         "nodes.html", nodes=rows, running=running, earned=earnings_by_node(db(), [n.id for n in rows]),
         new_token=None, server=request.host_url.rstrip("/"),
