@@ -214,10 +214,18 @@ def test_screenshots_of_each_main_page(live, browser, width):
         assert response.status == 200, path
         # Nothing spills sideways on a phone: the page is no wider than the screen.
         overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
-        assert overflow <= 1, (path, overflow)
+        assert overflow <= 1, (path, overflow, _widest(page))
         shoot(page, f"{(path.strip('/') or 'overview').replace('/', '-')}-{width}")
     anon = new_page(browser, width)
     anon.goto(live.url + "/login")
     shoot(anon, f"login-{width}")
     anon.goto(live.url + "/signup")
     shoot(anon, f"signup-{width}")
+
+
+def _widest(page) -> str:
+    """The element that sticks out furthest to the right, for a failure message."""
+    return page.evaluate("""() => { let worst = null, right = 0;
+      for (const el of document.querySelectorAll('body *')) { const r = el.getBoundingClientRect().right;
+        if (r > right) { right = r; worst = el; } }
+      return worst ? worst.tagName + '.' + worst.className + '#' + worst.id + ' ' + Math.round(right) : ''; }""")

@@ -50,7 +50,9 @@
     panel.appendChild(el("p", "Valid. It will reserve at most " + credits(result.max_cost) + " credits; you have " +
       credits(result.available) + " available. Unused credits return when it ends.", result.affordable ? "ok-text" : "error"));
     if (!result.affordable) panel.appendChild(el("p", "Not enough credits: short by " + credits(result.max_cost - result.available) + ".", "error"));
-    panel.appendChild(table);
+    const wrap = el("div", undefined, "table-wrap");
+    wrap.appendChild(table);
+    panel.appendChild(wrap);
     (result.warnings || []).forEach(function (w) { panel.appendChild(el("p", "Note: " + w.path + " " + w.message, "muted small")); });
     button.disabled = !result.affordable;
   }
