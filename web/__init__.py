@@ -5,6 +5,15 @@ from __future__ import annotations
 import logging
 
 from flask import Flask, g
+from werkzeug.routing import IntegerConverter
+
+MAX_ID = 2**63 - 1
+
+
+class StoreId(IntegerConverter):
+    def __init__(self, map, *args, **kwargs):
+        kwargs.setdefault("max", MAX_ID)
+        super().__init__(map, *args, **kwargs)
 
 from scheduler.core import Core
 from scheduler.settings import Settings
@@ -24,6 +33,8 @@ def create_app(settings: Settings | None = None, *, core: Core | None = None) ->
         JSON_SORT_KEYS=False,
     )
     app.extensions["peergrid"] = core or Core.from_settings(settings)
+    # Ids in URLs fit the store's 64-bit integers; a longer number is simply not found.
+    app.url_map.converters["int"] = StoreId
 
     from web import account_pages, admin_pages, api, dashboard, errors, submit_pages
 

@@ -14,6 +14,7 @@ from scheduler.ledger_views import movements, payouts
 from web.api import bp
 from web.api.serialize import iso, movement_json, payout_json
 from web.auth import require_admin
+from web.params import query_int, whole
 from web.db import db
 
 
@@ -34,6 +35,7 @@ def admin_grant():
     amount = body.get("amount")
     if isinstance(amount, bool) or not isinstance(amount, int):
         raise PeergridError('Send {"email", "amount", "memo"}: amount in micro-credits (1 credit = 1000000).')
+    whole(amount, "amount", low=1)
     key = request.headers.get("Idempotency-Key")
     txn = ledger.grant(db(), user, amount, memo=str(body.get("memo") or ""), actor=admin,
                        key=f"grant:{key}" if key else None)
@@ -72,8 +74,8 @@ def admin_books():
 def admin_ledger():
     require_admin()
     rows = movements(
-        db(), kind=request.args.get("kind") or None, job_id=request.args.get("job", type=int),
-        limit=500, offset=max(0, request.args.get("page", 1, type=int) - 1) * 500,
+        db(), kind=request.args.get("kind") or None, job_id=query_int("job"),
+        limit=500, offset=(query_int("page", 1, low=1, high=10**6) - 1) * 500,
     )
     return jsonify({"movements": [movement_json(m) for m in rows]})
 
@@ -90,7 +92,7 @@ def _csv(name: str, header: list[str], rows) -> Response:
 @bp.get("/admin/ledger.csv")
 def admin_ledger_csv():
     require_admin()
-    rows = movements(db(), kind=request.args.get("kind") or None, job_id=request.args.get("job", type=int), limit=1_000_000)
+    rows = movements(db(), kind=request.args.get("kind") or None, job_id=query_int("job"), limit=1_000_000)
     return _csv(
         "peergrid-ledger.csv",
         ["transaction", "time", "kind", "key", "account", "user", "amount_micro", "job", "attempt", "payout", "memo"],

@@ -23,6 +23,7 @@ from scheduler.states import ATTEMPT_HELD
 from web.api import bp
 from web.api.serialize import market_json
 from web.auth import require_node
+from web.params import MAX_INT, whole
 from web.db import core, db
 
 
@@ -35,12 +36,25 @@ def _body() -> dict[str, Any]:
     return body
 
 
-def _int(value: Any, name: str, default: int = 0) -> int:
+def _int(value: Any, name: str, default: int = 0, *, low: int = -(2**31), high: int = MAX_INT) -> int:
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise PeergridError(f"{name} must be a whole number.")
-    return value
+    return whole(value, name, low=low, high=high)
+
+
+_GPU_INTS = ("index", "memory_total_mb", "memory_free_mb", "utilization_pct", "temperature_c")
+_GPU_TEXTS = {"uuid": 100, "name": 200, "compute_capability": 16, "driver_version": 32, "cuda_version": 16}
+
+
+def _gpu_report(gpu: dict[str, Any], where: str) -> GpuReport:
+    fields: dict[str, Any] = {}
+    for name in _GPU_INTS:
+        if gpu.get(name) is not None:
+            fields[name] = _int(gpu[name], f"{where}.{name}", low=0, high=2**31 - 1)
+    for name, limit in _GPU_TEXTS.items():
+        if gpu.get(name) is not None:
+            fields[name] = str(gpu[name])[:limit]
+    return GpuReport(**fields)
 
 
 def _report(body: dict[str, Any]) -> NodeReport:
@@ -51,10 +65,9 @@ def _report(body: dict[str, Any]) -> NodeReport:
     for i, gpu in enumerate(gpus):
         if not isinstance(gpu, dict) or not isinstance(gpu.get("uuid"), str) or not isinstance(gpu.get("name"), str):
             raise PeergridError(f"gpus[{i}] needs at least a uuid and a name.")
-        fields = {k: gpu[k] for k in GpuReport.__dataclass_fields__ if k in gpu}
-        reports.append(GpuReport(**fields))
+        reports.append(_gpu_report(gpu, f"gpus[{i}]"))
     running = body.get("running") or []
-    if not isinstance(running, list) or not all(isinstance(r, int) for r in running):
+    if not isinstance(running, list) or not all(isinstance(r, int) and not isinstance(r, bool) and 0 < r <= MAX_INT for r in running):
         raise PeergridError("running must be a list of attempt ids.")
     return NodeReport(
         gpus=tuple(reports),
@@ -62,9 +75,9 @@ def _report(body: dict[str, Any]) -> NodeReport:
         gpu_message=str(body["gpu_message"])[:500] if body.get("gpu_message") else None,
         agent_version=str(body.get("agent_version") or "")[:50] or None,
         hostname=str(body.get("hostname") or "")[:255] or None,
-        cpu_count=_int(body.get("cpu_count"), "cpu_count"),
-        memory_mb=_int(body.get("memory_mb"), "memory_mb"),
-        slots=_int(body.get("slots"), "slots", 1),
+        cpu_count=_int(body.get("cpu_count"), "cpu_count", low=0, high=1_000_000),
+        memory_mb=_int(body.get("memory_mb"), "memory_mb", low=0, high=2**40),
+        slots=_int(body.get("slots"), "slots", 1, low=1, high=1024),
         running=tuple(running),
     )
 
@@ -156,7 +169,7 @@ def attempt_logs(attempt_id: int):
     for i, line in enumerate(lines):
         if not isinstance(line, dict) or not isinstance(line.get("text"), str):
             raise PeergridError(f"lines[{i}] needs a text.")
-        records.append(LogRecord(seq=_int(line.get("seq"), f"lines[{i}].seq"), stream=str(line.get("stream", "stdout")), text=line["text"]))
+        records.append(LogRecord(seq=_int(line.get("seq"), f"lines[{i}].seq", low=1), stream=str(line.get("stream", "stdout")), text=line["text"]))
     stored = append_logs(db(), node, attempt_id, records, max_line_chars=settings.max_log_line_chars)
     return jsonify({"stored": stored})
 
@@ -167,7 +180,7 @@ def attempt_finished(attempt_id: int):
     body = _body()
     exit_code = body.get("exit_code")
     if exit_code is not None:
-        exit_code = _int(exit_code, "exit_code")
+        exit_code = _int(exit_code, "exit_code", low=-(2**31), high=2**31 - 1)
     error = body.get("error")
     if error is not None:
         error = str(error)[:2000]

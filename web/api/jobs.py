@@ -12,6 +12,7 @@ from scheduler.orchestration import cancel_job, extend_job
 from web.api import bp
 from web.api.serialize import iso, job_json
 from web.auth import require_user
+from web.params import query_int, whole
 from web.db import core, db
 
 
@@ -43,7 +44,7 @@ def create_job():
 @bp.get("/jobs")
 def jobs_index():
     user = require_user()
-    page = list_jobs(db(), user, state=request.args.get("state") or None, page=request.args.get("page", 1, type=int))
+    page = list_jobs(db(), user, state=request.args.get("state") or None, page=query_int("page", 1, low=1, high=10**6))
     return jsonify(
         {
             "jobs": [job_json(j, with_ops=False) for j in page.jobs],
@@ -63,7 +64,7 @@ def job_show(job_id: int):
 @bp.get("/jobs/<int:job_id>/logs")
 def job_log_lines(job_id: int):
     job = job_for(db(), require_user(), job_id)
-    after = request.args.get("after", 0, type=int)
+    after = query_int("after", 0)
     rows = job_logs(db(), job, op_key=request.args.get("op") or None, after=after)
     lines = [
         {
@@ -95,6 +96,7 @@ def job_extend(job_id: int):
     seconds = body.get("seconds") if isinstance(body, dict) else None
     if not isinstance(seconds, int) or isinstance(seconds, bool):
         raise PeergridError('Send {"seconds": N}: how much longer the job\'s ops may run.')
+    whole(seconds, "seconds", low=1, high=10**9)
     extend_job(db(), job, seconds)
     return jsonify(job_json(job, events=job_events(db(), job)))
 

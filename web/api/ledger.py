@@ -10,6 +10,7 @@ from scheduler.ledger_views import movements, payouts
 from web.api import bp
 from web.api.serialize import movement_json, payout_json
 from web.auth import require_user
+from web.params import query_int, whole
 from web.db import core, db
 
 
@@ -22,7 +23,7 @@ def balance():
 @bp.get("/ledger/transactions")
 def my_movements():
     user = require_user()
-    page = max(1, request.args.get("page", 1, type=int))
+    page = query_int("page", 1, low=1, high=10**6)
     rows = movements(db(), user_id=user.id, limit=100, offset=(page - 1) * 100)
     return jsonify({"movements": [movement_json(m) for m in rows], "page": page})
 
@@ -34,6 +35,7 @@ def payout_request():
     amount = body.get("amount") if isinstance(body, dict) else None
     if isinstance(amount, bool) or not isinstance(amount, int):
         raise PeergridError('Send {"amount": N}: the payout in micro-credits (1 credit = 1000000).')
+    whole(amount, "amount", low=1)
     payout = ledger.request_payout(db(), user, amount, minimum=core().settings.min_payout)
     return jsonify(payout_json(payout, user.email)), 201
 

@@ -1,0 +1,153 @@
+"""The OpenAPI 3 description of the REST API and the node API, served at /api/v1/openapi.json."""
+
+from __future__ import annotations
+
+from flask import jsonify
+
+from web.api import bp
+
+ERROR = {"$ref": "#/components/schemas/Error"}
+PROBLEMS = {"$ref": "#/components/schemas/Problems"}
+USER = [{"apiToken": []}]
+NODE = [{"nodeToken": []}]
+ID = {"type": "integer", "minimum": 1}
+
+
+def _json(schema: dict, description: str = "OK") -> dict:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*codes: int) -> dict:
+    words = {400: "Bad input", 401: "No or wrong token", 402: "Not enough credits", 403: "Not allowed",
+             404: "Not found", 409: "Conflict", 413: "Too large", 422: "Invalid definition"}
+    return {str(code): _json(PROBLEMS if code == 422 else ERROR, words[code]) for code in codes}
+
+
+def _op(summary: str, ok: dict, *errors: int, security=USER, params=None, body=None, ok_code: int = 200) -> dict:
+    op = {"summary": summary, "security": security, "responses": {str(ok_code): ok, **_errors(*errors)}}
+    if params:
+        op["parameters"] = params
+    if body:
+        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
+    return op
+
+
+def _path(name: str, schema=None, where: str = "path") -> dict:
+    return {"name": name, "in": where, "required": where == "path", "schema": schema or ID}
+
+
+OBJ = {"type": "object"}
+JOB = {"$ref": "#/components/schemas/Job"}
+
+
+def spec() -> dict:
+    job_id = _path("job_id")
+    attempt_id = _path("attempt_id")
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "peergrid", "version": "1",
+                 "description": "Jobs, nodes, markets and credits. Money fields are integer micro-credits."},
+        "servers": [{"url": "/api/v1"}],
+        "components": {
+            "securitySchemes": {
+                "apiToken": {"type": "http", "scheme": "bearer", "description": "An API token (pg_…)."},
+                "nodeToken": {"type": "http", "scheme": "bearer", "description": "A node token (pgn_…)."},
+            },
+            "schemas": {
+                "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
+                "Problems": {"type": "object", "required": ["errors"], "properties": {
+                    "error": {"type": "string"},
+                    "errors": {"type": "array", "items": {"type": "object", "required": ["path", "message"], "properties": {
+                        "path": {"type": "string"}, "message": {"type": "string"}}}}}},
+                "Job": {"type": "object", "required": ["id", "state", "cost", "max_cost"], "properties": {
+                    "id": {"type": "integer"},
+                    "state": {"type": "string", "enum": ["queued", "running", "succeeded", "failed", "cancelled"]},
+                    "created_at": {"type": "string"}, "started_at": {"type": "string", "nullable": True},
+                    "finished_at": {"type": "string", "nullable": True}, "cost": {"type": "integer"},
+                    "max_cost": {"type": "integer"}, "reserved": {"type": "integer"},
+                    "ops": {"type": "array", "items": OBJ}, "events": {"type": "array", "items": OBJ}}},
+                "JobDefinition": {"type": "object", "description": "A Nosana job definition, version 0.1.",
+                                  "properties": {"version": {"type": "string"}, "type": {"type": "string"},
+                                                 "ops": {"type": "array", "items": OBJ}}},
+            },
+        },
+        "paths": {
+            "/health": {"get": _op("Whether the server answers", _json(OBJ), security=[])},
+            "/jobs": {
+                "get": _op("Your jobs, newest first", _json(OBJ), 400, 401, params=[
+                    _path("state", {"type": "string", "enum": ["queued", "running", "succeeded", "failed", "cancelled"]}, "query"),
+                    _path("page", {"type": "integer", "minimum": 1}, "query")]),
+                "post": _op("Submit a job definition", _json(OBJ, "Created"), 401, 402, 413, 422, ok_code=201,
+                            params=[_path("market", {"type": "string"}, "query")],
+                            body={"$ref": "#/components/schemas/JobDefinition"}),
+            },
+            "/jobs/{job_id}": {"get": _op("A job with its ops and events", _json(JOB), 401, 404, params=[job_id])},
+            "/jobs/{job_id}/logs": {"get": _op("A job's log lines, in order", _json(OBJ), 401, 404, params=[
+                job_id, _path("op", {"type": "string"}, "query"), _path("after", {"type": "integer", "minimum": 0}, "query")])},
+            "/jobs/{job_id}/cancel": {"post": _op("Cancel a job", _json(JOB), 401, 404, params=[job_id])},
+            "/jobs/{job_id}/extend": {"post": _op("Give a running job more time", _json(JOB), 400, 401, 402, 404, 409,
+                                                  params=[job_id], body={"type": "object", "required": ["seconds"], "properties": {
+                                                      "seconds": {"type": "integer", "minimum": 1}}})},
+            "/jobs/{job_id}/artifacts": {"get": _op("A job's artifacts", _json(OBJ), 401, 404, params=[job_id])},
+            "/jobs/{job_id}/artifacts/{op_key}": {"get": _op(
+                "Download an op's output (.tar.gz)",
+                {"description": "The archive", "content": {"application/gzip": {"schema": {"type": "string", "format": "binary"}}}},
+                401, 404, params=[job_id, _path("op_key", {"type": "string"})])},
+            "/nodes": {
+                "get": _op("Your nodes (all, for an admin)", _json(OBJ), 401),
+                "post": _op("Register a node; its token is in the answer, once", _json(OBJ, "Created"), 400, 401, 409,
+                            ok_code=201, body={"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}}),
+            },
+            "/nodes/{node_id}/drain": {"post": _op("Drain a node, or take it back", _json(OBJ), 401, 404, params=[_path("node_id")],
+                                                   body={"type": "object", "properties": {"drain": {"type": "boolean"}}})},
+            "/markets": {"get": _op("Every market", _json(OBJ), 401)},
+            "/ledger/balance": {"get": _op("Your balances", _json(OBJ), 401)},
+            "/ledger/transactions": {"get": _op("Your movements", _json(OBJ), 401,
+                                                params=[_path("page", {"type": "integer", "minimum": 1}, "query")])},
+            "/payouts": {
+                "get": _op("Your payout requests", _json(OBJ), 401),
+                "post": _op("Ask for a payout of earnings", _json(OBJ, "Created"), 400, 401, 402, ok_code=201,
+                            body={"type": "object", "required": ["amount"], "properties": {"amount": {"type": "integer"}}}),
+            },
+            "/admin/payouts": {"get": _op("Every payout (admin)", _json(OBJ), 400, 401, 403, params=[
+                _path("state", {"type": "string", "enum": ["requested", "approved", "rejected"]}, "query")])},
+            "/admin/payouts/{payout_id}/approve": {"post": _op(
+                "Approve a payout with the payment's reference (admin)", _json(OBJ), 400, 401, 403, 404, 409,
+                params=[_path("payout_id")], body={"type": "object", "required": ["reference"], "properties": {"reference": {"type": "string"}}})},
+            "/admin/payouts/{payout_id}/reject": {"post": _op(
+                "Reject a payout with a reason (admin)", _json(OBJ), 400, 401, 403, 404, 409,
+                params=[_path("payout_id")], body={"type": "object", "required": ["reason"], "properties": {"reason": {"type": "string"}}})},
+            "/admin/books": {"get": _op("Whether the books balance (admin)", _json(OBJ), 401, 403)},
+            "/admin/grants": {"post": _op("Grant credits (admin)", _json(OBJ, "Created"), 400, 401, 403, 404, ok_code=201,
+                                          body={"type": "object", "required": ["email", "amount"], "properties": {
+                                              "email": {"type": "string"}, "amount": {"type": "integer"}, "memo": {"type": "string"}}})},
+            "/admin/ledger": {"get": _op("Ledger movements (admin)", _json(OBJ), 401, 403, params=[
+                _path("kind", {"type": "string"}, "query"), _path("job", {"type": "integer"}, "query"),
+                _path("page", {"type": "integer", "minimum": 1}, "query")])},
+            "/admin/markets": {"post": _op("Define a market (admin)", _json(OBJ, "Created"), 400, 401, 403, 409, ok_code=201,
+                                           body={"type": "object", "required": ["slug"], "properties": {"slug": {"type": "string"}}})},
+            "/admin/markets/{slug}": {"patch": _op("Change a market (admin)", _json(OBJ), 400, 401, 403, 404,
+                                                   params=[_path("slug", {"type": "string"})], body=OBJ)},
+            "/node/register": {"post": _op("A worker starts (node token)", _json(OBJ), 400, 401, 403, security=NODE, body=OBJ)},
+            "/node/heartbeat": {"post": _op("A worker's heartbeat (node token)", _json(OBJ), 400, 401, 403, security=NODE, body=OBJ)},
+            "/node/attempts/{attempt_id}/claim": {"post": _op(
+                "Claim an offered attempt (node token)", _json(OBJ), 400, 401, 403, 404, 409, security=NODE,
+                params=[attempt_id], body={"type": "object", "properties": {"gpus": {"type": "array", "items": {"type": "string"}}}})},
+            "/node/attempts/{attempt_id}/started": {"post": _op("The container started", _json(OBJ), 401, 403, 404, 409,
+                                                                security=NODE, params=[attempt_id])},
+            "/node/attempts/{attempt_id}/logs": {"post": _op(
+                "A batch of log lines", _json(OBJ), 400, 401, 403, 404, 409, security=NODE, params=[attempt_id],
+                body={"type": "object", "required": ["lines"], "properties": {"lines": {"type": "array", "items": {
+                    "type": "object", "required": ["seq", "text"], "properties": {
+                        "seq": {"type": "integer"}, "stream": {"type": "string"}, "text": {"type": "string"}}}}}})},
+            "/node/attempts/{attempt_id}/finished": {"post": _op(
+                "How the attempt ended", _json(OBJ), 400, 401, 403, 404, 409, security=NODE, params=[attempt_id],
+                body={"type": "object", "properties": {"exit_code": {"type": "integer", "nullable": True},
+                                                       "error": {"type": "string", "nullable": True}}})},
+        },
+    }
+
+
+@bp.get("/openapi.json")
+def openapi():
+    return jsonify(spec())
