@@ -123,3 +123,44 @@ def test_inputs_appear_under_inputs_op_id(test_image, tmp_path):
     outcome, lines = run(test_image, {"cmd": "cat /inputs/make/a.txt /inputs/make/sub/b.txt"}, inputs={"make": parent})
     assert outcome.exit_code == 0, outcome.error
     assert [t for _, t in lines] == ["alpha", "beta"]
+
+
+def test_containers_are_confined(test_image, docker_client):
+    """No privilege, all but a few capabilities dropped, no new privileges, limits on processes and memory."""
+    from worker.runtime import KEPT_CAPABILITIES, Limits
+
+    spec = container_spec({"image": test_image, "cmd": "grep -E '^(CapEff|NoNewPrivs)' /proc/self/status; sleep 2"},
+                          network="none", labels={"peergrid.test": "confined"}, limits=Limits(pids=64, memory_mb=256))
+    lines: list[str] = []
+    seen = {}
+
+    def inspect_while_running():
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not seen:
+            for container in docker_client.containers.list(filters={"label": "peergrid.test=confined"}):
+                seen.update(container.attrs["HostConfig"])
+            time.sleep(0.1)
+
+    watcher = threading.Thread(target=inspect_while_running)
+    watcher.start()
+    outcome = DockerRuntime().run(spec, lambda s, t: lines.append(t))
+    watcher.join()
+
+    assert outcome.exit_code == 0, (outcome, lines)
+    values = dict(line.split(":\t") for line in lines if ":\t" in line)
+    capabilities = int(values["CapEff"], 16)
+    assert capabilities & (1 << 21) == 0  # no CAP_SYS_ADMIN
+    assert capabilities & (1 << 13) == 0  # no CAP_NET_RAW, which Docker grants by default
+    assert bin(capabilities).count("1") == len(KEPT_CAPABILITIES)
+    assert values["NoNewPrivs"].strip() == "1"
+    assert seen["Privileged"] is False and seen["NetworkMode"] == "none"
+    assert seen["CapDrop"] == ["ALL"] and seen["PidsLimit"] == 64 and seen["Memory"] == 256 * 1024 * 1024
+    assert not seen.get("Binds") and "no-new-privileges" in seen["SecurityOpt"]
+
+
+def test_a_worker_refuses_the_host_network():
+    from worker.errors import WorkerError
+    from worker.settings import WorkerSettings
+
+    with pytest.raises(WorkerError, match="host's"):
+        WorkerSettings(server="http://x", token="t", job_network="host")

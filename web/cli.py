@@ -109,18 +109,22 @@ def scheduler(loglevel: str) -> None:
 @click.option("--simulate-gpus", metavar="SPEC", help="Made-up GPUs for development and tests; shown as simulated.")
 @click.option("--slots", default=1, show_default=True, type=click.IntRange(1, 256), help="CPU ops run at once.")
 @click.option("--job-network", envvar="PEERGRID_JOB_NETWORK", default="bridge", show_default=True,
-              help='Network for job containers: "none" or a Docker network name.')
-def worker(server: str, token: str, name: str | None, simulate_gpus: str | None, slots: int, job_network: str) -> None:
+              help='Network for job containers: "none" (no outbound network) or a Docker network name; never "host".')
+@click.option("--job-memory-mb", type=click.IntRange(64), envvar="PEERGRID_JOB_MEMORY_MB", help="Memory limit per container.")
+@click.option("--job-cpus", type=click.FloatRange(0.1), envvar="PEERGRID_JOB_CPUS", help="CPU limit per container.")
+def worker(server: str, token: str, name: str | None, simulate_gpus: str | None, slots: int, job_network: str,
+           job_memory_mb: int | None, job_cpus: float | None) -> None:
     """Run the provider's agent: take offers and run them in Docker."""
     from worker.agent import Agent
     from worker.errors import WorkerError
     from worker.settings import WorkerSettings
 
     _logging()
-    settings = WorkerSettings.from_env(
-        server=server, token=token, name=name, simulate_gpus=simulate_gpus, slots=slots, job_network=job_network
-    )
     try:
+        settings = WorkerSettings.from_env(
+            server=server, token=token, name=name, simulate_gpus=simulate_gpus, slots=slots, job_network=job_network,
+            memory_limit_mb=job_memory_mb, cpu_limit=job_cpus,
+        )
         agent = Agent(settings)
     except WorkerError as e:
         _fail(str(e))

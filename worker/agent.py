@@ -20,7 +20,7 @@ from worker.capacity import Capacity
 from worker.errors import AttemptGone, ServerError, WorkerError
 from worker.gpus import Inventory, probe, simulated_inventory
 from worker.logs import LogShipper
-from worker.runtime import DockerRuntime, container_spec, volume_name
+from worker.runtime import DockerRuntime, Limits, container_spec, volume_name
 from worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -210,6 +210,9 @@ class Agent:
                 labels=labels,
                 gpus=attempt.get("gpus") or [],
                 simulated_gpus=self.inventory.simulated,
+                limits=Limits(
+                    pids=self.settings.pids_limit, memory_mb=self.settings.memory_limit_mb, cpus=self.settings.cpu_limit
+                ),
             )
             inputs = self._fetch_inputs(attempt, scratch, shipper)
             outcome = self.runtime.run(

@@ -20,6 +20,20 @@ log = logging.getLogger(__name__)
 LineSink = Callable[[str, str], None]  # (stream, text)
 
 
+# What a container keeps of Linux's capabilities: enough for images that install packages or drop to
+# another user in their entrypoint; nothing that reaches the host (no SYS_ADMIN, NET_ADMIN, NET_RAW...).
+KEPT_CAPABILITIES = ("CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "SETUID", "SETGID", "KILL")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one container may use of the node."""
+
+    pids: int = 4096
+    memory_mb: int | None = None
+    cpus: float | None = None
+
+
 @dataclass(frozen=True)
 class ContainerSpec:
     image: str
@@ -36,6 +50,9 @@ class ContainerSpec:
     # GPU UUIDs the container gets; simulated ones are only named in its environment.
     gpus: tuple[str, ...] = ()
     simulated_gpus: bool = False
+    limits: Limits = field(default_factory=Limits)
+    # Ports the op exposes: binding a low port is the one extra capability an op may need.
+    exposes_ports: bool = False
 
 
 def volume_name(job_id: int, name: str) -> str:
@@ -52,6 +69,7 @@ def container_spec(
     labels: dict[str, str] | None = None,
     gpus: list[str] | tuple[str, ...] = (),
     simulated_gpus: bool = False,
+    limits: Limits | None = None,
 ) -> ContainerSpec:
     """Translate an op's spec (Nosana args) into what Docker is asked to run.
 
@@ -91,6 +109,8 @@ def container_spec(
         volumes=volumes,
         gpus=tuple(gpus),
         simulated_gpus=simulated_gpus,
+        limits=limits or Limits(),
+        exposes_ports=bool(spec.get("expose")),
     )
 
 
@@ -261,7 +281,15 @@ class DockerRuntime:
                 detach=True,
                 tty=False,
                 stdin_open=False,
+                # Never privileged, never the host's network or namespaces, no host paths: only the
+                # job's own named volumes; every capability dropped but the few ops commonly need.
+                privileged=False,
                 security_opt=["no-new-privileges"],
+                cap_drop=["ALL"],
+                cap_add=list(KEPT_CAPABILITIES) + (["NET_BIND_SERVICE"] if spec.exposes_ports else []),
+                pids_limit=spec.limits.pids,
+                mem_limit=f"{spec.limits.memory_mb}m" if spec.limits.memory_mb else None,
+                nano_cpus=int(spec.limits.cpus * 1e9) if spec.limits.cpus else None,
                 device_requests=devices or None,
             )
         except (DockerException, OSError) as e:

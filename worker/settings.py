@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass
 from typing import Mapping
 
+from worker.errors import WorkerError
+
 
 @dataclass(frozen=True)
 class WorkerSettings:
@@ -25,6 +27,17 @@ class WorkerSettings:
     docker_host: str | None = None
     # Seconds a container gets to stop after SIGTERM before it is killed.
     stop_grace_s: int = 5
+    # Per-container limits: processes, memory (MB; None = no limit) and CPUs (None = no limit).
+    pids_limit: int = 4096
+    memory_limit_mb: int | None = None
+    cpu_limit: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.job_network in ("host",) or self.job_network.startswith("container:"):
+            raise WorkerError(
+                f"--job-network {self.job_network} would give jobs the host's (or another container's) network; "
+                'use "none", "bridge" or a network of your own.'
+            )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **given) -> "WorkerSettings":
@@ -35,5 +48,9 @@ class WorkerSettings:
             "job_network": env.get("PEERGRID_JOB_NETWORK", "bridge"),
             "docker_host": env.get("DOCKER_HOST") or None,
         }
+        if env.get("PEERGRID_JOB_MEMORY_MB"):
+            values["memory_limit_mb"] = int(env["PEERGRID_JOB_MEMORY_MB"])
+        if env.get("PEERGRID_JOB_CPUS"):
+            values["cpu_limit"] = float(env["PEERGRID_JOB_CPUS"])
         values.update({k: v for k, v in given.items() if v is not None})
         return cls(**values)
