@@ -256,3 +256,24 @@ def test_providers_register_nodes_on_the_page_and_remove_them(client, core):
     client.post(f"/nodes/{node_id}/remove", data={"csrf_token": csrf(page)})
     assert "rig-9" not in client.get("/nodes").get_data(as_text=True)
     assert client.post("/api/v1/node/register", json={}, headers=bearer(token)).status_code == 401
+
+
+def test_sign_in_is_rate_limited(client, core):
+    from web.dashboard import LOGIN_ATTEMPTS
+
+    LOGIN_ATTEMPTS._tries.clear()
+    factories.user(core, email="ann@example.com")
+    for _ in range(10):
+        assert sign_in(client, "ann@example.com", "wrong password").status_code == 401
+    blocked = sign_in(client, "ann@example.com")  # even the right password waits
+    assert blocked.status_code == 429 and "Too many sign-in attempts" in blocked.get_data(as_text=True)
+    LOGIN_ATTEMPTS._tries.clear()
+    assert sign_in(client, "ann@example.com").status_code == 302
+
+
+def test_pages_and_api_answers_carry_security_headers(client):
+    for response in (client.get("/login"), client.get("/api/v1/health")):
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+        assert response.headers["X-Frame-Options"] == "DENY"
+        assert "default-src 'self'" in response.headers["Content-Security-Policy"]
+    assert "onsubmit=" not in client.get("/login").get_data(as_text=True)

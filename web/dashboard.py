@@ -24,9 +24,12 @@ from scheduler.orchestration import cancel_job, extend_job
 from scheduler.states import ATTEMPT_HELD
 from scheduler.states import JobState
 from web.auth import check_csrf, csrf_token, session_user
+from web.ratelimit import Attempts
 from web.db import core, db
 
 bp = Blueprint("dashboard", __name__)
+# Ten failed tries per address and account every five minutes.
+LOGIN_ATTEMPTS = Attempts(limit=10, window_s=300)
 
 
 @bp.app_context_processor
@@ -65,11 +68,18 @@ def login():
     if request.method == "POST":
         check_csrf()
         email = request.form.get("email", "")
+        key = f"{request.remote_addr}|{email.strip().lower()}"
+        wait = LOGIN_ATTEMPTS.wait_needed(key)
+        if wait:
+            message = f"Too many sign-in attempts; try again in {int(wait) + 1} seconds."
+            return render_template("login.html", error=message, email=email), 429
         try:
             user = authenticate(db(), email, request.form.get("password", ""))
         except AuthenticationError as e:
+            LOGIN_ATTEMPTS.failed(key)
             error = str(e)
         else:
+            LOGIN_ATTEMPTS.succeeded(key)
             session.clear()
             session["user_id"] = user.id
             session.permanent = True
