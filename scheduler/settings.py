@@ -77,6 +77,8 @@ class Settings:
     min_payout: int = 1_000_000
     # Whether anyone may sign up on the dashboard (otherwise admins create accounts).
     allow_signup: bool = True
+    # Bearer token Prometheus sends to /metrics; without one, only loopback clients may scrape.
+    metrics_token: str | None = field(default=None, repr=False)
 
     @property
     def embedded(self) -> bool:
@@ -108,6 +110,7 @@ class Settings:
             max_artifact_bytes=_int(env, "PEERGRID_MAX_ARTIFACT_BYTES", 1024 * 1024 * 1024),
             min_payout=_credits(env, "PEERGRID_MIN_PAYOUT", 1_000_000),
             allow_signup=env.get("PEERGRID_ALLOW_SIGNUP", "true").strip().lower() not in ("0", "false", "no", "off"),
+            metrics_token=env.get("PEERGRID_METRICS_TOKEN") or None,
         )
         embedded = database_url.startswith("sqlite") and broker_url.startswith("sqla+sqlite")
         values["starter_credits"] = _credits(env, "PEERGRID_STARTER_CREDITS", 100_000_000 if embedded else 0)

@@ -36,7 +36,7 @@ def create_app(settings: Settings | None = None, *, core: Core | None = None) ->
     # Ids in URLs fit the store's 64-bit integers; a longer number is simply not found.
     app.url_map.converters["int"] = StoreId
 
-    from web import account_pages, admin_pages, api, dashboard, errors, submit_pages
+    from web import account_pages, admin_pages, api, dashboard, errors, metrics, submit_pages
 
     errors.init_app(app)
     app.register_blueprint(api.bp)
@@ -44,6 +44,7 @@ def create_app(settings: Settings | None = None, *, core: Core | None = None) ->
     app.register_blueprint(admin_pages.bp)
     app.register_blueprint(account_pages.bp)
     app.register_blueprint(submit_pages.bp)
+    app.register_blueprint(metrics.bp)
 
     @app.after_request
     def _commit(response):
