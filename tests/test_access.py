@@ -1,0 +1,171 @@
+"""Every route, called by every kind of caller: anonymous, the owner, another user, the owner's
+node, another node, and an admin. Each route declares its policy here; a new route without one fails."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import pytest
+
+from scheduler import ledger
+from scheduler.attempts import claim_attempt
+from scheduler.models import Attempt, Node, User
+from scheduler.nodes import NodeReport, register
+from tests import factories
+from tests.factories import PASSWORD, bearer, hello_world
+from web import create_app
+
+CALLERS = ("anon", "owner", "other", "node", "other_node", "admin")
+
+POLICY = {
+    "static": "public", "api.health": "public", "api.openapi": "public", "dashboard.login": "public",
+    "account.signup": "public", "metrics.metrics": "public",
+    "api.jobs_index": "api_user", "api.create_job": "api_user", "api.nodes_index": "api_user",
+    "api.nodes_create": "api_user", "api.markets_index": "api_user", "api.balance": "api_user",
+    "api.my_movements": "api_user", "api.payout_request": "api_user", "api.my_payouts": "api_user",
+    "api.job_show": "api_owned", "api.job_log_lines": "api_owned", "api.job_cancel": "api_owned",
+    "api.job_extend": "api_owned", "api.job_artifact_list": "api_owned", "api.job_artifact_download": "api_owned",
+    "api.nodes_drain": "api_owned",
+    "api.admin_books": "api_admin", "api.admin_grant": "api_admin", "api.admin_ledger": "api_admin",
+    "api.admin_ledger_csv": "api_admin", "api.markets_create": "api_admin", "api.markets_update": "api_admin",
+    "api.admin_payouts": "api_admin", "api.admin_payouts_csv": "api_admin", "api.admin_payout_approve": "api_admin",
+    "api.admin_payout_reject": "api_admin",
+    "api.node_register": "node_any", "api.node_heartbeat": "node_any",
+    "api.attempt_claim": "node_owned", "api.attempt_started": "node_owned", "api.attempt_logs": "node_owned",
+    "api.attempt_finished": "node_owned", "api.attempt_artifact": "node_owned", "api.attempt_input": "node_owned",
+    "dashboard.home": "page_user", "dashboard.jobs": "page_user", "dashboard.nodes": "page_user",
+    "dashboard.node_create": "page_user", "dashboard.credits_page": "page_user", "dashboard.payout_request": "page_user",
+    "dashboard.logout": "page_user", "account.account": "page_user", "account.token_create": "page_user",
+    "submit.submit_page": "page_user", "submit.submit_post": "page_user", "submit.submit_check": "page_user",
+    "dashboard.job": "page_owned", "dashboard.job_cancel": "page_owned", "dashboard.job_extend": "page_owned",
+    "dashboard.node_drain": "page_owned", "dashboard.node_remove": "page_owned", "account.token_revoke": "page_owned",
+    "admin.ledger_page": "page_admin", "admin.markets": "page_admin", "admin.market_create": "page_admin",
+    "admin.market_edit": "page_admin", "admin.node_ban": "page_admin", "admin.payout_queue": "page_admin",
+    "admin.payout_decide": "page_admin", "admin.users": "page_admin", "admin.grant": "page_admin",
+}
+
+
+def expected(policy: str, caller: str) -> str:
+    """What a caller must get: 'ok' (allowed; any answer but 401/403 and below 500), 'denied'
+    (401/403, or a redirect to sign in for pages), or 'hidden' (404, or 409 for another node's attempt)."""
+    if policy == "public":
+        return "ok"
+    if policy.startswith("api"):
+        if caller in ("anon", "node", "other_node"):
+            return "denied"
+        if policy == "api_admin":
+            return "ok" if caller == "admin" else "denied"
+        if policy == "api_owned" and caller == "other":
+            return "hidden"
+        return "ok"
+    if policy.startswith("node"):
+        if caller not in ("node", "other_node"):
+            return "denied"
+        return "hidden" if policy == "node_owned" and caller == "other_node" else "ok"
+    # dashboard pages: by session only; a bearer token is no session
+    if caller in ("anon", "node", "other_node"):
+        return "denied"
+    if policy == "page_admin":
+        return "ok" if caller == "admin" else "denied"
+    if policy == "page_owned" and caller == "other":
+        return "hidden"
+    return "ok"
+
+
+@dataclass
+class World:
+    app: object
+    tokens: dict
+    ids: dict
+
+
+def build_world(core) -> World:
+    owner_id, owner_token = factories.user(core, email="owner@example.com")
+    other_id, other_token = factories.user(core, email="other@example.com")
+    _, admin_token = factories.user(core, email="admin@example.com", admin=True)
+    app = create_app(core=core)
+    client = app.test_client()
+    job_id = client.post("/api/v1/jobs", json=hello_world("busybox"), headers=bearer(owner_token)).json["id"]
+    node_token = client.post("/api/v1/nodes", json={"name": "owners-node"}, headers=bearer(owner_token)).json["token"]
+    other_node_token = client.post("/api/v1/nodes", json={"name": "others-node"}, headers=bearer(other_token)).json["token"]
+    with core.transaction() as session:
+        owner = session.get(User, owner_id)
+        node = session.query(Node).filter_by(name="owners-node").one()
+        other_node = session.query(Node).filter_by(name="others-node").one()
+        register(session, node, NodeReport())
+        register(session, other_node, NodeReport())
+        attempt = session.query(Attempt).one()
+        claim_attempt(session, node, attempt.id)
+        ledger.post(session, "test:earn", "settle", [(ledger.account(session, ledger.K.ISSUANCE), -5_000_000),
+                                                     (ledger.account(session, ledger.K.EARNINGS, owner.id), 5_000_000)])
+        payout = ledger.request_payout(session, owner, 2_000_000, minimum=1)
+        ids = {"job_id": job_id, "attempt_id": attempt.id, "node_id": node.id, "payout_id": payout.id,
+               "user_id": other_id, "slug": "cpu", "op_key": "hello-world", "filename": "peergrid.css"}
+    tokens = {"owner": owner_token, "other": other_token, "admin": admin_token,
+              "node": node_token, "other_node": other_node_token}
+    ids["token_id"] = 1  # the owner's first API token, made by the factory
+    return World(app=app, tokens=tokens, ids=ids)
+
+
+def routes(app):
+    for rule in app.url_map.iter_rules():
+        for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
+            yield rule, method
+
+
+def test_every_route_has_a_policy(app):
+    missing = sorted({rule.endpoint for rule, _ in routes(app)} - set(POLICY))
+    assert not missing, f"routes without an access policy in tests/test_access.py: {missing}"
+
+
+def _call(world: World, rule, method: str, caller: str):
+    path = re.sub(r"<(?:\w+:)?(\w+)>", lambda m: str(world.ids[m.group(1)]), rule.rule)
+    client = world.app.test_client()
+    headers = {}
+    data = None
+    policy = POLICY[rule.endpoint]
+    if policy.startswith("page") and caller in ("owner", "other", "admin"):
+        email = {"owner": "owner@example.com", "other": "other@example.com", "admin": "admin@example.com"}[caller]
+        page = client.get("/login").get_data(as_text=True)
+        csrf = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+        client.post("/login", data={"email": email, "password": PASSWORD, "csrf_token": csrf})
+        # Signing in starts a new session, and with it a new CSRF token.
+        csrf = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/account").get_data(as_text=True)).group(1)
+        data = {"csrf_token": csrf, "minutes": "1", "name": "x", "credits": "1", "reason": "r", "reference": "r"}
+        headers["X-CSRF-Token"] = csrf
+    elif caller != "anon":
+        headers.update(bearer(world.tokens[caller]))
+    kwargs = {"headers": headers}
+    if method in ("POST", "PUT", "PATCH"):
+        if data is not None and rule.endpoint != "submit.submit_check":
+            kwargs["data"] = data
+        else:
+            kwargs["json"] = {"seconds": 60, "amount": 1_000_000, "reference": "r", "reason": "r", "name": "n",
+                              "email": "other@example.com", "lines": [], "exit_code": 0, "definition": "{}"}
+    return client.open(path, method=method, **kwargs)
+
+
+@pytest.mark.parametrize("endpoint", sorted(POLICY))
+def test_each_caller_gets_what_the_policy_says(core, endpoint):
+    world = build_world(core)
+    for rule, method in routes(world.app):
+        if rule.endpoint != endpoint:
+            continue
+        for caller in CALLERS:
+            response = _call(world, rule, method, caller)
+            status = response.status_code
+            want = expected(POLICY[endpoint], caller)
+            where = f"{method} {rule.rule} as {caller}: {status}"
+            assert status < 500, where
+            if want == "ok":
+                assert status not in (401, 403), where
+                if endpoint != "dashboard.logout":  # signing out sends one to the sign-in page, as it should
+                    assert not (status == 302 and "/login" in response.headers.get("Location", "")), where
+            elif want == "denied":
+                signed_out = status == 302 and "/login" in response.headers.get("Location", "")
+                assert status in (401, 403) or signed_out or (status == 400 and method != "GET"), where
+            else:
+                assert status in (404, 409), where
+            if caller in ("other", "node", "other_node", "anon") and status < 300 and "owner@example.com" in response.get_data(as_text=True):
+                raise AssertionError(f"{where} leaked the owner's data")
