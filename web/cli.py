@@ -25,7 +25,9 @@ def _fail(message: str, code: int = 1):
 
 
 def _logging(level: str = "INFO") -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from web.logformat import configure
+
+    configure(level, os.environ.get("PEERGRID_LOG_FORMAT", "text"))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

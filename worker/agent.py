@@ -176,7 +176,8 @@ class Agent:
     def _execute(self, run: Running) -> None:
         attempt = run.attempt
         attempt_id = attempt["id"]
-        log.info("running attempt %s (job %s, op %s)", attempt_id, attempt["job_id"], attempt["op"])
+        ids = {"job": attempt["job_id"], "op": attempt["op"], "attempt": attempt_id, "node": self.node.get("id")}
+        log.info("running attempt %s (job %s, op %s)", attempt_id, attempt["job_id"], attempt["op"], extra=ids)
         shipper = LogShipper(self.client, attempt_id, interval_s=self.settings.log_interval_s)
 
         def started() -> None:
@@ -256,9 +257,11 @@ class Agent:
         if error:
             shipper.add("system", f"[peergrid] {error}")
         shipper.close()
+        ids = {"job": run.attempt["job_id"], "op": run.attempt["op"], "attempt": attempt_id, "node": self.node.get("id")}
         if run.cancel.is_set() or shipper.gone.is_set():
-            log.info("attempt %s was taken back by the server; not reporting it", attempt_id)
+            log.info("attempt %s was taken back by the server; not reporting it", attempt_id, extra=ids)
             return
+        log.info("attempt %s ended: exit code %s%s", attempt_id, exit_code, f", {error}" if error else "", extra=ids)
         try:
             self.client.finished(attempt_id, exit_code=exit_code, error=error)
         except AttemptGone:
