@@ -143,9 +143,34 @@ def balances(session: Session, user_id: int) -> dict[str, int]:
     return {kind.value: rows.get(kind, 0) for kind in (K.AVAILABLE, K.ESCROW, K.EARNINGS, K.PAYOUT_PENDING)}
 
 
+def lock_funds(session: Session, user_id: int) -> None:
+    """Lock a person's available and escrow accounts, first and together.
+
+    Every transaction that moves a person's spendable credits (submit, extend, settle, release) takes
+    this lock before any other ledger row, so two of them can never wait on each other in a circle.
+    """
+    account(session, K.AVAILABLE, user_id)
+    account(session, K.ESCROW, user_id)
+    session.execute(
+        select(Account.id)
+        .where(Account.user_id == user_id, Account.kind.in_([K.AVAILABLE, K.ESCROW]))
+        .order_by(Account.id)
+        .with_for_update()
+    )
+
+
+def _lock_job_funds(session: Session, job: Job) -> None:
+    """Lock the owner's funds, then read the job's reservation as it stands now (another
+    transaction may have settled part of it while this one waited for the lock)."""
+    lock_funds(session, job.owner_id)
+    session.flush()
+    session.refresh(job, ["reserved", "cost"])
+
+
 def _available(session: Session, user_id: int) -> Account:
+    lock_funds(session, user_id)
     acct = account(session, K.AVAILABLE, user_id)
-    session.refresh(acct, ["balance"], with_for_update=True)
+    session.refresh(acct, ["balance"])
     return acct
 
 
@@ -206,6 +231,7 @@ def bill_attempt(session: Session, attempt: Attempt, *, end: datetime | None = N
     if attempt.started_at is None or attempt.node is None:
         attempt.cost_note = "Not billed: the container never started."
         return 0
+    _lock_job_funds(session, job)
     end = end or attempt.finished_at or utcnow()
     elapsed_ms = max(0, min(int((end - attempt.started_at).total_seconds() * 1000), op.timeout_s * 1000))
     units = len(attempt.gpus or []) if market.gpu_count else 1
@@ -237,6 +263,7 @@ def bill_attempt(session: Session, attempt: Attempt, *, end: datetime | None = N
 
 def release(session: Session, job: Job) -> int:
     """Return what is left of an ended job's reservation to its owner."""
+    _lock_job_funds(session, job)
     left = job.reserved
     if left <= 0:
         return 0

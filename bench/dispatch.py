@@ -1,0 +1,149 @@
+"""Dispatch: many trivial ops through peergrid (submit → offered → claimed → finished → settled)
+against raw Celery no-op tasks of the same count, on the same broker.
+
+    .venv/bin/python -m bench.dispatch [--ops 200] [--setup embedded|scaled|both]
+
+The ops run on worker agents whose container runtime returns at once, so this measures the control
+plane (API, store, broker, claims, reports, settlement), not Docker. Both sides get 8 concurrent slots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+from celery import Celery
+from celery.contrib.testing.worker import start_worker
+from sqlalchemy import create_engine, func, select, text
+
+from bench.latency import POSTGRES, REDIS
+from scheduler.models import Job
+from scheduler.states import JobState
+from tests import factories
+from tests.stack import Api, Stack
+from worker.agent import Agent
+from worker.gpus import Inventory
+from worker.runtime import Outcome
+from worker.settings import WorkerSettings
+
+SLOTS = 8
+
+
+class InstantRuntime:
+    """A container runtime whose containers start and exit 0 at once."""
+
+    def check(self):
+        return None
+
+    def remove_leftovers(self, labels):
+        return 0
+
+    def run(self, spec, on_line, *, on_started=lambda: None, **_):
+        on_started()
+        on_line("stdout", "done")
+        return Outcome(exit_code=0)
+
+
+def celery_baseline(broker_url: str, count: int) -> float:
+    app = Celery("bench", broker=broker_url, set_as_current=False)
+    app.conf.update(task_ignore_result=True, broker_connection_retry_on_startup=True, worker_hijack_root_logger=False,
+                    broker_transport_options={"polling_interval": 0.1} if not broker_url.startswith("sqla") else {})
+    done = threading.Event()
+    seen = []
+
+    @app.task(name="bench.noop")
+    def noop(i):
+        seen.append(i)
+        if len(seen) >= count:
+            done.set()
+
+    queue = f"bench-{uuid.uuid4().hex[:6]}"
+    app.conf.task_default_queue = queue
+    with start_worker(app, pool="threads", concurrency=SLOTS, perform_ping_check=False, shutdown_timeout=10, queues=[queue]):
+        began = time.monotonic()
+        for i in range(count):
+            noop.apply_async((i,), queue=queue)
+        done.wait(600)
+        return time.monotonic() - began
+
+
+def peergrid_run(stack: Stack, count: int) -> float:
+    _, node_token, _ = factories.node(stack.core, name="bench-node")
+    agent = Agent(
+        WorkerSettings(server=stack.url, token=node_token, slots=SLOTS, log_interval_s=0.05),
+        runtime=InstantRuntime(),
+        inventory=Inventory(gpus=(), message="bench"),
+    )
+    threading.Thread(target=agent.run, daemon=True).start()
+    _, token = factories.user(stack.core, credits=100_000)
+    api = Api(stack.url, token)
+    engine = create_engine(stack.settings.database_url)
+    time.sleep(2)  # let the agent register and start consuming
+    began = time.monotonic()
+    for _ in range(count):
+        response = api.post("/jobs", factories.hello_world("instant"))
+        assert response.status_code == 201, (response.status_code, response.text[:300], stack.logs()[-2000:])
+    with engine.connect() as conn:
+        while conn.execute(select(func.count()).select_from(Job).where(Job.state == JobState.SUCCEEDED)).scalar() < count:
+            time.sleep(0.05)
+        elapsed = time.monotonic() - began
+        settled = conn.execute(text("SELECT count(*) FROM ledger_transactions WHERE kind = 'settle'")).scalar()
+    assert settled == count, f"{settled} of {count} attempts settled"
+    agent.stop()
+    engine.dispose()
+    return elapsed
+
+
+def one_setup(setup: str, count: int) -> tuple[float, float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        drop = None
+        if setup == "embedded":
+            database_url, broker_url = f"sqlite:///{root / 'store.sqlite'}", f"sqla+sqlite:///{root / 'broker.sqlite'}"
+        else:
+            import redis
+            from sqlalchemy.engine import make_url
+
+            name = f"peergrid_bench_{uuid.uuid4().hex[:8]}"
+            admin = create_engine(POSTGRES, isolation_level="AUTOCOMMIT")
+            with admin.connect() as conn:
+                conn.execute(text(f'CREATE DATABASE "{name}"'))
+            database_url = make_url(POSTGRES).set(database=name).render_as_string(hide_password=False)
+            broker_url = REDIS
+            redis.Redis.from_url(REDIS).flushdb()
+
+            def drop():
+                with admin.connect() as conn:
+                    conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+        stack = Stack(root, database_url=database_url, broker_url=broker_url)
+        try:
+            stack.start_web()
+            ours = peergrid_run(stack, count)
+        finally:
+            stack.stop()
+            if drop:
+                drop()
+        baseline = celery_baseline(broker_url, count)
+        return ours, baseline
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ops", type=int, default=200)
+    parser.add_argument("--setup", choices=["embedded", "scaled", "both"], default="both")
+    args = parser.parse_args()
+    setups = ["embedded", "scaled"] if args.setup == "both" else [args.setup]
+    print(f"dispatch, {args.ops} trivial ops, {SLOTS} slots each side")
+    print(f"{'setup':10} {'peergrid s':>11} {'ops/s':>8} {'celery s':>9} {'tasks/s':>8} {'× celery':>9}")
+    for setup in setups:
+        ours, baseline = one_setup(setup, args.ops)
+        print(f"{setup:10} {ours:11.2f} {args.ops / ours:8.1f} {baseline:9.2f} {args.ops / baseline:8.1f} {ours / baseline:9.1f}")
+
+
+if __name__ == "__main__":
+    main()
