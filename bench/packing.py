@@ -1,0 +1,103 @@
+"""Packing: how much of a simulated cluster's GPU time is used while work waits.
+
+    .venv/bin/python -m bench.packing [--ops 40] [--seed 1]
+
+Three simulated nodes (4, 2 and 2 GPUs) take a mix of 1-, 2- and 4-GPU ops that sleep for 1 to 3
+seconds instead of running a container. The baseline is the ideal: all GPU-seconds of work spread
+perfectly over all GPUs (a lower bound on the makespan that no scheduler beats).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from sqlalchemy import create_engine, func, select
+
+from scheduler.models import Attempt, Job
+from scheduler.states import JobState
+from tests import factories
+from tests.stack import Api, Stack
+from worker.agent import Agent
+from worker.gpus import simulated_inventory
+from worker.runtime import Outcome
+from worker.settings import WorkerSettings
+
+NODES = {"four": "NVIDIA A100-SXM4-80GB:80x4", "two-a": "NVIDIA GeForce RTX 4090:24x2", "two-b": "NVIDIA GeForce RTX 4090:24x2"}
+
+
+class SleepRuntime:
+    """Runs an op by sleeping for the seconds its command names (`sleep N`)."""
+
+    def check(self):
+        return None
+
+    def remove_leftovers(self, labels):
+        return 0
+
+    def run(self, spec, on_line, *, on_started=lambda: None, **_):
+        on_started()
+        time.sleep(float(spec.command[-1].split()[-1]))
+        return Outcome(exit_code=0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ops", type=int, default=40)
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args()
+    rng = random.Random(args.seed)
+    mix = [(rng.choice([1, 1, 1, 2, 2, 4]), rng.choice([1.0, 1.5, 2.0, 3.0])) for _ in range(args.ops)]
+    total_gpus = 8
+    work = sum(gpus * seconds for gpus, seconds in mix)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        stack = Stack(root, database_url=f"sqlite:///{root / 'store.sqlite'}",
+                      broker_url=f"sqla+sqlite:///{root / 'broker.sqlite'}", extra_env={"PEERGRID_HEARTBEAT_INTERVAL": "1"})
+        agents = []
+        try:
+            stack.start_web()
+            for name, spec in NODES.items():
+                _, token, _ = factories.node(stack.core, name=name)
+                agent = Agent(WorkerSettings(server=stack.url, token=token, slots=1, log_interval_s=0.05),
+                              runtime=SleepRuntime(), inventory=simulated_inventory(spec, seed=name))
+                threading.Thread(target=agent.run, daemon=True).start()
+                agents.append(agent)
+            _, user_token = factories.user(stack.core, credits=100_000)
+            api = Api(stack.url, user_token)
+            time.sleep(2)
+            began = time.monotonic()
+            for gpus, seconds in mix:
+                doc = factories.hello_world("sim", cmd=f"sleep {seconds}")
+                doc["ops"][0]["args"]["gpu_count"] = gpus
+                assert api.post("/jobs", doc).status_code == 201
+            engine = create_engine(stack.settings.database_url)
+            with engine.connect() as conn:
+                while conn.execute(select(func.count()).select_from(Job).where(Job.state == JobState.SUCCEEDED)).scalar() < len(mix):
+                    time.sleep(0.1)
+                makespan = time.monotonic() - began
+                used = sum(
+                    len(gpus) * (end - start).total_seconds()
+                    for start, end, gpus in conn.execute(select(Attempt.started_at, Attempt.finished_at, Attempt.gpus))
+                )
+            engine.dispose()
+        finally:
+            for agent in agents:
+                agent.stop()
+            stack.stop()
+
+    ideal = work / total_gpus
+    print(f"packing, {len(mix)} ops of 1/2/4 GPUs lasting 1-3 s, on nodes of 4, 2 and 2 GPUs (seed {args.seed})")
+    print(f"{'what':30} {'makespan s':>11} {'GPU use':>8}")
+    print(f"{'ideal (work / GPUs)':30} {ideal:11.2f} {1.0:8.0%}")
+    print(f"{'peergrid':30} {makespan:11.2f} {used / (total_gpus * makespan):8.0%}")
+    print(f"ratio of makespans (peergrid / ideal): {makespan / ideal:.2f}")
+
+
+if __name__ == "__main__":
+    main()
