@@ -37,9 +37,18 @@ def stack(tmp_path_factory, sqlite_template, docker_client):
     stack = Stack(root, database_url=f"sqlite:///{db}", broker_url=f"sqla+sqlite:///{root / 'broker.sqlite'}")
     try:
         stack.start_web()
+        stack.start_scheduler()  # as `peergrid up` runs it: offers that go astray are made again
         yield stack
     finally:
         stack.stop()
+
+
+@pytest.fixture(autouse=True)
+def _logs_on_failure(request, stack):
+    yield
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        print(stack.logs())
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +122,10 @@ def test_submit_wait_status_and_logs(stack, user_env, tmp_path, test_image):
     job = tmp_path / "hello.json"
     job.write_text(json.dumps(factories.hello_world(test_image)))
 
-    submitted = peergrid("job", "submit", str(job), "--wait", env=user_env)
+    try:
+        submitted = peergrid("job", "submit", str(job), "--wait", env=user_env)
+    except subprocess.TimeoutExpired:
+        raise AssertionError("the job did not finish:\n" + stack.logs()) from None
     assert submitted.returncode == 0, submitted.stderr + stack.logs()
     job_id = submitted.stdout.strip()
     assert job_id.isdigit()

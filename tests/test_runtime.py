@@ -164,3 +164,24 @@ def test_a_worker_refuses_the_host_network():
 
     with pytest.raises(WorkerError, match="host's"):
         WorkerSettings(server="http://x", token="t", job_network="host")
+
+
+def test_the_offer_consumer_survives_an_unexpected_error():
+    """A failure inside the broker client is logged and the consumer is made again, not fatal."""
+    from kombu import Connection
+
+    from worker.broker import consume_offers
+
+    calls = {"n": 0}
+
+    class Flaky(Connection):
+        def drain_events(self, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == 1:
+                raise RuntimeError("UNIQUE constraint failed: kombu_queue.name")
+            raise TimeoutError  # a quiet broker (socket.timeout)
+
+    connection = Flaky("memory://")
+    consume_offers(connection, lambda: ["market.cpu"], lambda body, message: None, can_take=lambda: True,
+                   stopping=lambda: calls["n"] >= 3, idle_wait=lambda s: None)
+    assert calls["n"] >= 3

@@ -72,3 +72,9 @@ def consume_offers(
         except connection.connection_errors as e:
             log.warning("the broker is unreachable (%s); retrying", e)
             idle_wait(2.0)
+        except Exception:
+            # Anything else (say, two processes creating the same queue row in the SQL broker at once)
+            # must not end the worker: drop the channel and consume anew; the server re-offers.
+            log.exception("unexpected error while taking offers; starting the consumer again")
+            connection.collect()
+            idle_wait(2.0)
