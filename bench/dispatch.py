@@ -20,7 +20,7 @@ from celery import Celery
 from celery.contrib.testing.worker import start_worker
 from sqlalchemy import create_engine, func, select, text
 
-from bench.latency import POSTGRES, REDIS
+from bench.common import FakeRuntime, store_and_broker
 from scheduler.models import Job
 from scheduler.states import JobState
 from tests import factories
@@ -33,14 +33,8 @@ from worker.settings import WorkerSettings
 SLOTS = 8
 
 
-class InstantRuntime:
+class InstantRuntime(FakeRuntime):
     """A container runtime whose containers start and exit 0 at once."""
-
-    def check(self):
-        return None
-
-    def remove_leftovers(self, labels):
-        return 0
 
     def run(self, spec, on_line, *, on_started=lambda: None, **_):
         on_started()
@@ -101,34 +95,11 @@ def peergrid_run(stack: Stack, count: int) -> float:
 def one_setup(setup: str, count: int) -> tuple[float, float]:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        drop = None
-        if setup == "embedded":
-            database_url, broker_url = f"sqlite:///{root / 'store.sqlite'}", f"sqla+sqlite:///{root / 'broker.sqlite'}"
-        else:
-            import redis
-            from sqlalchemy.engine import make_url
-
-            name = f"peergrid_bench_{uuid.uuid4().hex[:8]}"
-            admin = create_engine(POSTGRES, isolation_level="AUTOCOMMIT")
-            with admin.connect() as conn:
-                conn.execute(text(f'CREATE DATABASE "{name}"'))
-            database_url = make_url(POSTGRES).set(database=name).render_as_string(hide_password=False)
-            broker_url = REDIS
-            redis.Redis.from_url(REDIS).flushdb()
-
-            def drop():
-                with admin.connect() as conn:
-                    conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-
-        stack = Stack(root, database_url=database_url, broker_url=broker_url)
-        try:
-            stack.start_web()
-            ours = peergrid_run(stack, count)
-        finally:
-            stack.stop()
-            if drop:
-                drop()
-        baseline = celery_baseline(broker_url, count)
+        with store_and_broker(setup, root) as (database_url, broker_url):
+            with Stack(root, database_url=database_url, broker_url=broker_url) as stack:
+                stack.start_web()
+                ours = peergrid_run(stack, count)
+            baseline = celery_baseline(broker_url, count)
         return ours, baseline
 
 

@@ -14,17 +14,13 @@ import statistics
 import subprocess
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
-from sqlalchemy import create_engine, text
-
+from bench.common import store_and_broker
 from tests import factories
 from tests.stack import Api, Stack
 
 IMAGE = os.environ.get("PEERGRID_TEST_IMAGE", "peergrid-test/busybox:latest")
-REDIS = os.environ.get("PEERGRID_TEST_REDIS_URL", "redis://127.0.0.1:6390/0")
-POSTGRES = os.environ.get("PEERGRID_TEST_POSTGRES_URL", "postgresql+psycopg://peergrid:peergrid@127.0.0.1:5432/postgres")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -43,27 +39,8 @@ def bare_docker(runs: int) -> list[float]:
 
 
 def through_peergrid(setup: str, runs: int, root: Path) -> list[float]:
-    if setup == "embedded":
-        database_url, broker_url, drop = f"sqlite:///{root / 'store.sqlite'}", f"sqla+sqlite:///{root / 'broker.sqlite'}", None
-    else:
-        name = f"peergrid_bench_{uuid.uuid4().hex[:8]}"
-        admin = create_engine(POSTGRES, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-        from sqlalchemy.engine import make_url
-
-        database_url = make_url(POSTGRES).set(database=name).render_as_string(hide_password=False)
-        broker_url = REDIS
-        import redis
-
-        redis.Redis.from_url(REDIS).flushdb()
-
-        def drop():
-            with admin.connect() as conn:
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-
-    stack = Stack(root, database_url=database_url, broker_url=broker_url)
-    try:
+    with store_and_broker(setup, root) as (database_url, broker_url), \
+            Stack(root, database_url=database_url, broker_url=broker_url) as stack:
         stack.start_web()
         _, node_token, _ = factories.node(stack.core, name="bench")
         stack.start_worker(node_token)
@@ -77,10 +54,6 @@ def through_peergrid(setup: str, runs: int, root: Path) -> list[float]:
             out.append(time.monotonic() - began)
             assert job["state"] == "succeeded", stack.logs()
         return out
-    finally:
-        stack.stop()
-        if drop:
-            drop()
 
 
 def main() -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, func, select
 
+from bench.common import FakeRuntime
 from scheduler.models import Attempt, Job
 from scheduler.states import JobState
 from tests import factories
@@ -30,14 +31,8 @@ from worker.settings import WorkerSettings
 NODES = {"four": "NVIDIA A100-SXM4-80GB:80x4", "two-a": "NVIDIA GeForce RTX 4090:24x2", "two-b": "NVIDIA GeForce RTX 4090:24x2"}
 
 
-class SleepRuntime:
+class SleepRuntime(FakeRuntime):
     """Runs an op by sleeping for the seconds its command names (`sleep N`)."""
-
-    def check(self):
-        return None
-
-    def remove_leftovers(self, labels):
-        return 0
 
     def run(self, spec, on_line, *, on_started=lambda: None, **_):
         on_started()

@@ -44,6 +44,15 @@ class Stack:
         self.core = Core.from_settings(self.settings)
         self.processes: list[tuple[str, subprocess.Popen, Path]] = []
 
+    def __enter__(self) -> "Stack":
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        """Stop everything; when setting up failed, first print what each process said."""
+        if error is not None:
+            print(self.logs())
+        self.stop()
+
     def spawn(self, name: str, *args: str, env: dict | None = None) -> subprocess.Popen:
         log = self.root / f"{name}.log"
         if log.exists():  # a restart keeps what the first run said

@@ -26,9 +26,8 @@ def live(tmp_path_factory, sqlite_template, docker_client, browser):
     root = tmp_path_factory.mktemp("browser")
     db = root / "store.sqlite"
     db.write_bytes(sqlite_template.read_bytes())
-    stack = Stack(root, database_url=f"sqlite:///{db}", broker_url=f"sqla+sqlite:///{root / 'broker.sqlite'}",
-                  extra_env={"PEERGRID_MIN_PAYOUT": "0.00001", "PEERGRID_HEARTBEAT_INTERVAL": "1"})
-    try:
+    with Stack(root, database_url=f"sqlite:///{db}", broker_url=f"sqla+sqlite:///{root / 'broker.sqlite'}",
+                  extra_env={"PEERGRID_MIN_PAYOUT": "0.00001", "PEERGRID_HEARTBEAT_INTERVAL": "1"}) as stack:
         stack.start_web()
         stack.start_scheduler()
         _, cpu_token, _ = factories.node(stack.core, name="cpu-box")
@@ -36,11 +35,6 @@ def live(tmp_path_factory, sqlite_template, docker_client, browser):
         factories.user(stack.core, email="admin@example.com", admin=True)
         stack.image = TEST_IMAGE
         yield stack
-    except BaseException:
-        print(stack.logs())
-        raise
-    finally:
-        stack.stop()
 
 
 def new_page(browser, width="laptop"):

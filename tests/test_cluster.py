@@ -24,20 +24,14 @@ def one_op(image: str, cmd: str, **args) -> dict:
 
 @pytest.fixture
 def cluster(tmp_path, sqlite_url, test_image):
-    stack = Stack(tmp_path, database_url=sqlite_url, broker_url=f"sqla+sqlite:///{tmp_path / 'broker.sqlite'}",
-                  extra_env={"PEERGRID_NODE_TIMEOUT": "3", "PEERGRID_HEARTBEAT_INTERVAL": "1"})
-    try:
+    with Stack(tmp_path, database_url=sqlite_url, broker_url=f"sqla+sqlite:///{tmp_path / 'broker.sqlite'}",
+                  extra_env={"PEERGRID_NODE_TIMEOUT": "3", "PEERGRID_HEARTBEAT_INTERVAL": "1"}) as stack:
         stack.start_web()
         stack.start_scheduler()
         admin_id, admin_token = factories.user(stack.core, admin=True)
         stack.admin = Api(stack.url, admin_token)
         stack.tokens = {}
         yield stack
-    except BaseException:
-        print(stack.logs())
-        raise
-    finally:
-        stack.stop()
         leftovers = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=peergrid.job"], capture_output=True,
                                    text=True).stdout.split()
         if leftovers:

@@ -30,9 +30,8 @@ def stack(request, tmp_path, test_image):
     else:
         database_url = request.getfixturevalue("postgres_url")
         broker_url = request.getfixturevalue("redis_url")
-    stack = Stack(tmp_path, database_url=database_url, broker_url=broker_url)
-    stack.kind = request.param
-    try:
+    with Stack(tmp_path, database_url=database_url, broker_url=broker_url) as stack:
+        stack.kind = request.param
         stack.start_web()
         stack.start_scheduler()
         _, node_token, _ = factories.node(stack.core, name="e2e-node")
@@ -40,11 +39,6 @@ def stack(request, tmp_path, test_image):
         _, token = factories.user(stack.core)
         stack.api = Api(stack.url, token)
         yield stack
-    except BaseException:
-        print(stack.logs())
-        raise
-    finally:
-        stack.stop()
 
 
 def nosana_hello(image: str) -> dict:

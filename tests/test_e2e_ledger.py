@@ -12,16 +12,10 @@ from tests.stack import Api, Stack
 
 @pytest.fixture
 def stack(tmp_path, sqlite_url, test_image):
-    stack = Stack(tmp_path, database_url=sqlite_url, broker_url=f"sqla+sqlite:///{tmp_path / 'broker.sqlite'}",
-                  extra_env={"PEERGRID_MIN_PAYOUT": "0.0001"})
-    try:
+    with Stack(tmp_path, database_url=sqlite_url, broker_url=f"sqla+sqlite:///{tmp_path / 'broker.sqlite'}",
+                  extra_env={"PEERGRID_MIN_PAYOUT": "0.0001"}) as stack:
         stack.start_web()
         yield stack
-    except BaseException:
-        print(stack.logs())
-        raise
-    finally:
-        stack.stop()
 
 
 def test_a_credit_from_grant_to_payout(stack, test_image):

@@ -1,0 +1,47 @@
+"""What the benchmarks share: the store and broker of each set-up, and runtimes that skip Docker."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+REDIS = os.environ.get("PEERGRID_TEST_REDIS_URL", "redis://127.0.0.1:6390/0")
+POSTGRES = os.environ.get("PEERGRID_TEST_POSTGRES_URL", "postgresql+psycopg://peergrid:peergrid@127.0.0.1:5432/postgres")
+
+
+@contextmanager
+def store_and_broker(setup: str, root: Path) -> Iterator[tuple[str, str]]:
+    """(database URL, broker URL) for `embedded` (SQLite files under root) or `scaled` (a fresh
+    PostgreSQL database, dropped afterwards, and an emptied Redis)."""
+    if setup == "embedded":
+        yield f"sqlite:///{root / 'store.sqlite'}", f"sqla+sqlite:///{root / 'broker.sqlite'}"
+        return
+    import redis
+
+    name = f"peergrid_bench_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(POSTGRES, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    redis.Redis.from_url(REDIS).flushdb()
+    try:
+        yield make_url(POSTGRES).set(database=name).render_as_string(hide_password=False), REDIS
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+class FakeRuntime:
+    """A container runtime for control-plane benchmarks: no Docker, nothing left behind."""
+
+    def check(self):
+        return None
+
+    def remove_leftovers(self, labels):
+        return 0
