@@ -82,35 +82,30 @@ class Marketplace(RuleBasedStateMachine):
         except ledger.InsufficientCredits:
             pass
 
-    def _queued(self, session):
-        return session.scalars(select(Attempt).where(Attempt.state == "queued").order_by(Attempt.id)).all()
+    def _start_one(self, session, data):
+        """Start a queued attempt on a random node (brought back online if the reaper took it); or None."""
+        queued = session.scalars(select(Attempt).where(Attempt.state == "queued").order_by(Attempt.id)).all()
+        if not queued:
+            return None, None
+        attempt = data.draw(st.sampled_from(queued))
+        node = session.get(Node, data.draw(st.sampled_from(self.nodes)))
+        if node.state.value == "offline":
+            register(session, node, NodeReport(slots=8), now=self.clock)
+        claim_attempt(session, node, attempt.id, now=self.clock)
+        start_attempt(session, node, attempt.id, now=self.clock)
+        return node, attempt
 
     @rule(data=st.data(), seconds=st.floats(0, 9000), code=st.sampled_from([0, 0, 1]))
     def run_one(self, data, seconds, code):
         with self.core.transaction() as session:
-            queued = self._queued(session)
-            if not queued:
-                return
-            attempt = data.draw(st.sampled_from(queued))
-            node = session.get(Node, data.draw(st.sampled_from(self.nodes)))
-            if node.state.value == "offline":
-                register(session, node, NodeReport(slots=8), now=self.clock)
-            claim_attempt(session, node, attempt.id, now=self.clock)
-            start_attempt(session, node, attempt.id, now=self.clock)
-            finish_attempt(session, node, attempt.id, exit_code=code, now=self.clock + timedelta(seconds=seconds))
+            node, attempt = self._start_one(session, data)
+            if attempt is not None:
+                finish_attempt(session, node, attempt.id, exit_code=code, now=self.clock + timedelta(seconds=seconds))
 
     @rule(data=st.data(), seconds=st.floats(0, 500))
     def start_one(self, data, seconds):
         with self.core.transaction() as session:
-            queued = self._queued(session)
-            if not queued:
-                return
-            attempt = data.draw(st.sampled_from(queued))
-            node = session.get(Node, data.draw(st.sampled_from(self.nodes)))
-            if node.state.value == "offline":
-                register(session, node, NodeReport(slots=8), now=self.clock)
-            claim_attempt(session, node, attempt.id, now=self.clock)
-            start_attempt(session, node, attempt.id, now=self.clock)
+            self._start_one(session, data)
         self.tick(seconds)
 
     @rule(data=st.data())
