@@ -139,6 +139,15 @@ def start_attempt(session: Session, node: Node, attempt_id: int, *, now: datetim
     return attempt
 
 
+@dataclass(frozen=True)
+class LogsStored:
+    """What became of a batch of log lines."""
+
+    stored: int
+    # The attempt's log reached its limit: the node should stop sending lines.
+    full: bool
+
+
 def append_logs(
     session: Session,
     node: Node,
@@ -146,29 +155,57 @@ def append_logs(
     records: list[LogRecord],
     *,
     max_line_chars: int,
+    max_bytes: int,
     now: datetime | None = None,
-) -> int:
-    """Store log lines in sequence order, ignoring any already stored; return how many were new."""
+) -> LogsStored:
+    """Store log lines in sequence order, ignoring any already stored, until the attempt's log
+    holds max_bytes; then store one line saying so and discard the rest.
+    """
     now = now or utcnow()
     attempt = held_attempt(session, node, attempt_id)
     fresh = sorted((r for r in records if r.seq > attempt.last_log_seq), key=lambda r: r.seq)
-    if not fresh:
-        return 0
+    if not fresh or attempt.log_full:
+        return LogsStored(0, attempt.log_full)
     op = attempt.op
-    session.add_all(
-        LogLine(
-            job_id=op.job_id,
-            op_id=op.id,
-            attempt_id=attempt.id,
-            seq=r.seq,
-            stream=r.stream if r.stream in STREAMS else "stdout",
-            text=r.text if len(r.text) <= max_line_chars else r.text[:max_line_chars] + " […cut]",
-            logged_at=now,
+    stored = 0
+    for r in fresh:
+        stream = r.stream if r.stream in STREAMS else "stdout"
+        text = r.text if len(r.text) <= max_line_chars else r.text[:max_line_chars] + " […cut]"
+        size = _utf8_size(text)
+        if attempt.log_bytes + size > max_bytes:
+            # The op is not failed for talking too much: it may still do its work and succeed.
+            stream, text = "system", (
+                f"[peergrid] The log of this attempt passed the {_size(max_bytes)} limit; "
+                "later lines were discarded. The op keeps running."
+            )
+            size = _utf8_size(text)
+            attempt.log_full = True
+            events.record(
+                session, op.job_id, "log_full", f"{op.key}: {text.removeprefix('[peergrid] ')}", attempt=attempt, now=now
+            )
+        session.add(
+            LogLine(
+                job_id=op.job_id, op_id=op.id, attempt_id=attempt.id, seq=r.seq, stream=stream, text=text, logged_at=now
+            )
         )
-        for r in fresh
-    )
+        attempt.log_bytes += size
+        stored += 1
+        if attempt.log_full:
+            break
     attempt.last_log_seq = fresh[-1].seq
-    return len(fresh)
+    return LogsStored(stored, attempt.log_full)
+
+
+def _utf8_size(text: str) -> int:
+    return len(text.encode("utf-8", errors="replace"))
+
+
+def _size(n: int) -> str:
+    """A byte count as people write limits: 16 MB, 64 KB or 100 bytes."""
+    for unit, scale in (("MB", 1024 * 1024), ("KB", 1024)):
+        if n >= scale and n % scale == 0:
+            return f"{n // scale} {unit}"
+    return f"{n} bytes"
 
 
 def attempt_lines(session: Session, attempt: Attempt) -> list[tuple[str, str]]:

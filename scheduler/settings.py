@@ -67,6 +67,8 @@ class Settings:
     timeout_grace_s: float = 60.0
     max_log_line_chars: int = 16_384
     max_log_batch_lines: int = 5_000
+    # What an attempt's stored log may hold, in bytes of UTF-8; past it, lines are discarded.
+    max_log_bytes_per_attempt: int = 16 * 1024 * 1024
     # Largest request body the API accepts.
     max_body_bytes: int = 4 * 1024 * 1024
     # Largest output archive an op may upload.
@@ -108,6 +110,7 @@ class Settings:
             timeout_grace_s=_float(env, "PEERGRID_TIMEOUT_GRACE", 60.0),
             max_body_bytes=_int(env, "PEERGRID_MAX_BODY_BYTES", 4 * 1024 * 1024),
             max_artifact_bytes=_int(env, "PEERGRID_MAX_ARTIFACT_BYTES", 1024 * 1024 * 1024),
+            max_log_bytes_per_attempt=_int(env, "PEERGRID_MAX_LOG_BYTES_PER_ATTEMPT", 16 * 1024 * 1024),
             min_payout=_credits(env, "PEERGRID_MIN_PAYOUT", 1_000_000),
             allow_signup=env.get("PEERGRID_ALLOW_SIGNUP", "true").strip().lower() not in ("0", "false", "no", "off"),
             metrics_token=env.get("PEERGRID_METRICS_TOKEN") or None,
@@ -115,6 +118,8 @@ class Settings:
         embedded = database_url.startswith("sqlite") and broker_url.startswith("sqla+sqlite")
         values["starter_credits"] = _credits(env, "PEERGRID_STARTER_CREDITS", 100_000_000 if embedded else 0)
         values.update(overrides)
+        if values["max_log_bytes_per_attempt"] < 1:
+            raise ConfigurationError("PEERGRID_MAX_LOG_BYTES_PER_ATTEMPT must be 1 or more.")
         settings = cls(**values)
         if not settings.secret_key:
             settings = replace(settings, secret_key=_local_secret(settings.data_dir))

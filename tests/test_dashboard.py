@@ -53,7 +53,8 @@ def test_a_signed_in_user_sees_their_jobs_and_a_jobs_logs(client, core):
         attempt = session.query(Attempt).one()
         claim_attempt(session, node, attempt.id)
         start_attempt(session, node, attempt.id)
-        append_logs(session, node, attempt.id, [LogRecord(1, "stdout", "hello <world>")], max_line_chars=100)
+        append_logs(session, node, attempt.id, [LogRecord(1, "stdout", "hello <world>")], max_line_chars=100,
+                    max_bytes=10_000)
         finish_attempt(session, node, attempt.id, exit_code=0)
 
     response = sign_in(client, "ann@example.com")

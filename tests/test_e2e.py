@@ -5,9 +5,11 @@ Run twice: embedded (SQLite and the SQL broker) and scaled (PostgreSQL and Redis
 
 from __future__ import annotations
 
+import io
 import json
 import statistics
 import subprocess
+import tarfile
 import time
 from pathlib import Path
 
@@ -135,3 +137,37 @@ def test_cancel_stops_a_running_container(stack, test_image):
         time.sleep(0.2)
     assert not running, "the container should be stopped after cancel"
     assert api.get(f"/jobs/{job_id}")["state"] == "cancelled"
+
+
+def test_an_op_that_floods_its_log_is_cut_off_and_keeps_running(tmp_path, sqlite_url, test_image):
+    """Given a 64 KB log limit, when an op prints megabytes and then writes its output, then its
+    stored log ends with one line saying so and holds no more than the limit and that line, and
+    the op runs to its end and succeeds."""
+    limit = 64 * 1024
+    broker_url = f"sqla+sqlite:///{tmp_path / 'broker.sqlite'}"
+    with Stack(tmp_path, database_url=sqlite_url, broker_url=broker_url,
+               extra_env={"PEERGRID_MAX_LOG_BYTES_PER_ATTEMPT": str(limit)}) as stack:
+        stack.start_web()
+        stack.start_scheduler()
+        _, node_token, _ = factories.node(stack.core, name="flood-node")
+        stack.start_worker(node_token)
+        _, token = factories.user(stack.core)
+        api = Api(stack.url, token)
+        flood = hello_world(test_image, cmd="yes 0123456789abcdef0123456789abcdef | head -n 200000; echo survived > /out/end")
+        flood["ops"][0]["args"]["output"] = "/out"
+
+        job = api.wait(api.post("/jobs", flood).json()["id"])
+
+        assert job["state"] == "succeeded", stack.logs()
+        lines = api.get(f"/jobs/{job['id']}/logs")["lines"]
+        last = lines[-1]
+        assert last["stream"] == "system"
+        assert last["text"] == (
+            "[peergrid] The log of this attempt passed the 64 KB limit; later lines were discarded. The op keeps running."
+        )
+        assert {line["text"] for line in lines[:-1]} == {"0123456789abcdef0123456789abcdef"}
+        assert sum(len(line["text"].encode()) for line in lines) <= limit + len(last["text"].encode())
+        archive = api.http.get(stack.url + f"/api/v1/jobs/{job['id']}/artifacts/hello-world", timeout=10)
+        with tarfile.open(fileobj=io.BytesIO(archive.content)) as tar:
+            assert b"survived" in next(tar.extractfile(m).read() for m in tar.getmembers() if m.name.endswith("end"))
+        assert "reached the server's limit; discarding its further output" in stack.logs()

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import threading
+from contextlib import contextmanager
 
 import pytest
 
 from scheduler.attempts import claim_attempt
 from scheduler.core import Core
 from scheduler.errors import Conflict
-from scheduler.models import Node
+from scheduler.models import Attempt, Node
 from scheduler.settings import Settings
 from tests import factories
 from tests.factories import bearer, hello_world
@@ -166,18 +167,26 @@ def test_heartbeats_keep_the_gpu_inventory(client, core, provider):
         assert node.simulated and node.last_heartbeat_at is not None
 
 
-def test_exactly_one_of_many_concurrent_claimants_wins(database_url, tmp_path):
-    """Given one queued attempt and eight nodes, when all claim at once, then one wins."""
+@contextmanager
+def served(database_url: str, tmp_path, **env: str):
+    """Yield a core and a test client of an app on database_url, with extra PEERGRID_* settings."""
     settings = Settings.from_env(
         {"PEERGRID_DATABASE_URL": database_url, "PEERGRID_BROKER_URL": f"sqla+sqlite:///{tmp_path}/b.sqlite",
-         "PEERGRID_SECRET_KEY": "x"},
+         "PEERGRID_SECRET_KEY": "x", **env},
         data_dir=tmp_path,
     )
     core = Core.from_settings(settings)
     try:
         from web import create_app
 
-        client = create_app(core=core).test_client()
+        yield core, create_app(core=core).test_client()
+    finally:
+        core.close()
+
+
+def test_exactly_one_of_many_concurrent_claimants_wins(database_url, tmp_path):
+    """Given one queued attempt and eight nodes, when all claim at once, then one wins."""
+    with served(database_url, tmp_path) as (core, client):
         _, token = factories.user(core)
         attempt_id = first_attempt(submit(client, token))
         nodes = [registered(client, core)[0] for _ in range(8)]
@@ -208,8 +217,45 @@ def test_exactly_one_of_many_concurrent_claimants_wins(database_url, tmp_path):
         job = client.get("/api/v1/jobs", headers=bearer(token)).json["jobs"][0]
         attempt = client.get(f"/api/v1/jobs/{job['id']}", headers=bearer(token)).json["ops"][0]["attempts"][0]
         assert attempt["state"] == "claimed" and attempt["node"]["id"] == winners[0]
-    finally:
-        core.close()
+
+
+def test_an_attempts_log_stops_at_its_limit_with_one_line_saying_so(database_url, tmp_path):
+    """Given a 100-byte log limit, when a running op prints past it, then one line says so, the
+    rest is discarded, the node is told, and the op still ends as its container does."""
+    with served(database_url, tmp_path, PEERGRID_MAX_LOG_BYTES_PER_ATTEMPT="100") as (core, client):
+        _, token = factories.user(core)
+        job = submit(client, token)
+        attempt_id = first_attempt(job)
+        node = bearer(registered(client, core)[1])
+        client.post(f"/api/v1/node/attempts/{attempt_id}/claim", headers=node)
+        client.post(f"/api/v1/node/attempts/{attempt_id}/started", headers=node)
+        logs = f"/api/v1/node/attempts/{attempt_id}/logs"
+
+        def line(seq: int) -> dict:
+            return {"seq": seq, "stream": "stdout", "text": f"{seq:02d}" + "é" * 19}  # 40 bytes of UTF-8
+
+        assert client.post(logs, json={"lines": [line(1)]}, headers=node).json == {"stored": 1}
+        # 40 + 40 fit in 100 bytes; the third line does not, and a line saying so takes its place.
+        crossing = client.post(logs, json={"lines": [line(2), line(3), line(4)]}, headers=node)
+        assert crossing.json == {"stored": 2, "log_full": True}
+        later = client.post(logs, json={"lines": [line(5), line(6)]}, headers=node)
+        assert later.status_code == 200 and later.json == {"stored": 0, "log_full": True}
+        done = client.post(f"/api/v1/node/attempts/{attempt_id}/finished", json={"exit_code": 0}, headers=node)
+        assert done.json["state"] == "succeeded"
+
+        stored = client.get(f"/api/v1/jobs/{job['id']}/logs", headers=bearer(token)).json["lines"]
+        assert [line["text"] for line in stored[:2]] == [line(1)["text"], line(2)["text"]]
+        assert len(stored) == 3 and stored[-1]["stream"] == "system"
+        assert stored[-1]["text"] == (
+            "[peergrid] The log of this attempt passed the 100 bytes limit; later lines were discarded. "
+            "The op keeps running."
+        )
+        body = client.get(f"/api/v1/jobs/{job['id']}", headers=bearer(token)).json
+        assert body["state"] == "succeeded"
+        assert [e["kind"] for e in body["events"]].count("log_full") == 1
+        with core.transaction() as session:
+            attempt = session.get(Attempt, attempt_id)
+            assert attempt.log_full and attempt.log_bytes == 80 + len(stored[-1]["text"].encode())
 
 
 def test_an_output_over_the_limit_is_refused_with_a_clear_message(client, core, provider, app):

@@ -68,3 +68,12 @@ def test_a_new_account_gets_the_starter_grant(core):
     with core.transaction() as session:
         user = create_user(session, "new@example.com", "password1", starter_credits=core.settings.starter_credits)
         assert ledger.balances(session, user.id)["available"] == 100_000_000
+
+
+def test_the_log_limit_per_attempt_is_read_and_must_be_positive(tmp_path):
+    default = Settings.from_env({"PEERGRID_DATA_DIR": str(tmp_path)})
+    chosen = Settings.from_env({"PEERGRID_DATA_DIR": str(tmp_path), "PEERGRID_MAX_LOG_BYTES_PER_ATTEMPT": "65536"})
+    assert default.max_log_bytes_per_attempt == 16 * 1024 * 1024
+    assert chosen.max_log_bytes_per_attempt == 65536
+    with pytest.raises(ConfigurationError, match="PEERGRID_MAX_LOG_BYTES_PER_ATTEMPT"):
+        Settings.from_env({"PEERGRID_DATA_DIR": str(tmp_path), "PEERGRID_MAX_LOG_BYTES_PER_ATTEMPT": "0"})

@@ -55,8 +55,8 @@ class NodeClient:
     def started(self, attempt_id: int) -> None:
         self._post(f"/attempts/{attempt_id}/started")
 
-    def logs(self, attempt_id: int, lines: list[dict]) -> None:
-        self._post(f"/attempts/{attempt_id}/logs", {"lines": lines})
+    def logs(self, attempt_id: int, lines: list[dict]) -> dict[str, Any]:
+        return self._post(f"/attempts/{attempt_id}/logs", {"lines": lines})
 
     def finished(self, attempt_id: int, *, exit_code: int | None, error: str | None = None) -> None:
         self._post(f"/attempts/{attempt_id}/finished", {"exit_code": exit_code, "error": error}, retries=8)

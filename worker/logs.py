@@ -29,10 +29,15 @@ class LogShipper:
         self._closing = False
         # Set when the server says the attempt is no longer ours: the run must stop.
         self.gone = threading.Event()
+        # Set when the server says the attempt's log is at its limit: later lines are discarded here.
+        self.full = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"logs-{attempt_id}", daemon=True)
         self._thread.start()
 
     def add(self, stream: str, text: str) -> None:
+        if self.full.is_set():
+            # The container's output is still read, so it never blocks on a full pipe, but goes nowhere.
+            return
         with self._lock:
             self._seq += 1
             self._lines.append({"seq": self._seq, "stream": stream, "text": text})
@@ -56,7 +61,7 @@ class LogShipper:
                 return
 
     def _flush(self) -> None:
-        while not self.gone.is_set():
+        while not (self.gone.is_set() or self.full.is_set()):
             with self._lock:
                 if self._dropped:
                     self._seq += 1
@@ -67,7 +72,7 @@ class LogShipper:
             if not batch:
                 return
             try:
-                self.client.logs(self.attempt_id, batch)
+                answer = self.client.logs(self.attempt_id, batch)
             except AttemptGone:
                 self.gone.set()
                 return
@@ -77,3 +82,10 @@ class LogShipper:
             with self._lock:
                 for _ in range(len(batch)):
                     self._lines.popleft()
+                if answer.get("log_full"):
+                    self.full.set()
+                    self._lines.clear()
+            if self.full.is_set():
+                log.info("the log of attempt %s reached the server's limit; discarding its further output",
+                         self.attempt_id, extra={"attempt": self.attempt_id})
+                return

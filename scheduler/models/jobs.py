@@ -108,6 +108,10 @@ class Attempt(Base):
     cost_note: Mapped[str | None] = mapped_column(Text)
     # Highest log sequence number received, so a re-sent batch is not stored twice.
     last_log_seq: Mapped[int] = mapped_column(default=0)
+    # Bytes of log text stored for it (UTF-8), counted against the per-attempt limit.
+    log_bytes: Mapped[int] = mapped_column(default=0)
+    # Set once its log reached that limit: later lines are discarded.
+    log_full: Mapped[bool] = mapped_column(default=False)
 
     op: Mapped[Op] = relationship(back_populates="attempts")
     node: Mapped[Node | None] = relationship()

@@ -170,8 +170,14 @@ def attempt_logs(attempt_id: int):
         if not isinstance(line, dict) or not isinstance(line.get("text"), str):
             raise PeergridError(f"lines[{i}] needs a text.")
         records.append(LogRecord(seq=_int(line.get("seq"), f"lines[{i}].seq", low=1), stream=str(line.get("stream", "stdout")), text=line["text"]))
-    stored = append_logs(db(), node, attempt_id, records, max_line_chars=settings.max_log_line_chars)
-    return jsonify({"stored": stored})
+    outcome = append_logs(
+        db(), node, attempt_id, records,
+        max_line_chars=settings.max_log_line_chars, max_bytes=settings.max_log_bytes_per_attempt,
+    )
+    answer: dict[str, Any] = {"stored": outcome.stored}
+    if outcome.full:
+        answer["log_full"] = True
+    return jsonify(answer)
 
 
 @bp.post("/node/attempts/<int:attempt_id>/finished")

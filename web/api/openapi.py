@@ -136,7 +136,9 @@ def spec() -> dict:
             "/node/attempts/{attempt_id}/started": {"post": _op("The container started", _json(OBJ), 401, 403, 404, 409,
                                                                 security=NODE, params=[attempt_id])},
             "/node/attempts/{attempt_id}/logs": {"post": _op(
-                "A batch of log lines", _json(OBJ), 400, 401, 403, 404, 409, security=NODE, params=[attempt_id],
+                "A batch of log lines; log_full says the attempt's log reached its limit and later lines are discarded",
+                _json({"type": "object", "required": ["stored"], "properties": {
+                    "stored": {"type": "integer"}, "log_full": {"type": "boolean"}}}), 400, 401, 403, 404, 409, security=NODE, params=[attempt_id],
                 body={"type": "object", "required": ["lines"], "properties": {"lines": {"type": "array", "items": {
                     "type": "object", "required": ["seq", "text"], "properties": {
                         "seq": {"type": "integer"}, "stream": {"type": "string"}, "text": {"type": "string"}}}}}})},
