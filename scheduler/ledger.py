@@ -12,9 +12,10 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, inspect, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from scheduler.errors import Conflict, NotFound, PeergridError
 from scheduler.models import (
@@ -72,9 +73,17 @@ def account(session: Session, kind: AccountKind, user_id: int | None = None) -> 
     """The account of that kind (a user's, or the platform's), made on first use."""
     if (kind in (K.ISSUANCE, K.FEES, K.PAID_OUT)) != (user_id is None):
         raise ValueError(f"{kind.value} accounts belong to {'the platform' if user_id is None else 'a user'}")
+    # Account rows never vanish, so a session keeps those it has read: a submit or a settlement asks
+    # for the same accounts several times. (One made in a transaction that rolled back is no longer
+    # persistent, and is read again.)
+    known = session.info.setdefault("ledger_accounts", {})
+    found = known.get((kind, user_id))
+    if found is not None and inspect(found).persistent:
+        return found
     query = select(Account).where(Account.kind == kind, Account.user_id.is_(None) if user_id is None else Account.user_id == user_id)
     found = session.scalar(query)
     if found is not None:
+        known[kind, user_id] = found
         return found
     try:
         with session.begin_nested():
@@ -120,12 +129,13 @@ def post(
             # Lock the accounts in a fixed order, so two movements never wait on each other in a circle.
             ids = sorted({acct.id for acct, _ in entries})
             session.execute(select(Account.id).where(Account.id.in_(ids)).order_by(Account.id).with_for_update())
+            session.add_all(Posting(transaction_id=txn.id, account_id=acct.id, amount=amount) for acct, amount in entries)
             for acct, amount in sorted(entries, key=lambda e: e[0].id):
-                session.add(Posting(transaction_id=txn.id, account_id=acct.id, amount=amount))
-                session.execute(
+                balance = session.execute(
                     update(Account).where(Account.id == acct.id).values(balance=Account.balance + amount)
-                    .execution_options(synchronize_session=False)
-                )
+                    .returning(Account.balance).execution_options(synchronize_session=False)
+                ).scalar_one()
+                set_committed_value(acct, "balance", balance)
             session.flush()
     except IntegrityError:
         # Either a concurrent caller posted this event first (then it is done), or an account
@@ -133,8 +143,6 @@ def post(
         if session.scalar(select(LedgerTransaction.id).where(LedgerTransaction.key == key)) is not None:
             return None
         raise
-    for acct, _ in entries:
-        session.refresh(acct, ["balance"])
     return txn
 
 
@@ -149,14 +157,16 @@ def lock_funds(session: Session, user_id: int) -> None:
     Every transaction that moves a person's spendable credits (submit, extend, settle, release) takes
     this lock before any other ledger row, so two of them can never wait on each other in a circle.
     """
-    account(session, K.AVAILABLE, user_id)
-    account(session, K.ESCROW, user_id)
-    session.execute(
-        select(Account.id)
+    held = {a.id: a for a in (account(session, K.AVAILABLE, user_id), account(session, K.ESCROW, user_id))}
+    locked = session.execute(
+        select(Account.id, Account.balance)
         .where(Account.user_id == user_id, Account.kind.in_([K.AVAILABLE, K.ESCROW]))
         .order_by(Account.id)
         .with_for_update()
     )
+    # The balances as they stand once locked, which later reads in this transaction can trust.
+    for account_id, balance in locked:
+        set_committed_value(held[account_id], "balance", balance)
 
 
 def _lock_job_funds(session: Session, job: Job) -> None:
@@ -169,9 +179,7 @@ def _lock_job_funds(session: Session, job: Job) -> None:
 
 def _available(session: Session, user_id: int) -> Account:
     lock_funds(session, user_id)
-    acct = account(session, K.AVAILABLE, user_id)
-    session.refresh(acct, ["balance"])
-    return acct
+    return account(session, K.AVAILABLE, user_id)
 
 
 # -- credits in ----------------------------------------------------------------------------

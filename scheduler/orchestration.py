@@ -66,10 +66,11 @@ def create_job(
                 state=OpState.PENDING,
                 timeout_s=timeout,
                 max_attempts=op_def.max_attempts,
+                attempts=[],
             )
         )
-    session.flush()
     job.max_cost = max_cost(job)
+    session.flush()
     ledger.escrow(session, job, job.max_cost, key=f"escrow:job:{job.id}", what="This job at its longest")
     events.record(
         session, job, "submitted",
@@ -207,7 +208,8 @@ def pinned_node_id(op: Op) -> int | None:
 
 def new_attempt(session: Session, op: Op, *, now: datetime | None = None) -> Attempt:
     """Create the op's next attempt and stage its offer for after the commit."""
-    attempt = Attempt(op=op, number=len(op.attempts) + 1, created_at=now or utcnow())
+    now = now or utcnow()
+    attempt = Attempt(op=op, number=len(op.attempts) + 1, created_at=now, offered_at=now)
     session.add(attempt)
     session.flush()
     offers.stage(session, attempt, now=now, node_id=pinned_node_id(op))

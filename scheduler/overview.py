@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import func, or_, select
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session
 
-from scheduler.models import Attempt, Market, Node, Op
+from scheduler.models import Attempt, Market, Node, NodeGpu, Op
 from scheduler.states import AttemptState, NodeState, utcnow
 
 LIVE = (NodeState.ONLINE, NodeState.BUSY, NodeState.DRAINING)
@@ -24,22 +23,19 @@ class Capacity:
 
 
 def capacity_online(session: Session) -> tuple[list[Capacity], int]:
-    """GPUs on live nodes by model, and how many live nodes have none."""
-    nodes = session.scalars(
-        select(Node).options(selectinload(Node.gpus)).where(Node.state.in_(LIVE), Node.removed_at.is_(None))
+    """GPUs on live nodes by model, and how many live nodes have none: counted by the store."""
+    live = (Node.state.in_(LIVE), Node.removed_at.is_(None))
+    rows = session.execute(
+        select(NodeGpu.name, Node.simulated, func.count(NodeGpu.id), func.count(func.distinct(Node.id)))
+        .join(Node, Node.id == NodeGpu.node_id)
+        .where(*live)
+        .group_by(NodeGpu.name, Node.simulated)
+        .order_by(func.count(NodeGpu.id).desc(), NodeGpu.name)
     ).all()
-    gpus: Counter = Counter()
-    holders: dict[tuple[str, bool], set[int]] = {}
-    cpu_only = 0
-    for node in nodes:
-        if not node.gpus:
-            cpu_only += 1
-        for gpu in node.gpus:
-            key = (gpu.name, node.simulated)
-            gpus[key] += 1
-            holders.setdefault(key, set()).add(node.id)
-    rows = [Capacity(model, count, len(holders[(model, sim)]), sim) for (model, sim), count in gpus.most_common()]
-    return rows, cpu_only
+    cpu_only = session.scalar(
+        select(func.count(Node.id)).where(*live, ~select(NodeGpu.id).where(NodeGpu.node_id == Node.id).exists())
+    ) or 0
+    return [Capacity(model, gpus, nodes, simulated) for model, simulated, gpus, nodes in rows], cpu_only
 
 
 def queue_depth(session: Session) -> list[tuple[Market, int, int]]:
