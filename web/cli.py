@@ -114,8 +114,10 @@ def scheduler(loglevel: str) -> None:
               help='Network for job containers: "none" (no outbound network) or a Docker network name; never "host".')
 @click.option("--job-memory-mb", type=click.IntRange(64), envvar="PEERGRID_JOB_MEMORY_MB", help="Memory limit per container.")
 @click.option("--job-cpus", type=click.FloatRange(0.1), envvar="PEERGRID_JOB_CPUS", help="CPU limit per container.")
+@click.option("--events/--no-events", envvar="PEERGRID_WORKER_EVENTS", default=True, show_default=True,
+              help="Send Celery worker events so Flower lists this node (needs publish rights on the broker).")
 def worker(server: str, token: str, name: str | None, simulate_gpus: str | None, slots: int, job_network: str,
-           job_memory_mb: int | None, job_cpus: float | None) -> None:
+           job_memory_mb: int | None, job_cpus: float | None, events: bool) -> None:
     """Run the provider's agent: take offers and run them in Docker."""
     from worker.agent import Agent
     from worker.errors import WorkerError
@@ -125,7 +127,7 @@ def worker(server: str, token: str, name: str | None, simulate_gpus: str | None,
     try:
         settings = WorkerSettings.from_env(
             server=server, token=token, name=name, simulate_gpus=simulate_gpus, slots=slots, job_network=job_network,
-            memory_limit_mb=job_memory_mb, cpu_limit=job_cpus,
+            memory_limit_mb=job_memory_mb, cpu_limit=job_cpus, events=events,
         )
         agent = Agent(settings)
     except WorkerError as e:

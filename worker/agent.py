@@ -18,6 +18,7 @@ from worker.client import NodeClient
 from worker.archives import file_sha256
 from worker.capacity import Capacity
 from worker.errors import AttemptGone, ServerError, WorkerError
+from worker.events import NodeEvents, event_hostname
 from worker.gpus import Inventory, probe, simulated_inventory
 from worker.logs import LogShipper
 from worker.runtime import DockerRuntime, Limits, container_spec, volume_name
@@ -61,6 +62,9 @@ class Agent:
         self.node: dict = {}
         self.broker_url: str | None = None
         self.heartbeat_interval_s = 10.0
+        # Attempts this agent has run to an end since it started, for monitors.
+        self.processed = 0
+        self.events: NodeEvents | None = None
 
     # -- what the node tells the server ------------------------------------------------------
 
@@ -249,6 +253,7 @@ class Agent:
             self.capacity.release(attempt_id)
             with self._lock:
                 self._running.pop(attempt_id, None)
+                self.processed += 1
             self._changed.set()
 
     def _report(self, run: Running, shipper: LogShipper, exit_code: int | None, error: str | None) -> None:
@@ -256,14 +261,14 @@ class Agent:
         attempt_id = run.attempt["id"]
         if error:
             shipper.add("system", f"[peergrid] {error}")
-        shipper.close()
+        lines = shipper.finish()
         ids = {"job": run.attempt["job_id"], "op": run.attempt["op"], "attempt": attempt_id, "node": self.node.get("id")}
         if run.cancel.is_set() or shipper.gone.is_set():
             log.info("attempt %s was taken back by the server; not reporting it", attempt_id, extra=ids)
             return
         log.info("attempt %s ended: exit code %s%s", attempt_id, exit_code, f", {error}" if error else "", extra=ids)
         try:
-            self.client.finished(attempt_id, exit_code=exit_code, error=error)
+            self.client.finished(attempt_id, exit_code=exit_code, error=error, lines=lines)
         except AttemptGone:
             log.info("attempt %s ended but is no longer ours", attempt_id)
         except ServerError as e:
@@ -332,6 +337,11 @@ class Agent:
         if self.stopping.is_set():
             return
         threading.Thread(target=self._heartbeats, name="heartbeat", daemon=True).start()
+        if self.settings.events:
+            self.events = NodeEvents(
+                self.broker_url, event_hostname(self.node["name"]), freq=self.heartbeat_interval_s, load=self.load
+            )
+            self.events.start()
         connection = connect(self.broker_url, poll_interval_s=self.settings.poll_interval_s)
         try:
             consume_offers(
@@ -345,6 +355,13 @@ class Agent:
         finally:
             connection.release()
             self._drain()
+            if self.events is not None:
+                self.events.stop()
+
+    def load(self) -> dict:
+        """Count the attempts running now and those run to an end, as Celery's worker events name them."""
+        with self._lock:
+            return {"active": len(self._running), "processed": self.processed}
 
     def _idle_wait(self, seconds: float) -> None:
         self._changed.wait(seconds)

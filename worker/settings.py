@@ -31,6 +31,8 @@ class WorkerSettings:
     pids_limit: int = 4096
     memory_limit_mb: int | None = None
     cpu_limit: float | None = None
+    # Send Celery's worker events on the broker, so Flower lists the node; needs publish rights there.
+    events: bool = True
 
     def __post_init__(self) -> None:
         if self.job_network in ("host",) or self.job_network.startswith("container:"):
@@ -47,6 +49,7 @@ class WorkerSettings:
             "token": env.get("PEERGRID_NODE_TOKEN", ""),
             "job_network": env.get("PEERGRID_JOB_NETWORK", "bridge"),
             "docker_host": env.get("DOCKER_HOST") or None,
+            "events": env.get("PEERGRID_WORKER_EVENTS", "true").strip().lower() not in {"0", "false", "no", "off"},
         }
         if env.get("PEERGRID_JOB_MEMORY_MB"):
             values["memory_limit_mb"] = int(env["PEERGRID_JOB_MEMORY_MB"])
