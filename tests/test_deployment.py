@@ -77,3 +77,10 @@ def test_the_dockerfile_copies_what_exists():
         if line.startswith("COPY "):
             for source in line.split()[1:-1]:
                 assert (ROOT / source).exists(), source
+
+
+def test_flower_reads_the_broker_the_scheduler_uses_and_stays_on_loopback():
+    flower = SERVICES["flower"]
+    assert flower["profiles"] == ["flower"]  # optional: not started by a plain `up`
+    assert f"--broker={SERVICES['scheduler']['environment']['PEERGRID_BROKER_URL']}" in command_of(flower)
+    assert all(port.startswith("127.0.0.1:") for port in flower["ports"])
