@@ -1,10 +1,12 @@
 """Scale: 1,000 simulated nodes heartbeating and 100,000 jobs in the store, against a small store.
 
-    .venv/bin/python -m bench.scale [--nodes 1000] [--jobs 100000] [--setup scaled|embedded|both] [--requests 60]
+    .venv/bin/python -m bench.scale [--nodes 1000] [--jobs 100000] [--setup scaled|embedded|both]
+                                    [--requests 60] [--processes N]
 
 For each set-up, two stores are seeded straight into the database: the large one (the nodes and jobs
-asked for) and a baseline (10 nodes, 500 jobs). Against each, a real web server (`peergrid web`) and
-scheduler run while every node heartbeats at the default 10 s interval; meanwhile one person, who owns a
+asked for) and a baseline (10 nodes, 500 jobs). Against each, a real web server (gunicorn with one
+process per core, as compose.yaml runs it; `--processes 0` for `peergrid web`) and the scheduler run
+while every node heartbeats at the default 10 s interval; meanwhile one person, who owns a
 fifth of the jobs, submits, lists and opens jobs through the API and the dashboard, one request at a time.
 The table gives p50 and p95 latency of each request kind and the ratio large/baseline of the p50s;
 then the store's statement count per request kind, measured in-process on the same data.
@@ -13,6 +15,7 @@ then the store's statement count per request kind, measured in-process on the sa
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import re
 import statistics
@@ -178,7 +181,8 @@ class HeartbeatLoad:
         self.url = url + "/api/v1/node/heartbeat"
         self.tokens = tokens
         self.interval_s = interval_s
-        self.threads = threads
+        # No more threads than nodes: a thread without nodes would spin.
+        self.threads = max(1, min(threads, len(tokens)))
         self.latencies: list[float] = []
         self.late = 0
         self.errors = 0
@@ -342,9 +346,11 @@ def running_stack(setup: str, root: Path) -> Iterator[Stack]:
             yield stack
 
 
-def one_store(setup: str, *, nodes: int, jobs: int, rounds: int, image: str, rng: random.Random) -> Figures:
+def one_store(
+    setup: str, *, nodes: int, jobs: int, rounds: int, image: str, rng: random.Random, processes: int
+) -> Figures:
     with tempfile.TemporaryDirectory() as tmp, running_stack(setup, Path(tmp)) as stack:
-        stack.start_web()
+        stack.start_web(processes=processes)
         began = time.monotonic()
         seeded = seed(stack, nodes=nodes, jobs=jobs, image=image, rng=rng)
         seed_s = time.monotonic() - began
@@ -352,7 +358,7 @@ def one_store(setup: str, *, nodes: int, jobs: int, rounds: int, image: str, rng
         load = HeartbeatLoad(stack.url, seeded.node_tokens, interval_s=HEARTBEAT_INTERVAL_S)
         load.start()
         kinds = person_requests(stack.url, seeded, image)
-        time.sleep(2)
+        measure(kinds, 3)  # every server process warmed up
         times = measure(kinds, rounds)
         load.stop()
         statements = count_statements(stack, seeded, image)
@@ -364,8 +370,8 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
 
-def report(setup: str, nodes: int, jobs: int, big: Figures, small: Figures) -> None:
-    print(f"\n{setup}: {nodes} nodes heartbeating every {HEARTBEAT_INTERVAL_S:.0f} s and {jobs} jobs "
+def report(setup: str, nodes: int, jobs: int, big: Figures, small: Figures, server: str) -> None:
+    print(f"\n{setup}, {server}: {nodes} nodes heartbeating every {HEARTBEAT_INTERVAL_S:.0f} s and {jobs} jobs "
           f"(seeded in {big.seed_s:.0f} s), against 10 nodes and 500 jobs")
     print(f"{'request':26} {'p50 ms':>8} {'p95 ms':>8} {'base p50':>9} {'base p95':>9} {'× base':>7} {'queries':>8} {'base q':>7}")
     rows = [("heartbeat", big.heartbeat.latencies, small.heartbeat.latencies)]
@@ -388,13 +394,17 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=60, help="rounds of the person's requests per store")
     parser.add_argument("--setup", choices=["embedded", "scaled", "both"], default="scaled")
     parser.add_argument("--image", default="peergrid-test/busybox:latest")
+    parser.add_argument("--processes", type=int, default=os.cpu_count() or 1,
+                        help="gunicorn processes (0: one `peergrid web` process)")
     args = parser.parse_args()
     setups = ["embedded", "scaled"] if args.setup == "both" else [args.setup]
     for setup in setups:
         rng = random.Random(7)
-        small = one_store(setup, nodes=10, jobs=500, rounds=args.requests, image=args.image, rng=rng)
-        big = one_store(setup, nodes=args.nodes, jobs=args.jobs, rounds=args.requests, image=args.image, rng=rng)
-        report(setup, args.nodes, args.jobs, big, small)
+        common = dict(rounds=args.requests, image=args.image, rng=rng, processes=args.processes)
+        small = one_store(setup, nodes=10, jobs=500, **common)
+        big = one_store(setup, nodes=args.nodes, jobs=args.jobs, **common)
+        server = f"gunicorn, {args.processes} processes × 4 threads" if args.processes else "peergrid web (waitress, 8 threads)"
+        report(setup, args.nodes, args.jobs, big, small, server)
 
 
 if __name__ == "__main__":

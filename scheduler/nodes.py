@@ -114,8 +114,13 @@ def unban_node(session: Session, node: Node) -> None:
     node.ban_reason = None
 
 
-def record_report(session: Session, node: Node, report: NodeReport, *, now: datetime | None = None) -> None:
-    """Register or refresh a node from its report: hardware, liveness and busy state."""
+def record_report(
+    session: Session, node: Node, report: NodeReport, *, holds: bool | None = None, now: datetime | None = None
+) -> None:
+    """Register or refresh a node from its report: hardware, liveness and busy state.
+
+    holds says whether the node holds attempts, when the caller knows already; else it is looked up.
+    """
     now = now or utcnow()
     node.simulated = report.simulated
     node.gpu_message = report.gpu_message
@@ -127,10 +132,11 @@ def record_report(session: Session, node: Node, report: NodeReport, *, now: date
     node.last_heartbeat_at = now
     _replace_gpus(node, report.gpus)
     if node.state != NodeState.DRAINING:
-        held = session.scalar(
-            select(Attempt.id).where(Attempt.node_id == node.id, Attempt.state.in_(ATTEMPT_HELD)).limit(1)
-        )
-        move(node, NodeState.BUSY if held is not None or report.running else NodeState.ONLINE, now=now)
+        if holds is None:
+            holds = session.scalar(
+                select(Attempt.id).where(Attempt.node_id == node.id, Attempt.state.in_(ATTEMPT_HELD)).limit(1)
+            ) is not None
+        move(node, NodeState.BUSY if holds or report.running else NodeState.ONLINE, now=now)
 
 
 def register(session: Session, node: Node, report: NodeReport, *, now: datetime | None = None) -> None:

@@ -53,12 +53,12 @@ class Stack:
             print(self.logs())
         self.stop()
 
-    def spawn(self, name: str, *args: str, env: dict | None = None) -> subprocess.Popen:
+    def spawn(self, name: str, *args: str, env: dict | None = None, module: str = "web.cli") -> subprocess.Popen:
         log = self.root / f"{name}.log"
         if log.exists():  # a restart keeps what the first run said
             log.rename(log.with_suffix(f".{time.time_ns()}.log"))
         process = subprocess.Popen(
-            [sys.executable, "-m", "web.cli", *args],
+            [sys.executable, "-m", module, *args],
             env={**self.env, **(env or {})},
             stdout=log.open("w"),
             stderr=subprocess.STDOUT,
@@ -67,8 +67,13 @@ class Stack:
         self.processes.append((name, process, log))
         return process
 
-    def start_web(self) -> None:
-        self.spawn("web", "web", "--port", str(self.port))
+    def start_web(self, *, processes: int = 0) -> None:
+        """Start `peergrid web`; or, with processes, gunicorn as compose.yaml runs it."""
+        if processes:
+            self.spawn("web", "--bind", f"127.0.0.1:{self.port}", "--workers", str(processes), "--threads", "4",
+                       "web.wsgi:app", module="gunicorn")
+        else:
+            self.spawn("web", "web", "--port", str(self.port))
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:

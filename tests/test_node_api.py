@@ -82,6 +82,31 @@ def test_the_whole_report_cycle(client, core, provider):
     assert [(line["stream"], line["text"]) for line in logs] == [("stdout", "hello"), ("stderr", "warn"), ("stdout", "world")]
 
 
+def test_the_finished_report_carries_the_last_lines_and_results_are_read_from_them(client, core, provider):
+    _, node_token = provider
+    _, token = factories.user(core)
+    doc = hello_world("busybox")
+    doc["ops"][0]["results"] = {"answer": "answer=(\\d+)"}
+    job = submit(client, token, doc)
+    attempt_id = first_attempt(job)
+    node = bearer(node_token)
+    client.post(f"/api/v1/node/attempts/{attempt_id}/claim", headers=node)
+    client.post(f"/api/v1/node/attempts/{attempt_id}/started", headers=node)
+    first = [{"seq": 1, "stream": "stdout", "text": "working"}]
+    assert client.post(f"/api/v1/node/attempts/{attempt_id}/logs", json={"lines": first}, headers=node).json == {"stored": 1}
+
+    # The worker sends the lines printed since its last batch with how the attempt ended: one request.
+    last = [{"seq": 1, "stream": "stdout", "text": "working"}, {"seq": 2, "stream": "stdout", "text": "answer=42"}]
+    done = client.post(
+        f"/api/v1/node/attempts/{attempt_id}/finished", json={"exit_code": 0, "lines": last}, headers=node
+    )
+    assert done.json["state"] == "succeeded"
+    final = client.get(f"/api/v1/jobs/{job['id']}", headers=bearer(token)).json
+    assert final["ops"][0]["results"] == {"answer": ["answer=42", "42"]}
+    logs = client.get(f"/api/v1/jobs/{job['id']}/logs", headers=bearer(token)).json["lines"]
+    assert [line["text"] for line in logs] == ["working", "answer=42"]
+
+
 def test_a_non_zero_exit_fails_the_job_with_the_code(client, core, provider):
     _, node_token = provider
     _, token = factories.user(core)

@@ -58,8 +58,12 @@ class NodeClient:
     def logs(self, attempt_id: int, lines: list[dict]) -> dict[str, Any]:
         return self._post(f"/attempts/{attempt_id}/logs", {"lines": lines})
 
-    def finished(self, attempt_id: int, *, exit_code: int | None, error: str | None = None) -> None:
-        self._post(f"/attempts/{attempt_id}/finished", {"exit_code": exit_code, "error": error}, retries=8)
+    def finished(
+        self, attempt_id: int, *, exit_code: int | None, error: str | None = None, lines: list[dict] | None = None
+    ) -> None:
+        """Report how the attempt ended, with the log lines not sent yet."""
+        body = {"exit_code": exit_code, "error": error, **({"lines": lines} if lines else {})}
+        self._post(f"/attempts/{attempt_id}/finished", body, retries=8)
 
 
     def upload_artifact(self, attempt_id: int, archive, sha256: str) -> None:

@@ -27,6 +27,8 @@ class LogShipper:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._closing = False
+        # Set by finish(): the last batch goes with the finished report rather than on its own.
+        self._keep_last = False
         # Set when the server says the attempt is no longer ours: the run must stop.
         self.gone = threading.Event()
         # Set when the server says the attempt's log is at its limit: later lines are discarded here.
@@ -51,6 +53,15 @@ class LogShipper:
         self._wake.set()
         self._thread.join(timeout)
 
+    def finish(self, timeout: float = 30.0) -> list[dict]:
+        """Stop, sending all but the last batch, and return that batch for the finished report."""
+        self._keep_last = True
+        self.close(timeout)
+        with self._lock:
+            rest = [] if (self.gone.is_set() or self.full.is_set()) else list(self._lines)
+            self._lines.clear()
+        return rest
+
     def _loop(self) -> None:
         while True:
             self._wake.wait(self.interval_s)
@@ -68,6 +79,8 @@ class LogShipper:
                     note = f"[peergrid] {self._dropped} log lines were dropped while the server was unreachable."
                     self._lines.append({"seq": self._seq, "stream": "system", "text": note})
                     self._dropped = 0
+                if self._keep_last and self._closing and len(self._lines) <= MAX_BATCH:
+                    return
                 batch = [self._lines[i] for i in range(min(MAX_BATCH, len(self._lines)))]
             if not batch:
                 return

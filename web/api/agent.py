@@ -10,6 +10,7 @@ from sqlalchemy import select
 from scheduler.artifacts import ArtifactTooLarge, artifacts_root, input_for, job_artifacts, store_artifact
 from scheduler.attempts import (
     LogRecord,
+    LogsStored,
     append_logs,
     claim_attempt,
     finish_attempt,
@@ -102,7 +103,6 @@ def node_register():
 def node_heartbeat():
     node = require_node()
     report = _report(_body())
-    record_report(db(), node, report)
     held = dict(
         db().execute(
             select(Attempt.id, Op.timeout_s)
@@ -110,6 +110,7 @@ def node_heartbeat():
             .where(Attempt.node_id == node.id, Attempt.state.in_(ATTEMPT_HELD))
         ).all()
     )
+    record_report(db(), node, report, holds=bool(held))
     # Attempts the node runs that are no longer its own (cancelled, or given to another node).
     stop = sorted(set(report.running) - set(held))
     return jsonify(
@@ -158,11 +159,18 @@ def attempt_started(attempt_id: int):
 @bp.post("/node/attempts/<int:attempt_id>/logs")
 def attempt_logs(attempt_id: int):
     node = require_node()
-    body = _body()
-    lines = body.get("lines")
-    settings = core().settings
+    lines = _body().get("lines")
     if not isinstance(lines, list):
         raise PeergridError('Send {"lines": [{"seq", "stream", "text"}, ...]}.')
+    outcome = _store_lines(node, attempt_id, lines)
+    answer: dict[str, Any] = {"stored": outcome.stored}
+    if outcome.full:
+        answer["log_full"] = True
+    return jsonify(answer)
+
+
+def _store_lines(node, attempt_id: int, lines: list) -> LogsStored:
+    settings = core().settings
     if len(lines) > settings.max_log_batch_lines:
         raise PeergridError(f"At most {settings.max_log_batch_lines} lines per batch.")
     records = []
@@ -170,18 +178,15 @@ def attempt_logs(attempt_id: int):
         if not isinstance(line, dict) or not isinstance(line.get("text"), str):
             raise PeergridError(f"lines[{i}] needs a text.")
         records.append(LogRecord(seq=_int(line.get("seq"), f"lines[{i}].seq", low=1), stream=str(line.get("stream", "stdout")), text=line["text"]))
-    outcome = append_logs(
+    return append_logs(
         db(), node, attempt_id, records,
         max_line_chars=settings.max_log_line_chars, max_bytes=settings.max_log_bytes_per_attempt,
     )
-    answer: dict[str, Any] = {"stored": outcome.stored}
-    if outcome.full:
-        answer["log_full"] = True
-    return jsonify(answer)
 
 
 @bp.post("/node/attempts/<int:attempt_id>/finished")
 def attempt_finished(attempt_id: int):
+    """How an attempt ended, with its last log lines: one request where a short op would need two."""
     node = require_node()
     body = _body()
     exit_code = body.get("exit_code")
@@ -192,6 +197,11 @@ def attempt_finished(attempt_id: int):
         error = str(error)[:2000]
     if exit_code is None and error is None:
         raise PeergridError("Send the exit_code, or an error saying why the container could not run.")
+    lines = body.get("lines") or []
+    if not isinstance(lines, list):
+        raise PeergridError('lines must be a list of {"seq", "stream", "text"}.')
+    if lines:
+        _store_lines(node, attempt_id, lines)
     attempt = finish_attempt(db(), node, attempt_id, exit_code=exit_code, error=error)
     return jsonify({"id": attempt.id, "state": attempt.state.value})
 
