@@ -5,11 +5,13 @@ against raw Celery no-op tasks of the same count, on the same broker.
 
 The ops run on worker agents whose container runtime returns at once, so this measures the control
 plane (API, store, broker, claims, reports, settlement), not Docker. Both sides get 8 concurrent slots.
+The scaled set-up serves the web with gunicorn, a process per core, as compose.yaml does.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import threading
 import time
@@ -97,7 +99,9 @@ def one_setup(setup: str, count: int) -> tuple[float, float]:
         root = Path(tmp)
         with store_and_broker(setup, root) as (database_url, broker_url):
             with Stack(root, database_url=database_url, broker_url=broker_url) as stack:
-                stack.start_web()
+                # As each set-up is deployed: `peergrid up` serves with one process; compose.yaml runs
+                # gunicorn with several.
+                stack.start_web(processes=(os.cpu_count() or 1) if setup == "scaled" else 0)
                 ours = peergrid_run(stack, count)
             baseline = celery_baseline(broker_url, count)
         return ours, baseline

@@ -38,6 +38,11 @@ def make_celery(settings: Settings, core: Core | None = None) -> Celery:
                 "task": "peergrid.expire_overdue_attempts",
                 "schedule": max(1.0, min(30.0, settings.timeout_grace_s / 2)),
             },
+            # Only an SQL broker keeps what it delivered.
+            **(
+                {"prune-broker": {"task": "peergrid.prune_broker", "schedule": 60.0}}
+                if settings.broker_url.startswith("sqla+") else {}
+            ),
         },
         imports=["scheduler.tasks"],
     )

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from typing import Iterable
 
 from kombu import Connection, Exchange, Queue
-from sqlalchemy import or_, select
+from sqlalchemy import create_engine, inspect, or_, select, text
 from sqlalchemy.orm import Session
 
 from scheduler.models import Attempt
@@ -134,3 +134,23 @@ def broker_transport_options(broker_url: str) -> dict:
         # Offers are acknowledged on claim, within seconds; an hour is far beyond that.
         return {"visibility_timeout": 3600}
     return {}
+
+
+def prune_delivered(broker_url: str) -> int:
+    """Delete the messages an SQL broker has delivered; return how many.
+
+    kombu's SQL transport marks a message invisible when it hands it out and never deletes it, so the
+    embedded broker's table would grow by one row per offer and task for ever. An invisible message
+    is never read again (an unacknowledged one goes back as a new row), so deleting them is safe.
+    Other brokers delete on delivery themselves: for them this does nothing.
+    """
+    if not broker_url.startswith("sqla+"):
+        return 0
+    engine = create_engine(broker_url.removeprefix("sqla+"), **broker_transport_options(broker_url))
+    try:
+        with engine.begin() as conn:
+            if not inspect(conn).has_table("kombu_message"):
+                return 0
+            return conn.execute(text("DELETE FROM kombu_message WHERE visible = :no"), {"no": False}).rowcount
+    finally:
+        engine.dispose()

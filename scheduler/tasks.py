@@ -62,3 +62,16 @@ def reap_silent_nodes() -> int:
 @shared_task(name="peergrid.reoffer_stale_attempts", ignore_result=True)
 def reoffer_stale_attempts() -> int:
     return reoffer_stale(current_app.peergrid)
+
+
+def prune_broker(core) -> int:
+    """Delete what the embedded broker has delivered; return how many messages went."""
+    pruned = offers.prune_delivered(core.settings.broker_url)
+    if pruned:
+        log.info("pruned %d delivered message(s) from the broker's table", pruned)
+    return pruned
+
+
+@shared_task(name="peergrid.prune_broker", ignore_result=True)
+def prune_broker_messages() -> int:
+    return prune_broker(current_app.peergrid)
