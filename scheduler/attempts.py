@@ -17,6 +17,7 @@ from scheduler.errors import Conflict, NotFound
 from scheduler.models import Attempt, LogLine, Node, Op
 from scheduler.orchestration import advance, new_attempt, pinned_node_id
 from scheduler.results import extract
+from scheduler.secrets import job_masks, redact
 from scheduler.states import (
     ATTEMPT_HELD,
     AttemptState,
@@ -158,8 +159,9 @@ def append_logs(
     max_bytes: int,
     now: datetime | None = None,
 ) -> LogsStored:
-    """Store log lines in sequence order, ignoring any already stored, until the attempt's log
-    holds max_bytes; then store one line saying so and discard the rest.
+    """Store log lines in sequence order, ignoring any already stored, with the job owner's
+    secrets masked, until the attempt's log holds max_bytes; then store one line saying so and
+    discard the rest.
     """
     now = now or utcnow()
     attempt = held_attempt(session, node, attempt_id)
@@ -167,10 +169,13 @@ def append_logs(
     if not fresh or attempt.log_full:
         return LogsStored(0, attempt.log_full)
     op = attempt.op
+    # The node masks secrets already; this catches a node that did not.
+    masked = job_masks(session, op.job_id)
     stored = 0
     for r in fresh:
         stream = r.stream if r.stream in STREAMS else "stdout"
-        text = r.text if len(r.text) <= max_line_chars else r.text[:max_line_chars] + " […cut]"
+        text = redact(r.text, masked)
+        text = text if len(text) <= max_line_chars else text[:max_line_chars] + " […cut]"
         size = _utf8_size(text)
         if attempt.log_bytes + size > max_bytes:
             # The op is not failed for talking too much: it may still do its work and succeed.
@@ -229,6 +234,8 @@ def finish_attempt(
     """Record how the attempt ended, retry or settle its op, and move the workflow on."""
     now = now or utcnow()
     attempt = held_attempt(session, node, attempt_id)
+    if error:
+        error = redact(error, job_masks(session, attempt.op.job_id))
     if attempt.op.result_rules:
         attempt.op.results = extract(attempt.op.result_rules, attempt_lines(session, attempt))
     succeeded = error is None and exit_code == 0

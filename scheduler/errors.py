@@ -57,3 +57,7 @@ class Banned(PeergridError):
 
 class NoMarket(PeergridError):
     """Raised when no market can serve an op."""
+
+
+class SecretMissing(PeergridError):
+    """Raised when an op is about to run and its job's owner no longer has a secret it names."""

@@ -20,6 +20,13 @@ _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}$")
 # Nosana writes VRAM in GB; a "24 GB" card reports about 24,560 MB, so a GB here is 1000 MB.
 MB_PER_GB = 1000
 GLOBAL_BUILTINS = ("job", "host", "version")
+# %%secrets.NAME%%: a value its submitter keeps on the server, handed only to the node that runs the op.
+SECRET_NAME = re.compile(r"^[A-Z_][A-Z0-9_]{0,99}$")
+# Where a secret may be used: values that reach only the container's environment or the registry
+# login, never a page or an API answer.
+_SECRET_PLACE = re.compile(
+    r"^\$\.(?:ops\[\d+\]\.args|global)\.(?:env\..+|authentication\.docker\.(?:username|password))$"
+)
 
 
 def compile_result_regex(pattern: str) -> re.Pattern[str]:
@@ -174,6 +181,7 @@ class _Checker:
         self._check_graph(ops, seen)
         self._check_volumes(ops, seen)
         self._check_literals(doc, ops, variables)
+        self._check_secrets(doc)
         return JobDefinition(
             version="0.1", ops=tuple(ops), variables=variables, meta=meta, warnings=tuple(self.warnings)
         )
@@ -321,9 +329,33 @@ class _Checker:
         ):
             self.add(f"{path}.resources", "resources must be a list of objects.")
         auth = args.get("authentication")
-        if auth is not None and not isinstance(auth, dict):
-            self.add(f"{path}.authentication", "authentication must be an object.")
+        if auth is not None:
+            self._check_authentication(f"{path}.authentication", auth)
         return len(self.problems) == before
+
+    def _check_authentication(self, path: str, auth: Any) -> None:
+        if not isinstance(auth, dict) or set(auth) - {"docker"}:
+            self.add(path, 'authentication must be {"docker": {"username", "password", "server"}}.')
+            return
+        docker = auth.get("docker")
+        if docker is None:
+            return
+        if not isinstance(docker, dict):
+            self.add(f"{path}.docker", 'docker must be {"username", "password", "server"}.')
+            return
+        for key in ("username", "password"):
+            if not isinstance(docker.get(key), str) or not docker[key]:
+                self.add(f"{path}.docker.{key}", f"Missing: the registry {key}, as a string.")
+        for key in ("server", "email"):
+            if docker.get(key) is not None and not isinstance(docker[key], str):
+                self.add(f"{path}.docker.{key}", f"{key} must be a string.")
+        password = docker.get("password")
+        if isinstance(password, str) and password and not _is_secret_reference(password):
+            self.add(
+                f"{path}.docker.password",
+                "Give the password as a secret: `peergrid secret set NAME` keeps it on the server, then write "
+                '"password": "%%secrets.NAME%%". A password written here would show wherever the job does.',
+            )
 
     def _check_restart_policy(self, path: str, policy: Any) -> None:
         if isinstance(policy, str):
@@ -443,6 +475,8 @@ class _Checker:
             for match in LITERAL.finditer(text):
                 parts = match.group(1).split(".")
                 literal = match.group(0)
+                if parts[0] == "secrets":
+                    continue  # _check_secrets
                 if parts[0] == "ops" and len(parts) == 3 and parts[2] in ("host", "endpoint"):
                     if parts[1] not in results:
                         self.add(path, f"{literal} names op {parts[1]!r}, which is not an op of this job.")
@@ -462,6 +496,47 @@ class _Checker:
                     continue
                 if parts[0] in ("global", "globals") and len(parts) == 2 and parts[1] not in GLOBAL_BUILTINS:
                     self.add(path, f"{literal} is not a known global: use {', '.join(GLOBAL_BUILTINS)} or variables.<name>.")
+
+
+    def _check_secrets(self, doc: dict) -> None:
+        for path, name in secret_references(doc):
+            if not SECRET_NAME.match(name):
+                self.add(
+                    path,
+                    f"%%secrets.{name}%% does not name a secret: names are capital letters, digits and _, "
+                    "like %%secrets.HF_TOKEN%%.",
+                )
+            elif not _SECRET_PLACE.match(path):
+                self.add(
+                    path,
+                    f"%%secrets.{name}%% can be used only in env values and in authentication.docker's username "
+                    "and password, where it never shows on the job's pages.",
+                )
+
+
+def secret_references(doc: Any) -> list[tuple[str, str]]:
+    """Every %%secrets.NAME%% in a definition's ops and global defaults, with its JSON path."""
+    if not isinstance(doc, dict):
+        return []
+    return [*_secrets_in(doc.get("global"), "$.global"), *_secrets_in(doc.get("ops"), "$.ops")]
+
+
+def secret_names(value: Any) -> set[str]:
+    """The names of the secrets referenced anywhere in value."""
+    return {name for _, name in _secrets_in(value, "$")}
+
+
+def _secrets_in(value: Any, path: str):
+    for where, text in _strings(value, path):
+        for match in LITERAL.finditer(text):
+            head, _, name = match.group(1).partition(".")
+            if head == "secrets":
+                yield where, name
+
+
+def _is_secret_reference(text: str) -> bool:
+    match = LITERAL.fullmatch(text)
+    return match is not None and match.group(1).startswith("secrets.")
 
 
 def _find_cycle(graph: dict[str, list[str]]) -> list[str] | None:

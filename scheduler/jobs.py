@@ -7,10 +7,11 @@ from dataclasses import dataclass
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, defer, selectinload
 
-from scheduler.errors import NotFound, PeergridError
-from scheduler.jobdef import parse_definition
+from scheduler.errors import InvalidDefinition, NotFound, PeergridError
+from scheduler.jobdef import JobDefinition, parse_definition
 from scheduler.models import Attempt, Job, LogLine, Op, User
 from scheduler.orchestration import create_job
+from scheduler.secrets import missing_secrets
 from scheduler.states import JobState
 
 PAGE_SIZE = 25
@@ -25,11 +26,29 @@ def submit_job(
         InvalidDefinition: the definition has problems, all of them listed.
         NoMarket: an op needs hardware no market serves.
     """
-    definition = parse_definition(document)
+    definition = check_definition(session, owner, document)
     assert isinstance(document, dict)
     return create_job(
         session, owner, document, definition, market_slug=market_slug, default_timeout_s=default_timeout_s
     )
+
+
+def check_definition(session: Session, owner: User, document: object) -> JobDefinition:
+    """Read a definition as owner would submit it: its own problems and any secret it names that
+    owner does not have, all at once.
+
+    Raises:
+        InvalidDefinition: listing every problem.
+    """
+    try:
+        definition = parse_definition(document)
+        problems = []
+    except InvalidDefinition as e:
+        definition, problems = None, list(e.problems)
+    problems += missing_secrets(session, owner, document)
+    if problems or definition is None:
+        raise InvalidDefinition(problems)
+    return definition
 
 
 def job_for(session: Session, user: User, job_id: int) -> Job:

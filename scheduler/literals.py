@@ -35,6 +35,9 @@ class Scope:
     def lookup(self, name: str) -> Any:
         parts = name.split(".")
         head = parts[0]
+        if head == "secrets":
+            # Left as written: a secret's value is put in only in the claim answer, for the op's node.
+            return f"%%{name}%%"
         if head == "ops" and len(parts) == 4 and parts[2] == "results":
             op_results = self.results.get(parts[1])
             if op_results is None or parts[3] not in op_results:

@@ -25,7 +25,7 @@ from scheduler.states import (
 )
 
 # Container spec fields handed to the node that runs an op.
-SPEC_FIELDS = ("image", "cmd", "entrypoint", "env", "work_dir", "output", "volumes", "expose")
+SPEC_FIELDS = ("image", "cmd", "entrypoint", "env", "work_dir", "output", "volumes", "expose", "authentication")
 
 
 def create_job(

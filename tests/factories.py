@@ -1,13 +1,15 @@
-"""Make accounts, tokens and nodes in a store, for tests."""
+"""Make accounts, tokens, nodes and apps on a store, for tests."""
 
 from __future__ import annotations
 
 import uuid
+from contextlib import contextmanager
 
 from scheduler import ledger
 from scheduler.accounts import create_api_token, create_user
 from scheduler.core import Core
 from scheduler.nodes import create_node
+from scheduler.settings import Settings
 
 PASSWORD = "correct horse battery"
 
@@ -51,3 +53,20 @@ def hello_world(image: str, cmd=None) -> dict:
 
 def bearer(token: str) -> dict:
     return {"Authorization": f"Bearer {token}"}
+
+
+@contextmanager
+def served(database_url: str, tmp_path, **env: str):
+    """Yield a core and a test client of an app on database_url, with extra PEERGRID_* settings."""
+    settings = Settings.from_env(
+        {"PEERGRID_DATABASE_URL": database_url, "PEERGRID_BROKER_URL": f"sqla+sqlite:///{tmp_path}/b.sqlite",
+         "PEERGRID_SECRET_KEY": "x", **env},
+        data_dir=tmp_path,
+    )
+    core = Core.from_settings(settings)
+    try:
+        from web import create_app
+
+        yield core, create_app(core=core).test_client()
+    finally:
+        core.close()

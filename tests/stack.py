@@ -86,6 +86,17 @@ class Stack:
     def start_scheduler(self) -> None:
         self.spawn("scheduler", "scheduler", "--loglevel", "INFO")
 
+    def start_with_node(self, node_name: str) -> "Api":
+        """Start the web, the scheduler and one node's worker; return the API as a new user calls it."""
+        from tests import factories
+
+        self.start_web()
+        self.start_scheduler()
+        _, node_token, _ = factories.node(self.core, name=node_name)
+        self.start_worker(node_token)
+        _, token = factories.user(self.core)
+        return Api(self.url, token)
+
     def start_worker(self, node_token: str, *args: str, name: str = "worker", env: dict | None = None):
         return self.spawn(
             name, "worker", "--server", self.url, "--token", node_token, "--job-network", "none", *args, env=env

@@ -12,6 +12,7 @@ from scheduler import ledger
 from scheduler.attempts import claim_attempt
 from scheduler.models import Attempt, Node, User
 from scheduler.nodes import NodeReport, register
+from scheduler.secrets import set_secret
 from tests import factories
 from tests.factories import PASSWORD, bearer, hello_world
 from web import create_app
@@ -24,6 +25,7 @@ POLICY = {
     "api.jobs_index": "api_user", "api.create_job": "api_user", "api.nodes_index": "api_user",
     "api.nodes_create": "api_user", "api.markets_index": "api_user", "api.balance": "api_user",
     "api.my_movements": "api_user", "api.payout_request": "api_user", "api.my_payouts": "api_user",
+    "api.secrets_index": "api_user", "api.secret_put": "api_user", "api.secret_delete": "api_owned",
     "api.job_show": "api_owned", "api.job_log_lines": "api_owned", "api.job_cancel": "api_owned",
     "api.job_extend": "api_owned", "api.job_artifact_list": "api_owned", "api.job_artifact_download": "api_owned",
     "api.nodes_drain": "api_owned",
@@ -37,6 +39,7 @@ POLICY = {
     "dashboard.home": "page_user", "dashboard.jobs": "page_user", "dashboard.nodes": "page_user",
     "dashboard.node_create": "page_user", "dashboard.credits_page": "page_user", "dashboard.payout_request": "page_user",
     "dashboard.logout": "page_user", "account.account": "page_user", "account.token_create": "page_user",
+    "account.secret_set": "page_user", "account.secret_delete": "page_owned",
     "submit.submit_page": "page_user", "submit.submit_post": "page_user", "submit.submit_check": "page_user",
     "dashboard.job": "page_owned", "dashboard.job_cancel": "page_owned", "dashboard.job_extend": "page_owned",
     "dashboard.node_drain": "page_owned", "dashboard.node_remove": "page_owned", "account.token_revoke": "page_owned",
@@ -100,8 +103,10 @@ def build_world(core) -> World:
         ledger.post(session, "test:earn", "settle", [(ledger.account(session, ledger.K.ISSUANCE), -5_000_000),
                                                      (ledger.account(session, ledger.K.EARNINGS, owner.id), 5_000_000)])
         payout = ledger.request_payout(session, owner, 2_000_000, minimum=1)
+        set_secret(session, owner, "TOKEN", "owners-secret-value")
         ids = {"job_id": job_id, "attempt_id": attempt.id, "node_id": node.id, "payout_id": payout.id,
-               "user_id": other_id, "slug": "cpu", "op_key": "hello-world", "filename": "peergrid.css"}
+               "user_id": other_id, "slug": "cpu", "op_key": "hello-world", "filename": "peergrid.css",
+               "name": "TOKEN"}
     tokens = {"owner": owner_token, "other": other_token, "admin": admin_token,
               "node": node_token, "other_node": other_node_token}
     ids["token_id"] = 1  # the owner's first API token, made by the factory
@@ -142,7 +147,8 @@ def _call(world: World, rule, method: str, caller: str):
             kwargs["data"] = data
         else:
             kwargs["json"] = {"seconds": 60, "amount": 1_000_000, "reference": "r", "reason": "r", "name": "n",
-                              "email": "other@example.com", "lines": [], "exit_code": 0, "definition": "{}"}
+                              "email": "other@example.com", "lines": [], "exit_code": 0, "definition": "{}",
+                              "value": "a-new-value"}
     return client.open(path, method=method, **kwargs)
 
 
@@ -167,5 +173,8 @@ def test_each_caller_gets_what_the_policy_says(core, endpoint):
                 assert status in (401, 403) or signed_out or (status == 400 and method != "GET"), where
             else:
                 assert status in (404, 409), where
-            if caller in ("other", "node", "other_node", "anon") and status < 300 and "owner@example.com" in response.get_data(as_text=True):
+            body = response.get_data(as_text=True)
+            if caller in ("other", "node", "other_node", "anon") and status < 300 and "owner@example.com" in body:
                 raise AssertionError(f"{where} leaked the owner's data")
+            if "owners-secret-value" in body:  # the job uses no secret, so not even its claim shows one
+                raise AssertionError(f"{where} showed a secret's value")

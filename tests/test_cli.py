@@ -241,3 +241,31 @@ def test_grant_check_books_balance_and_payouts(stack, user_env):
     store.execute("UPDATE accounts SET balance = balance - 7 WHERE kind = 'available'")
     store.commit()
     assert peergrid("admin", "check-books", env=stack.env).returncode == 0
+
+
+def test_secrets_are_set_from_stdin_listed_by_name_and_deleted(stack, user_env):
+    from scheduler.accounts import find_user
+    from scheduler.secrets import values_of
+
+    value = "cli-secret-7f3a9c0e"
+    stored = peergrid("secret", "set", "HF_TOKEN", env=user_env, input=value + "\n")
+    on_argv = peergrid("secret", "set", "HF_TOKEN", value, env=user_env)
+    bad_name = peergrid("secret", "set", "hf-token", env=user_env, input=value)
+    listed = peergrid("secret", "list", env=user_env)
+    as_json = peergrid("secret", "list", "--json", env=user_env)
+
+    assert stored.returncode == 0, stored.stderr
+    assert "%%secrets.HF_TOKEN%%" in stored.stdout
+    assert on_argv.returncode == 2  # a value on the command line would stay in the shell's history
+    assert bad_name.returncode == 1 and "capital letters" in bad_name.stderr
+    assert listed.stdout.split()[0] == "HF_TOKEN"
+    assert [s["name"] for s in json.loads(as_json.stdout)] == ["HF_TOKEN"]
+    assert all(value not in run.stdout + run.stderr for run in (stored, listed, as_json))
+    with stack.core.transaction() as session:
+        assert values_of(session, find_user(session, "cli@example.com").id) == {"HF_TOKEN": value}
+
+    deleted = peergrid("secret", "delete", "HF_TOKEN", env=user_env)
+    again = peergrid("secret", "delete", "HF_TOKEN", env=user_env)
+    assert deleted.returncode == 0 and "deleted" in deleted.stdout
+    assert again.returncode == 1 and "You have no secret HF_TOKEN." in again.stderr
+    assert "No secrets yet" in peergrid("secret", "list", env=user_env).stdout

@@ -278,3 +278,34 @@ def test_pages_and_api_answers_carry_security_headers(client):
         assert response.headers["X-Frame-Options"] == "DENY"
         assert "default-src 'self'" in response.headers["Content-Security-Policy"]
     assert "onsubmit=" not in client.get("/login").get_data(as_text=True)
+
+
+def test_the_account_page_keeps_secrets_without_ever_showing_a_value(client, core):
+    factories.user(core, email="ann@example.com")
+    factories.user(core, email="bob@example.com")
+    sign_in(client, "ann@example.com")
+    token = csrf(client.get("/account"))
+
+    stored = client.post("/account/secrets", data={"csrf_token": token, "name": "HF_TOKEN", "value": "hf-first-value"},
+                         follow_redirects=True)
+    replaced = client.post("/account/secrets", data={"csrf_token": token, "name": "HF_TOKEN", "value": "hf-second-value"},
+                           follow_redirects=True)
+    wrong = client.post("/account/secrets", data={"csrf_token": token, "name": "hf token", "value": "x"},
+                        follow_redirects=True)
+
+    assert "Secret HF_TOKEN stored" in stored.get_data(as_text=True)
+    assert "Secret HF_TOKEN replaced" in replaced.get_data(as_text=True)
+    assert "capital letters" in wrong.get_data(as_text=True)
+    page = client.get("/account").get_data(as_text=True)
+    assert "<code>HF_TOKEN</code>" in page
+    assert "hf-first-value" not in page and "hf-second-value" not in page
+    client.post("/logout", data={"csrf_token": token})
+    sign_in(client, "bob@example.com")
+    assert "<code>HF_TOKEN</code>" not in client.get("/account").get_data(as_text=True)
+    assert client.post("/account/secrets/HF_TOKEN/delete", data={"csrf_token": csrf(client.get("/account"))}).status_code == 404
+    client.post("/logout", data={"csrf_token": csrf(client.get("/account"))})
+    sign_in(client, "ann@example.com")
+    deleted = client.post("/account/secrets/HF_TOKEN/delete", data={"csrf_token": csrf(client.get("/account"))},
+                          follow_redirects=True)
+    assert "Secret HF_TOKEN deleted" in deleted.get_data(as_text=True)
+    assert "No secrets yet" in deleted.get_data(as_text=True)

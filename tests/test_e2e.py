@@ -34,12 +34,7 @@ def stack(request, tmp_path, test_image):
         broker_url = request.getfixturevalue("redis_url")
     with Stack(tmp_path, database_url=database_url, broker_url=broker_url) as stack:
         stack.kind = request.param
-        stack.start_web()
-        stack.start_scheduler()
-        _, node_token, _ = factories.node(stack.core, name="e2e-node")
-        stack.start_worker(node_token)
-        _, token = factories.user(stack.core)
-        stack.api = Api(stack.url, token)
+        stack.api = stack.start_with_node("e2e-node")
         yield stack
 
 
@@ -147,12 +142,7 @@ def test_an_op_that_floods_its_log_is_cut_off_and_keeps_running(tmp_path, sqlite
     broker_url = f"sqla+sqlite:///{tmp_path / 'broker.sqlite'}"
     with Stack(tmp_path, database_url=sqlite_url, broker_url=broker_url,
                extra_env={"PEERGRID_MAX_LOG_BYTES_PER_ATTEMPT": str(limit)}) as stack:
-        stack.start_web()
-        stack.start_scheduler()
-        _, node_token, _ = factories.node(stack.core, name="flood-node")
-        stack.start_worker(node_token)
-        _, token = factories.user(stack.core)
-        api = Api(stack.url, token)
+        api = stack.start_with_node("flood-node")
         flood = hello_world(test_image, cmd="yes 0123456789abcdef0123456789abcdef | head -n 200000; echo survived > /out/end")
         flood["ops"][0]["args"]["output"] = "/out"
 
@@ -171,3 +161,107 @@ def test_an_op_that_floods_its_log_is_cut_off_and_keeps_running(tmp_path, sqlite
         with tarfile.open(fileobj=io.BytesIO(archive.content)) as tar:
             assert b"survived" in next(tar.extractfile(m).read() for m in tar.getmembers() if m.name.endswith("end"))
         assert "reached the server's limit; discarding its further output" in stack.logs()
+
+
+class LoginRegistry:
+    """A registry on loopback that asks for a Basic login and keeps what it was sent; it holds no image."""
+
+    def __init__(self):
+        import http.server
+        import threading
+
+        seen = self.authorizations = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                seen.append(self.headers.get("Authorization"))
+                if not self.headers.get("Authorization"):
+                    self._answer(401, {"errors": [{"code": "UNAUTHORIZED"}]}, {"WWW-Authenticate": 'Basic realm="test"'})
+                elif self.path == "/v2/":
+                    self._answer(200, {})
+                else:
+                    self._answer(404, {"errors": [{"code": "MANIFEST_UNKNOWN", "message": "manifest unknown"}]})
+
+            do_HEAD = do_GET
+
+            def _answer(self, status: int, body: dict, headers: dict | None = None):
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                for name, value in {"Content-Type": "application/json", "Content-Length": str(len(data)), **(headers or {})}.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.address = f"127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_secret_reaches_the_container_and_the_registry_and_nowhere_else(stack, test_image):
+    """Given secrets TOKEN and REGISTRY, when one job echoes $TOKEN and another pulls its image
+    from a private registry with REGISTRY as the password, then the container and the registry get
+    the values, and no log, page, event, broker message or process log holds them."""
+    import base64
+    import hashlib
+    import re
+    import sqlite3
+    import uuid
+
+    import requests
+
+    from tests.conftest import need
+    from tests.factories import PASSWORD
+
+    token_value, registry_value = f"tok-{uuid.uuid4().hex}", f"reg-{uuid.uuid4().hex}"
+    _, api_token = factories.user(stack.core, email="keeper@example.com")
+    api = Api(stack.url, api_token)
+    for name, value in (("TOKEN", token_value), ("REGISTRY", registry_value)):
+        assert api.http.put(f"{api.url}/secrets/{name}", json={"value": value}, timeout=10).status_code == 201
+    echo = hello_world(test_image, cmd='echo $TOKEN; printf %s "$TOKEN" | sha256sum')
+    echo["ops"][0]["args"]["env"] = {"TOKEN": "%%secrets.TOKEN%%"}
+    registry = LoginRegistry()
+    try:
+        private = hello_world(f"{registry.address}/private/app:1")
+        private["ops"][0]["args"]["authentication"] = {
+            "docker": {"username": "keeper", "password": "%%secrets.REGISTRY%%", "server": registry.address}}
+
+        echoed = api.wait(api.post("/jobs", echo).json()["id"])
+        pulled = api.wait(api.post("/jobs", private).json()["id"])
+    finally:
+        registry.close()
+
+    assert echoed["state"] == "succeeded", stack.logs()
+    lines = [line["text"] for line in api.get(f"/jobs/{echoed['id']}/logs")["lines"]]
+    assert lines == ["***", f"{hashlib.sha256(token_value.encode()).hexdigest()}  -"]
+    need(bool(registry.authorizations), "A Docker engine that reaches the test's loopback registry")
+    assert f"Basic {base64.b64encode(f'keeper:{registry_value}'.encode()).decode()}" in registry.authorizations
+    assert pulled["state"] == "failed" and "could not be pulled" in pulled["ops"][0]["error"]
+
+    browser = requests.Session()
+    form = browser.get(f"{stack.url}/login", timeout=10).text
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', form).group(1)
+    browser.post(f"{stack.url}/login", data={"email": "keeper@example.com", "password": PASSWORD, "csrf_token": csrf},
+                 timeout=10)
+    seen = {
+        "job answers": json.dumps([api.get(f"/jobs/{j['id']}") for j in (echoed, pulled)]),
+        "logs": json.dumps([api.get(f"/jobs/{j['id']}/logs") for j in (echoed, pulled)]),
+        "job pages": "".join(browser.get(f"{stack.url}/jobs/{j['id']}", timeout=10).text for j in (echoed, pulled)),
+        "account page": browser.get(f"{stack.url}/account", timeout=10).text,
+        "process logs": "".join(log.read_text() for _, _, log in stack.processes),
+    }
+    assert "secrets.TOKEN" not in seen["job pages"] and f"#{echoed['id']}" in seen["job pages"]
+    if stack.kind == "embedded":  # the SQL broker keeps delivered messages, so they can be read back
+        with sqlite3.connect(stack.root / "broker.sqlite") as broker:
+            messages = [row[0] for row in broker.execute("SELECT payload FROM kombu_message")]
+        assert len(messages) >= 2
+        seen["broker messages"] = json.dumps(messages, default=str)
+    for where, text in seen.items():
+        assert token_value not in text and registry_value not in text, f"a secret's value is in the {where}"

@@ -111,6 +111,15 @@ MISTAKES = [
      "$.ops[1].args.name"),
     ("market not a string", _with(lambda d: d["ops"][0]["args"].update(market=7)), "$.ops[0].args.market"),
     ("work_dir not a string", _with(lambda d: d["ops"][0]["args"].update(work_dir=["/tmp"])), "$.ops[0].args.work_dir"),
+    ("secret in cmd", _with(lambda d: d["ops"][0]["args"].update(cmd="echo %%secrets.TOKEN%%")), "$.ops[0].args.cmd"),
+    ("secret of a lower-case name", _with(lambda d: d["ops"][0]["args"].update(env={"T": "%%secrets.token%%"})),
+     "$.ops[0].args.env.T"),
+    ("registry password written out", _with(lambda d: d["ops"][0]["args"].update(
+        authentication={"docker": {"username": "ann", "password": "hunter2"}})),
+     "$.ops[0].args.authentication.docker.password"),
+    ("registry login without a username", _with(lambda d: d["ops"][0]["args"].update(
+        authentication={"docker": {"password": "%%secrets.REGISTRY%%"}})),
+     "$.ops[0].args.authentication.docker.username"),
 ]
 
 
@@ -153,3 +162,18 @@ def test_all_problems_come_back_at_once():
     problems = _problems(doc)
     assert {"$.version", "$.ops[0].args.image", "$.ops[0].args.cmd", "$.ops[1].type"} <= set(problems)
     assert any("circle" in m for m in problems.values())
+
+
+def test_secrets_are_named_in_env_and_the_registry_login_only():
+    doc = _with(lambda d: d["ops"][0]["args"].update(
+        env={"TOKEN": "%%secrets.TOKEN%%", "HEADER": "Bearer %%secrets.TOKEN%%"},
+        authentication={"docker": {"username": "%%secrets.REGISTRY_USER%%", "password": "%%secrets.REGISTRY%%",
+                                   "server": "registry.example.com"}}))
+    doc["global"] = {"env": {"SHARED": "%%secrets.SHARED%%"}}
+    op = parse_definition(doc).ops[0]
+    assert op.args["env"]["SHARED"] == "%%secrets.SHARED%%"
+    problems = _problems(_with(lambda d: d["ops"][0]["args"].update(cmd="echo %%secrets.TOKEN%%")))
+    assert "only in env values and in authentication.docker" in problems["$.ops[0].args.cmd"]
+    password = _problems(_with(lambda d: d["ops"][0]["args"].update(
+        authentication={"docker": {"username": "ann", "password": "hunter2"}})))
+    assert "`peergrid secret set NAME`" in password["$.ops[0].args.authentication.docker.password"]

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import threading
-from contextlib import contextmanager
 
 import pytest
 
 from scheduler.attempts import claim_attempt
-from scheduler.core import Core
 from scheduler.errors import Conflict
 from scheduler.models import Attempt, Node
-from scheduler.settings import Settings
 from tests import factories
-from tests.factories import bearer, hello_world
+from tests.factories import bearer, hello_world, served
 
 REPORT = {"hostname": "rig", "cpu_count": 8, "memory_mb": 32000, "slots": 2, "agent_version": "test"}
 
@@ -190,23 +187,6 @@ def test_heartbeats_keep_the_gpu_inventory(client, core, provider):
         node = session.get(Node, provider[0])
         assert [(g.uuid, g.memory_free_mb) for g in node.gpus] == [("GPU-1", 1)]
         assert node.simulated and node.last_heartbeat_at is not None
-
-
-@contextmanager
-def served(database_url: str, tmp_path, **env: str):
-    """Yield a core and a test client of an app on database_url, with extra PEERGRID_* settings."""
-    settings = Settings.from_env(
-        {"PEERGRID_DATABASE_URL": database_url, "PEERGRID_BROKER_URL": f"sqla+sqlite:///{tmp_path}/b.sqlite",
-         "PEERGRID_SECRET_KEY": "x", **env},
-        data_dir=tmp_path,
-    )
-    core = Core.from_settings(settings)
-    try:
-        from web import create_app
-
-        yield core, create_app(core=core).test_client()
-    finally:
-        core.close()
 
 
 def test_exactly_one_of_many_concurrent_claimants_wins(database_url, tmp_path):

@@ -1,4 +1,4 @@
-"""Signing up, and the account page: API tokens made and revoked."""
+"""Signing up, and the account page: API tokens made and revoked, secrets kept and deleted."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from flask import Blueprint, abort, flash, redirect, render_template, request, s
 
 from scheduler.accounts import create_api_token, create_user, revoke_token, tokens_of
 from scheduler.errors import PeergridError
+from scheduler.secrets import delete_secret, secrets_of, set_secret
 from web.auth import check_csrf, session_user
 from web.dashboard import login_required
 from web.db import core, db
@@ -42,7 +43,12 @@ def signup():
 @bp.get("/account")
 @login_required
 def account():
-    return render_template("account.html", tokens=tokens_of(db(), session_user()), new_token=None)
+    return _account_page(new_token=None)
+
+
+def _account_page(**extra):
+    user = session_user()
+    return render_template("account.html", tokens=tokens_of(db(), user), secrets=secrets_of(db(), user), **extra)
 
 
 @bp.post("/account/tokens")
@@ -52,7 +58,7 @@ def token_create():
     name = request.form.get("name", "").strip() or "dashboard"
     token = create_api_token(db(), session_user(), name)
     # Shown on this page once; only its hash is kept.
-    return render_template("account.html", tokens=tokens_of(db(), session_user()), new_token=token, new_name=name)
+    return _account_page(new_token=token, new_name=name)
 
 
 @bp.post("/account/tokens/<int:token_id>/revoke")
@@ -62,3 +68,26 @@ def token_revoke(token_id: int):
     row = revoke_token(db(), session_user(), token_id)
     flash(f"Token {row.name or row.prefix} revoked.", "ok")
     return redirect(url_for("account.account"))
+
+
+@bp.post("/account/secrets")
+@login_required
+def secret_set():
+    check_csrf()
+    name = request.form.get("name", "").strip()
+    try:
+        _, created = set_secret(db(), session_user(), name, request.form.get("value", ""))
+    except PeergridError as e:
+        flash(str(e), "error")
+    else:
+        flash(f"Secret {name} {'stored' if created else 'replaced'}; jobs use it as %%secrets.{name}%%.", "ok")
+    return redirect(url_for("account.account") + "#secrets")
+
+
+@bp.post("/account/secrets/<name>/delete")
+@login_required
+def secret_delete(name: str):
+    check_csrf()
+    delete_secret(db(), session_user(), name)
+    flash(f"Secret {name} deleted.", "ok")
+    return redirect(url_for("account.account") + "#secrets")

@@ -599,6 +599,55 @@ def node_create(name: str) -> None:
     click.echo(body["token"])
 
 
+@main.group()
+def secret() -> None:
+    """Keep values on the server that jobs use as %%secrets.NAME%%; they are never shown again."""
+
+
+@secret.command("set")
+@click.argument("name")
+def secret_set(name: str) -> None:
+    """Store a secret or replace its value, read from stdin when piped, else asked for (hidden).
+
+    Never on the command line, where the shell history and `ps` would keep it.
+    """
+    from scheduler.secrets import check_name
+
+    try:
+        check_name(name)
+    except PeergridError as e:
+        _fail(str(e))
+    if sys.stdin.isatty():
+        value = click.prompt(f"Value of {name}", hide_input=True, confirmation_prompt=True)
+    else:
+        # `echo VALUE | peergrid secret set NAME` ends the value with a newline that is not part of it.
+        value = sys.stdin.read().removesuffix("\n").removesuffix("\r")
+    body = _api(lambda: _client().request("PUT", f"/secrets/{name}", json={"value": value}))
+    click.echo(f"secret {body['name']} stored; jobs use it as %%secrets.{body['name']}%%")
+
+
+@secret.command("list")
+@click.option("--json", "as_json", is_flag=True)
+def secret_list(as_json: bool) -> None:
+    """Your secrets' names and when each was last set; never their values."""
+    secrets = _api(lambda: _client().get("/secrets"))["secrets"]
+    if as_json:
+        click.echo(json.dumps(secrets, indent=2))
+        return
+    if not secrets:
+        click.echo("No secrets yet: `peergrid secret set NAME` stores one.")
+    for s in secrets:
+        click.echo(f"{s['name']:<32} set {s['updated_at']}")
+
+
+@secret.command("delete")
+@click.argument("name")
+def secret_delete(name: str) -> None:
+    """Delete a secret; an op that names it and has not started yet fails, saying why."""
+    _api(lambda: _client().request("DELETE", f"/secrets/{name}"))
+    click.echo(f"secret {name} deleted")
+
+
 def _redact(url: str) -> str:
     from sqlalchemy.engine import make_url
 

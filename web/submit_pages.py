@@ -11,8 +11,7 @@ from flask import Blueprint, abort, jsonify, redirect, render_template, request,
 
 from scheduler import ledger
 from scheduler.errors import InvalidDefinition, NoMarket, PeergridError, Problem
-from scheduler.jobdef import parse_definition
-from scheduler.jobs import submit_job
+from scheduler.jobs import check_definition, submit_job
 from scheduler.orchestration import plan_ops
 from web.auth import session_user
 from web.dashboard import login_required
@@ -41,7 +40,7 @@ def check(text: str, market: str | None) -> dict:
         return {"valid": False, "available": available,
                 "errors": [{"path": "$", "message": f"Not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}."}]}
     try:
-        definition = parse_definition(document)
+        definition = check_definition(db(), user, document)
         planned = plan_ops(db(), definition, market_slug=market, default_timeout_s=core().settings.default_timeout_s)
     except InvalidDefinition as e:
         return {"valid": False, "available": available, "errors": [p.as_dict() for p in e.problems]}

@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Running:
-    attempt: dict
+    # The claim answer: its spec carries secret values, so it is kept out of any repr.
+    attempt: dict = field(repr=False)
     cancel: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
     # Seconds the container may run; the server may extend it while it runs.
@@ -168,6 +169,12 @@ class Agent:
             message.ack()  # the server re-offers attempts left unclaimed
             return
         message.ack()
+        if attempt is None:
+            # The server refused to hand the op over after all (a secret it needs is gone) and has
+            # recorded why.
+            self.capacity.release(attempt_id)
+            log.warning("attempt %s cannot run; the server failed it and its job's events say why", attempt_id)
+            return
         self.start(attempt)
 
     def start(self, attempt: dict) -> None:
@@ -182,7 +189,9 @@ class Agent:
         attempt_id = attempt["id"]
         ids = {"job": attempt["job_id"], "op": attempt["op"], "attempt": attempt_id, "node": self.node.get("id")}
         log.info("running attempt %s (job %s, op %s)", attempt_id, attempt["job_id"], attempt["op"], extra=ids)
-        shipper = LogShipper(self.client, attempt_id, interval_s=self.settings.log_interval_s)
+        shipper = LogShipper(
+            self.client, attempt_id, interval_s=self.settings.log_interval_s, redact=attempt.get("redact") or ()
+        )
 
         def started() -> None:
             try:
@@ -260,6 +269,7 @@ class Agent:
         """Send the last log lines, then how the attempt ended, unless it is no longer ours."""
         attempt_id = run.attempt["id"]
         if error:
+            error = shipper.mask(error)
             shipper.add("system", f"[peergrid] {error}")
         lines = shipper.finish()
         ids = {"job": run.attempt["job_id"], "op": run.attempt["op"], "attempt": attempt_id, "node": self.node.get("id")}

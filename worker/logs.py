@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
+from typing import Iterable
 
 from worker.client import NodeClient
 from worker.errors import AttemptGone, ServerError
@@ -12,15 +13,18 @@ from worker.errors import AttemptGone, ServerError
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 1000
+MASK = "***"
 # Lines held while the server cannot be reached; past this the oldest are dropped and said so.
 MAX_BUFFERED = 100_000
 
 
 class LogShipper:
-    def __init__(self, client: NodeClient, attempt_id: int, *, interval_s: float = 0.25):
+    def __init__(self, client: NodeClient, attempt_id: int, *, interval_s: float = 0.25, redact: Iterable[str] = ()):
         self.client = client
         self.attempt_id = attempt_id
         self.interval_s = interval_s
+        # The attempt's secret values, longest first so one inside another is masked whole.
+        self._masks = sorted((value for value in redact if value), key=len, reverse=True)
         self._lines: deque[dict] = deque()
         self._seq = 0
         self._dropped = 0
@@ -40,12 +44,19 @@ class LogShipper:
         if self.full.is_set():
             # The container's output is still read, so it never blocks on a full pipe, but goes nowhere.
             return
+        text = self.mask(text)
         with self._lock:
             self._seq += 1
             self._lines.append({"seq": self._seq, "stream": stream, "text": text})
             if len(self._lines) > MAX_BUFFERED:
                 self._lines.popleft()
                 self._dropped += 1
+
+    def mask(self, text: str) -> str:
+        """Return text with each of the attempt's secret values replaced by ***."""
+        for value in self._masks:
+            text = text.replace(value, MASK)
+        return text
 
     def close(self, timeout: float = 30.0) -> None:
         """Send what is left, then stop."""

@@ -39,7 +39,8 @@ class ContainerSpec:
     image: str
     command: list[str] | None = None
     entrypoint: list[str] | None = None
-    env: dict[str, str] = field(default_factory=dict)
+    # May hold secret values: kept out of any repr, so no log line can print them.
+    env: dict[str, str] = field(default_factory=dict, repr=False)
     work_dir: str | None = None
     network: str = "none"
     labels: dict[str, str] = field(default_factory=dict)
@@ -53,6 +54,8 @@ class ContainerSpec:
     limits: Limits = field(default_factory=Limits)
     # Ports the op exposes: binding a low port is the one extra capability an op may need.
     exposes_ports: bool = False
+    # docker-py's auth_config for pulling the image from a private registry.
+    registry_auth: dict[str, str] | None = field(default=None, repr=False)
 
 
 def volume_name(job_id: int, name: str) -> str:
@@ -111,7 +114,17 @@ def container_spec(
         simulated_gpus=simulated_gpus,
         limits=limits or Limits(),
         exposes_ports=bool(spec.get("expose")),
+        registry_auth=registry_auth(spec),
     )
+
+
+def registry_auth(spec: dict) -> dict[str, str] | None:
+    """Nosana's authentication.docker, as docker-py's auth_config (server is its serveraddress)."""
+    docker = (spec.get("authentication") or {}).get("docker")
+    if not isinstance(docker, dict) or not docker.get("username"):
+        return None
+    names = {"username": "username", "password": "password", "email": "email", "server": "serveraddress"}
+    return {names[k]: str(v) for k, v in docker.items() if k in names and v}
 
 
 @dataclass(frozen=True)
@@ -229,7 +242,7 @@ class DockerRuntime:
         """
         try:
             client = self.client()
-            self._ensure_image(client, spec.image)
+            self._ensure_image(client, spec.image, spec.registry_auth)
             container = self._create(client, spec)
             self._place_files(container, spec, inputs or {})
         except (RuntimeUnavailable, ContainerFailed) as e:
@@ -247,7 +260,7 @@ class DockerRuntime:
             except (DockerException, OSError) as e:
                 log.warning("could not remove container %s: %s", container.id[:12], e)
 
-    def _ensure_image(self, client: docker.DockerClient, image: str) -> None:
+    def _ensure_image(self, client: docker.DockerClient, image: str, auth: dict[str, str] | None = None) -> None:
         try:
             client.images.get(image)
             return
@@ -256,7 +269,7 @@ class DockerRuntime:
         except (DockerException, OSError) as e:
             raise ContainerFailed(f"Could not look up the image {image!r}: {_short(e)}") from e
         try:
-            client.images.pull(image)
+            client.images.pull(image, auth_config=auth)
         except (DockerException, OSError) as e:
             raise ContainerFailed(
                 f"The image {image!r} is not on this machine and could not be pulled ({_short(e)}). "

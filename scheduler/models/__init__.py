@@ -8,6 +8,7 @@ from scheduler.models.jobs import Attempt, Job, LogLine, Op
 from scheduler.models.ledger import Account, AccountKind, LedgerTransaction, Payout, PayoutState, Posting
 from scheduler.models.markets import Market
 from scheduler.models.nodes import Node, NodeGpu
+from scheduler.models.secrets import Secret
 
 __all__ = [
     "Account",
@@ -18,4 +19,4 @@ __all__ = [
     "Posting",
     "ApiToken",
     "Artifact",
-    "Attempt", "Base", "Job", "JobEvent", "LogLine", "Market", "Node", "NodeGpu", "Op", "User"]
+    "Attempt", "Base", "Job", "JobEvent", "LogLine", "Market", "Node", "NodeGpu", "Op", "Secret", "User"]

@@ -17,9 +17,10 @@ from scheduler.attempts import (
     held_attempt,
     start_attempt,
 )
-from scheduler.errors import PeergridError
+from scheduler.errors import PeergridError, SecretMissing
 from scheduler.models import Attempt, Market, Op
 from scheduler.nodes import GpuReport, NodeReport, record_report, register
+from scheduler.secrets import masks, op_secret_values, reveal
 from scheduler.states import ATTEMPT_HELD
 from web.api import bp
 from web.api.serialize import market_json
@@ -126,6 +127,13 @@ def attempt_claim(attempt_id: int):
         raise PeergridError("gpus must be a list of GPU UUIDs.")
     attempt = claim_attempt(db(), node, attempt_id, gpus=gpus)
     op = attempt.op
+    try:
+        values = op_secret_values(db(), op)
+    except SecretMissing as e:
+        # The claim stands, so the failure is recorded: the op fails (or retries) as if its node
+        # could not start it.
+        finish_attempt(db(), node, attempt.id, exit_code=None, error=str(e))
+        return jsonify({"attempt": None, "error": str(e)})
     parents = {a.op_id: a for a in job_artifacts(db(), op.job)}
     keys = {o.id: o.key for o in op.job.ops}
     inputs = [
@@ -143,8 +151,11 @@ def attempt_claim(attempt_id: int):
                 "timeout_s": op.timeout_s,
                 "market": op.market.slug,
                 "gpus": list(attempt.gpus or []),
-                "spec": op.spec,
+                # The only place secret values leave the store: to the node that won the claim.
+                "spec": reveal(op.spec, values),
                 "inputs": inputs,
+                # What the node masks as *** in the lines it reports.
+                "redact": masks(values.values()),
             }
         }
     )

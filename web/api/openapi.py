@@ -23,8 +23,9 @@ def _errors(*codes: int) -> dict:
     return {str(code): _json(PROBLEMS if code == 422 else ERROR, words[code]) for code in codes}
 
 
-def _op(summary: str, ok: dict, *errors: int, security=USER, params=None, body=None, ok_code: int = 200) -> dict:
-    op = {"summary": summary, "security": security, "responses": {str(ok_code): ok, **_errors(*errors)}}
+def _op(summary: str, ok: dict, *errors: int, security=USER, params=None, body=None, ok_code: int = 200,
+        also: dict | None = None) -> dict:
+    op = {"summary": summary, "security": security, "responses": {str(ok_code): ok, **(also or {}), **_errors(*errors)}}
     if params:
         op["parameters"] = params
     if body:
@@ -38,10 +39,14 @@ def _path(name: str, schema=None, where: str = "path") -> dict:
 
 OBJ = {"type": "object"}
 JOB = {"$ref": "#/components/schemas/Job"}
+SECRET = {"type": "object", "required": ["name"], "properties": {
+    "name": {"type": "string"}, "created_at": {"type": "string"}, "updated_at": {"type": "string"}}}
+SECRETS = {"type": "object", "required": ["secrets"], "properties": {"secrets": {"type": "array", "items": SECRET}}}
 
 
 def spec() -> dict:
     job_id = _path("job_id")
+    secret_name = _path("name", {"type": "string", "pattern": "^[A-Z_][A-Z0-9_]{0,99}$"})
     attempt_id = _path("attempt_id")
     return {
         "openapi": "3.0.3",
@@ -101,6 +106,14 @@ def spec() -> dict:
             "/nodes/{node_id}/drain": {"post": _op("Drain a node, or take it back", _json(OBJ), 401, 404, params=[_path("node_id")],
                                                    body={"type": "object", "properties": {"drain": {"type": "boolean"}}})},
             "/markets": {"get": _op("Every market", _json(OBJ), 401)},
+            "/secrets": {"get": _op("Your secrets: names and dates, never values", _json(SECRETS), 401)},
+            "/secrets/{name}": {
+                "put": _op("Create a secret, or replace its value", _json(SECRET, "Replaced"), 400, 401, params=[secret_name],
+                           also={"201": _json(SECRET, "Created")},
+                           body={"type": "object", "required": ["value"], "properties": {"value": {"type": "string"}}}),
+                "delete": _op("Delete a secret", {"description": "Deleted"}, 400, 401, 404, ok_code=204,
+                              params=[secret_name]),
+            },
             "/ledger/balance": {"get": _op("Your balances", _json(OBJ), 401)},
             "/ledger/transactions": {"get": _op("Your movements", _json(OBJ), 401,
                                                 params=[_path("page", {"type": "integer", "minimum": 1}, "query")])},
@@ -131,7 +144,7 @@ def spec() -> dict:
             "/node/register": {"post": _op("A worker starts (node token)", _json(OBJ), 400, 401, 403, security=NODE, body=OBJ)},
             "/node/heartbeat": {"post": _op("A worker's heartbeat (node token)", _json(OBJ), 400, 401, 403, security=NODE, body=OBJ)},
             "/node/attempts/{attempt_id}/claim": {"post": _op(
-                "Claim an offered attempt (node token)", _json(OBJ), 400, 401, 403, 404, 409, security=NODE,
+                "Claim an offered attempt (node token); the answer alone carries the op's secret values", _json(OBJ), 400, 401, 403, 404, 409, security=NODE,
                 params=[attempt_id], body={"type": "object", "properties": {"gpus": {"type": "array", "items": {"type": "string"}}}})},
             "/node/attempts/{attempt_id}/started": {"post": _op("The container started", _json(OBJ), 401, 403, 404, 409,
                                                                 security=NODE, params=[attempt_id])},
