@@ -131,7 +131,10 @@ def record_report(
     node.slots = max(1, report.slots)
     node.last_heartbeat_at = now
     _replace_gpus(node, report.gpus)
-    if node.state != NodeState.DRAINING:
+    if node.drain_requested:
+        # A drain outlives the node going silent: it comes back draining, as its owner left it.
+        move(node, NodeState.DRAINING, now=now)
+    else:
         if holds is None:
             holds = session.scalar(
                 select(Attempt.id).where(Attempt.node_id == node.id, Attempt.state.in_(ATTEMPT_HELD)).limit(1)
@@ -171,8 +174,10 @@ def reap_silent_nodes(session: Session, *, timeout_s: float, now: datetime | Non
 
 def set_draining(session: Session, node: Node, draining: bool, *, now: datetime | None = None) -> None:
     """Drain a node (it finishes what runs and takes nothing new), or take it back into service."""
+    node.drain_requested = draining
     if draining:
-        move(node, NodeState.DRAINING, now=now)
+        if node.state != NodeState.OFFLINE:  # an offline node starts draining when it comes back
+            move(node, NodeState.DRAINING, now=now)
     elif node.state == NodeState.DRAINING:
         move(node, NodeState.ONLINE, now=now)
 

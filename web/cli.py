@@ -588,7 +588,8 @@ def node_drain(node_name: str, undo: bool) -> None:
     client = _client()
     node_id = _node_id(client, node_name)
     body = _api(lambda: client.post(f"/nodes/{node_id}/drain", {"drain": not undo}))
-    click.echo(f"node {body['name']}: {body['state']}")
+    later = " (it drains when it comes back)" if body.get("drain_requested") and body["state"] == "offline" else ""
+    click.echo(f"node {body['name']}: {body['state']}{later}")
 
 
 @node.command("create")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, String, UniqueConstraint
+from sqlalchemy import ForeignKey, String, UniqueConstraint, false
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from scheduler.models.base import Base, state_column
@@ -38,6 +38,8 @@ class Node(Base):
     # Set when an admin banned it: its token is refused and it takes no work.
     banned_at: Mapped[datetime | None]
     ban_reason: Mapped[str | None] = mapped_column(String(500))
+    # Its owner asked it to drain: it stays draining through going offline and back, until undrained.
+    drain_requested: Mapped[bool] = mapped_column(default=False, server_default=false())
 
     gpus: Mapped[list["NodeGpu"]] = relationship(
         back_populates="node", cascade="all, delete-orphan", order_by="NodeGpu.index"

@@ -85,6 +85,8 @@ def node_json(node: Node) -> dict:
         "id": node.id,
         "name": node.name,
         "state": node.state.value,
+        # Its owner asked it to drain; an offline node starts draining when it returns.
+        "drain_requested": node.drain_requested,
         "simulated": node.simulated,
         "gpu_message": node.gpu_message,
         "hostname": node.hostname,
