@@ -1,0 +1,343 @@
+"""Commands that call a server's API with an API token: job, node, secret, balance, payout."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from scheduler.errors import InvalidDefinition, PeergridError
+from web.apiclient import ApiClient, ApiError
+from web.cli import fail, main
+
+FINISHED = ("succeeded", "failed", "cancelled")
+
+def _client() -> ApiClient:
+    token = os.environ.get("PEERGRID_TOKEN")
+    if not token:
+        fail("Set PEERGRID_TOKEN to an API token (`peergrid admin create-token EMAIL` prints one).")
+    return ApiClient(os.environ.get("PEERGRID_SERVER", "http://127.0.0.1:8000"), token)
+
+
+def _api(call):
+    try:
+        return call()
+    except ApiError as e:
+        if e.body.get("errors"):
+            for problem in e.body["errors"]:
+                click.echo(f"{problem['path']}: {problem['message']}", err=True)
+            sys.exit(1)
+        fail(str(e))
+
+
+def _read_definition(path: str) -> object:
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        fail(f"Cannot read {path}: {e.strerror}.")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        click.echo(f"$: {path} is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}.", err=True)
+        sys.exit(1)
+
+
+@main.group()
+def job() -> None:
+    """Validate, submit and follow jobs."""
+
+
+@job.command("validate")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the problems as JSON.")
+def job_validate(file: str, as_json: bool) -> None:
+    """Exit 0 if the definition is valid, else print each problem as `PATH: message`."""
+    from scheduler.jobdef import parse_definition
+
+    document = _read_definition(file)
+    try:
+        definition = parse_definition(document)
+    except InvalidDefinition as e:
+        if as_json:
+            click.echo(json.dumps({"valid": False, "errors": [p.as_dict() for p in e.problems]}, indent=2))
+        else:
+            for problem in e.problems:
+                click.echo(str(problem))
+        sys.exit(1)
+    if as_json:
+        click.echo(json.dumps({"valid": True, "ops": [o.key for o in definition.ops],
+                               "warnings": [w.as_dict() for w in definition.warnings]}, indent=2))
+    else:
+        for warning in definition.warnings:
+            click.echo(f"warning: {warning}", err=True)
+        click.echo(f"{file}: valid, {len(definition.ops)} op(s): {', '.join(o.key for o in definition.ops)}")
+
+
+@job.command("submit")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--market", help="The market's slug, for ops that name none.")
+@click.option("--wait", is_flag=True, help="Wait for the job to end; exit 0 only if it succeeded.")
+@click.option("--follow", is_flag=True, help="Print its log lines as they arrive, until it ends.")
+def job_submit(file: str, market: str | None, wait: bool, follow: bool) -> None:
+    """Submit a job definition and print the job's id."""
+    client = _client()
+    document = _read_definition(file)
+    created = _api(lambda: client.post("/jobs", document, market=market))
+    click.echo(created["id"])
+    if follow:
+        state = _follow_logs(client, created["id"], None)
+        sys.exit(0 if state == "succeeded" else 1)
+    if wait:
+        state = _wait(client, created["id"])
+        click.echo(f"job {created['id']} {state}", err=True)
+        sys.exit(0 if state == "succeeded" else 1)
+
+
+def _wait(client: ApiClient, job_id: int) -> str:
+    delay = 0.2
+    while True:
+        state = _api(lambda: client.get(f"/jobs/{job_id}"))["state"]
+        if state in FINISHED:
+            return state
+        time.sleep(delay)
+        delay = min(delay * 1.5, 2.0)
+
+
+def _follow_logs(client: ApiClient, job_id: int, op: str | None) -> str:
+    after = 0
+    while True:
+        page = _api(lambda: client.get(f"/jobs/{job_id}/logs", op=op, after=after))
+        for line in page["lines"]:
+            click.echo(f"[{line['op']}] {line['text']}", err=line["stream"] == "stderr")
+        after = page["next"]
+        if page["state"] in FINISHED and not page["lines"]:
+            return page["state"]
+        if not page["lines"]:
+            time.sleep(0.5)
+
+
+@job.command("status")
+@click.argument("job_id", type=int)
+@click.option("--json", "as_json", is_flag=True)
+def job_status(job_id: int, as_json: bool) -> None:
+    """Show a job's state and its ops'."""
+    body = _api(lambda: _client().get(f"/jobs/{job_id}"))
+    if as_json:
+        click.echo(json.dumps(body, indent=2))
+        return
+    click.echo(f"job {body['id']}: {body['state']}  cost {body['cost'] / 1e6:.6f} credits")
+    for op in body["ops"]:
+        node = op["node"]["name"] if op["node"] else "-"
+        code = "" if op["exit_code"] is None else f" exit {op['exit_code']}"
+        note = f"  ({op['error']})" if op["error"] else ""
+        click.echo(f"  {op['id']}: {op['state']}{code} on {node}{note}")
+        for key, value in (op.get("results") or {}).items():
+            click.echo(f"    {key} = {value}")
+
+
+@job.command("logs")
+@click.argument("job_id", type=int)
+@click.option("--op", help="Only this op's lines.")
+@click.option("--follow", is_flag=True, help="Keep printing new lines until the job ends.")
+def job_logs(job_id: int, op: str | None, follow: bool) -> None:
+    """Print a job's log lines."""
+    client = _client()
+    if follow:
+        _follow_logs(client, job_id, op)
+        return
+    after = 0
+    while True:
+        page = _api(lambda: client.get(f"/jobs/{job_id}/logs", op=op, after=after))
+        for line in page["lines"]:
+            click.echo(line["text"] if op else f"[{line['op']}] {line['text']}")
+        if not page["lines"]:
+            return
+        after = page["next"]
+
+
+@job.command("cancel")
+@click.argument("job_id", type=int)
+def job_cancel(job_id: int) -> None:
+    """Cancel a job: running containers are stopped, the rest never start."""
+    body = _api(lambda: _client().post(f"/jobs/{job_id}/cancel"))
+    click.echo(f"job {body['id']}: {body['state']}")
+
+
+@job.command("extend")
+@click.argument("job_id", type=int)
+@click.argument("seconds", type=click.IntRange(min=1))
+def job_extend(job_id: int, seconds: int) -> None:
+    """Give a running job's ops more time (up to their market's maximum)."""
+    body = _api(lambda: _client().post(f"/jobs/{job_id}/extend", {"seconds": seconds}))
+    limits = ", ".join(f"{op['id']} {op['timeout']} s" for op in body["ops"] if op["state"] in ("pending", "queued", "running"))
+    click.echo(f"job {body['id']}: time limits now {limits}")
+
+
+@job.command("download")
+@click.argument("job_id", type=int)
+@click.argument("op")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Where to write it [job-ID-OP.tar.gz].")
+def job_download(job_id: int, op: str, output: str | None) -> None:
+    """Download an op's output folder as a .tar.gz."""
+    import hashlib
+
+    client = _client()
+    listing = _api(lambda: client.get(f"/jobs/{job_id}/artifacts"))["artifacts"]
+    artifact = next((a for a in listing if a["op"] == op), None)
+    if artifact is None:
+        have = ", ".join(a["op"] for a in listing) or "none"
+        fail(f"Op {op!r} of job {job_id} has no output (ops with output: {have}).")
+    target = Path(output or f"job-{job_id}-{op}.tar.gz")
+    digest = hashlib.sha256()
+    with client.http.get(client.server + artifact["url"], stream=True, timeout=300) as response:
+        if response.status_code >= 400:
+            fail(f"The download failed: {response.status_code} {response.reason}.")
+        with open(target, "wb") as out:
+            for chunk in response.iter_content(1024 * 1024):
+                digest.update(chunk)
+                out.write(chunk)
+    if digest.hexdigest() != artifact["sha256"]:
+        target.unlink(missing_ok=True)
+        fail("The download arrived damaged (checksum mismatch); try again.")
+    click.echo(str(target))
+
+
+@main.command()
+def balance() -> None:
+    """Your credits: available, in escrow, earned, and in payout requests."""
+    from scheduler.ledger import credits
+
+    body = _api(lambda: _client().get("/ledger/balance"))
+    for name in ("available", "escrow", "earnings", "payout_pending"):
+        click.echo(f"{name.replace('_', ' '):<15} {credits(body[name]):>16} credits")
+
+
+@main.group()
+def payout() -> None:
+    """Ask for your earnings to be paid out, and see your requests."""
+
+
+@payout.command("request")
+@click.argument("amount")
+def payout_request(amount: str) -> None:
+    """Ask for AMOUNT credits of your earnings to be paid out."""
+    from scheduler.ledger import credits, parse_credits
+
+    try:
+        micro = parse_credits(amount)
+    except PeergridError as e:
+        fail(str(e))
+    body = _api(lambda: _client().post("/payouts", {"amount": micro}))
+    click.echo(f"payout {body['id']}: {credits(body['amount'])} credits {body['state']}")
+
+
+@payout.command("list")
+def payout_list() -> None:
+    """Your payout requests and what became of them."""
+    from scheduler.ledger import credits
+
+    for p in _api(lambda: _client().get("/payouts"))["payouts"]:
+        detail = p["reference"] or p["reason"] or ""
+        click.echo(f"{p['id']:>5}  {credits(p['amount']):>12}  {p['state']:<9} {detail}")
+
+
+@main.group()
+def node() -> None:
+    """Register machines as nodes."""
+
+
+@node.command("list")
+@click.option("--json", "as_json", is_flag=True)
+def node_list(as_json: bool) -> None:
+    """Your nodes (all of them, for an admin), their state and GPUs."""
+    nodes = _api(lambda: _client().get("/nodes"))["nodes"]
+    if as_json:
+        click.echo(json.dumps(nodes, indent=2))
+        return
+    if not nodes:
+        click.echo("No nodes yet: `peergrid node create NAME` registers one.")
+    for n in nodes:
+        gpus = ", ".join(f"{g['name']} {g['memory_total_mb'] / 1024:.0f} GB" for g in n["gpus"]) or (n["gpu_message"] or "no GPUs")
+        simulated = " (simulated)" if n["simulated"] else ""
+        click.echo(f"{n['id']:>4}  {n['name']:<20} {n['state']:<9} {gpus}{simulated}")
+
+
+def _node_id(client: ApiClient, name_or_id: str) -> int:
+    nodes = _api(lambda: client.get("/nodes"))["nodes"]
+    match = [n for n in nodes if n["name"] == name_or_id or str(n["id"]) == name_or_id]
+    if len(match) != 1:
+        fail(f"No node {name_or_id!r} of yours; `peergrid node list` shows them.")
+    return match[0]["id"]
+
+
+@node.command("drain")
+@click.argument("node_name")
+@click.option("--undo", is_flag=True, help="Take the node back into service.")
+def node_drain(node_name: str, undo: bool) -> None:
+    """Let a node finish what it runs and take nothing new (or, with --undo, take work again)."""
+    client = _client()
+    node_id = _node_id(client, node_name)
+    body = _api(lambda: client.post(f"/nodes/{node_id}/drain", {"drain": not undo}))
+    later = " (it drains when it comes back)" if body.get("drain_requested") and body["state"] == "offline" else ""
+    click.echo(f"node {body['name']}: {body['state']}{later}")
+
+
+@node.command("create")
+@click.argument("name")
+def node_create(name: str) -> None:
+    """Register a node and print its token, once, and nothing else."""
+    body = _api(lambda: _client().post("/nodes", {"name": name}))
+    click.echo(body["token"])
+
+
+@main.group()
+def secret() -> None:
+    """Keep values on the server that jobs use as %%secrets.NAME%%; they are never shown again."""
+
+
+@secret.command("set")
+@click.argument("name")
+def secret_set(name: str) -> None:
+    """Store a secret or replace its value, read from stdin when piped, else asked for (hidden).
+
+    Never on the command line, where the shell history and `ps` would keep it.
+    """
+    from scheduler.secrets import check_name
+
+    try:
+        check_name(name)
+    except PeergridError as e:
+        fail(str(e))
+    if sys.stdin.isatty():
+        value = click.prompt(f"Value of {name}", hide_input=True, confirmation_prompt=True)
+    else:
+        # `echo VALUE | peergrid secret set NAME` ends the value with a newline that is not part of it.
+        value = sys.stdin.read().removesuffix("\n").removesuffix("\r")
+    body = _api(lambda: _client().request("PUT", f"/secrets/{name}", json={"value": value}))
+    click.echo(f"secret {body['name']} stored; jobs use it as %%secrets.{body['name']}%%")
+
+
+@secret.command("list")
+@click.option("--json", "as_json", is_flag=True)
+def secret_list(as_json: bool) -> None:
+    """Your secrets' names and when each was last set; never their values."""
+    secrets = _api(lambda: _client().get("/secrets"))["secrets"]
+    if as_json:
+        click.echo(json.dumps(secrets, indent=2))
+        return
+    if not secrets:
+        click.echo("No secrets yet: `peergrid secret set NAME` stores one.")
+    for s in secrets:
+        click.echo(f"{s['name']:<32} set {s['updated_at']}")
+
+
+@secret.command("delete")
+@click.argument("name")
+def secret_delete(name: str) -> None:
+    """Delete a secret; an op that names it and has not started yet fails, saying why."""
+    _api(lambda: _client().request("DELETE", f"/secrets/{name}"))
+    click.echo(f"secret {name} deleted")

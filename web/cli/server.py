@@ -1,0 +1,301 @@
+"""Commands that run peergrid's processes or act on its store: up, db, web, scheduler, worker, admin."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+
+import click
+
+from scheduler.errors import PeergridError
+from scheduler.settings import Settings
+from web.cli import fail, main, setup_logging
+
+def _core():
+    from scheduler.core import Core
+
+    try:
+        return Core.from_settings(Settings.from_env())
+    except PeergridError as e:
+        fail(str(e))
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--data-dir", type=click.Path(file_okay=False), help="Where the embedded store and broker live [./var].")
+@click.option("--simulate-gpus", metavar="SPEC", help='Give the local worker made-up GPUs, e.g. "NVIDIA GeForce RTX 4090:24x2".')
+@click.option("--no-worker", is_flag=True, help="Do not start a local worker.")
+def up(host: str, port: int, data_dir: str | None, simulate_gpus: str | None, no_worker: bool) -> None:
+    """Run web, scheduler and a local worker together on this machine."""
+    from web.up import run_up
+
+    sys.exit(run_up(host=host, port=port, data_dir=data_dir, simulate_gpus=simulate_gpus, worker=not no_worker))
+
+
+@main.group()
+def db() -> None:
+    """The job store."""
+
+
+@db.command("upgrade")
+def db_upgrade() -> None:
+    """Apply migrations to PEERGRID_DATABASE_URL."""
+    from scheduler.migrate import upgrade
+
+    settings = Settings.from_env()
+    upgrade(settings.database_url)
+    click.echo(f"The store at {_redact(settings.database_url)} is up to date.")
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--threads", default=8, show_default=True, type=int)
+def web(host: str, port: int, threads: int) -> None:
+    """Serve the web app and APIs."""
+    import waitress
+
+    from web import create_app
+
+    setup_logging()
+    app = create_app(Settings.from_env())
+    click.echo(f"Serving on http://{host}:{port}/", err=True)
+    waitress.serve(app, host=host, port=port, threads=threads, ident="peergrid", clear_untrusted_proxy_headers=True)
+
+
+@main.command()
+@click.option("--loglevel", default="INFO", show_default=True)
+def scheduler(loglevel: str) -> None:
+    """Run the trusted scheduler service (Celery worker with beat)."""
+    from scheduler.celery_app import SCHEDULER_QUEUE, make_celery
+
+    app = make_celery(Settings.from_env())
+    app.worker_main(
+        ["worker", "--beat", "-Q", SCHEDULER_QUEUE, "--pool", "solo", "--loglevel", loglevel, "--without-mingle", "--without-gossip"]
+    )
+
+
+@main.command()
+@click.option("--server", envvar="PEERGRID_SERVER", default="http://127.0.0.1:8000", show_default=True)
+@click.option("--token", envvar="PEERGRID_NODE_TOKEN", required=True, help="The node token from `peergrid node create`.")
+@click.option("--name", help="A label for logs; the node's name is the one it was created with.")
+@click.option("--simulate-gpus", metavar="SPEC", help="Made-up GPUs for development and tests; shown as simulated.")
+@click.option("--slots", default=1, show_default=True, type=click.IntRange(1, 256), help="CPU ops run at once.")
+@click.option("--job-network", envvar="PEERGRID_JOB_NETWORK", default="bridge", show_default=True,
+              help='Network for job containers: "none" (no outbound network) or a Docker network name; never "host".')
+@click.option("--job-memory-mb", type=click.IntRange(64), envvar="PEERGRID_JOB_MEMORY_MB", help="Memory limit per container.")
+@click.option("--job-cpus", type=click.FloatRange(0.1), envvar="PEERGRID_JOB_CPUS", help="CPU limit per container.")
+@click.option("--events/--no-events", envvar="PEERGRID_WORKER_EVENTS", default=True, show_default=True,
+              help="Send Celery worker events so Flower lists this node (needs publish rights on the broker).")
+def worker(server: str, token: str, name: str | None, simulate_gpus: str | None, slots: int, job_network: str,
+           job_memory_mb: int | None, job_cpus: float | None, events: bool) -> None:
+    """Run the provider's agent: take offers and run them in Docker."""
+    from worker.agent import Agent
+    from worker.errors import WorkerError
+    from worker.settings import WorkerSettings
+
+    setup_logging()
+    try:
+        settings = WorkerSettings.from_env(
+            server=server, token=token, name=name, simulate_gpus=simulate_gpus, slots=slots, job_network=job_network,
+            memory_limit_mb=job_memory_mb, cpu_limit=job_cpus, events=events,
+        )
+        agent = Agent(settings)
+    except WorkerError as e:
+        fail(str(e))
+
+    def _stop(signum, _frame):
+        logging.getLogger("worker").info("stopping (signal %s): stopping running containers and reporting them", signum)
+        agent.stop()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    try:
+        agent.run()
+    except WorkerError as e:
+        fail(str(e))
+
+
+# -- admin ---------------------------------------------------------------------------------
+
+
+@main.group()
+def admin() -> None:
+    """Accounts and tokens (run on the server, against its store)."""
+
+
+@admin.command("create-user")
+@click.argument("email")
+@click.option("--admin", "is_admin", is_flag=True, help="Make the account an admin.")
+@click.option("--password", help="Prompted for when omitted.")
+def create_user_cmd(email: str, is_admin: bool, password: str | None) -> None:
+    """Create an account."""
+    from scheduler.accounts import create_user
+
+    if password is None:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    core = _core()
+    try:
+        with core.transaction() as session:
+            user = create_user(session, email, password, is_admin=is_admin, starter_credits=core.settings.starter_credits)
+    except PeergridError as e:
+        fail(str(e))
+    click.echo(f"Created {'admin ' if is_admin else ''}account {user.email} (id {user.id}).")
+
+
+@admin.command("create-token")
+@click.argument("email")
+@click.option("--name", default="cli", show_default=True)
+def create_token_cmd(email: str, name: str) -> None:
+    """Print a new API token for an account, and nothing else."""
+    from scheduler.accounts import create_api_token, find_user
+
+    core = _core()
+    with core.transaction() as session:
+        user = find_user(session, email)
+        if user is None:
+            fail(f"There is no account {email}; create it with `peergrid admin create-user {email}`.")
+        token = create_api_token(session, user, name)
+    click.echo(token)
+
+
+@admin.command("grant")
+@click.argument("email")
+@click.argument("amount")
+@click.option("--memo", default="", help="Why, for the ledger.")
+def grant_cmd(email: str, amount: str, memo: str) -> None:
+    """Credit an account from issuance (AMOUNT in credits, e.g. 25 or 2.5)."""
+    from scheduler import ledger
+    from scheduler.accounts import find_user
+
+    core = _core()
+    try:
+        micro = ledger.parse_credits(amount)
+        with core.transaction() as session:
+            user = find_user(session, email)
+            if user is None:
+                fail(f"There is no account {email}; create it with `peergrid admin create-user {email}`.")
+            ledger.grant(session, user, micro, memo=memo or "Granted from the command line.")
+            available = ledger.balances(session, user.id)["available"]
+    except PeergridError as e:
+        fail(str(e))
+    click.echo(f"Granted {ledger.credits(micro)} credits to {email}; available now {ledger.credits(available)}.")
+
+
+@admin.command("check-books")
+def check_books_cmd() -> None:
+    """Exit 0 and print the totals when the ledger balances; exit 1 and say where it does not."""
+    from scheduler import ledger
+
+    core = _core()
+    with core.transaction() as session:
+        books = ledger.check_books(session)
+    for name, value in books.totals.items():
+        click.echo(f"{name:<16} {ledger.credits(value):>20} credits")
+    if books.balanced:
+        click.echo("The books balance.")
+        return
+    for problem in books.problems:
+        click.echo(f"UNBALANCED: {problem}", err=True)
+    sys.exit(1)
+
+
+@admin.group("market")
+def market() -> None:
+    """Markets: which hardware an op gets, and its price."""
+
+
+def _market_fields(gpus, min_vram_gb, models, min_compute, min_cuda, price, fee_percent, max_timeout, name) -> dict:
+    fields = {
+        "name": name,
+        "gpu_count": gpus,
+        "min_vram_mb": None if min_vram_gb is None else int(min_vram_gb * 1000),
+        "gpu_models": None if models is None else [m.strip() for m in models.split(",") if m.strip()],
+        "min_compute_capability": min_compute,
+        "min_cuda_version": min_cuda,
+        "price_per_second": price,
+        "fee_ppm": None if fee_percent is None else round(fee_percent * 10_000),
+        "max_timeout_s": max_timeout,
+    }
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+_market_options = [
+    click.option("--name", help="What people see."),
+    click.option("--gpus", type=click.IntRange(0, 64), help="GPUs each op holds (0 for a CPU market)."),
+    click.option("--min-vram-gb", type=click.FloatRange(0), help="Memory each GPU must have, in GB."),
+    click.option("--models", help="Allowed GPU model names, comma-separated (any when omitted)."),
+    click.option("--min-compute", help="Lowest compute capability, e.g. 8.0."),
+    click.option("--min-cuda", help="Lowest CUDA version the driver must support, e.g. 12.2."),
+    click.option("--price", type=click.IntRange(0), help="Micro-credits per GPU-second (per core-second for CPU)."),
+    click.option("--fee-percent", type=click.FloatRange(0, 100), help="The platform's share of each charge."),
+    click.option("--max-timeout", type=click.IntRange(1), help="The longest an op may run, in seconds."),
+]
+
+
+def _with_market_options(command):
+    for option in reversed(_market_options):
+        command = option(command)
+    return command
+
+
+@market.command("create")
+@click.argument("slug")
+@_with_market_options
+def market_create(slug, name, gpus, min_vram_gb, models, min_compute, min_cuda, price, fee_percent, max_timeout) -> None:
+    """Define a market (its queue is market.SLUG)."""
+    from scheduler.markets import create_market
+
+    fields = _market_fields(gpus, min_vram_gb, models, min_compute, min_cuda, price, fee_percent, max_timeout, name)
+    core = _core()
+    try:
+        with core.transaction() as session:
+            created = create_market(session, slug, **fields)
+    except PeergridError as e:
+        fail(str(e))
+    click.echo(f"Created market {created.slug} (queue {created.queue}).")
+
+
+@market.command("update")
+@click.argument("slug")
+@_with_market_options
+def market_update(slug, name, gpus, min_vram_gb, models, min_compute, min_cuda, price, fee_percent, max_timeout) -> None:
+    """Change a market's requirements or price."""
+    from scheduler.markets import update_market
+
+    fields = _market_fields(gpus, min_vram_gb, models, min_compute, min_cuda, price, fee_percent, max_timeout, name)
+    core = _core()
+    try:
+        with core.transaction() as session:
+            update_market(session, slug, **fields)
+    except PeergridError as e:
+        fail(str(e))
+    click.echo(f"Updated market {slug}.")
+
+
+@market.command("list")
+def market_list() -> None:
+    """Every market with its requirements and price."""
+    from sqlalchemy import select
+
+    from scheduler.models import Market
+
+    core = _core()
+    with core.transaction() as session:
+        rows = list(session.scalars(select(Market).order_by(Market.gpu_count, Market.price_per_second)))
+        for m in rows:
+            need = "CPU" if m.gpu_count == 0 else f"{m.gpu_count} GPU ≥ {m.min_vram_mb / 1000:g} GB"
+            if m.gpu_models:
+                need += f" ({', '.join(m.gpu_models)})"
+            click.echo(f"{m.slug:<14} {need:<34} {m.price_per_second:>6} µcr/s  fee {m.fee_ppm / 10_000:g}%  max {m.max_timeout_s} s")
+
+
+def _redact(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url
