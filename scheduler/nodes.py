@@ -10,8 +10,8 @@ from sqlalchemy.orm import Session
 
 from scheduler.accounts import NODE_TOKEN_PREFIX, hash_token, new_token
 from scheduler.errors import AuthenticationError, Banned, Conflict, PeergridError
-from scheduler.models import Attempt, Node, NodeGpu, User
-from scheduler.states import ATTEMPT_HELD, NodeState, move, utcnow
+from scheduler.models import Attempt, Job, Node, NodeGpu, Op, User
+from scheduler.states import ATTEMPT_HELD, JOB_FINISHED, NodeState, move, utcnow
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,8 @@ class NodeReport:
     memory_mb: int = 0
     slots: int = 1
     running: tuple[int, ...] = field(default=())
+    # Jobs whose named volumes the node still keeps.
+    volume_jobs: tuple[int, ...] = field(default=())
 
 
 def create_node(session: Session, owner: User, name: str) -> tuple[Node, str]:
@@ -150,6 +152,22 @@ def register(session: Session, node: Node, report: NodeReport, *, now: datetime 
     lose_attempts(session, node, f"node {node.name} restarted while running it.", now=now)
     node.registered_at = now
     record_report(session, node, report, now=now)
+
+
+def ended_jobs(session: Session, node: Node, job_ids: tuple[int, ...]) -> list[int]:
+    """Of job_ids, those that have ended and that node ran an attempt of; of other jobs it learns nothing."""
+    if not job_ids:
+        return []
+    return list(
+        session.scalars(
+            select(Job.id)
+            .join(Op, Op.job_id == Job.id)
+            .join(Attempt, Attempt.op_id == Op.id)
+            .where(Job.id.in_(job_ids), Job.state.in_(JOB_FINISHED), Attempt.node_id == node.id)
+            .distinct()
+            .order_by(Job.id)
+        )
+    )
 
 
 def reap_silent_nodes(session: Session, *, timeout_s: float, now: datetime | None = None) -> list[Node]:

@@ -31,6 +31,7 @@ class Stack:
         self.env = {
             **os.environ,
             "PEERGRID_DATA_DIR": str(root),
+            "PEERGRID_WORKER_DATA_DIR": str(root / "worker"),
             "PEERGRID_DATABASE_URL": database_url,
             "PEERGRID_BROKER_URL": broker_url,
             "PEERGRID_SECRET_KEY": "e2e-secret",

@@ -17,6 +17,7 @@ import pytest
 
 from tests import factories
 from tests.factories import hello_world
+from tests.registry import LoopbackServer, RegistryHandler
 from tests.stack import Api, Stack
 
 HELLO = Path(__file__).resolve().parents[2] / "shared" / "compat" / "nosana" / "hello-world.json"
@@ -163,46 +164,25 @@ def test_an_op_that_floods_its_log_is_cut_off_and_keeps_running(tmp_path, sqlite
         assert "reached the server's limit; discarding its further output" in stack.logs()
 
 
-class LoginRegistry:
+class LoginRegistry(LoopbackServer):
     """A registry on loopback that asks for a Basic login and keeps what it was sent; it holds no image."""
 
     def __init__(self):
-        import http.server
-        import threading
-
         seen = self.authorizations = []
 
-        class Handler(http.server.BaseHTTPRequestHandler):
+        class Handler(RegistryHandler):
             def do_GET(self):
                 seen.append(self.headers.get("Authorization"))
                 if not self.headers.get("Authorization"):
-                    self._answer(401, {"errors": [{"code": "UNAUTHORIZED"}]}, {"WWW-Authenticate": 'Basic realm="test"'})
+                    self.answer(401, {"errors": [{"code": "UNAUTHORIZED"}]}, {"WWW-Authenticate": 'Basic realm="test"'})
                 elif self.path == "/v2/":
-                    self._answer(200, {})
+                    self.answer(200, {})
                 else:
-                    self._answer(404, {"errors": [{"code": "MANIFEST_UNKNOWN", "message": "manifest unknown"}]})
+                    self.answer(404, {"errors": [{"code": "MANIFEST_UNKNOWN", "message": "manifest unknown"}]})
 
             do_HEAD = do_GET
 
-            def _answer(self, status: int, body: dict, headers: dict | None = None):
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                for name, value in {"Content-Type": "application/json", "Content-Length": str(len(data)), **(headers or {})}.items():
-                    self.send_header(name, value)
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.address = f"127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler)
 
 
 def test_a_secret_reaches_the_container_and_the_registry_and_nowhere_else(stack, test_image):

@@ -177,6 +177,36 @@ def test_reports_about_an_attempt_that_is_not_the_nodes_are_refused(client, core
     assert beat.json["cancel"] == [attempt_id]
 
 
+def test_a_heartbeat_names_only_the_nodes_own_ended_jobs_of_those_it_keeps_volumes_of(database_url, tmp_path):
+    """Given a job node A ran to its end, one A ran that still runs, one B ran to its end and one
+    nobody ran, when each node asks about all four, then each hears only of its own ended job."""
+    with served(database_url, tmp_path) as (core, client):
+        _, token = factories.user(core)
+        (_, a), (_, b) = registered(client, core), registered(client, core)
+        jobs = [submit(client, token) for _ in range(4)]
+        for job, node, ends in ((jobs[0], a, True), (jobs[1], a, False), (jobs[2], b, True)):
+            attempt_id = first_attempt(job)
+            client.post(f"/api/v1/node/attempts/{attempt_id}/claim", headers=bearer(node))
+            client.post(f"/api/v1/node/attempts/{attempt_id}/started", headers=bearer(node))
+            if ends:
+                client.post(f"/api/v1/node/attempts/{attempt_id}/finished", json={"exit_code": 0}, headers=bearer(node))
+        client.post(f"/api/v1/jobs/{jobs[3]['id']}/cancel", headers=bearer(token))  # ended, ran nowhere
+        asked = [job["id"] for job in jobs] + [10**9]
+
+        beats = {name: client.post("/api/v1/node/heartbeat", json={**REPORT, "volume_jobs": asked}, headers=bearer(node))
+                 for name, node in (("a", a), ("b", b))}
+        quiet = client.post("/api/v1/node/heartbeat", json=REPORT, headers=bearer(a))
+        too_many = client.post("/api/v1/node/heartbeat", json={**REPORT, "volume_jobs": list(range(1, 1002))},
+                               headers=bearer(a))
+        not_ids = client.post("/api/v1/node/heartbeat", json={**REPORT, "volume_jobs": ["1"]}, headers=bearer(a))
+
+        assert beats["a"].json["ended_jobs"] == [jobs[0]["id"]]
+        assert beats["b"].json["ended_jobs"] == [jobs[2]["id"]]
+        assert quiet.json["ended_jobs"] == []
+        assert too_many.status_code == 400 and "at most 1000 job ids" in too_many.json["error"]
+        assert not_ids.status_code == 400
+
+
 def test_heartbeats_keep_the_gpu_inventory(client, core, provider):
     _, node_token = provider
     gpu = {"uuid": "GPU-1", "name": "NVIDIA A100", "memory_total_mb": 81920, "memory_free_mb": 80000, "index": 0}

@@ -166,6 +166,27 @@ def test_a_worker_refuses_the_host_network():
         WorkerSettings(server="http://x", token="t", job_network="host")
 
 
+def test_the_worker_keeps_its_state_where_told_and_says_when_it_cannot_read_it(tmp_path):
+    from pathlib import Path
+
+    from worker.errors import WorkerError
+    from worker.images import PrivateImages
+    from worker.settings import WorkerSettings
+
+    told = WorkerSettings.from_env({"PEERGRID_WORKER_DATA_DIR": str(tmp_path)}, server="http://x", token="t")
+    default = WorkerSettings.from_env({"XDG_STATE_HOME": "/state"}, server="http://x", token="t")
+    kept = PrivateImages(tmp_path / "private-images.json")
+    kept.pulled("registry.example.com/ann/app:1", "sha256:1")
+    broken = tmp_path / "broken.json"
+    broken.write_text("not json")
+
+    assert told.data_dir == tmp_path and default.data_dir == Path("/state/peergrid-worker")
+    assert PrivateImages(tmp_path / "private-images.json").ids(lambda ref: None) == {"sha256:1"}
+    with pytest.raises(WorkerError, match="cannot be used") as refused:
+        PrivateImages(broken)
+    assert str(broken) in str(refused.value)
+
+
 def test_the_offer_consumer_survives_an_unexpected_error():
     """A failure inside the broker client is logged and the consumer is made again, not fatal."""
     from kombu import Connection

@@ -8,6 +8,7 @@ import subprocess
 import signal
 import tarfile
 import time
+import uuid
 from datetime import datetime
 
 import pytest
@@ -157,19 +158,38 @@ def test_extending_a_running_job_lets_it_finish(stack, test_image):
     assert any(e["kind"] == "extended" for e in body["events"])
 
 
-def test_ops_sharing_a_volume_run_on_the_node_that_made_it(stack, test_image):
+def test_ops_sharing_a_volume_run_on_the_node_that_made_it_which_removes_it_once_the_job_ends(
+    stack, test_image, docker_client
+):
+    """Given a volume made by one op, written by a second and read slowly by a third, when the job
+    runs, then all three run on one node, which keeps the volume while the job runs and removes it
+    within a few heartbeats of the job's end."""
+    name = f"scratch-{uuid.uuid4().hex[:8]}"  # a fresh name: a volume left by another run is not this one
+    mount = [{"name": name, "dest": "/data"}]
     definition = job(
-        {"type": "container/create-volume", "id": "vol", "args": {"name": "scratch"}, "execution": {"group": "a"}},
-        run_op("write", test_image, "echo kept > /data/note.txt", group="b", volumes=[{"name": "scratch", "dest": "/data"}]),
-        run_op("read", test_image, "cat /data/note.txt", group="c", volumes=[{"name": "scratch", "dest": "/data"}]),
+        {"type": "container/create-volume", "id": "vol", "args": {"name": name}, "execution": {"group": "a"}},
+        run_op("write", test_image, "echo kept > /data/note.txt", group="b", volumes=mount),
+        run_op("read", test_image, "sleep 5; cat /data/note.txt", group="c", volumes=mount),
     )
     job_id = submit(stack, definition)
+    volume = {"name": f"peergrid-{job_id}-{name}"}
+    stack.api.wait(job_id, timeout=60, until=("running",))
+    deadline = time.monotonic() + 30
+    while op_of(stack.api.get(f"/jobs/{job_id}"), "read")["state"] != "running" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(4)  # two heartbeats while the job runs
+    assert [v.name for v in docker_client.volumes.list(filters=volume)] == [volume["name"]]
+
     body = stack.api.wait(job_id, timeout=60)
+    deadline = time.monotonic() + 12  # a few heartbeats, 2 s apart
+    while docker_client.volumes.list(filters=volume) and time.monotonic() < deadline:
+        time.sleep(0.2)
 
     assert body["state"] == "succeeded", stack.logs()
     nodes = {op_of(body, k)["node"]["name"] for k in ("vol", "write", "read")}
     assert len(nodes) == 1
     assert [line["text"] for line in stack.api.get(f"/jobs/{job_id}/logs", op="read")["lines"]] == ["kept"]
+    assert docker_client.volumes.list(filters=volume) == [], stack.logs()
 
 
 def test_an_op_that_serves_another_is_stopped_when_that_one_ends(stack, test_image):

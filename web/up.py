@@ -112,7 +112,9 @@ def run_up(*, host: str, port: int, data_dir: str | None, simulate_gpus: str | N
         say(f"peergrid: no local worker: {problem}")
         say("peergrid: the dashboard and API run; jobs wait until a worker with Docker joins.")
     elif worker:
-        args = ["worker", "--server", url, "--token", node_token, "--name", LOCAL_NODE]
+        # The worker's state goes beside the server's data, unless told otherwise: one folder holds it all.
+        worker_dir = os.environ.get("PEERGRID_WORKER_DATA_DIR") or str(settings.data_dir / "worker")
+        args = ["worker", "--server", url, "--token", node_token, "--name", LOCAL_NODE, "--data-dir", worker_dir]
         if simulate_gpus:
             args += ["--simulate-gpus", simulate_gpus]
         spawn("worker", *args)

@@ -20,11 +20,15 @@ from worker.capacity import Capacity
 from worker.errors import AttemptGone, ServerError, WorkerError
 from worker.events import NodeEvents, event_hostname
 from worker.gpus import Inventory, probe, simulated_inventory
+from worker.images import PrivateImages
 from worker.logs import LogShipper
 from worker.runtime import DockerRuntime, Limits, container_spec, volume_name
 from worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
+
+# The most job ids one heartbeat asks about (the server's limit); the rest wait for later heartbeats.
+MAX_VOLUME_JOBS = 1000
 
 
 @dataclass
@@ -47,7 +51,10 @@ class Agent:
     ):
         self.settings = settings
         self.client = NodeClient(settings.server, settings.token)
-        self.runtime = runtime or DockerRuntime(settings.docker_host)
+        self.runtime = runtime or DockerRuntime(
+            settings.docker_host,
+            private_images=PrivateImages(settings.data_dir / "private-images.json" if settings.data_dir else None),
+        )
         self.inventory = inventory or (
             simulated_inventory(settings.simulate_gpus, seed=settings.name or settings.token[-8:])
             if settings.simulate_gpus
@@ -66,6 +73,9 @@ class Agent:
         # Attempts this agent has run to an end since it started, for monitors.
         self.processed = 0
         self.events: NodeEvents | None = None
+        # The jobs whose volumes this node holds, as last listed; _sweeping is held while that runs.
+        self._volume_jobs: list[int] = []
+        self._sweeping = threading.Lock()
 
     # -- what the node tells the server ------------------------------------------------------
 
@@ -96,6 +106,7 @@ class Agent:
             "gpu_message": self.inventory.message,
             "gpus": self._gpu_reports(),
             "running": running,
+            "volume_jobs": self._volume_jobs[:MAX_VOLUME_JOBS],
         }
 
     def register(self) -> None:
@@ -122,6 +133,7 @@ class Agent:
         removed = self.runtime.remove_leftovers({"peergrid.node": str(self.node["id"])})
         if removed:
             log.info("removed %d container(s) left from an earlier run of this node", removed)
+        self._sweep_volumes([])  # volumes an earlier run left are found by their labels
 
     # -- capacity ----------------------------------------------------------------------------
 
@@ -336,6 +348,27 @@ class Agent:
                 if run is not None:
                     log.info("server cancelled attempt %s; stopping its container", attempt_id)
                     run.cancel.set()
+            # Aside from the heartbeats, so an engine slow to answer cannot make the node look silent.
+            ended = answer.get("ended_jobs") or []
+            threading.Thread(target=self._sweep_volumes, args=(ended,), name="volumes", daemon=True).start()
+
+    def _sweep_volumes(self, ended: list[int]) -> None:
+        """Remove the volumes of jobs that have ended and run nothing here, then list whose remain."""
+        if not self._sweeping.acquire(blocking=False):
+            return  # the last sweep still runs; the server names these jobs again next time
+        try:
+            node = str(self.node["id"])
+            with self._lock:
+                busy = {run.attempt["job_id"] for run in self._running.values()}
+            for job_id in sorted(set(ended) - busy):
+                removed = self.runtime.remove_volumes({"peergrid.node": node, "peergrid.job": str(job_id)})
+                if removed:
+                    log.info("removed %d volume(s) of job %s, which has ended", removed, job_id)
+            held = self.runtime.volume_jobs({"peergrid.node": node})
+            if held is not None:
+                self._volume_jobs = sorted(held)
+        finally:
+            self._sweeping.release()
 
     # -- main loop ---------------------------------------------------------------------------
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from docker.errors import APIError
+
 
 class WorkerError(Exception):
     """Base class of every error the worker raises on purpose."""
@@ -25,3 +27,11 @@ class RuntimeUnavailable(WorkerError):
 
 class ContainerFailed(WorkerError):
     """Raised when a container cannot be created or started; the message says why."""
+
+
+def docker_reason(e: BaseException) -> str:
+    """Say in a line what the engine (or docker-py) gave as the reason for an error."""
+    if isinstance(e, APIError) and getattr(e, "explanation", None):
+        return str(e.explanation)
+    text = str(e)
+    return text if len(text) < 300 else text[:300] + "…"

@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import Callable
 
 import docker
-from docker.errors import APIError, DockerException, ImageNotFound, NotFound
+from docker.errors import APIError, DockerException, NotFound
 
 from worker.archives import folders_tar, inputs_tar, write_gzip
-from worker.errors import ContainerFailed, RuntimeUnavailable
+from worker.errors import ContainerFailed, RuntimeUnavailable, docker_reason
+from worker.images import PrivateImages, image_to_run
 
 log = logging.getLogger(__name__)
 
@@ -158,8 +159,9 @@ class LineSplitter:
 
 
 class DockerRuntime:
-    def __init__(self, docker_host: str | None = None):
+    def __init__(self, docker_host: str | None = None, *, private_images: PrivateImages | None = None):
         self.docker_host = docker_host
+        self.private_images = private_images or PrivateImages()
         self._client: docker.DockerClient | None = None
 
     @property
@@ -184,7 +186,7 @@ class DockerRuntime:
         except (DockerException, OSError) as e:
             self._client = None
             raise RuntimeUnavailable(
-                f"The Docker engine at {self.where} is not answering ({_short(e)}). "
+                f"The Docker engine at {self.where} is not answering ({docker_reason(e)}). "
                 "Start it (for example `sudo systemctl start docker`) and the worker will use it."
             ) from e
 
@@ -199,15 +201,38 @@ class DockerRuntime:
         except RuntimeUnavailable as e:
             return Outcome(exit_code=None, error=str(e))
         except (DockerException, OSError) as e:
-            return Outcome(exit_code=None, error=f"Docker could not create the volume {name}: {_short(e)}")
+            return Outcome(exit_code=None, error=f"Docker could not create the volume {name}: {docker_reason(e)}")
         return Outcome(exit_code=0)
+
+    def volume_jobs(self, labels: dict[str, str]) -> set[int] | None:
+        """The jobs whose volumes carry labels, or None when the engine cannot say."""
+        try:
+            volumes = self.client().volumes.list(filters=_having(labels))
+        except (RuntimeUnavailable, DockerException, OSError) as e:
+            log.warning("could not list the jobs' volumes: %s", e)
+            return None
+        jobs = {(v.attrs.get("Labels") or {}).get("peergrid.job", "") for v in volumes}
+        return {int(job) for job in jobs if job.isdigit()}
+
+    def remove_volumes(self, labels: dict[str, str]) -> int:
+        """Remove the volumes carrying labels; one a container still uses stays for a later call."""
+        removed = 0
+        try:
+            for volume in self.client().volumes.list(filters=_having(labels)):
+                try:
+                    volume.remove()
+                    removed += 1
+                except APIError as e:
+                    log.warning("could not remove the volume %s: %s", volume.name, docker_reason(e))
+        except (RuntimeUnavailable, DockerException, OSError) as e:
+            log.warning("could not remove the jobs' volumes: %s", e)
+        return removed
 
     def remove_leftovers(self, labels: dict[str, str]) -> int:
         """Remove containers a previous run of this worker left behind (it was killed, say)."""
         try:
             client = self.client()
-            filters = {"label": [f"{k}={v}" for k, v in labels.items()]}
-            leftovers = client.containers.list(all=True, filters=filters)
+            leftovers = client.containers.list(all=True, filters=_having(labels))
             for container in leftovers:
                 container.remove(force=True)
             return len(leftovers)
@@ -242,8 +267,9 @@ class DockerRuntime:
         """
         try:
             client = self.client()
-            self._ensure_image(client, spec.image, spec.registry_auth)
-            container = self._create(client, spec)
+            # Created from the id, so a pull of the same name meanwhile cannot change what runs.
+            image_id = image_to_run(client, spec.image, spec.registry_auth, self.private_images)
+            container = self._create(client, replace(spec, image=image_id))
             self._place_files(container, spec, inputs or {})
         except (RuntimeUnavailable, ContainerFailed) as e:
             return Outcome(exit_code=None, error=str(e))
@@ -253,28 +279,12 @@ class DockerRuntime:
                 outcome = self._collect_output(container, spec.output, output_archive, outcome)
             return outcome
         except (DockerException, OSError) as e:
-            return Outcome(exit_code=None, error=f"The Docker engine failed while running the container: {_short(e)}")
+            return Outcome(exit_code=None, error=f"The Docker engine failed while running the container: {docker_reason(e)}")
         finally:
             try:
                 container.remove(force=True)
             except (DockerException, OSError) as e:
                 log.warning("could not remove container %s: %s", container.id[:12], e)
-
-    def _ensure_image(self, client: docker.DockerClient, image: str, auth: dict[str, str] | None = None) -> None:
-        try:
-            client.images.get(image)
-            return
-        except ImageNotFound:
-            pass
-        except (DockerException, OSError) as e:
-            raise ContainerFailed(f"Could not look up the image {image!r}: {_short(e)}") from e
-        try:
-            client.images.pull(image, auth_config=auth)
-        except (DockerException, OSError) as e:
-            raise ContainerFailed(
-                f"The image {image!r} is not on this machine and could not be pulled ({_short(e)}). "
-                "Check the image name and tag, and that the registry is reachable from the node."
-            ) from e
 
     def _create(self, client: docker.DockerClient, spec: ContainerSpec):
         devices = []
@@ -306,7 +316,7 @@ class DockerRuntime:
                 device_requests=devices or None,
             )
         except (DockerException, OSError) as e:
-            raise ContainerFailed(f"Docker could not create the container: {_short(e)}") from e
+            raise ContainerFailed(f"Docker could not create the container: {docker_reason(e)}") from e
 
     def _place_files(self, container, spec: ContainerSpec, inputs: dict[str, Path]) -> None:
         try:
@@ -316,7 +326,7 @@ class DockerRuntime:
                 container.put_archive("/", inputs_tar(inputs))
         except (DockerException, OSError) as e:
             container.remove(force=True)
-            raise ContainerFailed(f"Could not place the op's input files in the container: {_short(e)}") from e
+            raise ContainerFailed(f"Could not place the op's input files in the container: {docker_reason(e)}") from e
 
     def _collect_output(self, container, folder: str, dest: Path, outcome: Outcome) -> Outcome:
         try:
@@ -325,7 +335,7 @@ class DockerRuntime:
         except NotFound:
             return replace(outcome, error=outcome.error or f"The output folder {folder} does not exist in the container.")
         except (DockerException, OSError) as e:
-            return replace(outcome, error=outcome.error or f"Could not read the output folder {folder}: {_short(e)}")
+            return replace(outcome, error=outcome.error or f"Could not read the output folder {folder}: {docker_reason(e)}")
         return replace(outcome, artifact=dest)
 
     def _run_created(self, container, on_line, time_limit, should_stop, on_started, stop_grace_s) -> Outcome:
@@ -352,7 +362,7 @@ class DockerRuntime:
             container.start()
         except APIError as e:
             stream.close()
-            return Outcome(exit_code=None, error=f"The container could not start: {_short(e)}")
+            return Outcome(exit_code=None, error=f"The container could not start: {docker_reason(e)}")
         on_started()
         began = time.monotonic()
         stopped_because: str | None = None
@@ -378,8 +388,6 @@ class DockerRuntime:
         return Outcome(exit_code=code)
 
 
-def _short(e: BaseException) -> str:
-    if isinstance(e, APIError) and getattr(e, "explanation", None):
-        return str(e.explanation)
-    text = str(e)
-    return text if len(text) < 300 else text[:300] + "…"
+def _having(labels: dict[str, str]) -> dict[str, list[str]]:
+    """Docker's filter for the things carrying all of labels."""
+    return {"label": [f"{k}={v}" for k, v in labels.items()]}

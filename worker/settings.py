@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Mapping
 
 from worker.errors import WorkerError
@@ -33,6 +34,9 @@ class WorkerSettings:
     cpu_limit: float | None = None
     # Send Celery's worker events on the broker, so Flower lists the node; needs publish rights there.
     events: bool = True
+    # Where the worker keeps what must outlive it (the images it pulled with someone's registry login);
+    # None keeps it in memory only.
+    data_dir: Path | None = None
 
     def __post_init__(self) -> None:
         if self.job_network in ("host",) or self.job_network.startswith("container:"):
@@ -50,6 +54,7 @@ class WorkerSettings:
             "job_network": env.get("PEERGRID_JOB_NETWORK", "bridge"),
             "docker_host": env.get("DOCKER_HOST") or None,
             "events": env.get("PEERGRID_WORKER_EVENTS", "true").strip().lower() not in {"0", "false", "no", "off"},
+            "data_dir": Path(env.get("PEERGRID_WORKER_DATA_DIR") or _state_home(env) / "peergrid-worker"),
         }
         if env.get("PEERGRID_JOB_MEMORY_MB"):
             values["memory_limit_mb"] = int(env["PEERGRID_JOB_MEMORY_MB"])
@@ -57,3 +62,7 @@ class WorkerSettings:
             values["cpu_limit"] = float(env["PEERGRID_JOB_CPUS"])
         values.update({k: v for k, v in given.items() if v is not None})
         return cls(**values)
+
+
+def _state_home(env: Mapping[str, str]) -> Path:
+    return Path(env["XDG_STATE_HOME"]) if env.get("XDG_STATE_HOME") else Path.home() / ".local" / "state"

@@ -19,7 +19,7 @@ from scheduler.attempts import (
 )
 from scheduler.errors import PeergridError, SecretMissing
 from scheduler.models import Attempt, Market, Op
-from scheduler.nodes import GpuReport, NodeReport, record_report, register
+from scheduler.nodes import GpuReport, NodeReport, ended_jobs, record_report, register
 from scheduler.secrets import masks, op_secret_values, reveal
 from scheduler.states import ATTEMPT_HELD
 from web.api import bp
@@ -43,6 +43,9 @@ def _int(value: Any, name: str, default: int = 0, *, low: int = -(2**31), high: 
         return default
     return whole(value, name, low=low, high=high)
 
+
+# The most jobs one heartbeat may ask about, so the question stays one small query.
+MAX_VOLUME_JOBS = 1000
 
 _GPU_INTS = ("index", "memory_total_mb", "memory_free_mb", "utilization_pct", "temperature_c")
 _GPU_TEXTS = {"uuid": 100, "name": 200, "compute_capability": 16, "driver_version": 32, "cuda_version": 16}
@@ -68,9 +71,11 @@ def _report(body: dict[str, Any]) -> NodeReport:
         if not isinstance(gpu, dict) or not isinstance(gpu.get("uuid"), str) or not isinstance(gpu.get("name"), str):
             raise PeergridError(f"gpus[{i}] needs at least a uuid and a name.")
         reports.append(_gpu_report(gpu, f"gpus[{i}]"))
-    running = body.get("running") or []
-    if not isinstance(running, list) or not all(isinstance(r, int) and not isinstance(r, bool) and 0 < r <= MAX_INT for r in running):
-        raise PeergridError("running must be a list of attempt ids.")
+    running = _ids(body.get("running") or [], "running must be a list of attempt ids.")
+    volume_jobs = _ids(
+        body.get("volume_jobs") or [], f"volume_jobs must be a list of at most {MAX_VOLUME_JOBS} job ids.",
+        most=MAX_VOLUME_JOBS,
+    )
     return NodeReport(
         gpus=tuple(reports),
         simulated=bool(body.get("simulated", False)),
@@ -80,8 +85,19 @@ def _report(body: dict[str, Any]) -> NodeReport:
         cpu_count=_int(body.get("cpu_count"), "cpu_count", low=0, high=1_000_000),
         memory_mb=_int(body.get("memory_mb"), "memory_mb", low=0, high=2**40),
         slots=_int(body.get("slots"), "slots", 1, low=1, high=1024),
-        running=tuple(running),
+        running=running,
+        volume_jobs=volume_jobs,
     )
+
+
+def _ids(value: Any, problem: str, *, most: int | None = None) -> tuple[int, ...]:
+    if (
+        not isinstance(value, list)
+        or (most is not None and len(value) > most)
+        or not all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_INT for v in value)
+    ):
+        raise PeergridError(problem)
+    return tuple(value)
 
 
 @bp.post("/node/register")
@@ -115,7 +131,13 @@ def node_heartbeat():
     # Attempts the node runs that are no longer its own (cancelled, or given to another node).
     stop = sorted(set(report.running) - set(held))
     return jsonify(
-        {"state": node.state.value, "cancel": stop, "time_limits": {str(k): v for k, v in held.items()}}
+        {
+            "state": node.state.value,
+            "cancel": stop,
+            "time_limits": {str(k): v for k, v in held.items()},
+            # Ended jobs whose volumes the node may remove.
+            "ended_jobs": ended_jobs(db(), node, report.volume_jobs),
+        }
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+from pathlib import Path
 
 import click
 
@@ -89,8 +90,10 @@ def scheduler(loglevel: str) -> None:
 @click.option("--job-cpus", type=click.FloatRange(0.1), envvar="PEERGRID_JOB_CPUS", help="CPU limit per container.")
 @click.option("--events/--no-events", envvar="PEERGRID_WORKER_EVENTS", default=True, show_default=True,
               help="Send Celery worker events so Flower lists this node (needs publish rights on the broker).")
+@click.option("--data-dir", envvar="PEERGRID_WORKER_DATA_DIR", type=click.Path(file_okay=False),
+              help="Where the worker keeps its state [default: ~/.local/state/peergrid-worker].")
 def worker(server: str, token: str, name: str | None, simulate_gpus: str | None, slots: int, job_network: str,
-           job_memory_mb: int | None, job_cpus: float | None, events: bool) -> None:
+           job_memory_mb: int | None, job_cpus: float | None, events: bool, data_dir: str | None) -> None:
     """Run the provider's agent: take offers and run them in Docker."""
     from worker.agent import Agent
     from worker.errors import WorkerError
@@ -101,6 +104,7 @@ def worker(server: str, token: str, name: str | None, simulate_gpus: str | None,
         settings = WorkerSettings.from_env(
             server=server, token=token, name=name, simulate_gpus=simulate_gpus, slots=slots, job_network=job_network,
             memory_limit_mb=job_memory_mb, cpu_limit=job_cpus, events=events,
+            data_dir=Path(data_dir) if data_dir else None,
         )
         agent = Agent(settings)
     except WorkerError as e:
