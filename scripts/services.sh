@@ -94,6 +94,19 @@ ensure_redis() {
   return 1
 }
 
+ensure_rabbitmq_programs() {
+  # RabbitMQ's programs, for the tests that start a node of their own on loopback ports. The packaged
+  # service, which would listen on every interface, is stopped and kept from starting.
+  [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] && return 0
+  apt_install rabbitmq-server || return 1
+  if command -v systemctl >/dev/null 2>&1 && systemctl is-system-running >/dev/null 2>&1; then
+    systemctl disable --now rabbitmq-server epmd.socket epmd.service >/dev/null 2>&1 || true
+  elif command -v service >/dev/null 2>&1; then
+    service rabbitmq-server stop >/dev/null 2>&1 || true
+  fi
+  epmd -kill >/dev/null 2>&1 || true
+}
+
 PG_PORT="${PEERGRID_TEST_PG_PORT:-5432}"
 
 ensure_postgres() {

@@ -25,7 +25,14 @@ def connect(broker_url: str, *, poll_interval_s: float = 0.1) -> Connection:
         return Connection(
             broker_url[len("sqla+"):], transport=transport, transport_options={"connect_args": {"timeout": 30}}
         )
-    options = {"visibility_timeout": 3600} if broker_url.startswith(("redis", "rediss")) else {}
+    options = {}
+    if broker_url.startswith(("redis", "rediss")):
+        # So that a worker's Redis user needs rights on its queues' keys alone ("Workers on other
+        # machines" in the README): kombu's ack emulation would copy each offer taken into `unacked`
+        # keys it shares with the scheduler's own tasks, yet an offer taken and never acknowledged is
+        # published again by the scheduler anyway; and offers carry no priority, so the per-priority
+        # lists kombu would also poll are never used.
+        options = {"ack_emulation": False, "priority_steps": [0]}
     return Connection(broker_url, transport_options=options, heartbeat=0)
 
 
