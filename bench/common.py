@@ -45,3 +45,9 @@ class FakeRuntime:
 
     def remove_leftovers(self, labels):
         return 0
+
+    def volume_jobs(self, labels):
+        return set()
+
+    def remove_volumes(self, labels):
+        return 0
