@@ -8,8 +8,10 @@ asked for) and a baseline (10 nodes, 500 jobs). Against each, a real web server 
 process per core, as compose.yaml runs it; `--processes 0` for `peergrid web`) and the scheduler run
 while every node heartbeats at the default 10 s interval; meanwhile one person, who owns a
 fifth of the jobs, submits, lists and opens jobs through the API and the dashboard, one request at a time.
-The table gives p50 and p95 latency of each request kind and the ratio large/baseline of the p50s;
-then the store's statement count per request kind, measured in-process on the same data.
+The table gives p50 and p95 latency of each request kind under that load, the p50 on the large store
+before the heartbeats start ("quiet": what the data alone costs), the baseline's figures and the
+ratio large/baseline of the p50s; then the store's statement count per request kind, measured
+in-process on the same data.
 """
 
 from __future__ import annotations
@@ -137,7 +139,10 @@ def seed(stack: Stack, *, nodes: int, jobs: int, image: str, rng: random.Random)
         if conn.dialect.name == "postgresql":
             for table in ("users", "nodes", "jobs", "ops", "attempts"):
                 conn.execute(text(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), (SELECT max(id) FROM {table}))"))
-            conn.execute(text("ANALYZE"))
+    if core.engine.dialect.name == "postgresql":
+        # As autovacuum leaves a live store: statistics current, visibility maps set.
+        with core.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(text("VACUUM ANALYZE"))
     # The job opened in the measurements: the person's latest, a three-op workflow that really ran.
     big_job = _workflow_job(stack, token, image)
     return Seeded(token=token, email=email, node_tokens=node_tokens, big_job=big_job,
@@ -332,6 +337,8 @@ def _user_id(stack: Stack, email: str) -> int:
 @dataclass
 class Figures:
     times: dict[str, list[float]]
+    # The same requests before the heartbeats start: what the data alone costs.
+    quiet: dict[str, list[float]]
     heartbeat: HeartbeatLoad
     statements: dict[str, int]
     seed_s: float
@@ -355,14 +362,16 @@ def one_store(
         seeded = seed(stack, nodes=nodes, jobs=jobs, image=image, rng=rng)
         seed_s = time.monotonic() - began
         stack.start_scheduler()
-        load = HeartbeatLoad(stack.url, seeded.node_tokens, interval_s=HEARTBEAT_INTERVAL_S)
-        load.start()
         kinds = person_requests(stack.url, seeded, image)
         measure(kinds, 3)  # every server process warmed up
+        quiet = measure(kinds, max(1, rounds // 2))
+        load = HeartbeatLoad(stack.url, seeded.node_tokens, interval_s=HEARTBEAT_INTERVAL_S)
+        load.start()
+        time.sleep(1)
         times = measure(kinds, rounds)
         load.stop()
         statements = count_statements(stack, seeded, image)
-        return Figures(times=times, heartbeat=load, statements=statements, seed_s=seed_s)
+        return Figures(times=times, quiet=quiet, heartbeat=load, statements=statements, seed_s=seed_s)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -373,14 +382,17 @@ def pct(values: list[float], q: float) -> float:
 def report(setup: str, nodes: int, jobs: int, big: Figures, small: Figures, server: str) -> None:
     print(f"\n{setup}, {server}: {nodes} nodes heartbeating every {HEARTBEAT_INTERVAL_S:.0f} s and {jobs} jobs "
           f"(seeded in {big.seed_s:.0f} s), against 10 nodes and 500 jobs")
-    print(f"{'request':26} {'p50 ms':>8} {'p95 ms':>8} {'base p50':>9} {'base p95':>9} {'× base':>7} {'queries':>8} {'base q':>7}")
-    rows = [("heartbeat", big.heartbeat.latencies, small.heartbeat.latencies)]
-    rows += [(name, big.times[name], small.times[small_name]) for name, small_name in zip(big.times, small.times)]
-    for name, ours, base in rows:
+    print(f"{'request':26} {'p50 ms':>8} {'p95 ms':>8} {'quiet p50':>10} {'base p50':>9} {'base p95':>9} "
+          f"{'× base':>7} {'queries':>8} {'base q':>7}")
+    rows = [("heartbeat", big.heartbeat.latencies, None, small.heartbeat.latencies)]
+    rows += [(name, big.times[name], big.quiet[name], small.times[small_name])
+             for name, small_name in zip(big.times, small.times)]
+    for name, ours, quiet, base in rows:
         key = re.sub(r" p\.\d+", "", name)
         q = big.statements.get(key, "") if key == name else ""
         bq = small.statements.get(key, "") if key == name else ""
-        print(f"{name:26} {pct(ours, .5):8.1f} {pct(ours, .95):8.1f} {pct(base, .5):9.1f} {pct(base, .95):9.1f} "
+        quiet_p50 = f"{pct(quiet, .5):10.1f}" if quiet else f"{'-':>10}"
+        print(f"{name:26} {pct(ours, .5):8.1f} {pct(ours, .95):8.1f} {quiet_p50} {pct(base, .5):9.1f} {pct(base, .95):9.1f} "
               f"{statistics.median(ours) / statistics.median(base):7.2f} {q!s:>8} {bq!s:>7}")
     hb = big.heartbeat
     print(f"heartbeats: {len(hb.latencies)} answered at {hb.rate():.1f}/s (target {nodes / HEARTBEAT_INTERVAL_S:.0f}/s), "

@@ -58,25 +58,34 @@ def queue_depth(session: Session) -> list[tuple[Market, int, int]]:
 
 def gpu_utilisation(session: Session, *, hours: int = 24, now: datetime | None = None) -> list[tuple[datetime, float]]:
     """For each of the last `hours` hours, the share of online GPU time that ran ops (0 to 1)."""
-    now = (now or utcnow()).replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
-    start = now - timedelta(hours=hours)
+    current = now or utcnow()
+    end_of_window = current.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+    start = end_of_window - timedelta(hours=hours)
     total_gpus = session.scalar(
         select(func.count()).select_from(Node).join(Node.gpus).where(Node.removed_at.is_(None))
     ) or 0
+    # An attempt holds its market's GPU count; reading that spares decoding each attempt's list.
     attempts = session.execute(
-        select(Attempt.started_at, Attempt.finished_at, Attempt.gpus)
-        .where(Attempt.started_at.is_not(None))
+        select(Attempt.started_at, Attempt.finished_at, Market.gpu_count)
+        .join(Op, Op.id == Attempt.op_id)
+        .join(Market, Market.id == Op.market_id)
+        .where(Market.gpu_count > 0, Attempt.started_at.is_not(None))
         .where(or_(Attempt.finished_at.is_(None), Attempt.finished_at > start))
     ).all()
-    buckets = []
-    for i in range(hours):
-        lo, hi = start + timedelta(hours=i), start + timedelta(hours=i + 1)
-        used = 0.0
-        for began, ended, gpus in attempts:
-            if not gpus:
-                continue
-            overlap = (min(ended or utcnow(), hi) - max(began, lo)).total_seconds()
+    used = [0.0] * hours
+    # Each attempt adds its GPU-seconds to the hours it overlaps, and only to those.
+    for began, ended, gpus in attempts:
+        lo, hi = max(began, start), min(ended or current, end_of_window)
+        if hi <= lo:
+            continue
+        first = int((lo - start).total_seconds() // 3600)
+        last = min(hours - 1, int((hi - start).total_seconds() // 3600))
+        for i in range(first, last + 1):
+            bucket_lo = start + timedelta(hours=i)
+            overlap = (min(hi, bucket_lo + timedelta(hours=1)) - max(lo, bucket_lo)).total_seconds()
             if overlap > 0:
-                used += overlap * len(gpus)
-        buckets.append((lo, min(1.0, used / (3600 * total_gpus)) if total_gpus else 0.0))
-    return buckets
+                used[i] += overlap * gpus
+    return [
+        (start + timedelta(hours=i), min(1.0, used[i] / (3600 * total_gpus)) if total_gpus else 0.0)
+        for i in range(hours)
+    ]

@@ -86,6 +86,8 @@ class Attempt(Base):
     __table_args__ = (
         UniqueConstraint("op_id", "number"),
         Index("ix_attempts_state_offered_at", "state", "offered_at"),
+        # The overview's utilisation chart reads the attempts that ended in the last hours.
+        Index("ix_attempts_finished_at", "finished_at"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

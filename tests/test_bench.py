@@ -1,0 +1,45 @@
+"""Every benchmark stays runnable with its one command: each runs here at a tiny size."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def bench(*args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout
+
+
+@pytest.mark.usefixtures("postgres_admin", "redis_url")
+def test_dispatch_runs_on_both_set_ups():
+    out = bench("bench.dispatch", "--ops", "4")
+    assert "× celery" in out
+    assert [line.split()[0] for line in out.splitlines()[2:]] == ["embedded", "scaled"]
+
+
+@pytest.mark.usefixtures("postgres_admin", "redis_url")
+def test_scale_runs_and_counts_statements():
+    out = bench("bench.scale", "--nodes", "20", "--jobs", "200", "--requests", "2")
+    rows = {line.split("  ")[0].strip(): line.split() for line in out.splitlines() if line.startswith(("heartbeat ", "submit "))}
+    assert set(rows) == {"heartbeat", "submit (API)"}
+    assert "heartbeats:" in out
+
+
+@pytest.mark.usefixtures("docker_client", "test_image")
+def test_latency_runs_against_bare_docker():
+    out = bench("bench.latency", "--runs", "2", "--setup", "embedded")
+    assert "bare docker run --rm" in out and "peergrid embedded" in out
+
+
+def test_packing_runs():
+    out = bench("bench.packing", "--ops", "3")
+    assert "ideal" in out and "peergrid" in out
