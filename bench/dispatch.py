@@ -11,6 +11,7 @@ The scaled set-up serves the web with gunicorn, a process per core, as compose.y
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import tempfile
 import threading
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from celery import Celery
 from celery.contrib.testing.worker import start_worker
+from kombu import Exchange, Queue
 from sqlalchemy import create_engine, func, select, text
 
 from bench.common import FakeRuntime, store_and_broker
@@ -59,6 +61,10 @@ def celery_baseline(broker_url: str, count: int) -> float:
 
     queue = f"bench-{uuid.uuid4().hex[:6]}"
     app.conf.task_default_queue = queue
+    # Declared first: the worker may not be consuming yet when the tasks go out, and a broker
+    # without the queue's binding would drop them.
+    with app.connection_for_write() as conn:
+        Queue(queue, Exchange(queue), routing_key=queue)(conn.default_channel).declare()
     with start_worker(app, pool="threads", concurrency=SLOTS, perform_ping_check=False, shutdown_timeout=10, queues=[queue]):
         began = time.monotonic()
         for i in range(count):
@@ -103,7 +109,9 @@ def one_setup(setup: str, count: int) -> tuple[float, float]:
                 # gunicorn with several.
                 stack.start_web(processes=(os.cpu_count() or 1) if setup == "scaled" else 0)
                 ours = peergrid_run(stack, count)
-            baseline = celery_baseline(broker_url, count)
+            # In a process of its own: Celery's test worker does not start cleanly twice in one.
+            with multiprocessing.get_context("spawn").Pool(1) as pool:
+                baseline = pool.apply(celery_baseline, (broker_url, count))
         return ours, baseline
 
 
