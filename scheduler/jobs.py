@@ -75,8 +75,10 @@ class JobPage:
     total: int
 
 
-def list_jobs(session: Session, user: User, *, state: str | None = None, page: int = 1) -> JobPage:
-    """One page of the person's jobs, newest first, each with its ops' ids loaded in one more query."""
+def list_jobs(
+    session: Session, user: User, *, state: str | None = None, page: int = 1, with_op_keys: bool = True
+) -> JobPage:
+    """One page of the person's jobs, newest first; with_op_keys loads their ops' ids in one more query."""
     where = [Job.owner_id == user.id]
     if state:
         try:
@@ -92,11 +94,13 @@ def list_jobs(session: Session, user: User, *, state: str | None = None, page: i
     query = (
         select(Job)
         .where(*where)
-        .options(defer(Job.definition), selectinload(Job.ops).load_only(Op.job_id, Op.key, Op.position))
+        .options(defer(Job.definition))
         .order_by(Job.id.desc())
         .limit(PAGE_SIZE)
         .offset((page - 1) * PAGE_SIZE)
     )
+    if with_op_keys:
+        query = query.options(selectinload(Job.ops).load_only(Op.job_id, Op.key, Op.position))
     return JobPage(jobs=list(session.scalars(query)), page=page, pages=pages, total=total)
 
 

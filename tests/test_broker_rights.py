@@ -25,7 +25,7 @@ from kombu import Connection, Exchange, Queue
 
 from tests import factories
 from tests.conftest import REDIS_URL, need
-from tests.stack import Api, Stack, free_port
+from tests.stack import Stack, free_port
 from worker.broker import DEFAULT_EXCHANGE, connect, consume_offers
 from worker.events import event_hostname
 
@@ -57,12 +57,7 @@ def publish(url: str, queue: str, body: dict) -> None:
 
 def run_job(stack: Stack, image: str) -> dict:
     """Start web, scheduler and one worker on stack, submit hello-world and wait for its end."""
-    stack.start_web()
-    stack.start_scheduler()
-    _, node_token, _ = factories.node(stack.core, name="remote-node")
-    stack.start_worker(node_token)
-    _, token = factories.user(stack.core)
-    api = Api(stack.url, token)
+    api = stack.start_with_node("remote-node")
     created = api.post("/jobs", factories.hello_world(image))
     assert created.status_code == 201, created.text
     job = api.wait(created.json()["id"], timeout=90)

@@ -19,7 +19,7 @@ import requests
 
 from tests import factories
 from tests.conftest import need
-from tests.stack import Api, Stack, free_port
+from tests.stack import Stack, free_port
 from worker.events import SW_IDENT, NodeEvents, event_hostname
 
 
@@ -78,12 +78,7 @@ def test_flower_lists_the_scheduler_and_the_node_and_sees_the_node_leave(
 ):
     # Given the scaled set-up with the scheduler, one node's worker, and Flower on the same broker
     with Stack(tmp_path, database_url=postgres_url, broker_url=redis_url) as stack:
-        stack.start_web()
-        stack.start_scheduler()
-        _, node_token, _ = factories.node(stack.core, name="flower-node")
-        stack.start_worker(node_token)
-        _, token = factories.user(stack.core)
-        api = Api(stack.url, token)
+        api = stack.start_with_node("flower-node")
         node = event_hostname("flower-node")
 
         # Then Flower lists both, alive: the scheduler as Celery, the node as peergrid's worker

@@ -44,7 +44,10 @@ def create_job():
 @bp.get("/jobs")
 def jobs_index():
     user = require_user()
-    page = list_jobs(db(), user, state=request.args.get("state") or None, page=query_int("page", 1, low=1, high=10**6))
+    page = list_jobs(
+        db(), user, state=request.args.get("state") or None, page=query_int("page", 1, low=1, high=10**6),
+        with_op_keys=False,
+    )
     return jsonify(
         {
             "jobs": [job_json(j, with_ops=False) for j in page.jobs],
