@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 import signal
 import sys
 from pathlib import Path
@@ -18,6 +19,17 @@ def _core():
 
     try:
         return Core.from_settings(Settings.from_env())
+    except PeergridError as e:
+        fail(str(e))
+
+
+@contextmanager
+def _transaction(core=None):
+    """One transaction on the store for a command; a refusal becomes the command's error."""
+    core = core or _core()
+    try:
+        with core.transaction() as session:
+            yield session
     except PeergridError as e:
         fail(str(e))
 
@@ -141,11 +153,8 @@ def create_user_cmd(email: str, is_admin: bool, password: str | None) -> None:
     if password is None:
         password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
     core = _core()
-    try:
-        with core.transaction() as session:
-            user = create_user(session, email, password, is_admin=is_admin, starter_credits=core.settings.starter_credits)
-    except PeergridError as e:
-        fail(str(e))
+    with _transaction(core) as session:
+        user = create_user(session, email, password, is_admin=is_admin, starter_credits=core.settings.starter_credits)
     click.echo(f"Created {'admin ' if is_admin else ''}account {user.email} (id {user.id}).")
 
 
@@ -156,8 +165,7 @@ def create_token_cmd(email: str, name: str) -> None:
     """Print a new API token for an account, and nothing else."""
     from scheduler.accounts import create_api_token, find_user
 
-    core = _core()
-    with core.transaction() as session:
+    with _transaction() as session:
         user = find_user(session, email)
         if user is None:
             fail(f"There is no account {email}; create it with `peergrid admin create-user {email}`.")
@@ -174,17 +182,16 @@ def grant_cmd(email: str, amount: str, memo: str) -> None:
     from scheduler import ledger
     from scheduler.accounts import find_user
 
-    core = _core()
     try:
         micro = ledger.parse_credits(amount)
-        with core.transaction() as session:
-            user = find_user(session, email)
-            if user is None:
-                fail(f"There is no account {email}; create it with `peergrid admin create-user {email}`.")
-            ledger.grant(session, user, micro, memo=memo or "Granted from the command line.")
-            available = ledger.balances(session, user.id)["available"]
     except PeergridError as e:
         fail(str(e))
+    with _transaction() as session:
+        user = find_user(session, email)
+        if user is None:
+            fail(f"There is no account {email}; create it with `peergrid admin create-user {email}`.")
+        ledger.grant(session, user, micro, memo=memo or "Granted from the command line.")
+        available = ledger.balances(session, user.id)["available"]
     click.echo(f"Granted {ledger.credits(micro)} credits to {email}; available now {ledger.credits(available)}.")
 
 
@@ -193,8 +200,7 @@ def check_books_cmd() -> None:
     """Exit 0 and print the totals when the ledger balances; exit 1 and say where it does not."""
     from scheduler import ledger
 
-    core = _core()
-    with core.transaction() as session:
+    with _transaction() as session:
         books = ledger.check_books(session)
     for name, value in books.totals.items():
         click.echo(f"{name:<16} {ledger.credits(value):>20} credits")
@@ -253,12 +259,8 @@ def market_create(slug, name, gpus, min_vram_gb, models, min_compute, min_cuda, 
     from scheduler.markets import create_market
 
     fields = _market_fields(gpus, min_vram_gb, models, min_compute, min_cuda, price, fee_percent, max_timeout, name)
-    core = _core()
-    try:
-        with core.transaction() as session:
-            created = create_market(session, slug, **fields)
-    except PeergridError as e:
-        fail(str(e))
+    with _transaction() as session:
+        created = create_market(session, slug, **fields)
     click.echo(f"Created market {created.slug} (queue {created.queue}).")
 
 
@@ -270,12 +272,8 @@ def market_update(slug, name, gpus, min_vram_gb, models, min_compute, min_cuda, 
     from scheduler.markets import update_market
 
     fields = _market_fields(gpus, min_vram_gb, models, min_compute, min_cuda, price, fee_percent, max_timeout, name)
-    core = _core()
-    try:
-        with core.transaction() as session:
-            update_market(session, slug, **fields)
-    except PeergridError as e:
-        fail(str(e))
+    with _transaction() as session:
+        update_market(session, slug, **fields)
     click.echo(f"Updated market {slug}.")
 
 
@@ -286,8 +284,7 @@ def market_list() -> None:
 
     from scheduler.models import Market
 
-    core = _core()
-    with core.transaction() as session:
+    with _transaction() as session:
         rows = list(session.scalars(select(Market).order_by(Market.gpu_count, Market.price_per_second)))
         for m in rows:
             need = "CPU" if m.gpu_count == 0 else f"{m.gpu_count} GPU ≥ {m.min_vram_mb / 1000:g} GB"
