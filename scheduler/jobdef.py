@@ -20,6 +20,9 @@ _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}$")
 # Nosana writes VRAM in GB; a "24 GB" card reports about 24,560 MB, so a GB here is 1000 MB.
 MB_PER_GB = 1000
 GLOBAL_BUILTINS = ("job", "host", "version")
+# What %%ops.<id>.X%% may name besides results: the op's host name on its job network, the URL of one
+# of its exposed ports, and (Nosana's deployments) the URL its first port keeps across a deployment.
+OP_ADDRESS_LITERALS = ("host", "endpoint", "deployment_endpoint")
 # %%secrets.NAME%%: a value its submitter keeps on the server, handed only to the node that runs the op.
 SECRET_NAME = re.compile(r"^[A-Z_][A-Z0-9_]{0,99}$")
 # Where a secret may be used: values that reach only the container's environment or the registry
@@ -343,6 +346,8 @@ class _Checker:
         if not isinstance(docker, dict):
             self.add(f"{path}.docker", 'docker must be {"username", "password", "server"}.')
             return
+        if not docker.get("username") and not docker.get("password"):
+            return  # empty fields mean no login, as in Nosana
         for key in ("username", "password"):
             if not isinstance(docker.get(key), str) or not docker[key]:
                 self.add(f"{path}.docker.{key}", f"Missing: the registry {key}, as a string.")
@@ -471,15 +476,15 @@ class _Checker:
 
     def _check_literals(self, doc: dict, ops: list[OpDefinition], variables: dict) -> None:
         results = {op.key: set(op.results) for op in ops}
+        exposed = {op.key: exposed_ports(op.args.get("expose")) for op in ops}
         for path, text in _strings(doc.get("ops", []), "$.ops"):
             for match in LITERAL.finditer(text):
                 parts = match.group(1).split(".")
                 literal = match.group(0)
                 if parts[0] == "secrets":
                     continue  # _check_secrets
-                if parts[0] == "ops" and len(parts) == 3 and parts[2] in ("host", "endpoint"):
-                    if parts[1] not in results:
-                        self.add(path, f"{literal} names op {parts[1]!r}, which is not an op of this job.")
+                if parts[0] == "ops" and len(parts) >= 3 and parts[2] in OP_ADDRESS_LITERALS:
+                    self._check_address_literal(path, literal, parts, exposed)
                 elif parts[0] == "ops":
                     if len(parts) != 4 or parts[2] != "results":
                         self.add(path, f"{literal} is not a literal: write %%ops.<op id>.results.<name>%%.")
@@ -497,6 +502,32 @@ class _Checker:
                 if parts[0] in ("global", "globals") and len(parts) == 2 and parts[1] not in GLOBAL_BUILTINS:
                     self.add(path, f"{literal} is not a known global: use {', '.join(GLOBAL_BUILTINS)} or variables.<name>.")
 
+    def _check_address_literal(
+        self, path: str, literal: str, parts: list[str], exposed: dict[str, frozenset[int] | None]
+    ) -> None:
+        """Check %%ops.ID.host%%, %%ops.ID.endpoint.PORT%% and %%ops.ID.deployment_endpoint%%."""
+        key, what = parts[1], parts[2]
+        if key not in exposed:
+            self.add(path, f"{literal} names op {key!r}, which is not an op of this job.")
+            return
+        if what == "host":
+            if len(parts) != 3:
+                self.add(path, f"{literal} is not a literal: write %%ops.{key}.host%%.")
+            return
+        if what == "endpoint" and (len(parts) != 4 or not parts[3].isdigit()):
+            self.add(path, f"{literal} is not a literal: write %%ops.{key}.endpoint.<port>%%.")
+            return
+        if what == "deployment_endpoint" and len(parts) != 3:
+            self.add(path, f"{literal} is not a literal: write %%ops.{key}.deployment_endpoint%%.")
+            return
+        ports = exposed[key]
+        if ports is None:
+            return  # its ports are known only once its own literals resolve
+        if not ports:
+            self.add(path, f"{literal} names an endpoint of op {key!r}, which exposes no port: add \"expose\" to it.")
+        elif what == "endpoint" and int(parts[3]) not in ports:
+            shown = ", ".join(str(p) for p in sorted(ports))
+            self.add(path, f"{literal} names port {parts[3]}, which op {key!r} does not expose (it exposes {shown}).")
 
     def _check_secrets(self, doc: dict) -> None:
         for path, name in secret_references(doc):
@@ -512,6 +543,22 @@ class _Checker:
                     f"%%secrets.{name}%% can be used only in env values and in authentication.docker's username "
                     "and password, where it never shows on the job's pages.",
                 )
+
+
+def exposed_ports(expose: Any) -> frozenset[int] | None:
+    """The ports an op's `expose` names; None where a literal decides them when the op runs."""
+    if expose is None:
+        return frozenset()
+    items = expose if isinstance(expose, list) else [expose]
+    ports: set[int] = set()
+    for item in items:
+        if isinstance(item, dict):
+            item = item.get("port")
+        if _is_int(item):
+            ports.add(item)
+        elif isinstance(item, str) and LITERAL.search(item):
+            return None
+    return frozenset(ports)
 
 
 def secret_references(doc: Any) -> list[tuple[str, str]]:

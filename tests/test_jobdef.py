@@ -120,6 +120,14 @@ MISTAKES = [
     ("registry login without a username", _with(lambda d: d["ops"][0]["args"].update(
         authentication={"docker": {"password": "%%secrets.REGISTRY%%"}})),
      "$.ops[0].args.authentication.docker.username"),
+    ("endpoint of an unknown op", _with(lambda d: d["ops"][0]["args"].update(cmd="curl %%ops.ghost.endpoint.80%%")),
+     "$.ops[0].args.cmd"),
+    ("endpoint of a port not exposed", _with(lambda d: d["ops"][0]["args"].update(
+        expose=8080, cmd="curl %%ops.hello.endpoint.80%%")), "$.ops[0].args.cmd"),
+    ("endpoint of an op exposing nothing", _with(lambda d: d["ops"][0]["args"].update(
+        cmd="curl %%ops.hello.deployment_endpoint%%")), "$.ops[0].args.cmd"),
+    ("endpoint without a port", _with(lambda d: d["ops"][0]["args"].update(
+        expose=80, cmd="curl %%ops.hello.endpoint%%")), "$.ops[0].args.cmd"),
 ]
 
 
@@ -177,3 +185,24 @@ def test_secrets_are_named_in_env_and_the_registry_login_only():
     password = _problems(_with(lambda d: d["ops"][0]["args"].update(
         authentication={"docker": {"username": "ann", "password": "hunter2"}})))
     assert "`peergrid secret set NAME`" in password["$.ops[0].args.authentication.docker.password"]
+
+
+def test_endpoint_and_host_literals_name_ops_and_their_exposed_ports():
+    doc = _with(lambda d: d["ops"].append({
+        "type": "container/run", "id": "client",
+        "args": {"image": "x", "cmd": ["curl", "%%ops.hello.endpoint.8080%%", "%%ops.hello.deployment_endpoint%%",
+                                       "%%ops.hello.host%%"]}}))
+    doc["ops"][0]["args"]["expose"] = [{"port": 8080, "type": "web"}, 9000]
+    assert [op.key for op in parse_definition(doc).ops] == ["hello", "client"]
+    problems = _problems(_with(lambda d: d["ops"][0]["args"].update(expose=8080, cmd="curl %%ops.hello.endpoint.80%%")))
+    assert "does not expose (it exposes 8080)" in problems["$.ops[0].args.cmd"]
+
+
+def test_an_empty_registry_login_means_none():
+    doc = _with(lambda d: d["ops"][0]["args"].update(authentication={"docker": {"username": "", "password": ""}}))
+    op = parse_definition(doc).ops[0]
+    from worker.runtime import registry_auth
+    assert registry_auth(op.args) is None
+    half = _problems(_with(lambda d: d["ops"][0]["args"].update(
+        authentication={"docker": {"username": "ann", "password": ""}})))
+    assert "registry password" in half["$.ops[0].args.authentication.docker.password"]
