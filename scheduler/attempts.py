@@ -12,15 +12,19 @@ from datetime import datetime
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from scheduler import events, ledger
-from scheduler.errors import Conflict, NotFound
-from scheduler.models import Attempt, LogLine, Node, Op
-from scheduler.orchestration import advance, new_attempt, pinned_node_id
+from protocol.gpus import gpu_shortfall
+from protocol.messages import LOG_STREAMS, ClaimAnswer, FinishedReport, InputRef, LogRecord, LogsAnswer, WorkOrder
+from scheduler import events
+from scheduler.artifacts import job_artifacts
+from scheduler.errors import Conflict, NotFound, SecretMissing
+from scheduler.models import Attempt, LogLine, Node
+from scheduler.orchestration import advance, end_attempt, pinned_node_id
 from scheduler.results import extract
-from scheduler.secrets import job_masks, redact
+from scheduler.secrets import job_masks, masks, op_secret_values, redact, reveal
 from scheduler.states import (
     ATTEMPT_HELD,
     AttemptState,
+    Ending,
     NodeState,
     OpState,
     can_move,
@@ -28,14 +32,13 @@ from scheduler.states import (
     utcnow,
 )
 
-STREAMS = ("stdout", "stderr", "system")
-
 
 @dataclass(frozen=True)
-class LogRecord:
-    seq: int
-    stream: str
-    text: str
+class LogLimits:
+    """How much of an attempt's output the server keeps."""
+
+    max_line_chars: int
+    max_bytes: int
 
 
 def claim_attempt(
@@ -59,7 +62,8 @@ def claim_attempt(
         if pinned is not None and pinned != node.id:
             raise Conflict(f"Attempt {attempt_id} must run on the node that holds its volumes.")
         check_capacity(session, node, pending.op.market, gpus)
-    assert can_move(AttemptState.QUEUED, AttemptState.CLAIMED)
+    if not can_move(AttemptState.QUEUED, AttemptState.CLAIMED):  # the table and this update must agree
+        raise Conflict(f"Attempt {attempt_id} cannot be claimed: queued attempts may not move to claimed.")
     # A conditional update rather than move(): the WHERE clause is what makes the claim exclusive.
     result = session.execute(
         update(Attempt)
@@ -73,7 +77,6 @@ def claim_attempt(
             raise NotFound(f"There is no attempt {attempt_id}.")
         raise Conflict(f"Attempt {attempt_id} is {state.value}, not waiting for a node.")
     attempt = session.get(Attempt, attempt_id, populate_existing=True)
-    assert attempt is not None
     events.record(
         session, attempt.op.job_id, "claimed", f"{attempt.op.key}: claimed by node {node.name}.", attempt=attempt, now=now
     )
@@ -105,8 +108,49 @@ def check_capacity(session: Session, node: Node, market, gpus: list[str]) -> Non
             raise Conflict(f"GPU {uuid} is not one node {node.name} reported.")
         if uuid in busy:
             raise Conflict(f"GPU {uuid} is already running another op.")
-        if gpu.memory_total_mb < market.min_vram_mb or (market.gpu_models and gpu.name not in market.gpu_models):
-            raise Conflict(f"GPU {uuid} ({gpu.name}) does not meet market {market.slug}'s requirements.")
+        shortfall = gpu_shortfall(gpu, market, simulated=node.simulated)
+        if shortfall:
+            raise Conflict(f"GPU {uuid} ({gpu.name}) does not meet market {market.slug}'s requirements: {shortfall}.")
+
+
+def claim_work(
+    session: Session, node: Node, attempt_id: int, *, gpus: list[str] | None = None, now: datetime | None = None
+) -> ClaimAnswer:
+    """Claim an attempt for node and hand over what it needs to run it: its spec with the secret
+    values it uses, its parents' outputs, and what to mask. When a secret it needs has gone since
+    it was submitted, the claim stands and the attempt ends, refused, as if the node could not run it.
+
+    Raises:
+        NotFound, Conflict: as claim_attempt.
+    """
+    attempt = claim_attempt(session, node, attempt_id, gpus=gpus, now=now)
+    op = attempt.op
+    try:
+        values = op_secret_values(session, op)
+    except SecretMissing as e:
+        end_attempt(session, attempt, Ending.REFUSED, error=str(e), now=now)
+        return ClaimAnswer(order=None, error=str(e))
+    keys = {o.id: o.key for o in op.job.ops}
+    inputs = tuple(
+        InputRef(op=keys[a.op_id], sha256=a.sha256, size=a.size_bytes)
+        for a in {a.op_id: a for a in job_artifacts(session, op.job)}.values()
+        if keys[a.op_id] in op.depends_on
+    )
+    return ClaimAnswer(
+        order=WorkOrder(
+            id=attempt.id,
+            number=attempt.number,
+            job_id=op.job_id,
+            op=op.key,
+            timeout_s=op.timeout_s,
+            market=op.market.slug,
+            gpus=tuple(attempt.gpus or ()),
+            # The only place secret values leave the store: to the node that won the claim.
+            spec=reveal(op.spec, values),
+            inputs=inputs,
+            redact=tuple(masks(values.values())),
+        )
+    )
 
 
 def held_attempt(session: Session, node: Node, attempt_id: int, *, lock: bool = True) -> Attempt:
@@ -140,40 +184,31 @@ def start_attempt(session: Session, node: Node, attempt_id: int, *, now: datetim
     return attempt
 
 
-@dataclass(frozen=True)
-class LogsStored:
-    """What became of a batch of log lines."""
-
-    stored: int
-    # The attempt's log reached its limit: the node should stop sending lines.
-    full: bool
-
-
 def append_logs(
     session: Session,
     node: Node,
     attempt_id: int,
-    records: list[LogRecord],
+    records: list[LogRecord] | tuple[LogRecord, ...],
     *,
-    max_line_chars: int,
-    max_bytes: int,
+    limits: LogLimits,
     now: datetime | None = None,
-) -> LogsStored:
+) -> LogsAnswer:
     """Store log lines in sequence order, ignoring any already stored, with the job owner's
-    secrets masked, until the attempt's log holds max_bytes; then store one line saying so and
-    discard the rest.
+    secrets masked, until the attempt's log holds limits.max_bytes; then store one line saying so
+    and discard the rest.
     """
     now = now or utcnow()
+    max_line_chars, max_bytes = limits.max_line_chars, limits.max_bytes
     attempt = held_attempt(session, node, attempt_id)
     fresh = sorted((r for r in records if r.seq > attempt.last_log_seq), key=lambda r: r.seq)
     if not fresh or attempt.log_full:
-        return LogsStored(0, attempt.log_full)
+        return LogsAnswer(0, attempt.log_full)
     op = attempt.op
     # The node masks secrets already; this catches a node that did not.
     masked = job_masks(session, op.job_id)
     stored = 0
     for r in fresh:
-        stream = r.stream if r.stream in STREAMS else "stdout"
+        stream = r.stream if r.stream in LOG_STREAMS else "stdout"
         text = redact(r.text, masked)
         text = text if len(text) <= max_line_chars else text[:max_line_chars] + " […cut]"
         size = _utf8_size(text)
@@ -198,7 +233,7 @@ def append_logs(
         if attempt.log_full:
             break
     attempt.last_log_seq = fresh[-1].seq
-    return LogsStored(stored, attempt.log_full)
+    return LogsAnswer(stored, attempt.log_full)
 
 
 def _utf8_size(text: str) -> int:
@@ -231,60 +266,30 @@ def finish_attempt(
     error: str | None = None,
     now: datetime | None = None,
 ) -> Attempt:
-    """Record how the attempt ended, retry or settle its op, and move the workflow on."""
+    """Record how the attempt ended on its node, read its results, and end it."""
     now = now or utcnow()
     attempt = held_attempt(session, node, attempt_id)
     if error:
         error = redact(error, job_masks(session, attempt.op.job_id))
     if attempt.op.result_rules:
         attempt.op.results = extract(attempt.op.result_rules, attempt_lines(session, attempt))
-    succeeded = error is None and exit_code == 0
-    attempt.exit_code = exit_code
-    attempt.error = error if error else (None if succeeded else f"The container exited with code {exit_code}.")
-    move(attempt, AttemptState.SUCCEEDED if succeeded else AttemptState.FAILED, now=now)
-    ledger.bill_attempt(session, attempt)
-    events.record(
-        session, attempt.op.job, "exited",
-        f"{attempt.op.key}: " + ("the container exited with code 0." if succeeded else attempt.error),
-        attempt=attempt, now=now,
-    )
-    record_op_outcome(session, attempt.op, attempt, now=now)
+    ending = Ending.COULD_NOT_RUN if exit_code is None else Ending.EXITED
+    end_attempt(session, attempt, ending, exit_code=exit_code, error=error, now=now)
     return attempt
 
 
-# Attempts lost with their node do not use up an op's tries, but an op that loses this many is
-# failed, so one that brings nodes down cannot go round forever.
-MAX_LOST_ATTEMPTS = 3
-
-
-def record_op_outcome(session: Session, op: Op, attempt: Attempt, *, now: datetime) -> None:
-    """Settle an op after one of its attempts ended: success, another try, or failure."""
-    op.exit_code = attempt.exit_code
-    lost = sum(1 for a in op.attempts if a.state == AttemptState.LOST)
-    tries = len(op.attempts) - lost
-    if attempt.state == AttemptState.SUCCEEDED:
-        op.error = None
-        move(op, OpState.SUCCEEDED, now=now)
-    elif attempt.state == AttemptState.LOST and lost < MAX_LOST_ATTEMPTS:
-        move(op, OpState.QUEUED, now=now)
-        events.record(session, op.job, "requeued", f"{op.key}: its node was lost; offering it again.", op=op, now=now)
-        new_attempt(session, op, now=now)
-    elif attempt.state != AttemptState.LOST and tries < op.max_attempts:
-        move(op, OpState.QUEUED, now=now)
-        events.record(
-            session, op.job, "retrying",
-            f"{op.key}: attempt {attempt.number} failed; {op.max_attempts - tries} more allowed.",
-            op=op, now=now,
-        )
-        new_attempt(session, op, now=now)
-    else:
-        op.error = attempt.error
-        move(op, OpState.FAILED, now=now)
-    advance(session, op.job, now=now)
+def report_finished(
+    session: Session, node: Node, attempt_id: int, report: FinishedReport, *, limits: LogLimits,
+    now: datetime | None = None,
+) -> Attempt:
+    """A node's finished report: its last log lines, then how the attempt ended."""
+    if report.lines:
+        append_logs(session, node, attempt_id, report.lines, limits=limits, now=now)
+    return finish_attempt(session, node, attempt_id, exit_code=report.exit_code, error=report.error, now=now)
 
 
 def lose_attempts(session: Session, node: Node, why: str, *, now: datetime | None = None) -> list[Attempt]:
-    """Mark the attempts node holds as lost (never billed) and offer their ops again elsewhere."""
+    """End the attempts node holds as lost (never billed), so their ops are offered again elsewhere."""
     now = now or utcnow()
     held = list(
         session.scalars(
@@ -292,11 +297,7 @@ def lose_attempts(session: Session, node: Node, why: str, *, now: datetime | Non
         )
     )
     for attempt in held:
-        attempt.error = f"Lost: {why}"
-        attempt.cost_note = "Not billed: lost with its node."
-        move(attempt, AttemptState.LOST, now=now)
-        events.record(session, attempt.op.job, "lost", f"{attempt.op.key}: {attempt.error}", attempt=attempt, now=now)
-        record_op_outcome(session, attempt.op, attempt, now=now)
+        end_attempt(session, attempt, Ending.LOST, error=f"Lost: {why}", now=now)
     return held
 
 
@@ -316,10 +317,7 @@ def expire_overdue(session: Session, *, grace_s: float, now: datetime | None = N
         if began is None or (now - began).total_seconds() <= op.timeout_s + grace_s:
             continue
         node = attempt.node.name if attempt.node else "its node"
-        attempt.error = f"Timed out: {node} did not report the op ending within its {op.timeout_s} s limit."
-        attempt.cost_note = "Not billed: its node stopped reporting."
-        move(attempt, AttemptState.FAILED, now=now)
-        events.record(session, op.job, "timed_out", f"{op.key}: {attempt.error}", attempt=attempt, now=now)
-        record_op_outcome(session, op, attempt, now=now)
+        why = f"Timed out: {node} did not report the op ending within its {op.timeout_s} s limit."
+        end_attempt(session, attempt, Ending.TIMED_OUT, error=why, now=now)
         expired.append(attempt)
     return expired

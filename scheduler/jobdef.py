@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from protocol.gpus import mb_from_gb
 from scheduler.errors import InvalidDefinition, Problem
 
 RUN = "container/run"
@@ -17,8 +18,6 @@ RESTART_POLICIES = ("no", "always", "on-failure", "unless-stopped")
 LITERAL = re.compile(r"%%([A-Za-z0-9_.\-]+)%%")
 _JS_NAMED_GROUP = re.compile(r"\(\?<(?![=!])")
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}$")
-# Nosana writes VRAM in GB; a "24 GB" card reports about 24,560 MB, so a GB here is 1000 MB.
-MB_PER_GB = 1000
 GLOBAL_BUILTINS = ("job", "host", "version")
 # What %%ops.<id>.X%% may name besides results: the op's host name on its job network, the URL of one
 # of its exposed ports, and (Nosana's deployments) the URL its first port keeps across a deployment.
@@ -79,7 +78,7 @@ class OpDefinition:
 
     @property
     def min_vram_mb(self) -> int:
-        return int(float(self.args.get("required_vram") or 0) * MB_PER_GB)
+        return mb_from_gb(self.args.get("required_vram") or 0)
 
     @property
     def timeout_s(self) -> int | None:

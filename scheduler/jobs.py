@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, defer, selectinload
@@ -27,9 +28,9 @@ def submit_job(
         NoMarket: an op needs hardware no market serves.
     """
     definition = check_definition(session, owner, document)
-    assert isinstance(document, dict)
+    # check_definition refused anything but an object
     return create_job(
-        session, owner, document, definition, market_slug=market_slug, default_timeout_s=default_timeout_s
+        session, owner, cast(dict, document), definition, market_slug=market_slug, default_timeout_s=default_timeout_s
     )
 
 

@@ -17,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
+from scheduler.credits import MICRO, credits, parse_credits  # noqa: F401  (the ledger's words for amounts)
 from scheduler.errors import Conflict, NotFound, PeergridError
 from scheduler.models import (
     Account,
@@ -29,9 +30,9 @@ from scheduler.models import (
     Posting,
     User,
 )
+from scheduler.placement import billed_units, cost_of, unit_name
 from scheduler.states import JOB_FINISHED, utcnow
 
-MICRO = 1_000_000
 K = AccountKind
 
 
@@ -46,27 +47,6 @@ class InsufficientCredits(PeergridError):
             f"{what} needs {credits(needed)} credits; {credits(available)} are available "
             f"(short by {credits(self.shortfall)})."
         )
-
-
-def credits(micro: int) -> str:
-    """Micro-credits as credits, for sentences: 1500000 → '1.5'."""
-    whole, frac = divmod(abs(micro), MICRO)
-    text = f"{whole}.{frac:06d}".rstrip("0").rstrip(".")
-    return ("-" if micro < 0 else "") + text
-
-
-def parse_credits(text: str) -> int:
-    """Credits written by a person ('2.5') as micro-credits; refuses more than six decimals."""
-    from decimal import Decimal, InvalidOperation
-
-    try:
-        value = Decimal(str(text).strip())
-    except InvalidOperation:
-        raise PeergridError(f"{text!r} is not an amount of credits.") from None
-    micro = value * MICRO
-    if micro != micro.to_integral_value():
-        raise PeergridError("Credits have at most six decimals (1 micro-credit).")
-    return int(micro)
 
 
 def account(session: Session, kind: AccountKind, user_id: int | None = None) -> Account:
@@ -242,12 +222,11 @@ def bill_attempt(session: Session, attempt: Attempt, *, end: datetime | None = N
     _lock_job_funds(session, job)
     end = end or attempt.finished_at or utcnow()
     elapsed_ms = max(0, min(int((end - attempt.started_at).total_seconds() * 1000), op.timeout_s * 1000))
-    units = len(attempt.gpus or []) if market.gpu_count else 1
-    cost = min(elapsed_ms * units * market.price_per_second // 1000, job.reserved)
+    units = billed_units(market, attempt.gpus)
+    cost = min(cost_of(market, units, elapsed_ms), job.reserved)
     fee = cost * market.fee_ppm // MICRO
-    unit = "GPU" if market.gpu_count else "core"
     note = (
-        f"{elapsed_ms / 1000:.3f} s × {units} {unit}{'s' if units != 1 else ''} × "
+        f"{elapsed_ms / 1000:.3f} s × {units} {unit_name(market, units)} × "
         f"{market.price_per_second} µcr/s = {cost} µcr; platform fee {market.fee_ppm / 10_000:g}% = {fee} µcr"
     )
     txn = post(

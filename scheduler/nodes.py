@@ -2,47 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from protocol.messages import GpuReport, HeartbeatAnswer, NodeReport, Registration
 from scheduler.accounts import NODE_TOKEN_PREFIX, hash_token, new_token
 from scheduler.errors import AuthenticationError, Banned, Conflict, PeergridError
-from scheduler.models import Attempt, Job, Node, NodeGpu, Op, User
+from scheduler.markets import market_spec
+from scheduler.models import Attempt, Job, Market, Node, NodeGpu, Op, User
 from scheduler.states import ATTEMPT_HELD, JOB_FINISHED, NodeState, move, utcnow
-
-
-@dataclass(frozen=True)
-class GpuReport:
-    uuid: str
-    name: str
-    index: int = 0
-    memory_total_mb: int = 0
-    memory_free_mb: int = 0
-    compute_capability: str | None = None
-    driver_version: str | None = None
-    cuda_version: str | None = None
-    utilization_pct: int | None = None
-    temperature_c: int | None = None
-
-
-@dataclass(frozen=True)
-class NodeReport:
-    """What a worker says about its machine when it registers and on each heartbeat."""
-
-    gpus: tuple[GpuReport, ...] = ()
-    simulated: bool = False
-    gpu_message: str | None = None
-    agent_version: str | None = None
-    hostname: str | None = None
-    cpu_count: int = 0
-    memory_mb: int = 0
-    slots: int = 1
-    running: tuple[int, ...] = field(default=())
-    # Jobs whose named volumes the node still keeps.
-    volume_jobs: tuple[int, ...] = field(default=())
 
 
 def create_node(session: Session, owner: User, name: str) -> tuple[Node, str]:
@@ -144,14 +114,51 @@ def record_report(
         move(node, NodeState.BUSY if holds or report.running else NodeState.ONLINE, now=now)
 
 
-def register(session: Session, node: Node, report: NodeReport, *, now: datetime | None = None) -> None:
-    """A worker (re)starting: what the node held before is gone with the old process."""
+def register(
+    session: Session,
+    node: Node,
+    report: NodeReport,
+    *,
+    broker_url: str = "",
+    heartbeat_interval_s: float = 10.0,
+    now: datetime | None = None,
+) -> Registration:
+    """A worker (re)starting: what the node held before is gone with the old process. Answer with
+    who it is, the broker to take offers from, and the markets there are."""
     from scheduler.attempts import lose_attempts
 
     now = now or utcnow()
     lose_attempts(session, node, f"node {node.name} restarted while running it.", now=now)
     node.registered_at = now
     record_report(session, node, report, now=now)
+    return Registration(
+        node_id=node.id,
+        node_name=node.name,
+        node_state=node.state.value,
+        broker_url=broker_url,
+        heartbeat_interval_s=heartbeat_interval_s,
+        markets=tuple(market_spec(m) for m in session.scalars(select(Market).order_by(Market.id))),
+    )
+
+
+def heartbeat(session: Session, node: Node, report: NodeReport, *, now: datetime | None = None) -> HeartbeatAnswer:
+    """Refresh a node from its heartbeat; answer with what it must stop, how long what it holds may
+    run, and which of the jobs it keeps volumes for have ended."""
+    held = dict(
+        session.execute(
+            select(Attempt.id, Op.timeout_s)
+            .join(Op, Op.id == Attempt.op_id)
+            .where(Attempt.node_id == node.id, Attempt.state.in_(ATTEMPT_HELD))
+        ).all()
+    )
+    record_report(session, node, report, holds=bool(held), now=now)
+    return HeartbeatAnswer(
+        state=node.state.value,
+        # Attempts the node runs that are no longer its own (cancelled, or given to another node).
+        cancel=tuple(sorted(set(report.running) - set(held))),
+        time_limits=held,
+        ended_jobs=tuple(ended_jobs(session, node, report.volume_jobs)),
+    )
 
 
 def ended_jobs(session: Session, node: Node, job_ids: tuple[int, ...]) -> list[int]:

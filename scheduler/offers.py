@@ -3,43 +3,21 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Iterable
 
 from kombu import Connection, Exchange, Queue
-from sqlalchemy import create_engine, inspect, or_, select, text
+from sqlalchemy import create_engine, inspect, select, text
 from sqlalchemy.orm import Session
 
+from protocol.messages import OFFER_EXCHANGE, OFFER_EXCHANGE_TYPE, Offer, node_queue
 from scheduler.models import Attempt
 from scheduler.states import AttemptState, utcnow
 
 log = logging.getLogger(__name__)
 
 _STAGED = "peergrid.staged_offers"
-# Offers travel on the default exchange, routed by queue name.
-DEFAULT_EXCHANGE = Exchange("", type="direct")
-
-
-@dataclass(frozen=True)
-class Offer:
-    """An attempt waiting for a node: public requirements only, never secrets."""
-
-    attempt_id: int
-    job_id: int
-    op: str
-    market: str
-    queue: str
-    gpu_count: int
-    min_vram_mb: int
-
-    def as_message(self) -> dict:
-        return asdict(self)
-
-
-def node_queue(node_id: int) -> str:
-    """The queue only one node consumes: offers that must run there."""
-    return f"node.{node_id}"
+OFFERS = Exchange(OFFER_EXCHANGE, type=OFFER_EXCHANGE_TYPE)
 
 
 def offer_for(attempt: Attempt, *, node_id: int | None = None) -> Offer:
@@ -75,13 +53,13 @@ def discard_staged(session: Session) -> None:
 
 
 def stale_attempts(session: Session, *, older_than: timedelta, now: datetime | None = None) -> list[Attempt]:
-    """Queued attempts whose offer was never published, or sat unclaimed longer than older_than."""
+    """Queued attempts whose offer sat unclaimed longer than older_than: it was lost, never went out
+    (the broker was down after the commit), or no node could take it."""
     cutoff = (now or utcnow()) - older_than
     return list(
         session.scalars(
             select(Attempt)
-            .where(Attempt.state == AttemptState.QUEUED)
-            .where(or_(Attempt.offered_at.is_(None), Attempt.offered_at < cutoff))
+            .where(Attempt.state == AttemptState.QUEUED, Attempt.offered_at < cutoff)
             .order_by(Attempt.id)
             .limit(1000)
         )
@@ -107,10 +85,10 @@ class OfferPublisher:
             with self._pool.acquire(block=True, timeout=10) as conn:
                 producer = conn.Producer(serializer="json")
                 for offer in offers:
-                    queue = Queue(offer.queue, DEFAULT_EXCHANGE, routing_key=offer.queue, durable=True)
+                    queue = Queue(offer.queue, OFFERS, routing_key=offer.queue, durable=True)
                     producer.publish(
-                        offer.as_message(),
-                        exchange=DEFAULT_EXCHANGE,
+                        offer.to_wire(),
+                        exchange=OFFERS,
                         routing_key=offer.queue,
                         declare=[queue],
                         retry=True,

@@ -1,4 +1,5 @@
-"""Turning a job definition into ops, deciding which ops may run, and deriving the job's state."""
+"""Workflows: turning a job definition into ops, deciding which ops may run, ending attempts and
+what follows from each end, and deriving the job's state."""
 
 from __future__ import annotations
 
@@ -10,14 +11,16 @@ from scheduler import events, ledger, offers
 from scheduler.errors import Conflict, PeergridError
 from scheduler.jobdef import CREATE_VOLUME, JobDefinition, OpDefinition
 from scheduler.literals import Scope, UnresolvedLiteral, has_literals, resolve_args
-from scheduler.markets import choose_market, requirements_for
-from scheduler.models import Attempt, Job, Market, Op, User
+from scheduler.models import Attempt, Job, Op, User
+from scheduler.placement import most_cost, plan_ops
 from scheduler.states import (
     ATTEMPT_FINISHED,
+    ATTEMPT_HELD,
     JOB_FINISHED,
     OP_FINE,
     OP_FINISHED,
     AttemptState,
+    Ending,
     JobState,
     OpState,
     move,
@@ -49,7 +52,8 @@ def create_job(
     creators = {op.args.get("name"): op.key for op in definition.ops if op.type == CREATE_VOLUME}
     job = Job(owner_id=owner.id, definition=document, state=JobState.QUEUED, created_at=now)
     session.add(job)
-    for op_def, market, timeout, _ in placed:
+    for planned in placed:
+        op_def = planned.definition
         volume_creators = [creators[v["name"]] for v in op_def.args.get("volumes") or [] if v["name"] in creators]
         job.ops.append(
             Op(
@@ -62,9 +66,9 @@ def create_job(
                 stop_if_dependent_stops=op_def.stop_if_dependent_stops,
                 result_rules={name: rule.as_dict() for name, rule in op_def.results.items()},
                 spec=_spec(op_def),
-                market=market,
+                market=planned.market,
                 state=OpState.PENDING,
-                timeout_s=timeout,
+                timeout_s=planned.timeout_s,
                 max_attempts=op_def.max_attempts,
                 attempts=[],
             )
@@ -79,23 +83,6 @@ def create_job(
     )
     advance(session, job, now=now)
     return job
-
-
-def plan_ops(
-    session: Session, definition: JobDefinition, *, market_slug: str | None, default_timeout_s: int
-) -> list[tuple[OpDefinition, Market, int, int]]:
-    """Each op with its market, time limit and most possible cost; stores nothing.
-
-    Raises:
-        NoMarket: an op needs hardware no market serves.
-    """
-    planned = []
-    for op_def in definition.ops:
-        market = choose_market(session, requirements_for(op_def, definition), op_def.args.get("market") or market_slug)
-        timeout = min(op_def.timeout_s or default_timeout_s, market.max_timeout_s)
-        cost = market.price_per_second * max(1, op_def.gpu_count) * timeout * op_def.max_attempts
-        planned.append((op_def, market, timeout, cost))
-    return planned
 
 
 def _spec(op_def: OpDefinition) -> dict:
@@ -222,15 +209,101 @@ def new_attempt(session: Session, op: Op, *, now: datetime | None = None) -> Att
     return attempt
 
 
+# Attempts lost with their node do not use up an op's tries, but an op that loses this many is
+# failed, so one that brings nodes down cannot go round forever.
+MAX_LOST_ATTEMPTS = 3
+
+# Why an ending is not billed, where it is not; every other ending is billed for the time the
+# server saw the container run (none, if it never started).
+_NOT_BILLED = {
+    Ending.LOST: "Not billed: lost with its node.",
+    Ending.TIMED_OUT: "Not billed: its node stopped reporting.",
+    Ending.REFUSED: "Not billed: it was never handed to its node.",
+}
+# Endings decided for the op as a whole, whose caller then ends the op (cancel_job, stop_op).
+_OP_WIDE = frozenset({Ending.CANCELLED, Ending.STOPPED})
+
+
+def end_attempt(
+    session: Session,
+    attempt: Attempt,
+    ending: Ending,
+    *,
+    exit_code: int | None = None,
+    error: str | None = None,
+    now: datetime | None = None,
+) -> None:
+    """End an attempt, however it ended: move its state, bill it or note why not, record the
+    event, and settle its op (success, another try, or failure) unless the op itself is ending.
+
+    Raises:
+        IllegalTransition: the attempt had ended already.
+    """
+    now = now or utcnow()
+    op = attempt.op
+    held = attempt.state in ATTEMPT_HELD
+    succeeded = ending == Ending.EXITED and exit_code == 0 and not error
+    if ending in _OP_WIDE:
+        state = (AttemptState.STOPPED if ending == Ending.STOPPED else AttemptState.CANCELLED) if held else AttemptState.CANCELLED
+    elif ending == Ending.LOST:
+        state = AttemptState.LOST
+    else:
+        state = AttemptState.SUCCEEDED if succeeded else AttemptState.FAILED
+    attempt.exit_code = exit_code
+    if not error and not succeeded and ending == Ending.EXITED:
+        error = f"The container exited with code {exit_code}."
+    attempt.error = error
+    move(attempt, state, now=now)
+    if ending in _NOT_BILLED:
+        attempt.cost_note = _NOT_BILLED[ending]
+    elif held:
+        ledger.bill_attempt(session, attempt, end=now)
+    else:
+        attempt.cost_note = "Not billed: the container never started."
+    if ending in _OP_WIDE:
+        if held:
+            events.record(
+                session, op.job, "container_stopped", f"{op.key}: its container was stopped. {error or ''}".strip(),
+                attempt=attempt, now=now,
+            )
+        return
+    kind = {Ending.LOST: "lost", Ending.TIMED_OUT: "timed_out", Ending.REFUSED: "refused"}.get(ending, "exited")
+    message = "the container exited with code 0." if succeeded else attempt.error
+    events.record(session, op.job, kind, f"{op.key}: {message}", attempt=attempt, now=now)
+    _settle_op(session, op, attempt, now=now)
+
+
+def _settle_op(session: Session, op: Op, attempt: Attempt, *, now: datetime) -> None:
+    """Settle an op after one of its attempts ended: success, another try, or failure."""
+    op.exit_code = attempt.exit_code
+    lost = sum(1 for a in op.attempts if a.state == AttemptState.LOST)
+    tries = len(op.attempts) - lost
+    if attempt.state == AttemptState.SUCCEEDED:
+        op.error = None
+        move(op, OpState.SUCCEEDED, now=now)
+    elif attempt.state == AttemptState.LOST and lost < MAX_LOST_ATTEMPTS:
+        move(op, OpState.QUEUED, now=now)
+        events.record(session, op.job, "requeued", f"{op.key}: its node was lost; offering it again.", op=op, now=now)
+        new_attempt(session, op, now=now)
+    elif attempt.state != AttemptState.LOST and tries < op.max_attempts:
+        move(op, OpState.QUEUED, now=now)
+        events.record(
+            session, op.job, "retrying",
+            f"{op.key}: attempt {attempt.number} failed; {op.max_attempts - tries} more allowed.",
+            op=op, now=now,
+        )
+        new_attempt(session, op, now=now)
+    else:
+        op.error = attempt.error
+        move(op, OpState.FAILED, now=now)
+    advance(session, op.job, now=now)
+
+
 def stop_op(session: Session, op: Op, why: str, *, now: datetime) -> None:
     """Stop an op that has served its purpose: its attempts end, its node stops the container."""
     for attempt in op.attempts:
-        if attempt.state == AttemptState.QUEUED:
-            move(attempt, AttemptState.CANCELLED, now=now)
-        elif attempt.state not in ATTEMPT_FINISHED:
-            move(attempt, AttemptState.STOPPED, now=now)
-            attempt.error = f"Stopped: {why}"
-            ledger.bill_attempt(session, attempt, end=now)
+        if attempt.state not in ATTEMPT_FINISHED:
+            end_attempt(session, attempt, Ending.STOPPED, error=f"Stopped: {why}", now=now)
     move(op, OpState.STOPPED, now=now)
     op.error = f"Stopped: {why}"
     events.record(session, op.job, "stopped", f"{op.key}: {op.error}", op=op, now=now)
@@ -267,11 +340,7 @@ def cancel_job(session: Session, job: Job, *, by: str = "its owner", now: dateti
             continue
         for attempt in op.attempts:
             if attempt.state not in ATTEMPT_FINISHED:
-                held = attempt.state != AttemptState.QUEUED
-                move(attempt, AttemptState.CANCELLED, now=now)
-                attempt.error = f"Cancelled by {by}."
-                if held:  # the time it ran is paid for
-                    ledger.bill_attempt(session, attempt, end=now)
+                end_attempt(session, attempt, Ending.CANCELLED, error=f"Cancelled by {by}.", now=now)
         move(op, OpState.CANCELLED, now=now)
         op.error = f"Cancelled by {by}."
     move(job, JobState.CANCELLED, now=now)
@@ -281,11 +350,8 @@ def cancel_job(session: Session, job: Job, *, by: str = "its owner", now: dateti
 
 
 def max_cost(job: Job) -> int:
-    """The most a job can cost: for each op, price × GPUs (or one core) × timeout × tries."""
-    return sum(
-        op.market.price_per_second * max(1, op.spec.get("gpu_count", 0)) * op.timeout_s * op.max_attempts
-        for op in job.ops
-    )
+    """The most a job can cost: each op's every try running its whole time limit."""
+    return sum(most_cost(op.market, timeout_s=op.timeout_s, tries=op.max_attempts) for op in job.ops)
 
 
 def extend_job(session: Session, job: Job, seconds: int, *, now: datetime | None = None) -> int:

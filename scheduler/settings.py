@@ -8,7 +8,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Mapping
 
-from scheduler.errors import ConfigurationError
+from scheduler.credits import parse_credits
+from scheduler.errors import ConfigurationError, PeergridError
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
@@ -32,17 +33,17 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
 
 
 def _credits(env: Mapping[str, str], name: str, default: int) -> int:
-    """A setting written in credits ("2.5"), as micro-credits."""
+    """A setting written in credits ("2.5"), as micro-credits, exactly."""
     raw = env.get(name)
     if raw is None or raw == "":
         return default
     try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigurationError(f"{name} must be an amount of credits, like 100 or 2.5, not {raw!r}.") from None
+        value = parse_credits(raw)
+    except PeergridError as e:
+        raise ConfigurationError(f"{name} must be an amount of credits, like 100 or 2.5, not {raw!r}: {e}") from None
     if value < 0:
         raise ConfigurationError(f"{name} cannot be negative.")
-    return round(value * 1_000_000)
+    return value
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,18 @@ class AttemptState(str, enum.Enum):
     STOPPED = "stopped"  # set when its op was stopped because an op it depends on ended
 
 
+class Ending(str, enum.Enum):
+    """How an attempt ended, as whoever ended it saw it; end_attempt decides the rest from this."""
+
+    EXITED = "exited"  # its node reported the container's exit code
+    COULD_NOT_RUN = "could_not_run"  # its node reported that the container could not run
+    REFUSED = "refused"  # the server would not hand it over after the claim (a secret it needs is gone)
+    LOST = "lost"  # its node went silent, restarted or was banned: never billed, tried again for free
+    TIMED_OUT = "timed_out"  # its node stopped reporting past the op's time limit: not billed
+    CANCELLED = "cancelled"  # its job was cancelled: the time it ran is billed
+    STOPPED = "stopped"  # its op was stopped, what it served having ended: the time it ran is billed
+
+
 class NodeState(str, enum.Enum):
     ONLINE = "online"  # set on register and on each heartbeat while idle
     BUSY = "busy"  # set on heartbeat while it runs work

@@ -6,7 +6,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from worker.capacity import Capacity, gpu_fits, pick_gpus, version_tuple
+from protocol.gpus import gpu_satisfies as gpu_fits
+from protocol.gpus import pick_gpus, version_tuple
+from protocol.messages import MarketSpec
+from worker.capacity import Capacity
 from worker.gpus import Gpu
 
 MODELS = ["NVIDIA GeForce RTX 4090", "NVIDIA A100-SXM4-80GB", "NVIDIA L4", "NVIDIA H100 80GB HBM3"]
@@ -24,19 +27,22 @@ def inventories(draw, max_size=8):
     )
 
 
-markets = st.fixed_dictionaries({
-    "slug": st.sampled_from(["m1", "m2", "m3"]),
-    "gpu_count": st.sampled_from([0, 1, 2, 4]),
-    "min_vram_mb": st.sampled_from([0, 24_000, 48_000, 80_000]),
-    "gpu_models": st.lists(st.sampled_from(MODELS), max_size=2, unique=True),
-    "min_compute_capability": st.sampled_from([None, "8.0", "8.9"]),
-    "min_cuda_version": st.sampled_from([None, "12.2"]),
-})
+markets = st.builds(
+    MarketSpec,
+    slug=st.sampled_from(["m1", "m2", "m3"]),
+    queue=st.just("market.m"),
+    gpu_count=st.sampled_from([0, 1, 2, 4]),
+    min_vram_mb=st.sampled_from([0, 24_000, 48_000, 80_000]),
+    gpu_models=st.lists(st.sampled_from(MODELS), max_size=2, unique=True).map(tuple),
+    min_compute_capability=st.sampled_from([None, "8.0", "8.9"]),
+    min_cuda_version=st.sampled_from([None, "12.2"]),
+)
 
 
 def test_version_comparison_is_numeric():
     assert version_tuple("12.10") > version_tuple("12.4") > version_tuple("12")
     assert version_tuple(None) == ()
+    assert version_tuple("12.2.140") > version_tuple("12.2") and version_tuple("8.9") == (8, 9)
 
 
 @settings(max_examples=500, deadline=None)
@@ -45,12 +51,12 @@ def test_picked_gpus_are_free_distinct_and_fit_or_none_when_too_few_do(gpus, mar
     free = [g for g in gpus if g.index % 3 != 0]  # some are busy
     picked = pick_gpus(free, market)
     fitting = [g for g in free if gpu_fits(g, market)]
-    if market["gpu_count"] == 0:
+    if market.gpu_count == 0:
         assert picked == []
-    elif len(fitting) < market["gpu_count"]:
+    elif len(fitting) < market.gpu_count:
         assert picked is None
     else:
-        assert picked is not None and len(picked) == market["gpu_count"]
+        assert picked is not None and len(picked) == market.gpu_count
         assert len({g.uuid for g in picked}) == len(picked)
         assert all(g in free and gpu_fits(g, market) for g in picked)
 
@@ -101,7 +107,7 @@ class NodeCapacity(RuleBasedStateMachine):
     @invariant()
     def cpu_slots_are_not_exceeded(self):
         if self.capacity is not None:
-            cpu = [a for a, (m, _) in self.live.items() if m["gpu_count"] == 0]
+            cpu = [a for a, (m, _) in self.live.items() if m.gpu_count == 0]
             assert len(cpu) <= self.capacity.slots
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import re
 
-from scheduler.attempts import LogRecord, append_logs, claim_attempt, finish_attempt, start_attempt
+from protocol.messages import LogRecord
+from scheduler.attempts import LogLimits, append_logs, claim_attempt, finish_attempt, start_attempt
 from scheduler.models import Attempt, Node
 from scheduler.nodes import NodeReport, register
 from tests import factories
@@ -53,8 +54,7 @@ def test_a_signed_in_user_sees_their_jobs_and_a_jobs_logs(client, core):
         attempt = session.query(Attempt).one()
         claim_attempt(session, node, attempt.id)
         start_attempt(session, node, attempt.id)
-        append_logs(session, node, attempt.id, [LogRecord(1, "stdout", "hello <world>")], max_line_chars=100,
-                    max_bytes=10_000)
+        append_logs(session, node, attempt.id, [LogRecord(1, "stdout", "hello <world>")], limits=LogLimits(max_line_chars=100, max_bytes=10_000))
         finish_attempt(session, node, attempt.id, exit_code=0)
 
     response = sign_in(client, "ann@example.com")
@@ -132,6 +132,7 @@ def test_the_nodes_page_shows_gpus_marked_simulated_and_can_drain(client, core):
     page = client.get("/nodes")
     text = page.get_data(as_text=True)
     assert "NVIDIA GeForce RTX 4090" in text and "simulated GPUs" in text and "state-online" in text
+    assert "24.6 GB" in text  # GPU memory in the unit requirements use: 1000 MB to the GB
     client.post(f"/nodes/{node_id}/drain", data={"drain": "1", "csrf_token": csrf(page)})
     assert "state-draining" in client.get("/nodes").get_data(as_text=True)
     factories.user(core, email="other@example.com")

@@ -103,10 +103,10 @@ def test_simulated_inventories_have_the_real_shape_and_stable_ids():
 
     assert inventory.simulated
     assert [(g.index, g.name, g.memory_total_mb) for g in inventory.gpus] == [
-        (0, "NVIDIA A100-SXM4-80GB", 81920), (1, "NVIDIA A100-SXM4-80GB", 81920), (2, "NVIDIA GeForce RTX 4090", 24576)]
+        (0, "NVIDIA A100-SXM4-80GB", 80000), (1, "NVIDIA A100-SXM4-80GB", 80000), (2, "NVIDIA GeForce RTX 4090", 24000)]
     assert [g.uuid for g in inventory.gpus] == [g.uuid for g in again.gpus]
     assert not {g.uuid for g in inventory.gpus} & {g.uuid for g in other.gpus}
-    assert set(inventory.gpus[0].as_report()) >= {"uuid", "name", "memory_total_mb", "utilization_pct", "temperature_c"}
+    assert set(inventory.gpus[0].as_report().to_wire()) >= {"uuid", "name", "memory_total_mb", "utilization_pct", "temperature_c"}
 
 
 @pytest.mark.parametrize("spec", ["", "A100", "A100:lots", "A100:80x0", "A100:80xtwo"])

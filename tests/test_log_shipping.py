@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from protocol.messages import LogRecord, LogsAnswer
 from worker.logs import MAX_BATCH, LogShipper
 
 
@@ -12,9 +13,9 @@ class RecordingClient:
         self.batches: list[list[dict]] = []
         self.answer = answer or {}
 
-    def logs(self, attempt_id: int, lines: list[dict]) -> dict:
-        self.batches.append(list(lines))
-        return {"stored": len(lines), **self.answer}
+    def logs(self, attempt_id: int, lines: list[LogRecord]) -> LogsAnswer:
+        self.batches.append([line.to_wire() for line in lines])
+        return LogsAnswer.from_wire({"stored": len(lines), **self.answer})
 
 
 def test_a_short_ops_lines_are_kept_for_the_finished_report():
@@ -24,7 +25,7 @@ def test_a_short_ops_lines_are_kept_for_the_finished_report():
     shipper.add("stderr", "world")
     rest = shipper.finish()
     assert client.batches == []
-    assert [(line["seq"], line["stream"], line["text"]) for line in rest] == [(1, "stdout", "hello"), (2, "stderr", "world")]
+    assert [(line.seq, line.stream, line.text) for line in rest] == [(1, "stdout", "hello"), (2, "stderr", "world")]
 
 
 def test_all_but_the_last_batch_are_sent_before_the_finished_report():
@@ -34,7 +35,7 @@ def test_all_but_the_last_batch_are_sent_before_the_finished_report():
         shipper.add("stdout", f"line {i}")
     rest = shipper.finish()
     assert [len(batch) for batch in client.batches] == [MAX_BATCH]
-    assert [line["seq"] for line in rest] == list(range(MAX_BATCH + 1, MAX_BATCH + 6))
+    assert [line.seq for line in rest] == list(range(MAX_BATCH + 1, MAX_BATCH + 6))
 
 
 def test_close_sends_everything():

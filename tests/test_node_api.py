@@ -428,7 +428,7 @@ def test_a_restarted_worker_loses_what_it_held(client, core, provider):
 
 
 def test_an_op_that_keeps_losing_nodes_fails_in_the_end(client, core):
-    from scheduler.attempts import MAX_LOST_ATTEMPTS
+    from scheduler.orchestration import MAX_LOST_ATTEMPTS
 
     _, token = factories.user(core)
     job = submit(client, token)
@@ -477,3 +477,18 @@ def test_stale_offers_are_published_again(client, core):
         for attempt in stale:
             offers.stage(session, attempt)
     assert [o["attempt_id"] for o in offers_on(core.settings.broker_url)] == [attempt_id]
+
+
+def test_every_attempt_is_offered_when_it_is_made_and_the_store_holds_it_to_that(client, core):
+    """offered_at is when the offer was staged, never empty: re-offers are found by its age alone."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import IntegrityError
+
+    _, token = factories.user(core)
+    attempt_id = first_attempt(submit(client, token))
+    with core.transaction() as session:
+        attempt = session.get(Attempt, attempt_id)
+        assert attempt.offered_at is not None and attempt.offered_at == attempt.created_at
+    with pytest.raises(IntegrityError):
+        with core.transaction() as session:
+            session.execute(text("UPDATE attempts SET offered_at = NULL WHERE id = :id"), {"id": attempt_id})

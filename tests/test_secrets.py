@@ -9,6 +9,7 @@ from scheduler.models import Op
 from scheduler.offers import offer_for
 from tests import factories
 from tests.factories import bearer, hello_world, served
+from protocol.messages import LogRecord, LogsAnswer
 from worker.logs import LogShipper
 from worker.runtime import container_spec
 
@@ -104,7 +105,7 @@ def test_only_the_claim_answer_carries_the_values(database_url, tmp_path):
         with core.transaction() as session:
             op = session.query(Op).one()
             stored = json.dumps([op.spec, op.job.definition])
-            offer = json.dumps(offer_for(op.attempts[0]).as_message())
+            offer = json.dumps(offer_for(op.attempts[0]).to_wire())
 
         claimed = client.post(f"/api/v1/node/attempts/{attempt_id}/claim", headers=node_headers(client, core)).json
 
@@ -196,9 +197,9 @@ class RecordingClient:
     def __init__(self):
         self.lines: list[dict] = []
 
-    def logs(self, attempt_id: int, lines: list[dict]) -> dict:
-        self.lines.extend(lines)
-        return {"stored": len(lines)}
+    def logs(self, attempt_id: int, lines: list[LogRecord]) -> LogsAnswer:
+        self.lines.extend(line.to_wire() for line in lines)
+        return LogsAnswer(stored=len(lines))
 
 
 def test_the_worker_masks_secret_values_before_shipping_a_line():

@@ -77,3 +77,13 @@ def test_the_log_limit_per_attempt_is_read_and_must_be_positive(tmp_path):
     assert chosen.max_log_bytes_per_attempt == 65536
     with pytest.raises(ConfigurationError, match="PEERGRID_MAX_LOG_BYTES_PER_ATTEMPT"):
         Settings.from_env({"PEERGRID_DATA_DIR": str(tmp_path), "PEERGRID_MAX_LOG_BYTES_PER_ATTEMPT": "0"})
+
+
+def test_credit_settings_are_read_exactly_not_through_floats(tmp_path):
+    # 9007199254.740993 credits is 2**53 + 1 micro-credits: a float cannot hold it.
+    settings = Settings.from_env({"PEERGRID_MIN_PAYOUT": "9007199254.740993", "PEERGRID_STARTER_CREDITS": "0.1"},
+                                 data_dir=tmp_path)
+    assert settings.min_payout == 2**53 + 1 and settings.starter_credits == 100_000
+    for wrong in ("0.0000001", "lots", "nan", "-1"):
+        with pytest.raises(ConfigurationError, match="PEERGRID_MIN_PAYOUT"):
+            Settings.from_env({"PEERGRID_MIN_PAYOUT": wrong}, data_dir=tmp_path)

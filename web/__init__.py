@@ -15,6 +15,7 @@ class StoreId(IntegerConverter):
         kwargs.setdefault("max", MAX_ID)
         super().__init__(map, *args, **kwargs)
 
+from protocol.gpus import gb_text
 from scheduler.core import Core
 from scheduler.settings import Settings
 
@@ -35,6 +36,8 @@ def create_app(settings: Settings | None = None, *, core: Core | None = None) ->
     app.extensions["peergrid"] = core or Core.from_settings(settings)
     # Ids in URLs fit the store's 64-bit integers; a longer number is simply not found.
     app.url_map.converters["int"] = StoreId
+    # GPU memory on pages, in the one unit it is counted in (protocol.gpus).
+    app.add_template_filter(gb_text, "gb")
 
     from web import account_pages, admin_pages, api, dashboard, errors, metrics, submit_pages
 

@@ -7,6 +7,7 @@ from functools import wraps
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 from sqlalchemy import func, select
 
+from protocol.gpus import mb_from_gb
 from scheduler import ledger
 from scheduler.errors import PeergridError
 from scheduler.ledger_views import movements, payouts
@@ -131,7 +132,7 @@ def _market_form() -> dict:
             fields[key] = int(form[key]) if form[key].strip().isdigit() else -1
     if form.get("min_vram_gb", "").strip():
         try:
-            fields["min_vram_mb"] = int(float(form["min_vram_gb"]) * 1000)
+            fields["min_vram_mb"] = mb_from_gb(form["min_vram_gb"])
         except ValueError:
             fields["min_vram_mb"] = -1
     if form.get("fee_percent", "").strip():

@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Flask, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
 
+from protocol.messages import ProtocolError
 from scheduler.artifacts import ArtifactTooLarge
 from scheduler.ledger import InsufficientCredits
 from scheduler.errors import (
@@ -69,7 +70,8 @@ def init_app(app: Flask) -> None:
         return response
 
     @app.errorhandler(PeergridError)
-    def _bad_request(e: PeergridError):
+    @app.errorhandler(ProtocolError)
+    def _bad_request(e: PeergridError | ProtocolError):
         return _page_or_json(400, str(e))
 
     @app.errorhandler(HTTPException)

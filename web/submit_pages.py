@@ -12,7 +12,7 @@ from flask import Blueprint, abort, jsonify, redirect, render_template, request,
 from scheduler import ledger
 from scheduler.errors import InvalidDefinition, NoMarket, PeergridError, Problem
 from scheduler.jobs import check_definition, submit_job
-from scheduler.orchestration import plan_ops
+from scheduler.placement import plan_ops
 from web.auth import session_user
 from web.dashboard import login_required
 from web.db import core, db
@@ -46,15 +46,15 @@ def check(text: str, market: str | None) -> dict:
         return {"valid": False, "available": available, "errors": [p.as_dict() for p in e.problems]}
     except NoMarket as e:
         return {"valid": False, "available": available, "errors": [{"path": "$.ops", "message": str(e)}]}
-    total = sum(cost for *_, cost in planned)
+    total = sum(p.max_cost for p in planned)
     return {
         "valid": True,
         "available": available,
         "max_cost": total,
         "affordable": total <= available,
         "warnings": [w.as_dict() for w in definition.warnings],
-        "ops": [{"id": op.key, "market": market.slug, "timeout": timeout, "tries": op.max_attempts, "max_cost": cost}
-                for op, market, timeout, cost in planned],
+        "ops": [{"id": p.definition.key, "market": p.market.slug, "timeout": p.timeout_s,
+                 "tries": p.definition.max_attempts, "max_cost": p.max_cost} for p in planned],
     }
 
 

@@ -9,9 +9,20 @@ import shutil
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from protocol.messages import (
+    MAX_VOLUME_JOBS,
+    FinishedReport,
+    MarketSpec,
+    NodeReport,
+    Offer,
+    ProtocolError,
+    Registration,
+    WorkOrder,
+    node_queue,
+)
 from worker import __version__
 from worker.broker import connect, consume_offers
 from worker.client import NodeClient
@@ -27,14 +38,11 @@ from worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
 
-# The most job ids one heartbeat asks about (the server's limit); the rest wait for later heartbeats.
-MAX_VOLUME_JOBS = 1000
-
 
 @dataclass
 class Running:
-    # The claim answer: its spec carries secret values, so it is kept out of any repr.
-    attempt: dict = field(repr=False)
+    # The claim's answer (its spec and masks stay out of its repr: they carry secret values).
+    attempt: WorkOrder
     cancel: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
     # Seconds the container may run; the server may extend it while it runs.
@@ -66,8 +74,8 @@ class Agent:
         self._changed = threading.Event()
         self._lock = threading.Lock()
         self._running: dict[int, Running] = {}
-        self._markets: list[dict] = []
-        self.node: dict = {}
+        self._markets: tuple[MarketSpec, ...] = ()
+        self.registration: Registration | None = None
         self.broker_url: str | None = None
         self.heartbeat_interval_s = 10.0
         # Attempts this agent has run to an end since it started, for monitors.
@@ -79,7 +87,11 @@ class Agent:
 
     # -- what the node tells the server ------------------------------------------------------
 
-    def _gpu_reports(self) -> list[dict]:
+    @property
+    def node_id(self) -> int | None:
+        return self.registration.node_id if self.registration else None
+
+    def _gpu_reports(self) -> list:
         if not self.inventory.simulated and self.inventory.gpus:
             fresh = probe()  # memory, utilisation and temperature change; send them each time
             if fresh.gpus:
@@ -89,25 +101,26 @@ class Agent:
         for gpu in self.inventory.gpus:
             report = gpu.as_report()
             if self.inventory.simulated and gpu.uuid in held:
-                report.update(utilization_pct=100, memory_free_mb=0)
+                report = replace(report, utilization_pct=100, memory_free_mb=0)
             reports.append(report)
         return reports
 
-    def report(self) -> dict:
+    def report(self) -> NodeReport:
         with self._lock:
             running = sorted(self._running)
-        return {
-            "hostname": platform.node(),
-            "agent_version": __version__,
-            "cpu_count": os.cpu_count() or 1,
-            "memory_mb": _memory_mb(),
-            "slots": self.settings.slots,
-            "simulated": self.inventory.simulated,
-            "gpu_message": self.inventory.message,
-            "gpus": self._gpu_reports(),
-            "running": running,
-            "volume_jobs": self._volume_jobs[:MAX_VOLUME_JOBS],
-        }
+        return NodeReport(
+            hostname=platform.node(),
+            agent_version=__version__,
+            cpu_count=os.cpu_count() or 1,
+            memory_mb=_memory_mb(),
+            slots=self.settings.slots,
+            simulated=self.inventory.simulated,
+            gpu_message=self.inventory.message,
+            gpus=tuple(self._gpu_reports()),
+            running=tuple(running),
+            # The rest wait for later heartbeats.
+            volume_jobs=tuple(self._volume_jobs[:MAX_VOLUME_JOBS]),
+        )
 
     def register(self) -> None:
         """Register with the server, waiting for it to come up."""
@@ -124,20 +137,20 @@ class Agent:
                 delay = min(delay * 2, 15)
         else:
             return
-        self.node = answer["node"]
-        self.draining = self.node.get("state") == "draining"
-        self.broker_url = answer["broker_url"]
-        self._markets = answer["markets"]
-        self.heartbeat_interval_s = float(answer.get("heartbeat_interval_s", 10))
-        log.info("registered as node %s (%s)", self.node["name"], self.node["id"])
-        removed = self.runtime.remove_leftovers({"peergrid.node": str(self.node["id"])})
+        self.registration = answer
+        self.draining = answer.node_state == "draining"
+        self.broker_url = answer.broker_url
+        self._markets = answer.markets
+        self.heartbeat_interval_s = answer.heartbeat_interval_s
+        log.info("registered as node %s (%s)", answer.node_name, answer.node_id)
+        removed = self.runtime.remove_leftovers({"peergrid.node": str(answer.node_id)})
         if removed:
             log.info("removed %d container(s) left from an earlier run of this node", removed)
         self._sweep_volumes([])  # volumes an earlier run left are found by their labels
 
     # -- capacity ----------------------------------------------------------------------------
 
-    def servable(self) -> list[dict]:
+    def servable(self) -> list[MarketSpec]:
         """The markets whose ops this node can run with what is free now."""
         if self.draining or self.stopping.is_set():
             return []
@@ -152,15 +165,21 @@ class Agent:
         markets = self.servable()
         if not markets:
             return []
-        return sorted([f"node.{self.node['id']}", *(m["queue"] for m in markets)])
+        return sorted([node_queue(self.node_id), *(m.queue for m in markets)])
 
     # -- offers and runs ---------------------------------------------------------------------
 
     def on_offer(self, body: dict, message) -> None:
-        attempt_id = body.get("attempt_id") if isinstance(body, dict) else None
-        market = next((m for m in self._markets if m["slug"] == body.get("market")), None) if isinstance(body, dict) else None
-        if not isinstance(attempt_id, int) or market is None:
-            log.warning("dropping an offer this worker cannot read: %r", body)
+        try:
+            offer = Offer.from_wire(body)
+        except ProtocolError as e:
+            log.warning("dropping an offer this worker cannot read (%s): %r", e, body)
+            message.ack()
+            return
+        attempt_id = offer.attempt_id
+        market = next((m for m in self._markets if m.slug == offer.market), None)
+        if market is None:
+            log.warning("dropping an offer of market %r, which this worker does not know", offer.market)
             message.ack()
             return
         gpus = self.capacity.reserve(attempt_id, market)
@@ -170,7 +189,7 @@ class Agent:
             message.requeue()
             return
         try:
-            attempt = self.client.claim(attempt_id, gpus=[g.uuid for g in gpus])
+            answer = self.client.claim(attempt_id, gpus=[g.uuid for g in gpus])
         except AttemptGone:
             self.capacity.release(attempt_id)
             message.ack()  # someone else won, or it was cancelled
@@ -181,29 +200,27 @@ class Agent:
             message.ack()  # the server re-offers attempts left unclaimed
             return
         message.ack()
-        if attempt is None:
+        if answer.order is None:
             # The server refused to hand the op over after all (a secret it needs is gone) and has
             # recorded why.
             self.capacity.release(attempt_id)
             log.warning("attempt %s cannot run; the server failed it and its job's events say why", attempt_id)
             return
-        self.start(attempt)
+        self.start(answer.order)
 
-    def start(self, attempt: dict) -> None:
-        run = Running(attempt, time_limit=attempt.get("timeout_s"))
-        run.thread = threading.Thread(target=self._execute, args=(run,), name=f"attempt-{attempt['id']}", daemon=True)
+    def start(self, attempt: WorkOrder) -> None:
+        run = Running(attempt, time_limit=attempt.timeout_s)
+        run.thread = threading.Thread(target=self._execute, args=(run,), name=f"attempt-{attempt.id}", daemon=True)
         with self._lock:
-            self._running[attempt["id"]] = run
+            self._running[attempt.id] = run
         run.thread.start()
 
     def _execute(self, run: Running) -> None:
         attempt = run.attempt
-        attempt_id = attempt["id"]
-        ids = {"job": attempt["job_id"], "op": attempt["op"], "attempt": attempt_id, "node": self.node.get("id")}
-        log.info("running attempt %s (job %s, op %s)", attempt_id, attempt["job_id"], attempt["op"], extra=ids)
-        shipper = LogShipper(
-            self.client, attempt_id, interval_s=self.settings.log_interval_s, redact=attempt.get("redact") or ()
-        )
+        attempt_id = attempt.id
+        ids = {"job": attempt.job_id, "op": attempt.op, "attempt": attempt_id, "node": self.node_id}
+        log.info("running attempt %s (job %s, op %s)", attempt_id, attempt.job_id, attempt.op, extra=ids)
+        shipper = LogShipper(self.client, attempt_id, interval_s=self.settings.log_interval_s, redact=attempt.redact)
 
         def started() -> None:
             try:
@@ -217,24 +234,24 @@ class Agent:
         try:
             labels = {
                 "peergrid.attempt": str(attempt_id),
-                "peergrid.job": str(attempt["job_id"]),
-                "peergrid.node": str(self.node["id"]),
+                "peergrid.job": str(attempt.job_id),
+                "peergrid.node": str(self.node_id),
             }
-            if "create_volume" in attempt["spec"]:
-                name = volume_name(attempt["job_id"], attempt["spec"]["create_volume"])
+            if "create_volume" in attempt.spec:
+                name = volume_name(attempt.job_id, attempt.spec["create_volume"])
                 started()
                 outcome = self.runtime.create_volume(name, labels)
                 if outcome.error is None:
-                    shipper.add("system", f"[peergrid] volume {attempt['spec']['create_volume']} is ready")
+                    shipper.add("system", f"[peergrid] volume {attempt.spec['create_volume']} is ready")
                 self._report(run, shipper, outcome.exit_code, outcome.error)
                 return
             spec = container_spec(
-                attempt["spec"],
+                attempt.spec,
                 network=self.settings.job_network,
-                job_id=attempt["job_id"],
-                attempt=attempt.get("number", 1),
+                job_id=attempt.job_id,
+                attempt=attempt.number,
                 labels=labels,
-                gpus=attempt.get("gpus") or [],
+                gpus=list(attempt.gpus),
                 simulated_gpus=self.inventory.simulated,
                 limits=Limits(
                     pids=self.settings.pids_limit, memory_mb=self.settings.memory_limit_mb, cpus=self.settings.cpu_limit
@@ -266,7 +283,7 @@ class Agent:
             shipper.add("system", f"[peergrid] {message}")
             shipper.close(timeout=5)
             try:
-                self.client.finished(attempt_id, exit_code=None, error=message)
+                self.client.finished(attempt_id, FinishedReport(exit_code=None, error=message))
             except ServerError:
                 pass
         finally:
@@ -279,31 +296,31 @@ class Agent:
 
     def _report(self, run: Running, shipper: LogShipper, exit_code: int | None, error: str | None) -> None:
         """Send the last log lines, then how the attempt ended, unless it is no longer ours."""
-        attempt_id = run.attempt["id"]
+        attempt_id = run.attempt.id
         if error:
             error = shipper.mask(error)
             shipper.add("system", f"[peergrid] {error}")
         lines = shipper.finish()
-        ids = {"job": run.attempt["job_id"], "op": run.attempt["op"], "attempt": attempt_id, "node": self.node.get("id")}
+        ids = {"job": run.attempt.job_id, "op": run.attempt.op, "attempt": attempt_id, "node": self.node_id}
         if run.cancel.is_set() or shipper.gone.is_set():
             log.info("attempt %s was taken back by the server; not reporting it", attempt_id, extra=ids)
             return
         log.info("attempt %s ended: exit code %s%s", attempt_id, exit_code, f", {error}" if error else "", extra=ids)
         try:
-            self.client.finished(attempt_id, exit_code=exit_code, error=error, lines=lines)
+            self.client.finished(attempt_id, FinishedReport(exit_code=exit_code, error=error, lines=tuple(lines)))
         except AttemptGone:
             log.info("attempt %s ended but is no longer ours", attempt_id)
         except ServerError as e:
             log.error("could not report attempt %s finished: %s", attempt_id, e)
 
-    def _fetch_inputs(self, attempt: dict, scratch: Path, shipper: LogShipper) -> dict[str, Path]:
+    def _fetch_inputs(self, attempt: WorkOrder, scratch: Path, shipper: LogShipper) -> dict[str, Path]:
         inputs = {}
-        for parent in attempt.get("inputs") or []:
-            dest = scratch / f"input-{parent['op']}.tar.gz"
-            self.client.download_input(attempt["id"], parent["op"], dest)
-            if file_sha256(dest) != parent["sha256"]:
-                raise WorkerError(f"The output of {parent['op']} arrived damaged.")
-            inputs[parent["op"]] = dest
+        for parent in attempt.inputs:
+            dest = scratch / f"input-{parent.op}.tar.gz"
+            self.client.download_input(attempt.id, parent.op, dest)
+            if file_sha256(dest) != parent.sha256:
+                raise WorkerError(f"The output of {parent.op} arrived damaged.")
+            inputs[parent.op] = dest
         if inputs:
             shipper.add("system", f"[peergrid] inputs from {', '.join(sorted(inputs))} are under /inputs/")
         return inputs
@@ -331,25 +348,25 @@ class Agent:
                     return
                 log.warning("heartbeat failed: %s", e)
                 continue
-            draining = answer.get("state") == "draining"
+            draining = answer.state == "draining"
             if draining != self.draining:
                 log.info("node is %s", "draining: finishing what runs, taking nothing new" if draining else "taking work again")
                 self.draining = draining
                 self._changed.set()
-            for attempt_id, limit in (answer.get("time_limits") or {}).items():
+            for attempt_id, limit in answer.time_limits.items():
                 with self._lock:
-                    run = self._running.get(int(attempt_id))
+                    run = self._running.get(attempt_id)
                 if run is not None and limit != run.time_limit:
                     log.info("attempt %s may now run for %s s", attempt_id, limit)
                     run.time_limit = limit
-            for attempt_id in answer.get("cancel", []):
+            for attempt_id in answer.cancel:
                 with self._lock:
                     run = self._running.get(attempt_id)
                 if run is not None:
                     log.info("server cancelled attempt %s; stopping its container", attempt_id)
                     run.cancel.set()
             # Aside from the heartbeats, so an engine slow to answer cannot make the node look silent.
-            ended = answer.get("ended_jobs") or []
+            ended = list(answer.ended_jobs)
             threading.Thread(target=self._sweep_volumes, args=(ended,), name="volumes", daemon=True).start()
 
     def _sweep_volumes(self, ended: list[int]) -> None:
@@ -357,9 +374,9 @@ class Agent:
         if not self._sweeping.acquire(blocking=False):
             return  # the last sweep still runs; the server names these jobs again next time
         try:
-            node = str(self.node["id"])
+            node = str(self.node_id)
             with self._lock:
-                busy = {run.attempt["job_id"] for run in self._running.values()}
+                busy = {run.attempt.job_id for run in self._running.values()}
             for job_id in sorted(set(ended) - busy):
                 removed = self.runtime.remove_volumes({"peergrid.node": node, "peergrid.job": str(job_id)})
                 if removed:
@@ -382,7 +399,7 @@ class Agent:
         threading.Thread(target=self._heartbeats, name="heartbeat", daemon=True).start()
         if self.settings.events:
             self.events = NodeEvents(
-                self.broker_url, event_hostname(self.node["name"]), freq=self.heartbeat_interval_s, load=self.load
+                self.broker_url, event_hostname(self.registration.node_name), freq=self.heartbeat_interval_s, load=self.load
             )
             self.events.start()
         connection = connect(self.broker_url, poll_interval_s=self.settings.poll_interval_s)

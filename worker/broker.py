@@ -9,9 +9,11 @@ from typing import Callable, Iterable
 from kombu import Connection, Exchange, Queue
 from kombu.transport import sqlalchemy as sql_transport
 
+from protocol.messages import OFFER_EXCHANGE, OFFER_EXCHANGE_TYPE
+
 log = logging.getLogger(__name__)
 
-DEFAULT_EXCHANGE = Exchange("", type="direct")
+DEFAULT_EXCHANGE = Exchange(OFFER_EXCHANGE, type=OFFER_EXCHANGE_TYPE)
 
 
 def connect(broker_url: str, *, poll_interval_s: float = 0.1) -> Connection:

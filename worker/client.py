@@ -8,6 +8,17 @@ from typing import Any
 
 import requests
 
+from protocol import VERSION
+from protocol.messages import (
+    ClaimAnswer,
+    FinishedReport,
+    HeartbeatAnswer,
+    LogRecord,
+    LogsAnswer,
+    NodeReport,
+    ProtocolError,
+    Registration,
+)
 from worker.errors import AttemptGone, ServerError
 
 log = logging.getLogger(__name__)
@@ -18,7 +29,9 @@ class NodeClient:
         self.base = server.rstrip("/") + "/api/v1/node"
         self.timeout = timeout
         self.http = requests.Session()
-        self.http.headers.update({"Authorization": f"Bearer {token}", "User-Agent": "peergrid-worker"})
+        self.http.headers.update(
+            {"Authorization": f"Bearer {token}", "User-Agent": f"peergrid-worker (protocol {VERSION})"}
+        )
 
     def _post(self, path: str, body: dict | None = None, *, retries: int = 3) -> dict[str, Any]:
         """POST to the node API, retrying connection failures and 5xx answers a few times."""
@@ -43,28 +56,25 @@ class NodeClient:
             delay = min(delay * 2, 8)
         raise AssertionError("unreachable")
 
-    def register(self, report: dict) -> dict:
-        return self._post("/register", report, retries=5)
+    def register(self, report: NodeReport) -> Registration:
+        return _read(Registration.from_wire, self._post("/register", report.to_wire(), retries=5))
 
-    def heartbeat(self, report: dict) -> dict:
-        return self._post("/heartbeat", report, retries=1)
+    def heartbeat(self, report: NodeReport) -> HeartbeatAnswer:
+        return _read(HeartbeatAnswer.from_wire, self._post("/heartbeat", report.to_wire(), retries=1))
 
-    def claim(self, attempt_id: int, *, gpus: list[str] | None = None) -> dict:
-        return self._post(f"/attempts/{attempt_id}/claim", {"gpus": gpus or []}, retries=2)["attempt"]
+    def claim(self, attempt_id: int, *, gpus: list[str] | None = None) -> ClaimAnswer:
+        return _read(ClaimAnswer.from_wire, self._post(f"/attempts/{attempt_id}/claim", {"gpus": gpus or []}, retries=2))
 
     def started(self, attempt_id: int) -> None:
         self._post(f"/attempts/{attempt_id}/started")
 
-    def logs(self, attempt_id: int, lines: list[dict]) -> dict[str, Any]:
-        return self._post(f"/attempts/{attempt_id}/logs", {"lines": lines})
+    def logs(self, attempt_id: int, lines: list[LogRecord]) -> LogsAnswer:
+        body = {"lines": [line.to_wire() for line in lines]}
+        return _read(LogsAnswer.from_wire, self._post(f"/attempts/{attempt_id}/logs", body))
 
-    def finished(
-        self, attempt_id: int, *, exit_code: int | None, error: str | None = None, lines: list[dict] | None = None
-    ) -> None:
+    def finished(self, attempt_id: int, report: FinishedReport) -> None:
         """Report how the attempt ended, with the log lines not sent yet."""
-        body = {"exit_code": exit_code, "error": error, **({"lines": lines} if lines else {})}
-        self._post(f"/attempts/{attempt_id}/finished", body, retries=8)
-
+        self._post(f"/attempts/{attempt_id}/finished", report.to_wire(), retries=8)
 
     def upload_artifact(self, attempt_id: int, archive, sha256: str) -> None:
         """PUT the output archive; retried on connection failures and 5xx like other reports."""
@@ -112,3 +122,11 @@ def _message(response: requests.Response) -> str:
         return response.json().get("error") or response.reason
     except ValueError:
         return f"{response.status_code} {response.reason}"
+
+
+def _read(parse, body: dict[str, Any]):
+    """Read an answer of the node API, or raise ServerError when it is not what this worker speaks."""
+    try:
+        return parse(body)
+    except ProtocolError as e:
+        raise ServerError(f"The server's answer is not one this worker understands: {e}") from e

@@ -6,6 +6,8 @@ import re
 import uuid as uuidlib
 from dataclasses import asdict, dataclass
 
+from protocol.gpus import mb_from_gb
+from protocol.messages import GpuReport
 from worker.errors import WorkerError
 
 
@@ -22,8 +24,8 @@ class Gpu:
     utilization_pct: int | None = None
     temperature_c: int | None = None
 
-    def as_report(self) -> dict:
-        return asdict(self)
+    def as_report(self) -> GpuReport:
+        return GpuReport(**asdict(self))
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,7 @@ def simulated_inventory(spec: str, *, seed: str = "") -> Inventory:
         for _ in range(count):
             index = len(gpus)
             uid = uuidlib.uuid5(uuidlib.NAMESPACE_URL, f"peergrid-sim:{seed}:{index}:{name}")
-            mb = int(vram_gb * 1024)
+            mb = mb_from_gb(vram_gb)
             gpus.append(
                 Gpu(
                     index=index,

@@ -7,6 +7,7 @@ import threading
 from collections import deque
 from typing import Iterable
 
+from protocol.messages import LogRecord
 from worker.client import NodeClient
 from worker.errors import AttemptGone, ServerError
 
@@ -25,7 +26,7 @@ class LogShipper:
         self.interval_s = interval_s
         # The attempt's secret values, longest first so one inside another is masked whole.
         self._masks = sorted((value for value in redact if value), key=len, reverse=True)
-        self._lines: deque[dict] = deque()
+        self._lines: deque[LogRecord] = deque()
         self._seq = 0
         self._dropped = 0
         self._lock = threading.Lock()
@@ -47,7 +48,7 @@ class LogShipper:
         text = self.mask(text)
         with self._lock:
             self._seq += 1
-            self._lines.append({"seq": self._seq, "stream": stream, "text": text})
+            self._lines.append(LogRecord(self._seq, stream, text))
             if len(self._lines) > MAX_BUFFERED:
                 self._lines.popleft()
                 self._dropped += 1
@@ -64,7 +65,7 @@ class LogShipper:
         self._wake.set()
         self._thread.join(timeout)
 
-    def finish(self, timeout: float = 30.0) -> list[dict]:
+    def finish(self, timeout: float = 30.0) -> list[LogRecord]:
         """Stop, sending all but the last batch, and return that batch for the finished report."""
         self._keep_last = True
         self.close(timeout)
@@ -88,7 +89,7 @@ class LogShipper:
                 if self._dropped:
                     self._seq += 1
                     note = f"[peergrid] {self._dropped} log lines were dropped while the server was unreachable."
-                    self._lines.append({"seq": self._seq, "stream": "system", "text": note})
+                    self._lines.append(LogRecord(self._seq, "system", note))
                     self._dropped = 0
                 if self._keep_last and self._closing and len(self._lines) <= MAX_BATCH:
                     return
@@ -106,7 +107,7 @@ class LogShipper:
             with self._lock:
                 for _ in range(len(batch)):
                     self._lines.popleft()
-                if answer.get("log_full"):
+                if answer.full:
                     self.full.set()
                     self._lines.clear()
             if self.full.is_set():

@@ -98,8 +98,9 @@ class Attempt(Base):
     # GPU UUIDs the attempt holds on its node.
     gpus: Mapped[list[Any]] = mapped_column(default=list)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    # When the offer was last published; NULL until the first publish succeeds.
-    offered_at: Mapped[datetime | None]
+    # When its offer was last staged: it goes to the broker after the transaction that staged it
+    # commits, and one still unclaimed reoffer_after_s later (lost, never sent, or untaken) goes again.
+    offered_at: Mapped[datetime] = mapped_column(default=utcnow)
     claimed_at: Mapped[datetime | None]
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
