@@ -1,6 +1,6 @@
 """The `peergrid` command: the group, and what its commands share.
 
-Server commands live in web.cli.server, those that call a server's API in web.cli.client.
+Server commands live in cli.server, those that call a server's API in cli.client.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ def fail(message: str, code: int = 1):
 
 
 def setup_logging(level: str = "INFO") -> None:
-    from web.logformat import configure
+    from cli.logformat import configure
 
     configure(level, os.environ.get("PEERGRID_LOG_FORMAT", "text"))
 
@@ -28,4 +28,4 @@ def main() -> None:
 
 
 # Importing them registers the commands on main.
-from web.cli import client, server  # noqa: E402,F401
+from cli import client, server  # noqa: E402,F401

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import click
 
+from cli import fail, main, setup_logging
 from scheduler.errors import PeergridError
 from scheduler.settings import Settings
-from web.cli import fail, main, setup_logging
 
 def _core():
     from scheduler.core import Core
@@ -42,7 +42,7 @@ def _transaction(core=None):
 @click.option("--no-worker", is_flag=True, help="Do not start a local worker.")
 def up(host: str, port: int, data_dir: str | None, simulate_gpus: str | None, no_worker: bool) -> None:
     """Run web, scheduler and a local worker together on this machine."""
-    from web.up import run_up
+    from cli.up import run_up
 
     sys.exit(run_up(host=host, port=port, data_dir=data_dir, simulate_gpus=simulate_gpus, worker=not no_worker))
 

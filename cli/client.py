@@ -10,9 +10,9 @@ from pathlib import Path
 
 import click
 
+from cli import fail, main
+from cli.apiclient import ApiClient, ApiError
 from scheduler.errors import InvalidDefinition, PeergridError
-from web.apiclient import ApiClient, ApiError
-from web.cli import fail, main
 
 FINISHED = ("succeeded", "failed", "cancelled")
 
