@@ -1,6 +1,8 @@
 """The `peergrid` command: the group, and what its commands share.
 
-Server commands live in cli.server, those that call a server's API in cli.client.
+Server commands live in cli.server, those that call a server's API in cli.client, and the provider's
+agent in cli.worker. Heavy imports happen inside the commands that need them, so a command loads only
+what it uses and `peergrid worker` runs where the server's libraries are not installed.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ import os
 import sys
 
 import click
+
 
 def fail(message: str, code: int = 1):
     click.echo(f"Error: {message}", err=True)
@@ -28,4 +31,4 @@ def main() -> None:
 
 
 # Importing them registers the commands on main.
-from cli import client, server  # noqa: E402,F401
+from cli import client, server, worker  # noqa: E402,F401
