@@ -6,6 +6,7 @@ COPY pyproject.toml README.md ./
 COPY scheduler ./scheduler
 COPY worker ./worker
 COPY web ./web
+COPY cli ./cli
 COPY migrations ./migrations
 RUN pip install --no-cache-dir . gunicorn && useradd --system --uid 10001 peergrid
 USER peergrid

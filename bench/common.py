@@ -1,4 +1,4 @@
-"""What the benchmarks share: the store and broker of each set-up, and runtimes that skip Docker."""
+"""What the benchmarks share: the store and broker of each set-up, runtimes that skip Docker, percentiles."""
 
 from __future__ import annotations
 
@@ -35,6 +35,11 @@ def store_and_broker(setup: str, root: Path) -> Iterator[tuple[str, str]]:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 class FakeRuntime:

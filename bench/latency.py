@@ -16,16 +16,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import store_and_broker
+from bench.common import percentile, store_and_broker
 from tests import factories
 from tests.stack import Api, Stack
 
 IMAGE = os.environ.get("PEERGRID_TEST_IMAGE", "peergrid-test/busybox:latest")
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def bare_docker(runs: int) -> list[float]:

@@ -54,7 +54,7 @@ class Stack:
             print(self.logs())
         self.stop()
 
-    def spawn(self, name: str, *args: str, env: dict | None = None, module: str = "web.cli") -> subprocess.Popen:
+    def spawn(self, name: str, *args: str, env: dict | None = None, module: str = "cli") -> subprocess.Popen:
         log = self.root / f"{name}.log"
         if log.exists():  # a restart keeps what the first run said
             log.rename(log.with_suffix(f".{time.time_ns()}.log"))

@@ -43,3 +43,8 @@ def test_latency_runs_against_bare_docker():
 def test_packing_runs():
     out = bench("bench.packing", "--ops", "3")
     assert "ideal" in out and "peergrid" in out
+
+
+def test_cli_start_up_runs_against_a_bare_interpreter():
+    out = bench("bench.cli", "--runs", "2")
+    assert "python -c pass (baseline)" in out and "peergrid job validate" in out and "peergrid --help" in out

@@ -17,7 +17,7 @@ from tests.test_jobdef import EXAMPLES
 
 def peergrid(*args: str, env: dict, input: str | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "web.cli", *args], env=env, capture_output=True, text=True, input=input, timeout=120
+        [sys.executable, "-m", "cli", *args], env=env, capture_output=True, text=True, input=input, timeout=120
     )
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 import yaml
 
-from web.cli import main as peergrid
+from cli import main as peergrid
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = yaml.safe_load((ROOT / "compose.yaml").read_text())

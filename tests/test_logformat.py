@@ -1,7 +1,7 @@
 import json
 import logging
 
-from web.logformat import JsonFormatter, TextFormatter
+from cli.logformat import JsonFormatter, TextFormatter
 
 
 def _record(**ids) -> logging.LogRecord:

@@ -19,7 +19,7 @@ from tests.stack import free_port
 def start_up(tmp_path: Path, *args: str, env: dict | None = None) -> tuple[subprocess.Popen, int]:
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "web.cli", "up", "--data-dir", str(tmp_path), "--port", str(port), *args],
+        [sys.executable, "-m", "cli", "up", "--data-dir", str(tmp_path), "--port", str(port), *args],
         env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -74,7 +74,7 @@ def test_up_runs_everything_and_stops_cleanly_on_ctrl_c(tmp_path, test_image):
 
         # A job runs on the local worker.
         token = subprocess.run(
-            [sys.executable, "-m", "web.cli", "admin", "create-token", email],
+            [sys.executable, "-m", "cli", "admin", "create-token", email],
             env={**os.environ, "PEERGRID_DATA_DIR": str(tmp_path)}, capture_output=True, text=True, check=True,
         ).stdout.strip()
         api = requests.Session()

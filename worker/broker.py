@@ -7,7 +7,6 @@ import socket
 from typing import Callable, Iterable
 
 from kombu import Connection, Exchange, Queue
-from kombu.transport import sqlalchemy as sql_transport
 
 from protocol.messages import OFFER_EXCHANGE, OFFER_EXCHANGE_TYPE
 
@@ -23,6 +22,9 @@ def connect(broker_url: str, *, poll_interval_s: float = 0.1) -> Connection:
     so a polling interval cannot be passed as an option: a subclass carries it instead.
     """
     if broker_url.startswith("sqla+"):
+        # Imported here: it imports SQLAlchemy, which a worker on a Redis or RabbitMQ broker lacks.
+        from kombu.transport import sqlalchemy as sql_transport
+
         transport = type("PolledSQLTransport", (sql_transport.Transport,), {"polling_interval": poll_interval_s})
         return Connection(
             broker_url[len("sqla+"):], transport=transport, transport_options={"connect_args": {"timeout": 30}}

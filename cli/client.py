@@ -1,4 +1,8 @@
-"""Commands that call a server's API with an API token: job, node, secret, balance, payout."""
+"""Commands that call a server's API with an API token: job, node, secret, balance, payout.
+
+Each imports what it uses inside it (the HTTP client, the job definition's rules), so that a
+command starts without what the others need: `peergrid job validate` never loads requests.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +11,21 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from scheduler.errors import InvalidDefinition, PeergridError
-from web.apiclient import ApiClient, ApiError
-from web.cli import fail, main
+from cli import fail, main
+
+if TYPE_CHECKING:
+    from cli.apiclient import ApiClient
 
 FINISHED = ("succeeded", "failed", "cancelled")
 
+
 def _client() -> ApiClient:
+    from cli.apiclient import ApiClient
+
     token = os.environ.get("PEERGRID_TOKEN")
     if not token:
         fail("Set PEERGRID_TOKEN to an API token (`peergrid admin create-token EMAIL` prints one).")
@@ -24,6 +33,8 @@ def _client() -> ApiClient:
 
 
 def _api(call):
+    from cli.apiclient import ApiError
+
     try:
         return call()
     except ApiError as e:
@@ -56,6 +67,7 @@ def job() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the problems as JSON.")
 def job_validate(file: str, as_json: bool) -> None:
     """Exit 0 if the definition is valid, else print each problem as `PATH: message`."""
+    from scheduler.errors import InvalidDefinition
     from scheduler.jobdef import parse_definition
 
     document = _read_definition(file)
@@ -225,6 +237,7 @@ def payout() -> None:
 @click.argument("amount")
 def payout_request(amount: str) -> None:
     """Ask for AMOUNT credits of your earnings to be paid out."""
+    from scheduler.errors import PeergridError
     from scheduler.ledger import credits, parse_credits
 
     try:
@@ -306,6 +319,7 @@ def secret_set(name: str) -> None:
 
     Never on the command line, where the shell history and `ps` would keep it.
     """
+    from scheduler.errors import PeergridError
     from scheduler.secrets import check_name
 
     try:

@@ -1,21 +1,23 @@
-"""Commands that run peergrid's processes or act on its store: up, db, web, scheduler, worker, admin."""
+"""Commands that run the server's processes or act on its store: up, db, web, scheduler, admin.
+
+The server's code and libraries are imported inside the commands that use them, so that
+`peergrid --help` and the commands of other modules start without them.
+"""
 
 from __future__ import annotations
 
-import logging
-from contextlib import contextmanager
-import signal
 import sys
-from pathlib import Path
+from contextlib import contextmanager
 
 import click
 
-from scheduler.errors import PeergridError
-from scheduler.settings import Settings
-from web.cli import fail, main, setup_logging
+from cli import fail, main, setup_logging
+
 
 def _core():
     from scheduler.core import Core
+    from scheduler.errors import PeergridError
+    from scheduler.settings import Settings
 
     try:
         return Core.from_settings(Settings.from_env())
@@ -26,6 +28,8 @@ def _core():
 @contextmanager
 def _transaction(core=None):
     """One transaction on the store for a command; a refusal becomes the command's error."""
+    from scheduler.errors import PeergridError
+
     core = core or _core()
     try:
         with core.transaction() as session:
@@ -42,7 +46,7 @@ def _transaction(core=None):
 @click.option("--no-worker", is_flag=True, help="Do not start a local worker.")
 def up(host: str, port: int, data_dir: str | None, simulate_gpus: str | None, no_worker: bool) -> None:
     """Run web, scheduler and a local worker together on this machine."""
-    from web.up import run_up
+    from cli.up import run_up
 
     sys.exit(run_up(host=host, port=port, data_dir=data_dir, simulate_gpus=simulate_gpus, worker=not no_worker))
 
@@ -56,6 +60,7 @@ def db() -> None:
 def db_upgrade() -> None:
     """Apply migrations to PEERGRID_DATABASE_URL."""
     from scheduler.migrate import upgrade
+    from scheduler.settings import Settings
 
     settings = Settings.from_env()
     upgrade(settings.database_url)
@@ -70,6 +75,7 @@ def web(host: str, port: int, threads: int) -> None:
     """Serve the web app and APIs."""
     import waitress
 
+    from scheduler.settings import Settings
     from web import create_app
 
     setup_logging()
@@ -83,55 +89,12 @@ def web(host: str, port: int, threads: int) -> None:
 def scheduler(loglevel: str) -> None:
     """Run the trusted scheduler service (Celery worker with beat)."""
     from scheduler.celery_app import SCHEDULER_QUEUE, make_celery
+    from scheduler.settings import Settings
 
     app = make_celery(Settings.from_env())
     app.worker_main(
         ["worker", "--beat", "-Q", SCHEDULER_QUEUE, "--pool", "solo", "--loglevel", loglevel, "--without-mingle", "--without-gossip"]
     )
-
-
-@main.command()
-@click.option("--server", envvar="PEERGRID_SERVER", default="http://127.0.0.1:8000", show_default=True)
-@click.option("--token", envvar="PEERGRID_NODE_TOKEN", required=True, help="The node token from `peergrid node create`.")
-@click.option("--name", help="A label for logs; the node's name is the one it was created with.")
-@click.option("--simulate-gpus", metavar="SPEC", help="Made-up GPUs for development and tests; shown as simulated.")
-@click.option("--slots", default=1, show_default=True, type=click.IntRange(1, 256), help="CPU ops run at once.")
-@click.option("--job-network", envvar="PEERGRID_JOB_NETWORK", default="bridge", show_default=True,
-              help='Network for job containers: "none" (no outbound network) or a Docker network name; never "host".')
-@click.option("--job-memory-mb", type=click.IntRange(64), envvar="PEERGRID_JOB_MEMORY_MB", help="Memory limit per container.")
-@click.option("--job-cpus", type=click.FloatRange(0.1), envvar="PEERGRID_JOB_CPUS", help="CPU limit per container.")
-@click.option("--events/--no-events", envvar="PEERGRID_WORKER_EVENTS", default=True, show_default=True,
-              help="Send Celery worker events so Flower lists this node (needs publish rights on the broker).")
-@click.option("--data-dir", envvar="PEERGRID_WORKER_DATA_DIR", type=click.Path(file_okay=False),
-              help="Where the worker keeps its state [default: ~/.local/state/peergrid-worker].")
-def worker(server: str, token: str, name: str | None, simulate_gpus: str | None, slots: int, job_network: str,
-           job_memory_mb: int | None, job_cpus: float | None, events: bool, data_dir: str | None) -> None:
-    """Run the provider's agent: take offers and run them in Docker."""
-    from worker.agent import Agent
-    from worker.errors import WorkerError
-    from worker.settings import WorkerSettings
-
-    setup_logging()
-    try:
-        settings = WorkerSettings.from_env(
-            server=server, token=token, name=name, simulate_gpus=simulate_gpus, slots=slots, job_network=job_network,
-            memory_limit_mb=job_memory_mb, cpu_limit=job_cpus, events=events,
-            data_dir=Path(data_dir) if data_dir else None,
-        )
-        agent = Agent(settings)
-    except WorkerError as e:
-        fail(str(e))
-
-    def _stop(signum, _frame):
-        logging.getLogger("worker").info("stopping (signal %s): stopping running containers and reporting them", signum)
-        agent.stop()
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
-    try:
-        agent.run()
-    except WorkerError as e:
-        fail(str(e))
 
 
 # -- admin ---------------------------------------------------------------------------------
@@ -181,6 +144,7 @@ def grant_cmd(email: str, amount: str, memo: str) -> None:
     """Credit an account from issuance (AMOUNT in credits, e.g. 25 or 2.5)."""
     from scheduler import ledger
     from scheduler.accounts import find_user
+    from scheduler.errors import PeergridError
 
     try:
         micro = ledger.parse_credits(amount)

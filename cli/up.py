@@ -81,7 +81,7 @@ def run_up(*, host: str, port: int, data_dir: str | None, simulate_gpus: str | N
 
     def spawn(name: str, *args: str, extra_env: dict | None = None) -> None:
         process = subprocess.Popen(
-            [sys.executable, "-m", "web.cli", *args],
+            [sys.executable, "-m", "cli", *args],
             env={**env, **(extra_env or {})},
             start_new_session=True,  # Ctrl-C reaches us; we stop the children in order
         )

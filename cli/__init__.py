@@ -1,6 +1,8 @@
 """The `peergrid` command: the group, and what its commands share.
 
-Server commands live in web.cli.server, those that call a server's API in web.cli.client.
+Server commands live in cli.server, those that call a server's API in cli.client, and the provider's
+agent in cli.worker. Heavy imports happen inside the commands that need them, so a command loads only
+what it uses and `peergrid worker` runs where the server's libraries are not installed.
 """
 
 from __future__ import annotations
@@ -10,13 +12,14 @@ import sys
 
 import click
 
+
 def fail(message: str, code: int = 1):
     click.echo(f"Error: {message}", err=True)
     sys.exit(code)
 
 
 def setup_logging(level: str = "INFO") -> None:
-    from web.logformat import configure
+    from cli.logformat import configure
 
     configure(level, os.environ.get("PEERGRID_LOG_FORMAT", "text"))
 
@@ -28,4 +31,4 @@ def main() -> None:
 
 
 # Importing them registers the commands on main.
-from web.cli import client, server  # noqa: E402,F401
+from cli import client, server, worker  # noqa: E402,F401

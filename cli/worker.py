@@ -1,0 +1,59 @@
+"""`peergrid worker`: the provider's agent.
+
+The worker's modules are imported inside the command, and nothing of the server's: a provider's
+machine runs it without Flask, SQLAlchemy, Alembic or psycopg.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from pathlib import Path
+
+import click
+
+from cli import fail, main, setup_logging
+
+
+@main.command()
+@click.option("--server", envvar="PEERGRID_SERVER", default="http://127.0.0.1:8000", show_default=True)
+@click.option("--token", envvar="PEERGRID_NODE_TOKEN", required=True, help="The node token from `peergrid node create`.")
+@click.option("--name", help="A label for logs; the node's name is the one it was created with.")
+@click.option("--simulate-gpus", metavar="SPEC", help="Made-up GPUs for development and tests; shown as simulated.")
+@click.option("--slots", default=1, show_default=True, type=click.IntRange(1, 256), help="CPU ops run at once.")
+@click.option("--job-network", envvar="PEERGRID_JOB_NETWORK", default="bridge", show_default=True,
+              help='Network for job containers: "none" (no outbound network) or a Docker network name; never "host".')
+@click.option("--job-memory-mb", type=click.IntRange(64), envvar="PEERGRID_JOB_MEMORY_MB", help="Memory limit per container.")
+@click.option("--job-cpus", type=click.FloatRange(0.1), envvar="PEERGRID_JOB_CPUS", help="CPU limit per container.")
+@click.option("--events/--no-events", envvar="PEERGRID_WORKER_EVENTS", default=True, show_default=True,
+              help="Send Celery worker events so Flower lists this node (needs publish rights on the broker).")
+@click.option("--data-dir", envvar="PEERGRID_WORKER_DATA_DIR", type=click.Path(file_okay=False),
+              help="Where the worker keeps its state [default: ~/.local/state/peergrid-worker].")
+def worker(server: str, token: str, name: str | None, simulate_gpus: str | None, slots: int, job_network: str,
+           job_memory_mb: int | None, job_cpus: float | None, events: bool, data_dir: str | None) -> None:
+    """Run the provider's agent: take offers and run them in Docker."""
+    from worker.agent import Agent
+    from worker.errors import WorkerError
+    from worker.settings import WorkerSettings
+
+    setup_logging()
+    try:
+        settings = WorkerSettings.from_env(
+            server=server, token=token, name=name, simulate_gpus=simulate_gpus, slots=slots, job_network=job_network,
+            memory_limit_mb=job_memory_mb, cpu_limit=job_cpus, events=events,
+            data_dir=Path(data_dir) if data_dir else None,
+        )
+        agent = Agent(settings)
+    except WorkerError as e:
+        fail(str(e))
+
+    def _stop(signum, _frame):
+        logging.getLogger("worker").info("stopping (signal %s): stopping running containers and reporting them", signum)
+        agent.stop()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    try:
+        agent.run()
+    except WorkerError as e:
+        fail(str(e))

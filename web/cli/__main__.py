@@ -1,5 +1,0 @@
-"""`python -m web.cli`: the `peergrid` command."""
-
-from web.cli import main
-
-main()
