@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import click
 
 from cli import fail, main
+from protocol.gpus import gb_text
 
 if TYPE_CHECKING:
     from cli.apiclient import ApiClient
@@ -221,7 +222,7 @@ def job_download(job_id: int, op: str, output: str | None) -> None:
 @main.command()
 def balance() -> None:
     """Your credits: available, in escrow, earned, and in payout requests."""
-    from scheduler.ledger import credits
+    from scheduler.credits import credits
 
     body = _api(lambda: _client().get("/ledger/balance"))
     for name in ("available", "escrow", "earnings", "payout_pending"):
@@ -238,7 +239,7 @@ def payout() -> None:
 def payout_request(amount: str) -> None:
     """Ask for AMOUNT credits of your earnings to be paid out."""
     from scheduler.errors import PeergridError
-    from scheduler.ledger import credits, parse_credits
+    from scheduler.credits import credits, parse_credits
 
     try:
         micro = parse_credits(amount)
@@ -251,7 +252,7 @@ def payout_request(amount: str) -> None:
 @payout.command("list")
 def payout_list() -> None:
     """Your payout requests and what became of them."""
-    from scheduler.ledger import credits
+    from scheduler.credits import credits
 
     for p in _api(lambda: _client().get("/payouts"))["payouts"]:
         detail = p["reference"] or p["reason"] or ""
@@ -274,7 +275,7 @@ def node_list(as_json: bool) -> None:
     if not nodes:
         click.echo("No nodes yet: `peergrid node create NAME` registers one.")
     for n in nodes:
-        gpus = ", ".join(f"{g['name']} {g['memory_total_mb'] / 1024:.0f} GB" for g in n["gpus"]) or (n["gpu_message"] or "no GPUs")
+        gpus = ", ".join(f"{g['name']} {gb_text(g['memory_total_mb'])} GB" for g in n["gpus"]) or (n["gpu_message"] or "no GPUs")
         simulated = " (simulated)" if n["simulated"] else ""
         click.echo(f"{n['id']:>4}  {n['name']:<20} {n['state']:<9} {gpus}{simulated}")
 
@@ -320,7 +321,7 @@ def secret_set(name: str) -> None:
     Never on the command line, where the shell history and `ps` would keep it.
     """
     from scheduler.errors import PeergridError
-    from scheduler.secrets import check_name
+    from scheduler.jobdef import check_name
 
     try:
         check_name(name)

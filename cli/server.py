@@ -12,6 +12,7 @@ from contextlib import contextmanager
 import click
 
 from cli import fail, main, setup_logging
+from protocol.gpus import gb_text, mb_from_gb
 
 
 def _core():
@@ -185,7 +186,7 @@ def _market_fields(gpus, min_vram_gb, models, min_compute, min_cuda, price, fee_
     fields = {
         "name": name,
         "gpu_count": gpus,
-        "min_vram_mb": None if min_vram_gb is None else int(min_vram_gb * 1000),
+        "min_vram_mb": None if min_vram_gb is None else mb_from_gb(min_vram_gb),
         "gpu_models": None if models is None else [m.strip() for m in models.split(",") if m.strip()],
         "min_compute_capability": min_compute,
         "min_cuda_version": min_cuda,
@@ -251,7 +252,7 @@ def market_list() -> None:
     with _transaction() as session:
         rows = list(session.scalars(select(Market).order_by(Market.gpu_count, Market.price_per_second)))
         for m in rows:
-            need = "CPU" if m.gpu_count == 0 else f"{m.gpu_count} GPU ≥ {m.min_vram_mb / 1000:g} GB"
+            need = "CPU" if m.gpu_count == 0 else f"{m.gpu_count} GPU ≥ {gb_text(m.min_vram_mb)} GB"
             if m.gpu_models:
                 need += f" ({', '.join(m.gpu_models)})"
             click.echo(f"{m.slug:<14} {need:<34} {m.price_per_second:>6} µcr/s  fee {m.fee_ppm / 10_000:g}%  max {m.max_timeout_s} s")

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from protocol.gpus import mb_from_gb
-from scheduler.errors import InvalidDefinition, Problem
+from scheduler.errors import InvalidDefinition, PeergridError, Problem
 
 RUN = "container/run"
 CREATE_VOLUME = "container/create-volume"
@@ -558,6 +558,20 @@ def exposed_ports(expose: Any) -> frozenset[int] | None:
         elif isinstance(item, str) and LITERAL.search(item):
             return None
     return frozenset(ports)
+
+
+def check_name(name: str) -> str:
+    """Return name if it can name a secret.
+
+    Raises:
+        PeergridError: it cannot, saying what a name looks like.
+    """
+    if not isinstance(name, str) or not SECRET_NAME.match(name):
+        raise PeergridError(
+            f"{name!r} cannot name a secret: use capital letters, digits and _, starting with a letter or _, "
+            "like HF_TOKEN (at most 100 characters)."
+        )
+    return name
 
 
 def secret_references(doc: Any) -> list[tuple[str, str]]:

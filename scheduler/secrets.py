@@ -12,7 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from scheduler.errors import NotFound, PeergridError, Problem, SecretMissing
-from scheduler.jobdef import LITERAL, SECRET_NAME, secret_names, secret_references
+from scheduler.jobdef import LITERAL, SECRET_NAME, check_name, secret_names, secret_references
 from scheduler.models import Job, Op, Secret, User
 from scheduler.states import utcnow
 
@@ -21,20 +21,6 @@ MAX_VALUE_CHARS = 65_536
 # Lines of a multi-line value shorter than this are not masked on their own: "}" or "" would
 # blank out every log.
 _MIN_MASKED_LINE = 4
-
-
-def check_name(name: str) -> str:
-    """Return name if it can name a secret.
-
-    Raises:
-        PeergridError: it cannot, saying what a name looks like.
-    """
-    if not isinstance(name, str) or not SECRET_NAME.match(name):
-        raise PeergridError(
-            f"{name!r} cannot name a secret: use capital letters, digits and _, starting with a letter or _, "
-            "like HF_TOKEN (at most 100 characters)."
-        )
-    return name
 
 
 def set_secret(session: Session, owner: User, name: str, value: str) -> tuple[Secret, bool]:
