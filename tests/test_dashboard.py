@@ -357,6 +357,27 @@ def test_a_payout_the_store_refuses_after_it_was_written_is_not_kept(database_ur
             assert books.balanced, books.problems
 
 
+def test_a_refused_payout_request_leaves_the_store_as_it_was(database_url, tmp_path):
+    from sqlalchemy import func, select
+
+    from scheduler.models import Account
+
+    with factories.served(database_url, tmp_path) as (core, client):
+        factories.user(core, email="prov@example.com", credits=0)
+        sign_in(client, "prov@example.com")
+        page = client.get("/credits")
+        with core.sessions() as session:
+            before = session.scalar(select(func.count()).select_from(Account))
+
+        # A provider who never earned asks for a payout: the earnings account it looked up is not kept.
+        response = client.post("/credits/payout", data={"credits": "1", "csrf_token": csrf(page)})
+
+        assert response.status_code == 302
+        assert "This payout needs 1 credits; 0 are available" in client.get("/credits").get_data(as_text=True)
+        with core.sessions() as session:
+            assert session.scalar(select(func.count()).select_from(Account)) == before
+
+
 def test_a_view_that_flashes_a_refusal_and_redirects_writes_nothing(app, client, core):
     from flask import flash, redirect
 
