@@ -398,3 +398,20 @@ def test_a_view_that_flashes_a_refusal_and_redirects_writes_nothing(app, client,
     with core.sessions() as session:
         assert find_user(session, "error@example.com") is None
         assert find_user(session, "ok@example.com") is not None
+
+
+def test_an_admin_cannot_ban_a_removed_node(client, core):
+    from scheduler.nodes import remove_node
+
+    node_id, _, _ = factories.node(core)
+    with core.transaction() as session:
+        remove_node(session, session.get(Node, node_id))
+    factories.user(core, email="boss@example.com", admin=True)
+    sign_in(client, "boss@example.com")
+
+    response = client.post(f"/admin/nodes/{node_id}/ban",
+                           data={"ban": "1", "reason": "crypto mining", "csrf_token": csrf(client.get("/nodes"))})
+
+    assert response.status_code == 404
+    with core.sessions() as session:
+        assert session.get(Node, node_id).banned_at is None
