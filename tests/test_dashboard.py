@@ -415,3 +415,24 @@ def test_an_admin_cannot_ban_a_removed_node(client, core):
     assert response.status_code == 404
     with core.sessions() as session:
         assert session.get(Node, node_id).banned_at is None
+
+
+def test_the_editors_check_needs_the_sessions_csrf_token_in_its_header(client, core):
+    factories.user(core, email="ann@example.com")
+    sign_in(client, "ann@example.com")  # signing in starts a session that holds no CSRF token yet
+    body = {"definition": "{}"}
+
+    assert client.post("/submit/check", json=body).status_code == 400
+    assert client.post("/submit/check", json=body, headers={"X-CSRF-Token": ""}).status_code == 400
+    token = csrf(client.get("/submit"))
+    assert client.post("/submit/check", json=body, headers={"X-CSRF-Token": token[:-1] + "x"}).status_code == 400
+    assert client.post("/submit/check", json=body, headers={"X-CSRF-Token": token}).status_code == 200
+
+
+def test_a_csrf_token_that_is_not_ascii_is_refused_not_a_crash(client, core):
+    factories.user(core, email="ann@example.com")
+    refused = client.post("/login", data={"email": "ann@example.com", "password": PASSWORD, "csrf_token": "é"})
+    assert refused.status_code == 400
+    sign_in(client, "ann@example.com")
+    token = csrf(client.get("/submit"))
+    assert client.post("/submit/check", json={}, headers={"X-CSRF-Token": token + "é"}).status_code == 400
