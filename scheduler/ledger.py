@@ -31,7 +31,7 @@ from scheduler.models import (
     User,
 )
 from scheduler.placement import billed_units, cost_of, unit_name
-from scheduler.states import JOB_FINISHED, utcnow
+from scheduler.states import JOB_FINISHED, can_move, move, utcnow
 
 K = AccountKind
 
@@ -294,11 +294,11 @@ def request_payout(session: Session, user: User, amount: int, *, minimum: int, n
     return payout
 
 
-def _decidable(session: Session, payout_id: int) -> Payout:
+def _decidable(session: Session, payout_id: int, decision: PayoutState) -> Payout:
     payout = session.scalar(select(Payout).where(Payout.id == payout_id).with_for_update())
     if payout is None:
         raise NotFound(f"There is no payout {payout_id}.")
-    if payout.state != PayoutState.REQUESTED:
+    if not can_move(payout.state, decision):
         raise Conflict(f"Payout {payout_id} was {payout.state.value} already.")
     return payout
 
@@ -308,14 +308,15 @@ def approve_payout(session: Session, admin: User, payout_id: int, reference: str
     reference = (reference or "").strip()
     if not reference:
         raise PeergridError("Approving a payout needs the external payment's reference.")
-    payout = _decidable(session, payout_id)
+    payout = _decidable(session, payout_id, PayoutState.APPROVED)
     now = now or utcnow()
     post(
         session, f"payout:approve:{payout.id}", "payout_paid",
         [(account(session, K.PAYOUT_PENDING, payout.user_id), -payout.amount), (account(session, K.PAID_OUT), payout.amount)],
         memo=f"Payout {payout.id} paid: {reference}.", payout_id=payout.id, actor_id=admin.id, now=now,
     )
-    payout.state, payout.reference, payout.decided_by_id, payout.decided_at = PayoutState.APPROVED, reference[:200], admin.id, now
+    move(payout, PayoutState.APPROVED, now=now)
+    payout.reference, payout.decided_by_id, payout.decided_at = reference[:200], admin.id, now
     return payout
 
 
@@ -324,14 +325,15 @@ def reject_payout(session: Session, admin: User, payout_id: int, reason: str, *,
     reason = (reason or "").strip()
     if not reason:
         raise PeergridError("Rejecting a payout needs a reason the provider can read.")
-    payout = _decidable(session, payout_id)
+    payout = _decidable(session, payout_id, PayoutState.REJECTED)
     now = now or utcnow()
     post(
         session, f"payout:reject:{payout.id}", "payout_rejected",
         [(account(session, K.PAYOUT_PENDING, payout.user_id), -payout.amount), (account(session, K.EARNINGS, payout.user_id), payout.amount)],
         memo=f"Payout {payout.id} rejected: {reason}", payout_id=payout.id, actor_id=admin.id, now=now,
     )
-    payout.state, payout.reason, payout.decided_by_id, payout.decided_at = PayoutState.REJECTED, reason, admin.id, now
+    move(payout, PayoutState.REJECTED, now=now)
+    payout.reason, payout.decided_by_id, payout.decided_at = reason, admin.id, now
     return payout
 
 

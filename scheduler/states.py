@@ -1,4 +1,4 @@
-"""The lifecycle vocabulary of jobs, ops, attempts and nodes, with the moves each allows."""
+"""The lifecycle vocabulary of jobs, ops, attempts, nodes and payouts, with the moves each allows."""
 
 from __future__ import annotations
 
@@ -62,6 +62,12 @@ class NodeState(str, enum.Enum):
     OFFLINE = "offline"  # set by the reaper when heartbeats stop
 
 
+class PayoutState(str, enum.Enum):
+    REQUESTED = "requested"  # set by the provider
+    APPROVED = "approved"  # set by an admin, with the external payment's reference
+    REJECTED = "rejected"  # set by an admin, with a reason; the credits go back to earnings
+
+
 _S = JobState
 JOB_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     _S.QUEUED: frozenset({_S.RUNNING, _S.SUCCEEDED, _S.FAILED, _S.CANCELLED}),
@@ -106,6 +112,13 @@ NODE_TRANSITIONS: dict[NodeState, frozenset[NodeState]] = {
     _N.OFFLINE: frozenset({_N.ONLINE, _N.BUSY, _N.DRAINING}),
 }
 
+_P = PayoutState
+PAYOUT_TRANSITIONS: dict[PayoutState, frozenset[PayoutState]] = {
+    _P.REQUESTED: frozenset({_P.APPROVED, _P.REJECTED}),
+    _P.APPROVED: frozenset(),
+    _P.REJECTED: frozenset(),
+}
+
 JOB_FINISHED = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
 JOB_UNFINISHED = frozenset(JobState) - JOB_FINISHED
 OP_FINISHED = frozenset(
@@ -125,6 +138,7 @@ _TABLES: dict[type, dict] = {
     OpState: OP_TRANSITIONS,
     AttemptState: ATTEMPT_TRANSITIONS,
     NodeState: NODE_TRANSITIONS,
+    PayoutState: PAYOUT_TRANSITIONS,
 }
 _STARTED = {JobState.RUNNING, OpState.RUNNING, AttemptState.RUNNING}
 _FINISHED = JOB_FINISHED | OP_FINISHED | ATTEMPT_FINISHED
@@ -135,7 +149,7 @@ def can_move(current: enum.Enum, new: enum.Enum) -> bool:
 
 
 def move(thing: Any, new: enum.Enum, *, now: datetime | None = None) -> None:
-    """Move a job, op, attempt or node to a new state, stamping the times that follow from it.
+    """Move a job, op, attempt, node or payout to a new state, stamping the times that follow from it.
 
     Raises:
         IllegalTransition: the move is not allowed from the thing's current state.

@@ -214,3 +214,23 @@ def test_extend_refuses_what_it_cannot_do(client, core):
     client.post(f"/api/v1/jobs/{job_id}/cancel", headers=bearer(token))
     ended = client.post(f"/api/v1/jobs/{job_id}/extend", json={"seconds": 60}, headers=bearer(token))
     assert ended.status_code == 409 and "has ended" in ended.json["error"]
+
+
+def test_removed_nodes_are_not_listed_and_cannot_be_drained(client, core):
+    from scheduler.models import Node
+    from scheduler.nodes import remove_node
+
+    _, token = factories.user(core)
+    _, admin = factories.user(core, admin=True)
+    kept = client.post("/api/v1/nodes", json={"name": "rig-kept"}, headers=bearer(token)).json["id"]
+    gone = client.post("/api/v1/nodes", json={"name": "rig-gone"}, headers=bearer(token)).json["id"]
+    with core.transaction() as session:
+        remove_node(session, session.get(Node, gone))
+
+    for who in (token, admin):
+        assert [n["id"] for n in client.get("/api/v1/nodes", headers=bearer(who)).json["nodes"]] == [kept]
+        drained = client.post(f"/api/v1/nodes/{gone}/drain", json={"drain": True}, headers=bearer(who))
+        assert drained.status_code == 404 and drained.json["error"] == f"There is no node {gone}."
+    assert client.post(f"/api/v1/nodes/{kept}/drain", json={"drain": True}, headers=bearer(token)).status_code == 200
+    with core.sessions() as session:
+        assert not session.get(Node, gone).drain_requested

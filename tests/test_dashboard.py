@@ -310,3 +310,130 @@ def test_the_account_page_keeps_secrets_without_ever_showing_a_value(client, cor
                           follow_redirects=True)
     assert "Secret HF_TOKEN deleted" in deleted.get_data(as_text=True)
     assert "No secrets yet" in deleted.get_data(as_text=True)
+
+
+def _earned(core, user_id: int, amount: int) -> int:
+    """Credit a provider's earnings with amount micro-credits; return the earnings account's id."""
+    from scheduler import ledger
+
+    with core.transaction() as session:
+        earnings = ledger.account(session, ledger.K.EARNINGS, user_id)
+        ledger.post(session, f"test:earned:{user_id}", "settle",
+                    [(ledger.account(session, ledger.K.ISSUANCE), -amount), (earnings, amount)])
+    return earnings.id
+
+
+def test_a_payout_the_store_refuses_after_it_was_written_is_not_kept(database_url, tmp_path):
+    from sqlalchemy import event, func, select, update
+
+    from scheduler import ledger
+    from scheduler.models import Account, Payout
+
+    with factories.served(database_url, tmp_path) as (core, client):
+        provider_id, _ = factories.user(core, email="prov@example.com", credits=0)
+        earnings_id = _earned(core, provider_id, 3 * ledger.MICRO)
+        sign_in(client, "prov@example.com")
+        page = client.get("/credits")
+
+        # Given: the earnings are there when the request checks them, and drained by the time its
+        # posting reaches the store, after the payout row is written.
+        def drain(session, _context):
+            if any(isinstance(row, Payout) for row in session.new):
+                session.connection().execute(update(Account).where(Account.id == earnings_id).values(balance=0))
+
+        event.listen(core.sessions, "after_flush", drain)
+        try:
+            # When: the provider asks for a payout of 2 credits.
+            response = client.post("/credits/payout", data={"credits": "2", "csrf_token": csrf(page)})
+        finally:
+            event.remove(core.sessions, "after_flush", drain)
+
+        # Then: the refusal is shown, and neither the payout nor anything else of the request is kept.
+        assert response.status_code == 302
+        assert "This payout needs 2 credits" in client.get("/credits").get_data(as_text=True)
+        with core.sessions() as session:
+            assert session.scalar(select(func.count()).select_from(Payout)) == 0
+            assert ledger.balances(session, provider_id)["earnings"] == 3 * ledger.MICRO
+            books = ledger.check_books(session)
+            assert books.balanced, books.problems
+
+
+def test_a_refused_payout_request_leaves_the_store_as_it_was(database_url, tmp_path):
+    from sqlalchemy import func, select
+
+    from scheduler.models import Account
+
+    with factories.served(database_url, tmp_path) as (core, client):
+        factories.user(core, email="prov@example.com", credits=0)
+        sign_in(client, "prov@example.com")
+        page = client.get("/credits")
+        with core.sessions() as session:
+            before = session.scalar(select(func.count()).select_from(Account))
+
+        # A provider who never earned asks for a payout: the earnings account it looked up is not kept.
+        response = client.post("/credits/payout", data={"credits": "1", "csrf_token": csrf(page)})
+
+        assert response.status_code == 302
+        assert "This payout needs 1 credits; 0 are available" in client.get("/credits").get_data(as_text=True)
+        with core.sessions() as session:
+            assert session.scalar(select(func.count()).select_from(Account)) == before
+
+
+def test_a_view_that_flashes_a_refusal_and_redirects_writes_nothing(app, client, core):
+    from flask import flash, redirect
+
+    from scheduler.accounts import create_user, find_user
+    from web.db import db
+
+    def writes_then_flashes(category: str):
+        create_user(db(), f"{category}@example.com", PASSWORD)
+        flash("What the view says.", category)
+        return redirect("/")
+
+    app.add_url_rule("/test/flash/<category>", "test_flash", writes_then_flashes, methods=["POST"])
+
+    refused = client.post("/test/flash/error")
+    done = client.post("/test/flash/ok")
+
+    assert refused.status_code == done.status_code == 302
+    with core.sessions() as session:
+        assert find_user(session, "error@example.com") is None
+        assert find_user(session, "ok@example.com") is not None
+
+
+def test_an_admin_cannot_ban_a_removed_node(client, core):
+    from scheduler.nodes import remove_node
+
+    node_id, _, _ = factories.node(core)
+    with core.transaction() as session:
+        remove_node(session, session.get(Node, node_id))
+    factories.user(core, email="boss@example.com", admin=True)
+    sign_in(client, "boss@example.com")
+
+    response = client.post(f"/admin/nodes/{node_id}/ban",
+                           data={"ban": "1", "reason": "crypto mining", "csrf_token": csrf(client.get("/nodes"))})
+
+    assert response.status_code == 404
+    with core.sessions() as session:
+        assert session.get(Node, node_id).banned_at is None
+
+
+def test_the_editors_check_needs_the_sessions_csrf_token_in_its_header(client, core):
+    factories.user(core, email="ann@example.com")
+    sign_in(client, "ann@example.com")  # signing in starts a session that holds no CSRF token yet
+    body = {"definition": "{}"}
+
+    assert client.post("/submit/check", json=body).status_code == 400
+    assert client.post("/submit/check", json=body, headers={"X-CSRF-Token": ""}).status_code == 400
+    token = csrf(client.get("/submit"))
+    assert client.post("/submit/check", json=body, headers={"X-CSRF-Token": token[:-1] + "x"}).status_code == 400
+    assert client.post("/submit/check", json=body, headers={"X-CSRF-Token": token}).status_code == 200
+
+
+def test_a_csrf_token_that_is_not_ascii_is_refused_not_a_crash(client, core):
+    factories.user(core, email="ann@example.com")
+    refused = client.post("/login", data={"email": "ann@example.com", "password": PASSWORD, "csrf_token": "é"})
+    assert refused.status_code == 400
+    sign_in(client, "ann@example.com")
+    token = csrf(client.get("/submit"))
+    assert client.post("/submit/check", json={}, headers={"X-CSRF-Token": token + "é"}).status_code == 400

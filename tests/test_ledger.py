@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from scheduler import ledger
 from scheduler.attempts import claim_attempt, finish_attempt, start_attempt
 from scheduler.core import Core
-from scheduler.models import Account, AccountKind, Attempt, Job, Node, User
+from scheduler.models import Account, AccountKind, Attempt, Job, LedgerTransaction, Node, User
 from scheduler.nodes import NodeReport, register
 from scheduler.settings import Settings
 from scheduler.states import utcnow
@@ -269,6 +269,21 @@ def test_the_store_refuses_a_negative_user_balance(database_url, tmp_path):
             session.execute(text("UPDATE accounts SET balance = balance WHERE kind = 'issuance'"))
     finally:
         core.close()
+
+
+def test_a_movement_is_undone_when_its_transaction_rolls_back(store_core):
+    # Given: a person without an account yet, so the grant's first write opens a savepoint.
+    user_id, _ = factories.user(store_core, credits=0)
+
+    # When: a grant is the first write of a transaction that then rolls back.
+    with store_core.sessions() as session:
+        ledger.grant(session, session.get(User, user_id), 5 * M, key="grant:undone")
+        session.rollback()
+
+    # Then: neither the grant nor the account it made is kept.
+    with store_core.sessions() as session:
+        assert session.scalar(select(LedgerTransaction.id).where(LedgerTransaction.key == "grant:undone")) is None
+        assert session.scalar(select(Account.id).where(Account.user_id == user_id)) is None
 
 
 @pytest.fixture

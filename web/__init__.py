@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, g
+from flask import Flask, g, message_flashed
 from werkzeug.routing import IntegerConverter
 
 MAX_ID = 2**63 - 1
@@ -49,14 +49,23 @@ def create_app(settings: Settings | None = None, *, core: Core | None = None) ->
     app.register_blueprint(submit_pages.bp)
     app.register_blueprint(metrics.bp)
 
+    @message_flashed.connect_via(app)
+    def _refused(sender, message, category, **extra):
+        # A page that shows a refusal and redirects answers 302; what it wrote before the refusal
+        # must not be kept all the same.
+        if category == "error":
+            g.refused = True
+
     @app.after_request
     def _commit(response):
-        # Commit here, while the answer can still become an error, then publish offers.
+        # Commit here, while the answer can still become an error, then publish offers. An error
+        # answer, or a refusal flashed on the way to another page, rolls back instead.
+        refused = g.pop("refused", False)
         session = g.pop("db", None)
         if session is not None:
             core_ = app.extensions["peergrid"]
             try:
-                if response.status_code < 400:
+                if response.status_code < 400 and not refused:
                     core_.commit(session)
                 else:
                     core_.rollback(session)

@@ -103,7 +103,7 @@ def grant(user_id: int):
 def node_ban(node_id: int):
     check_csrf()
     node = db().get(Node, node_id)
-    if node is None:
+    if node is None or node.removed_at is not None:
         abort(404, f"There is no node {node_id}.")
     try:
         if request.form.get("ban") == "0":

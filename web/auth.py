@@ -73,7 +73,11 @@ def csrf_token() -> str:
     return session["csrf"]
 
 
-def check_csrf() -> None:
-    sent = request.form.get("csrf_token", "")
-    if not sent or not hmac.compare_digest(sent, session.get("csrf", "")):
-        abort(400, "The form expired; reload the page and try again.")
+def check_csrf(*, header: bool = False) -> None:
+    """Refuse a dashboard write that does not carry the session's token: in its form, or in the
+    X-CSRF-Token header for a page's script."""
+    sent = request.headers.get("X-CSRF-Token", "") if header else request.form.get("csrf_token", "")
+    expected = session.get("csrf", "")
+    # Both must be there: two missing tokens are no proof that the page was ours.
+    if not sent or not expected or not hmac.compare_digest(sent.encode(), expected.encode()):
+        abort(400, "The page expired; reload it and try again.")

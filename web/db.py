@@ -13,7 +13,10 @@ def core() -> Core:
 
 
 def db() -> Session:
-    """The request's session, opened on first use and committed when the request ends well."""
+    """The request's session, opened on first use and committed when the request ends well.
+
+    It ends well when its answer is not an error and it flashed no refusal (category "error").
+    """
     if "db" not in g:
         g.db = core().sessions()
     return g.db

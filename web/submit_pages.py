@@ -7,13 +7,13 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
-from flask import Blueprint, abort, jsonify, redirect, render_template, request, session, url_for
+from flask import Blueprint, jsonify, redirect, render_template, request, url_for
 
 from scheduler import ledger
 from scheduler.errors import InvalidDefinition, NoMarket, PeergridError, Problem
 from scheduler.jobs import check_definition, submit_job
 from scheduler.placement import plan_ops
-from web.auth import session_user
+from web.auth import check_csrf, session_user
 from web.dashboard import login_required
 from web.db import core, db
 
@@ -70,8 +70,7 @@ def submit_page():
 @login_required
 def submit_check():
     # A JSON call from the editor: the session's CSRF token travels in a header.
-    if request.headers.get("X-CSRF-Token") != session.get("csrf"):
-        abort(400, "The page expired; reload it.")
+    check_csrf(header=True)
     body = request.get_json(silent=True) or {}
     return jsonify(check(str(body.get("definition", "")), body.get("market") or None))
 
@@ -79,8 +78,6 @@ def submit_check():
 @bp.post("/submit")
 @login_required
 def submit_post():
-    from web.auth import check_csrf
-
     check_csrf()
     text = request.form.get("definition", "")
     market = request.form.get("market") or None

@@ -9,7 +9,7 @@ from sqlalchemy import CheckConstraint, ForeignKey, Index, String, Text, UniqueC
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from scheduler.models.base import Base, state_column
-from scheduler.states import utcnow
+from scheduler.states import PayoutState, utcnow
 
 
 class AccountKind(str, enum.Enum):
@@ -23,12 +23,6 @@ class AccountKind(str, enum.Enum):
 
 
 USER_KINDS = frozenset({AccountKind.AVAILABLE, AccountKind.ESCROW, AccountKind.EARNINGS, AccountKind.PAYOUT_PENDING})
-
-
-class PayoutState(str, enum.Enum):
-    REQUESTED = "requested"  # set by the provider
-    APPROVED = "approved"  # set by an admin, with the external payment's reference
-    REJECTED = "rejected"  # set by an admin, with a reason; the credits go back to earnings
 
 
 class Account(Base):

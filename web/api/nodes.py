@@ -28,7 +28,7 @@ def nodes_create():
 @bp.get("/nodes")
 def nodes_index():
     user = require_user()
-    query = select(Node).options(selectinload(Node.gpus)).order_by(Node.id)
+    query = select(Node).options(selectinload(Node.gpus)).where(Node.removed_at.is_(None)).order_by(Node.id)
     if not user.is_admin:
         query = query.where(Node.owner_id == user.id)
     return jsonify({"nodes": [node_json(n) for n in db().scalars(query)]})
@@ -39,7 +39,7 @@ def nodes_drain(node_id: int):
     """Drain a node (`{"drain": false}` takes it back into service); its owner or an admin."""
     user = require_user()
     node = db().get(Node, node_id)
-    if node is None or (node.owner_id != user.id and not user.is_admin):
+    if node is None or node.removed_at is not None or (node.owner_id != user.id and not user.is_admin):
         raise NotFound(f"There is no node {node_id}.")
     body = request.get_json(silent=True) or {}
     set_draining(db(), node, bool(body.get("drain", True)))
