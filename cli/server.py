@@ -77,10 +77,11 @@ def web(host: str, port: int, threads: int) -> None:
     import waitress
 
     from scheduler.settings import Settings
-    from web import create_app
+    from web import create_app, start_hearing
 
     setup_logging()
     app = create_app(Settings.from_env())
+    start_hearing(app)
     click.echo(f"Serving on http://{host}:{port}/", err=True)
     waitress.serve(app, host=host, port=port, threads=threads, ident="peergrid", clear_untrusted_proxy_headers=True)
 
@@ -88,13 +89,14 @@ def web(host: str, port: int, threads: int) -> None:
 @main.command()
 @click.option("--loglevel", default="INFO", show_default=True)
 def scheduler(loglevel: str) -> None:
-    """Run the trusted scheduler service (Celery worker with beat)."""
+    """Run the trusted scheduler service: a Celery worker whose upkeep (re-offers, the node reaper,
+    time limits) runs in the scheduler holding the store's upkeep lease; others stand by."""
     from scheduler.celery_app import SCHEDULER_QUEUE, make_celery
     from scheduler.settings import Settings
 
     app = make_celery(Settings.from_env())
     app.worker_main(
-        ["worker", "--beat", "-Q", SCHEDULER_QUEUE, "--pool", "solo", "--loglevel", loglevel, "--without-mingle", "--without-gossip"]
+        ["worker", "-Q", SCHEDULER_QUEUE, "--pool", "solo", "--loglevel", loglevel, "--without-mingle", "--without-gossip"]
     )
 
 

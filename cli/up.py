@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import ctypes
+import fcntl
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -71,8 +74,69 @@ def docker_problem() -> str | None:
     return DockerRuntime(os.environ.get("DOCKER_HOST") or None).check()
 
 
+class AlreadyRunning(Exception):
+    """Raised when another `peergrid up` holds the data dir."""
+
+
+def hold_data_dir(data_dir: Path):
+    """Lock the data dir for this process's life, or raise AlreadyRunning naming the holder.
+
+    Two `up`s on one data dir would share its store, broker and local node, and each one's worker
+    would take the other's containers for its own leftovers. The kernel drops the lock when this
+    process ends, however it ends, so a crash leaves nothing stale.
+    """
+    data_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(data_dir / "up.lock", "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise AlreadyRunning(
+            f"peergrid up already runs with the data dir {data_dir} (pid {holder}). "
+            "Stop it first (Ctrl-C where it runs), or give this one another --data-dir."
+        ) from None
+    handle.truncate(0)
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
+
+
+def port_problem(host: str, port: int) -> str | None:
+    """Why the web could not listen on host:port, or None when it can."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        # As the web server binds: connections of an earlier run waiting out TIME_WAIT do not count.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as e:
+            return f"port {port} on {host} is in use ({e.strerror}); is another peergrid running? Try --port."
+    return None
+
+
+def _die_with_up() -> None:
+    """In each child before it starts: the kernel sends it SIGTERM when `up` dies, however `up` dies,
+    so no web, scheduler or worker outlives it."""
+    parent = os.getppid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # `up` died before the request took hold
+        os._exit(1)
+
+
 def run_up(*, host: str, port: int, data_dir: str | None, simulate_gpus: str | None, worker: bool) -> int:
     settings = Settings.from_env(data_dir=data_dir) if data_dir else Settings.from_env()
+    try:
+        lock = hold_data_dir(settings.data_dir)
+    except AlreadyRunning as e:
+        say(f"peergrid: {e}")
+        return 1
+    problem = port_problem(host, port)
+    if problem:
+        say(f"peergrid: {problem}")
+        lock.close()
+        return 1
     env = {**os.environ, "PEERGRID_DATA_DIR": str(settings.data_dir), "PEERGRID_SECRET_KEY": settings.secret_key}
     say(f"peergrid: data in {settings.data_dir}")
     password, node_token = prepare(settings)
@@ -84,6 +148,7 @@ def run_up(*, host: str, port: int, data_dir: str | None, simulate_gpus: str | N
             [sys.executable, "-m", "cli", *args],
             env={**env, **(extra_env or {})},
             start_new_session=True,  # Ctrl-C reaches us; we stop the children in order
+            preexec_fn=_die_with_up,
         )
         children.append((name, process))
 
@@ -114,10 +179,11 @@ def run_up(*, host: str, port: int, data_dir: str | None, simulate_gpus: str | N
     elif worker:
         # The worker's state goes beside the server's data, unless told otherwise: one folder holds it all.
         worker_dir = os.environ.get("PEERGRID_WORKER_DATA_DIR") or str(settings.data_dir / "worker")
-        args = ["worker", "--server", url, "--token", node_token, "--name", LOCAL_NODE, "--data-dir", worker_dir]
+        args = ["worker", "--server", url, "--name", LOCAL_NODE, "--data-dir", worker_dir]
         if simulate_gpus:
             args += ["--simulate-gpus", simulate_gpus]
-        spawn("worker", *args)
+        # The token goes by environment: in argv, `ps` would show it to every user of the machine.
+        spawn("worker", *args, extra_env={"PEERGRID_NODE_TOKEN": node_token})
 
     say(f"peergrid is running: {url}/")
     if password:
@@ -135,6 +201,7 @@ def run_up(*, host: str, port: int, data_dir: str | None, simulate_gpus: str | N
         time.sleep(0.3)
     _stop_all(children)
     say("peergrid: stopped.")
+    lock.close()
     return code
 
 

@@ -1,12 +1,14 @@
-"""The Celery application of the trusted scheduler service: periodic upkeep on the `scheduler` queue."""
+"""The Celery application of the trusted scheduler service: its tasks on the `scheduler` queue, and
+the timed upkeep (scheduler.upkeep) running inside its worker process, where a beat would be."""
 
 from __future__ import annotations
 
-from celery import Celery
+from celery import Celery, bootsteps
 
 from scheduler.core import Core
 from scheduler.offers import broker_transport_options
 from scheduler.settings import Settings
+from scheduler.upkeep import Upkeep
 
 SCHEDULER_QUEUE = "scheduler"
 
@@ -24,27 +26,24 @@ def make_celery(settings: Settings, core: Core | None = None) -> Celery:
         result_backend=None,
         task_ignore_result=True,
         worker_hijack_root_logger=False,
-        beat_schedule_filename=str(settings.data_dir / "beat-schedule"),
-        beat_schedule={
-            "reoffer-stale-attempts": {
-                "task": "peergrid.reoffer_stale_attempts",
-                "schedule": max(1.0, settings.reoffer_after_s / 3),
-            },
-            "reap-silent-nodes": {
-                "task": "peergrid.reap_silent_nodes",
-                "schedule": max(1.0, settings.node_timeout_s / 5),
-            },
-            "expire-overdue-attempts": {
-                "task": "peergrid.expire_overdue_attempts",
-                "schedule": max(1.0, min(30.0, settings.timeout_grace_s / 2)),
-            },
-            # Only an SQL broker keeps what it delivered.
-            **(
-                {"prune-broker": {"task": "peergrid.prune_broker", "schedule": 60.0}}
-                if settings.broker_url.startswith("sqla+") else {}
-            ),
-        },
         imports=["scheduler.tasks"],
     )
     app.peergrid = core or Core.from_settings(settings)
+    app.steps["worker"].add(UpkeepStep)
     return app
+
+
+class UpkeepStep(bootsteps.StartStopStep):
+    """Runs the timed upkeep (scheduler.upkeep) inside the worker process, for as long as it runs."""
+
+    def __init__(self, worker, **kwargs):
+        super().__init__(worker, **kwargs)
+        self.upkeep: Upkeep | None = None
+
+    def start(self, worker) -> None:
+        self.upkeep = worker.app.upkeep = Upkeep(worker.app.peergrid)
+        self.upkeep.start()
+
+    def stop(self, worker) -> None:
+        if self.upkeep is not None:
+            self.upkeep.stop()

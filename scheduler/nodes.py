@@ -177,12 +177,20 @@ def ended_jobs(session: Session, node: Node, job_ids: tuple[int, ...]) -> list[i
     )
 
 
-def reap_silent_nodes(session: Session, *, timeout_s: float, now: datetime | None = None) -> list[Node]:
-    """Mark nodes silent past timeout_s offline; their attempts are lost and offered again."""
+def reap_silent_nodes(
+    session: Session, *, timeout_s: float, heard_since: datetime | None = None, now: datetime | None = None
+) -> list[Node]:
+    """Mark nodes silent past timeout_s offline; their attempts are lost and offered again.
+
+    Silence counts only from heard_since, when given: the moment the server began hearing without a
+    gap (scheduler.hearing), so a node the server could not hear while it was down is not blamed.
+    """
     from scheduler.attempts import lose_attempts
 
     now = now or utcnow()
     cutoff = now - timedelta(seconds=timeout_s)
+    if heard_since is not None and heard_since > cutoff:
+        return []  # the server has not heard for a whole timeout yet since it came back
     silent = list(
         session.scalars(
             select(Node)

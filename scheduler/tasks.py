@@ -1,4 +1,5 @@
-"""The scheduler's periodic tasks: thin wrappers that load rows and call plain functions."""
+"""The scheduler's timed chores (scheduler.upkeep runs them): thin wrappers that open a
+transaction and call plain functions. They are Celery tasks too, so an operator can run one now."""
 
 from __future__ import annotations
 
@@ -46,8 +47,14 @@ def reap_nodes(core) -> int:
     """Take silent nodes offline and offer their work again; return how many went offline."""
     from scheduler.nodes import reap_silent_nodes
 
+    from scheduler.hearing import heard_since
+
     with core.transaction() as session:
-        silent = reap_silent_nodes(session, timeout_s=core.settings.node_timeout_s)
+        since = heard_since(session)
+        if since is None:
+            log.info("no web process marks itself as hearing nodes; no node is taken offline meanwhile")
+            return 0
+        silent = reap_silent_nodes(session, timeout_s=core.settings.node_timeout_s, heard_since=since)
         names = [n.name for n in silent]
     if names:
         log.warning("nodes went silent and are now offline: %s", ", ".join(names))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from kombu import Connection
 from sqlalchemy import create_engine, text
 
-from scheduler.celery_app import make_celery
+from scheduler.upkeep import chores
 from scheduler.offers import broker_transport_options, prune_delivered
 from scheduler.settings import Settings
 
@@ -48,7 +48,7 @@ def test_the_scheduler_prunes_only_an_sql_broker(tmp_path):
              "PEERGRID_SECRET_KEY": "x"},
             data_dir=tmp_path,
         )
-        return set(make_celery(settings, core=object()).conf.beat_schedule)
+        return {chore.name for chore in chores(settings)}
 
     assert "prune-broker" in schedule(f"sqla+sqlite:///{tmp_path}/b.sqlite")
     assert "prune-broker" not in schedule("redis://127.0.0.1:6390/0")

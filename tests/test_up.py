@@ -123,3 +123,46 @@ def test_without_docker_the_web_app_still_serves_and_says_what_to_do(tmp_path):
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
+
+
+def _gone(pids: list[int], timeout: float = 30) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not [pid for pid in pids if alive(pid)]:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_killing_up_outright_takes_its_children_with_it(tmp_path, docker_client):
+    process, _ = start_up(tmp_path, "--no-worker")
+    try:
+        read_until(process, "Ctrl-C stops everything")
+        children = children_of(process.pid)
+        assert len(children) == 2  # web, scheduler
+        os.killpg(process.pid, signal.SIGKILL)  # the whole process group, as a crash or `kill -9 -PGID` would
+        process.wait()
+        assert _gone(children), [pid for pid in children if alive(pid)]
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+def test_a_second_up_on_the_same_data_dir_or_port_refuses_and_says_why(tmp_path, docker_client):
+    first, port = start_up(tmp_path / "one", "--no-worker")
+    try:
+        read_until(first, "Ctrl-C stops everything")
+        again = subprocess.run(
+            [sys.executable, "-m", "cli", "up", "--data-dir", str(tmp_path / "one"), "--port", str(free_port()),
+             "--no-worker"], capture_output=True, text=True, timeout=60)
+        assert again.returncode == 1
+        assert f"already runs with the data dir {tmp_path / 'one'} (pid {first.pid})" in again.stdout
+        busy = subprocess.run(
+            [sys.executable, "-m", "cli", "up", "--data-dir", str(tmp_path / "two"), "--port", str(port), "--no-worker"],
+            capture_output=True, text=True, timeout=60)
+        assert busy.returncode == 1 and f"port {port} on 127.0.0.1 is in use" in busy.stdout
+        assert "peergrid is running" not in busy.stdout
+        assert requests.get(f"http://127.0.0.1:{port}/api/v1/health").ok  # the first one is untouched
+    finally:
+        first.send_signal(signal.SIGINT)
+        first.wait(60)

@@ -100,3 +100,15 @@ def create_app(settings: Settings | None = None, *, core: Core | None = None) ->
             session.close()
 
     return app
+
+
+def start_hearing(app: Flask):
+    """Mark this web process, in the store, as one that hears node heartbeats (scheduler.hearing),
+    for as long as the process lives. Serving processes call it; test apps need not."""
+    from scheduler.hearing import Ears
+    from scheduler.leadership import process_name
+
+    ears = Ears(app.extensions["peergrid"], process_name())
+    ears.start()
+    app.extensions["peergrid.ears"] = ears
+    return ears

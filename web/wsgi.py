@@ -1,5 +1,6 @@
 """The WSGI entry point for production servers: `gunicorn web.wsgi:app`."""
 
-from web import create_app
+from web import create_app, start_hearing
 
 app = create_app()
+start_hearing(app)

@@ -5,6 +5,7 @@ from scheduler.models.artifacts import Artifact
 from scheduler.models.base import Base
 from scheduler.models.events import JobEvent
 from scheduler.models.jobs import Attempt, Job, LogLine, Op
+from scheduler.models.liveness import Lease, Listener
 from scheduler.models.ledger import Account, AccountKind, LedgerTransaction, Payout, PayoutState, Posting
 from scheduler.models.markets import Market
 from scheduler.models.nodes import Node, NodeGpu
@@ -18,5 +19,7 @@ __all__ = [
     "PayoutState",
     "Posting",
     "ApiToken",
+    "Lease",
+    "Listener",
     "Artifact",
     "Attempt", "Base", "Job", "JobEvent", "LogLine", "Market", "Node", "NodeGpu", "Op", "Secret", "User"]

@@ -1,0 +1,83 @@
+"""Whether the server could hear its nodes, so that its own outage is not taken for theirs.
+
+Each web process marks itself alive in the store every few seconds while it can reach it. Node
+silence counts only while some web process has been marking without a gap: after the web or the
+store was down, every node gets the full node timeout, counted from when hearing resumed, before it
+is taken offline.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import datetime, timedelta
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
+
+from scheduler.models import Listener
+from scheduler.states import utcnow
+
+log = logging.getLogger(__name__)
+
+# How often a web process marks itself; a mark older than GAP_MARKS of these is a gap.
+MARK_EVERY_S = 2.0
+GAP_MARKS = 3
+# Listeners not heard from for this long are forgotten.
+FORGET_AFTER = timedelta(hours=1)
+
+
+def mark_heard(session: Session, listener_id: str, *, now: datetime | None = None) -> None:
+    """Record that this web process reaches the store now; a gap since its last mark restarts `since`."""
+    now = now or utcnow()
+    gap = now - timedelta(seconds=MARK_EVERY_S * GAP_MARKS)
+    row = session.get(Listener, listener_id)
+    if row is None:
+        session.add(Listener(id=listener_id, alive_at=now, since=now))
+    else:
+        if row.alive_at < gap:
+            row.since = now
+        row.alive_at = now
+    session.execute(delete(Listener).where(Listener.alive_at < now - FORGET_AFTER))
+
+
+def heard_since(session: Session, *, now: datetime | None = None) -> datetime | None:
+    """Since when the server has heard without a gap (the earliest `since` of the web processes
+    marking now), or None when none marks now: then nobody can tell a silent node from a deaf server."""
+    now = now or utcnow()
+    fresh = now - timedelta(seconds=MARK_EVERY_S * GAP_MARKS)
+    return session.scalar(select(func.min(Listener.since)).where(Listener.alive_at >= fresh))
+
+
+class Ears(threading.Thread):
+    """A web process's marker thread: marks every MARK_EVERY_S seconds until stopped."""
+
+    def __init__(self, core, listener_id: str):
+        super().__init__(name="hearing", daemon=True)
+        self.core = core
+        self.listener_id = listener_id
+        self._stop = threading.Event()
+        self._failing = False
+
+    def run(self) -> None:
+        while True:
+            try:
+                with self.core.transaction() as session:
+                    mark_heard(session, self.listener_id)
+                if self._failing:
+                    log.info("the store is reachable again; node heartbeats count from now")
+                self._failing = False
+            except Exception as e:  # the store is down: the gap is what the reaper needs to see
+                if not self._failing:
+                    log.warning("cannot reach the store to mark this web process alive: %s", e)
+                self._failing = True
+            if self._stop.wait(MARK_EVERY_S):
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def stop_marking(session: Session, listener_id: str) -> None:
+    """A web process stopping cleanly stops counting as one that hears."""
+    session.execute(delete(Listener).where(Listener.id == listener_id))

@@ -1,0 +1,162 @@
+"""The scheduler's upkeep: one leader through a lease in the store, a standby that takes over when
+the leader is killed, no beat process to orphan, and a reaper that does not blame nodes for the
+server's own outage."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from datetime import timedelta
+
+import pytest
+
+from protocol.messages import NodeReport
+from scheduler.hearing import MARK_EVERY_S, GAP_MARKS, heard_since, mark_heard
+from scheduler.leadership import UPKEEP, give_up_lease, hold_lease, lease_holder
+from scheduler.models import Node
+from scheduler.nodes import reap_silent_nodes, register
+from scheduler.states import NodeState, utcnow
+from scheduler.upkeep import Upkeep
+from tests import factories
+from tests.factories import hello_world
+from tests.stack import Stack
+
+
+@pytest.fixture
+def any_core(database_url, tmp_path):
+    """A core on SQLite and on PostgreSQL."""
+    from scheduler.core import Core
+    from scheduler.settings import Settings
+
+    core = Core.from_settings(Settings.from_env(
+        {"PEERGRID_DATABASE_URL": database_url, "PEERGRID_BROKER_URL": f"sqla+sqlite:///{tmp_path}/b.sqlite",
+         "PEERGRID_SECRET_KEY": "x"}, data_dir=tmp_path))
+    yield core
+    core.close()
+
+
+def test_one_process_holds_a_lease_until_it_lapses_or_is_given_up(any_core):
+    now = utcnow()
+    with any_core.transaction() as session:
+        assert hold_lease(session, UPKEEP, "a", ttl_s=10, now=now)
+        assert not hold_lease(session, UPKEEP, "b", ttl_s=10, now=now + timedelta(seconds=5))
+        assert hold_lease(session, UPKEEP, "a", ttl_s=10, now=now + timedelta(seconds=5))  # renewed
+        assert not hold_lease(session, UPKEEP, "b", ttl_s=10, now=now + timedelta(seconds=14))
+        assert hold_lease(session, UPKEEP, "b", ttl_s=10, now=now + timedelta(seconds=16))  # a lapsed
+        assert lease_holder(session, UPKEEP, now=now + timedelta(seconds=17)).holder == "b"
+        give_up_lease(session, UPKEEP, "b")
+        assert lease_holder(session, UPKEEP) is None
+        assert hold_lease(session, UPKEEP, "a", ttl_s=10)
+
+
+def test_two_upkeep_loops_on_one_store_lead_one_at_a_time(core):
+    first, second = Upkeep(core, holder="first"), Upkeep(core, holder="second")
+    first.step()
+    second.step()
+    assert (first.leading, second.leading) == (True, False)
+    first.stop()  # never started: stepping by hand
+    with core.transaction() as session:
+        give_up_lease(session, UPKEEP, "first")
+    second.step()
+    assert second.leading
+
+
+def test_hearing_restarts_after_a_gap_and_none_means_nobody_can_tell(core):
+    now = utcnow()
+    with core.transaction() as session:
+        assert heard_since(session, now=now) is None
+        mark_heard(session, "web-1", now=now)
+        mark_heard(session, "web-1", now=now + timedelta(seconds=MARK_EVERY_S))
+        assert heard_since(session, now=now + timedelta(seconds=MARK_EVERY_S)) == now
+        later = now + timedelta(seconds=MARK_EVERY_S * (GAP_MARKS + 5))
+        assert heard_since(session, now=later) is None  # the web stopped marking: deaf
+        mark_heard(session, "web-1", now=later)
+        assert heard_since(session, now=later) == later  # a gap: silence counts from here
+
+
+def test_the_reaper_gives_every_node_a_full_timeout_after_the_server_was_deaf(core):
+    node_id, _, _ = factories.node(core)
+    with core.transaction() as session:
+        register(session, session.get(Node, node_id), NodeReport())
+    silent_for = utcnow() + timedelta(seconds=120)
+    with core.transaction() as session:
+        # The server came back 10 s ago after an outage; the node's last beat was long before it.
+        resumed = silent_for - timedelta(seconds=10)
+        assert reap_silent_nodes(session, timeout_s=30, heard_since=resumed, now=silent_for) == []
+        assert session.get(Node, node_id).state != NodeState.OFFLINE
+        # 31 s after hearing resumed and still nothing from it: now it is silent.
+        later = resumed + timedelta(seconds=31)
+        assert [n.id for n in reap_silent_nodes(session, timeout_s=30, heard_since=resumed, now=later)] == [node_id]
+
+
+def _descendants(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout.split()
+    found = [int(p) for p in out]
+    return found + [d for child in found for d in _descendants(child)]
+
+
+def _holder(stack: Stack) -> str | None:
+    with stack.core.transaction() as session:
+        lease = lease_holder(session, UPKEEP)
+        return lease.holder if lease else None
+
+
+def _wait(condition, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(what)
+
+
+@pytest.mark.docker
+def test_a_standby_scheduler_takes_over_when_the_leader_is_killed_and_nothing_is_orphaned(
+    tmp_path, sqlite_url, test_image, docker_client
+):
+    with Stack(tmp_path, database_url=sqlite_url, broker_url=f"sqla+sqlite:///{tmp_path / 'broker.sqlite'}",
+               extra_env={"PEERGRID_NODE_TIMEOUT": "4"}) as stack:
+        api = stack.start_with_node("rig")
+        # Given two schedulers on one store, and the data dir gone from under them
+        stack.spawn("scheduler-2", "scheduler", "--loglevel", "INFO")
+        leader = _wait(lambda: _holder(stack), 30, "no scheduler took the upkeep lease:\n" + stack.logs())
+        first, second = [p for name, p, _ in stack.processes if name.startswith("scheduler")]
+        by_pid = {str(first.pid): first, str(second.pid): second}
+        leading = by_pid[leader.split(":")[1]]
+        standby = second if leading is first else first
+        # No beat process of its own: killing the scheduler's one process ends all of it.
+        assert _descendants(leading.pid) == []
+
+        # When the leader is killed outright
+        os.kill(leading.pid, signal.SIGKILL)
+        leading.wait()
+
+        # Then the standby leads within a lease's length, and its upkeep runs: a job still flows
+        taken = _wait(lambda: (_holder(stack) or "").split(":")[1] == str(standby.pid), 20,
+                      "the standby did not take over:\n" + stack.logs())
+        assert taken
+        job = api.post("/jobs", hello_world(test_image)).json()["id"]
+        assert api.wait(job, timeout=60)["state"] == "succeeded", stack.logs()
+
+
+@pytest.mark.docker
+def test_a_web_outage_longer_than_the_node_timeout_takes_no_node_offline(tmp_path, sqlite_url, test_image, docker_client):
+    with Stack(tmp_path, database_url=sqlite_url, broker_url=f"sqla+sqlite:///{tmp_path / 'broker.sqlite'}",
+               extra_env={"PEERGRID_NODE_TIMEOUT": "3"}) as stack:
+        api = stack.start_with_node("rig")
+        job = api.post("/jobs", hello_world(test_image, ["sh", "-c", "sleep 14; echo survived"])).json()["id"]
+        api.wait(job, timeout=60, until=("running",))
+        _wait(lambda: api.get(f"/jobs/{job}")["ops"][0]["state"] == "running", 30, "the op did not start")
+
+        # When the web is down for three node timeouts while the op runs
+        stack.kill("web")
+        time.sleep(9)
+        stack.start_web()
+
+        # Then the node was not blamed for the server's silence: the op's one attempt succeeds
+        body = api.wait(job, timeout=60)
+        assert body["state"] == "succeeded", stack.logs()
+        assert [a["state"] for a in body["ops"][0]["attempts"]] == ["succeeded"]
