@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import delete, func, select
@@ -41,12 +42,27 @@ def mark_heard(session: Session, listener_id: str, *, now: datetime | None = Non
     session.execute(delete(Listener).where(Listener.alive_at < now - FORGET_AFTER))
 
 
-def heard_since(session: Session, *, now: datetime | None = None) -> datetime | None:
-    """Since when the server has heard without a gap (the earliest `since` of the web processes
-    marking now), or None when none marks now: then nobody can tell a silent node from a deaf server."""
+@dataclass(frozen=True)
+class Hearing:
+    """The span over which the server heard without a gap: from `since` to its latest mark, `until`."""
+
+    since: datetime
+    until: datetime
+
+
+def hearing(session: Session, *, now: datetime | None = None) -> Hearing | None:
+    """How long the server has heard without a gap, from the web processes marking now; None when
+    none marks now: then nobody can tell a silent node from a deaf server.
+
+    Silence is measured up to `until`, the latest mark, not up to now: in the seconds after the web
+    dies and before its marks go stale, nobody is heard, and nobody is blamed for it.
+    """
     now = now or utcnow()
     fresh = now - timedelta(seconds=MARK_EVERY_S * GAP_MARKS)
-    return session.scalar(select(func.min(Listener.since)).where(Listener.alive_at >= fresh))
+    since, until = session.execute(
+        select(func.min(Listener.since), func.max(Listener.alive_at)).where(Listener.alive_at >= fresh)
+    ).one()
+    return Hearing(since, until) if since is not None else None
 
 
 class Ears(threading.Thread):

@@ -8,6 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from protocol.messages import GpuReport, HeartbeatAnswer, NodeReport, Registration
+from scheduler.hearing import Hearing
 from scheduler.accounts import NODE_TOKEN_PREFIX, hash_token, new_token
 from scheduler.errors import AuthenticationError, Banned, Conflict, PeergridError
 from scheduler.markets import market_spec
@@ -178,19 +179,19 @@ def ended_jobs(session: Session, node: Node, job_ids: tuple[int, ...]) -> list[i
 
 
 def reap_silent_nodes(
-    session: Session, *, timeout_s: float, heard_since: datetime | None = None, now: datetime | None = None
+    session: Session, *, timeout_s: float, heard: Hearing | None = None, now: datetime | None = None
 ) -> list[Node]:
     """Mark nodes silent past timeout_s offline; their attempts are lost and offered again.
 
-    Silence counts only from heard_since, when given: the moment the server began hearing without a
-    gap (scheduler.hearing), so a node the server could not hear while it was down is not blamed.
+    Given how long the server heard without a gap (scheduler.hearing), silence counts only within
+    that span: a node the server could not hear while it was down is not blamed for it.
     """
     from scheduler.attempts import lose_attempts
 
     now = now or utcnow()
-    cutoff = now - timedelta(seconds=timeout_s)
-    if heard_since is not None and heard_since > cutoff:
-        return []  # the server has not heard for a whole timeout yet since it came back
+    cutoff = (heard.until if heard is not None else now) - timedelta(seconds=timeout_s)
+    if heard is not None and heard.since > cutoff:
+        return []  # since hearing resumed, not one whole timeout has passed
     silent = list(
         session.scalars(
             select(Node)

@@ -47,14 +47,14 @@ def reap_nodes(core) -> int:
     """Take silent nodes offline and offer their work again; return how many went offline."""
     from scheduler.nodes import reap_silent_nodes
 
-    from scheduler.hearing import heard_since
+    from scheduler.hearing import hearing
 
     with core.transaction() as session:
-        since = heard_since(session)
-        if since is None:
+        heard = hearing(session)
+        if heard is None:
             log.info("no web process marks itself as hearing nodes; no node is taken offline meanwhile")
             return 0
-        silent = reap_silent_nodes(session, timeout_s=core.settings.node_timeout_s, heard_since=since)
+        silent = reap_silent_nodes(session, timeout_s=core.settings.node_timeout_s, heard=heard)
         names = [n.name for n in silent]
     if names:
         log.warning("nodes went silent and are now offline: %s", ", ".join(names))

@@ -13,7 +13,7 @@ from datetime import timedelta
 import pytest
 
 from protocol.messages import NodeReport
-from scheduler.hearing import MARK_EVERY_S, GAP_MARKS, heard_since, mark_heard
+from scheduler.hearing import GAP_MARKS, MARK_EVERY_S, Hearing, hearing, mark_heard
 from scheduler.leadership import UPKEEP, give_up_lease, hold_lease, lease_holder
 from scheduler.models import Node
 from scheduler.nodes import reap_silent_nodes, register
@@ -65,30 +65,35 @@ def test_two_upkeep_loops_on_one_store_lead_one_at_a_time(core):
 
 def test_hearing_restarts_after_a_gap_and_none_means_nobody_can_tell(core):
     now = utcnow()
+    step = timedelta(seconds=MARK_EVERY_S)
     with core.transaction() as session:
-        assert heard_since(session, now=now) is None
+        assert hearing(session, now=now) is None
         mark_heard(session, "web-1", now=now)
-        mark_heard(session, "web-1", now=now + timedelta(seconds=MARK_EVERY_S))
-        assert heard_since(session, now=now + timedelta(seconds=MARK_EVERY_S)) == now
-        later = now + timedelta(seconds=MARK_EVERY_S * (GAP_MARKS + 5))
-        assert heard_since(session, now=later) is None  # the web stopped marking: deaf
+        mark_heard(session, "web-1", now=now + step)
+        assert hearing(session, now=now + step) == Hearing(since=now, until=now + step)
+        later = now + step * (GAP_MARKS + 5)
+        assert hearing(session, now=later) is None  # the web stopped marking: deaf
         mark_heard(session, "web-1", now=later)
-        assert heard_since(session, now=later) == later  # a gap: silence counts from here
+        assert hearing(session, now=later) == Hearing(since=later, until=later)  # a gap: counting anew
 
 
-def test_the_reaper_gives_every_node_a_full_timeout_after_the_server_was_deaf(core):
+def test_the_reaper_counts_silence_only_while_the_server_heard(core):
     node_id, _, _ = factories.node(core)
     with core.transaction() as session:
         register(session, session.get(Node, node_id), NodeReport())
-    silent_for = utcnow() + timedelta(seconds=120)
+        last_beat = session.get(Node, node_id).last_heartbeat_at
     with core.transaction() as session:
-        # The server came back 10 s ago after an outage; the node's last beat was long before it.
-        resumed = silent_for - timedelta(seconds=10)
-        assert reap_silent_nodes(session, timeout_s=30, heard_since=resumed, now=silent_for) == []
+        # The web died 1 s after the node's last beat; its last mark is all that was heard since.
+        deaf = Hearing(since=last_beat - timedelta(hours=1), until=last_beat + timedelta(seconds=1))
+        assert reap_silent_nodes(session, timeout_s=3, heard=deaf, now=last_beat + timedelta(seconds=5)) == []
+        # The server came back after an outage, 10 s ago: every node has a full timeout from then.
+        back = last_beat + timedelta(seconds=120)
+        resumed = Hearing(since=back - timedelta(seconds=10), until=back)
+        assert reap_silent_nodes(session, timeout_s=30, heard=resumed, now=back) == []
         assert session.get(Node, node_id).state != NodeState.OFFLINE
-        # 31 s after hearing resumed and still nothing from it: now it is silent.
-        later = resumed + timedelta(seconds=31)
-        assert [n.id for n in reap_silent_nodes(session, timeout_s=30, heard_since=resumed, now=later)] == [node_id]
+        # Heard for 31 s since it came back, and still nothing from the node: now it is silent.
+        later = Hearing(since=resumed.since, until=resumed.since + timedelta(seconds=31))
+        assert [n.id for n in reap_silent_nodes(session, timeout_s=30, heard=later, now=later.until)] == [node_id]
 
 
 def _descendants(pid: int) -> list[int]:
@@ -97,10 +102,11 @@ def _descendants(pid: int) -> list[int]:
     return found + [d for child in found for d in _descendants(child)]
 
 
-def _holder(stack: Stack) -> str | None:
+def _holder_pid(stack: Stack) -> int | None:
+    """The pid of the process holding the upkeep lease (holders are host:pid:start)."""
     with stack.core.transaction() as session:
         lease = lease_holder(session, UPKEEP)
-        return lease.holder if lease else None
+        return int(lease.holder.split(":")[1]) if lease else None
 
 
 def _wait(condition, timeout: float, what: str):
@@ -122,10 +128,9 @@ def test_a_standby_scheduler_takes_over_when_the_leader_is_killed_and_nothing_is
         api = stack.start_with_node("rig")
         # Given two schedulers on one store, and the data dir gone from under them
         stack.spawn("scheduler-2", "scheduler", "--loglevel", "INFO")
-        leader = _wait(lambda: _holder(stack), 30, "no scheduler took the upkeep lease:\n" + stack.logs())
+        leader = _wait(lambda: _holder_pid(stack), 30, "no scheduler took the upkeep lease:\n" + stack.logs())
         first, second = [p for name, p, _ in stack.processes if name.startswith("scheduler")]
-        by_pid = {str(first.pid): first, str(second.pid): second}
-        leading = by_pid[leader.split(":")[1]]
+        leading = {first.pid: first, second.pid: second}[leader]
         standby = second if leading is first else first
         # No beat process of its own: killing the scheduler's one process ends all of it.
         assert _descendants(leading.pid) == []
@@ -135,9 +140,7 @@ def test_a_standby_scheduler_takes_over_when_the_leader_is_killed_and_nothing_is
         leading.wait()
 
         # Then the standby leads within a lease's length, and its upkeep runs: a job still flows
-        taken = _wait(lambda: (_holder(stack) or "").split(":")[1] == str(standby.pid), 20,
-                      "the standby did not take over:\n" + stack.logs())
-        assert taken
+        _wait(lambda: _holder_pid(stack) == standby.pid, 20, "the standby did not take over:\n" + stack.logs())
         job = api.post("/jobs", hello_world(test_image)).json()["id"]
         assert api.wait(job, timeout=60)["state"] == "succeeded", stack.logs()
 
