@@ -200,6 +200,16 @@ def _until_running_again(cluster: Cluster, job_id: int, before: int, began: floa
     return time.monotonic() - began
 
 
+def _new_work_then_settle(cluster: Cluster, job_ids: list[int], began: float) -> Trial:
+    """Recovery is when a job submitted after the fault has run; then settle it with the others."""
+    probe = cluster.submit(hello_world(IMAGE))
+    wait_until(lambda: cluster.job(probe)["state"] == "succeeded", 60, "no new work ran after the fault")
+    recovery = time.monotonic() - began
+    result = cluster.settle([*job_ids, probe])
+    result.recovery_s = recovery
+    return result
+
+
 def _attempt_of(cluster: Cluster, job_id: int) -> int:
     return cluster.job(job_id)["ops"][0]["attempts"][-1]["id"]
 
@@ -239,11 +249,7 @@ def scheduler_kill(cluster: Cluster, trial: int) -> Trial:
     cluster.stack.kill("scheduler")
     time.sleep(1)
     cluster.stack.start_scheduler()
-    probe = cluster.submit(hello_world(IMAGE))
-    wait_until(lambda: cluster.job(probe)["state"] == "succeeded", 60, "no new work ran after the restart")
-    result = cluster.settle([job_id, probe])
-    result.recovery_s = time.monotonic() - began
-    return result
+    return _new_work_then_settle(cluster, [job_id], began)
 
 
 def redis_restart(cluster: Cluster, trial: int) -> Trial:
@@ -269,11 +275,7 @@ def postgres_restart(cluster: Cluster, trial: int) -> Trial:
     cluster.pg.stop()
     time.sleep(3)
     cluster.pg.start()
-    probe = cluster.submit(hello_world(IMAGE))
-    wait_until(lambda: cluster.job(probe)["state"] == "succeeded", 60, "no new work ran after the restart")
-    result = cluster.settle([job_id, probe])
-    result.recovery_s = time.monotonic() - began
-    return result
+    return _new_work_then_settle(cluster, [job_id], began)
 
 
 def server_outage(cluster: Cluster, trial: int) -> Trial:

@@ -182,6 +182,16 @@ def core(settings):
 
 
 @pytest.fixture
+def store_core(database_url, tmp_path):
+    """A core on each store: SQLite, then PostgreSQL."""
+    core = Core.from_settings(Settings.from_env(
+        {"PEERGRID_DATABASE_URL": database_url, "PEERGRID_BROKER_URL": f"sqla+sqlite:///{tmp_path}/b.sqlite",
+         "PEERGRID_SECRET_KEY": "x"}, data_dir=tmp_path))
+    yield core
+    core.close()
+
+
+@pytest.fixture
 def app(core):
     from web import create_app
 

@@ -286,13 +286,6 @@ def test_a_movement_is_undone_when_its_transaction_rolls_back(store_core):
         assert session.scalar(select(Account.id).where(Account.user_id == user_id)) is None
 
 
-@pytest.fixture
-def store_core(database_url, tmp_path):
-    core = Core.from_settings(Settings.from_env(
-        {"PEERGRID_DATABASE_URL": database_url, "PEERGRID_BROKER_URL": f"sqla+sqlite:///{tmp_path}/b.sqlite",
-         "PEERGRID_SECRET_KEY": "x"}, data_dir=tmp_path))
-    yield core
-    core.close()
 
 
 def _together(n: int, work) -> list:

@@ -21,25 +21,13 @@ from scheduler.states import NodeState, utcnow
 from scheduler.upkeep import Upkeep
 from tests import factories
 from tests.factories import hello_world
+from tests.outages import wait_until
 from tests.stack import Stack
 
 
-@pytest.fixture
-def any_core(database_url, tmp_path):
-    """A core on SQLite and on PostgreSQL."""
-    from scheduler.core import Core
-    from scheduler.settings import Settings
-
-    core = Core.from_settings(Settings.from_env(
-        {"PEERGRID_DATABASE_URL": database_url, "PEERGRID_BROKER_URL": f"sqla+sqlite:///{tmp_path}/b.sqlite",
-         "PEERGRID_SECRET_KEY": "x"}, data_dir=tmp_path))
-    yield core
-    core.close()
-
-
-def test_one_process_holds_a_lease_until_it_lapses_or_is_given_up(any_core):
+def test_one_process_holds_a_lease_until_it_lapses_or_is_given_up(store_core):
     now = utcnow()
-    with any_core.transaction() as session:
+    with store_core.transaction() as session:
         assert hold_lease(session, UPKEEP, "a", ttl_s=10, now=now)
         assert not hold_lease(session, UPKEEP, "b", ttl_s=10, now=now + timedelta(seconds=5))
         assert hold_lease(session, UPKEEP, "a", ttl_s=10, now=now + timedelta(seconds=5))  # renewed
@@ -109,16 +97,6 @@ def _holder_pid(stack: Stack) -> int | None:
         return int(lease.holder.split(":")[1]) if lease else None
 
 
-def _wait(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(what)
-
-
 @pytest.mark.docker
 def test_a_standby_scheduler_takes_over_when_the_leader_is_killed_and_nothing_is_orphaned(
     tmp_path, sqlite_url, test_image, docker_client
@@ -128,7 +106,7 @@ def test_a_standby_scheduler_takes_over_when_the_leader_is_killed_and_nothing_is
         api = stack.start_with_node("rig")
         # Given two schedulers on one store, and the data dir gone from under them
         stack.spawn("scheduler-2", "scheduler", "--loglevel", "INFO")
-        leader = _wait(lambda: _holder_pid(stack), 30, "no scheduler took the upkeep lease:\n" + stack.logs())
+        leader = wait_until(lambda: _holder_pid(stack), 30, "no scheduler took the upkeep lease:\n" + stack.logs())
         first, second = [p for name, p, _ in stack.processes if name.startswith("scheduler")]
         leading = {first.pid: first, second.pid: second}[leader]
         standby = second if leading is first else first
@@ -140,7 +118,7 @@ def test_a_standby_scheduler_takes_over_when_the_leader_is_killed_and_nothing_is
         leading.wait()
 
         # Then the standby leads within a lease's length, and its upkeep runs: a job still flows
-        _wait(lambda: _holder_pid(stack) == standby.pid, 20, "the standby did not take over:\n" + stack.logs())
+        wait_until(lambda: _holder_pid(stack) == standby.pid, 20, "the standby did not take over:\n" + stack.logs())
         job = api.post("/jobs", hello_world(test_image)).json()["id"]
         assert api.wait(job, timeout=60)["state"] == "succeeded", stack.logs()
 
@@ -152,7 +130,7 @@ def test_a_web_outage_longer_than_the_node_timeout_takes_no_node_offline(tmp_pat
         api = stack.start_with_node("rig")
         job = api.post("/jobs", hello_world(test_image, ["sh", "-c", "sleep 14; echo survived"])).json()["id"]
         api.wait(job, timeout=60, until=("running",))
-        _wait(lambda: api.get(f"/jobs/{job}")["ops"][0]["state"] == "running", 30, "the op did not start")
+        wait_until(lambda: api.get(f"/jobs/{job}")["ops"][0]["state"] == "running", 30, "the op did not start")
 
         # When the web is down for three node timeouts while the op runs
         stack.kill("web")
