@@ -48,3 +48,14 @@ def test_packing_runs():
 def test_cli_start_up_runs_against_a_bare_interpreter():
     out = bench("bench.cli", "--runs", "2")
     assert "python -c pass (baseline)" in out and "peergrid job validate" in out and "peergrid --help" in out
+
+
+@pytest.mark.usefixtures("docker_client", "test_image")
+def test_the_fault_campaign_runs_every_scenario_and_each_trial_passes():
+    out = bench("bench.faults", "--trials", "1", "--worker-kills", "1")
+    from bench.faults import SCENARIOS
+
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.split() and line.split()[0] in SCENARIOS}
+    assert set(rows) == set(SCENARIOS)
+    assert all(row[1] == row[2] == "1" for row in rows.values()), out  # trials, passed
+    assert "every trial passed" in out
