@@ -56,6 +56,9 @@ def _read_definition(path: str) -> object:
     except json.JSONDecodeError as e:
         click.echo(f"$: {path} is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}.", err=True)
         sys.exit(1)
+    except RecursionError:
+        click.echo(f"$: {path} nests deeper than can be read; flatten it.", err=True)
+        sys.exit(1)
 
 
 @main.group()

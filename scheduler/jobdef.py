@@ -19,6 +19,9 @@ LITERAL = re.compile(r"%%([A-Za-z0-9_.\-]+)%%")
 _JS_NAMED_GROUP = re.compile(r"\(\?<(?![=!])")
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}$")
 GLOBAL_BUILTINS = ("job", "host", "version")
+# How deep objects and lists may nest in a definition (Nosana's own reach 8): what is walked
+# again when the job is stored, resolved and run stays far from Python's recursion limit.
+MAX_DEPTH = 32
 # What %%ops.<id>.X%% may name besides results: the op's host name on its job network, the URL of one
 # of its exposed ports, and (Nosana's deployments) the URL its first port keeps across a deployment.
 OP_ADDRESS_LITERALS = ("host", "endpoint", "deployment_endpoint")
@@ -133,6 +136,10 @@ class _Checker:
     def check(self, doc: Any) -> JobDefinition | None:
         if not isinstance(doc, dict):
             self.add("$", f"A job definition must be a JSON object, not {_kind(doc)}.")
+            return None
+        deep = _too_deep(doc)
+        if deep is not None:
+            self.add(deep, f"The definition nests deeper than {MAX_DEPTH} levels here; flatten it.")
             return None
         version = doc.get("version")
         if version is None:
@@ -623,6 +630,29 @@ def _find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
             found = visit(node)
             if found:
                 return found
+    return None
+
+
+def _too_deep(doc: Any) -> str | None:
+    """The path of the first object or list nested deeper than MAX_DEPTH, if there is one."""
+    # Iterative, so that depth itself cannot exhaust the stack; each entry links to its parent,
+    # and the path is spelled out only for the one that is too deep.
+    stack: list[tuple[Any, int, tuple | None]] = [(doc, 0, None)]
+    while stack:
+        value, depth, trail = stack.pop()
+        if isinstance(value, dict):
+            children = value.items()
+        elif isinstance(value, list):
+            children = enumerate(value)
+        else:
+            continue
+        if depth == MAX_DEPTH:
+            steps = []
+            while trail is not None:
+                trail, key = trail
+                steps.append(f"[{key}]" if isinstance(key, int) else f".{key}")
+            return "$" + "".join(reversed(steps))
+        stack.extend((item, depth + 1, (trail, key)) for key, item in children if isinstance(item, (dict, list)))
     return None
 
 

@@ -234,3 +234,34 @@ def test_removed_nodes_are_not_listed_and_cannot_be_drained(client, core):
     assert client.post(f"/api/v1/nodes/{kept}/drain", json={"drain": True}, headers=bearer(token)).status_code == 200
     with core.sessions() as session:
         assert not session.get(Node, gone).drain_requested
+
+
+DEEP = "[" * 100_000 + "]" * 100_000
+
+
+def test_json_nested_beyond_reading_is_a_bad_request_on_every_route(client, core):
+    _, token = factories.user(core)
+    headers = {**bearer(token), "Content-Type": "application/json"}
+
+    for path in ("/api/v1/jobs", "/api/v1/nodes", "/api/v1/payouts", "/api/v1/admin/grants"):
+        response = client.post(path, data=DEEP, headers=headers)
+        assert response.status_code in (400, 403), (path, response.status_code, response.json)
+    job = client.post("/api/v1/jobs", data=DEEP, headers=headers)
+    assert job.status_code == 400 and "deeper" in job.json["error"]
+
+
+def test_a_definition_nested_deeper_than_the_server_walks_is_a_problem_at_its_path(client, core):
+    _, token = factories.user(core)
+    doc = hello_world("busybox")
+    deep: list = []
+    doc["ops"][0]["args"]["resources"] = [{"nested": deep}]
+    for _ in range(900):
+        deep.append([])
+        deep = deep[0]
+
+    response = client.post("/api/v1/jobs", json=doc, headers=bearer(token))
+
+    assert response.status_code == 422, response.json
+    (problem,) = response.json["errors"]
+    assert problem["path"].startswith("$.ops[0].args.resources[0].nested[0]") and "levels" in problem["message"]
+

@@ -18,6 +18,7 @@ class StoreId(IntegerConverter):
 from protocol.gpus import gb_text
 from scheduler.core import Core
 from scheduler.settings import Settings
+from web.bodies import BodyJSONProvider
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ def create_app(settings: Settings | None = None, *, core: Core | None = None) ->
         SESSION_COOKIE_SAMESITE="Lax",
         JSON_SORT_KEYS=False,
     )
+    app.json = BodyJSONProvider(app)
     app.extensions["peergrid"] = core or Core.from_settings(settings)
     # Ids in URLs fit the store's 64-bit integers; a longer number is simply not found.
     app.url_map.converters["int"] = StoreId

@@ -39,6 +39,9 @@ def check(text: str, market: str | None) -> dict:
     except json.JSONDecodeError as e:
         return {"valid": False, "available": available,
                 "errors": [{"path": "$", "message": f"Not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}."}]}
+    except RecursionError:
+        return {"valid": False, "available": available,
+                "errors": [{"path": "$", "message": "The definition nests deeper than this server reads; flatten it."}]}
     try:
         definition = check_definition(db(), user, document)
         planned = plan_ops(db(), definition, market_slug=market, default_timeout_s=core().settings.default_timeout_s)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import jsonify, request, send_file
+from flask import current_app, jsonify, request, send_file
 
 from scheduler.errors import InvalidDefinition, PeergridError, Problem
 from scheduler.jobs import job_for, job_logs, list_jobs, submit_job
@@ -11,18 +11,26 @@ from scheduler.events import job_events
 from scheduler.orchestration import cancel_job, extend_job
 from web.api import bp
 from web.api.serialize import iso, job_json
+from web.bodies import NestedTooDeep
 from web.auth import require_user
 from web.params import query_int, whole
 from web.db import core, db
 
 
 def json_body() -> object:
-    """The request's JSON body; a body that is not JSON is a problem at $."""
+    """The request's JSON body; a body that is not JSON is a problem at $, one nested too deep to
+    read a bad request."""
     body = request.get_json(silent=True)
     if body is None:
         raw = request.get_data(cache=True)
         if not raw.strip():
             raise InvalidDefinition([Problem("$", "The request has no body: send the job definition as JSON.")])
+        try:
+            current_app.json.loads(raw)
+        except NestedTooDeep as e:
+            raise PeergridError(str(e)) from None
+        except ValueError:
+            pass
         raise InvalidDefinition([Problem("$", "The body is not valid JSON.")])
     return body
 
