@@ -265,3 +265,12 @@ def test_a_definition_nested_deeper_than_the_server_walks_is_a_problem_at_its_pa
     (problem,) = response.json["errors"]
     assert problem["path"].startswith("$.ops[0].args.resources[0].nested[0]") and "levels" in problem["message"]
 
+
+def test_a_node_name_with_a_nul_or_control_character_is_refused(database_url, tmp_path):
+    with factories.served(database_url, tmp_path) as (core, client):
+        _, token = factories.user(core)
+        for name in ("a\u0000b", "rig\n2", "tab\there"):
+            response = client.post("/api/v1/nodes", json={"name": name}, headers=bearer(token))
+            assert response.status_code == 400, (name, response.status_code)
+            assert "control character" in response.json["error"]
+        assert client.get("/api/v1/nodes", headers=bearer(token)).json["nodes"] == []
