@@ -18,6 +18,8 @@ RESTART_POLICIES = ("no", "always", "on-failure", "unless-stopped")
 LITERAL = re.compile(r"%%([A-Za-z0-9_.\-]+)%%")
 _JS_NAMED_GROUP = re.compile(r"\(\?<(?![=!])")
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}$")
+# A group's name is kept as the op's (200 characters in the store, which cannot hold a NUL).
+_GROUP = re.compile(r"[^\x00-\x1f\x7f-\x9f]{0,200}")
 GLOBAL_BUILTINS = ("job", "host", "version")
 # How deep objects and lists may nest in a definition (Nosana's own reach 8): what is walked
 # again when the job is stored, resolved and run stays far from Python's recursion limit.
@@ -283,21 +285,34 @@ class _Checker:
                 self.add(f"{path}.image", "Missing: the container image to run, like \"ubuntu:24.04\".")
         elif not isinstance(image, str) or not image.strip():
             self.add(f"{path}.image", "image must be a non-empty string.")
+        else:
+            self._no_nul(f"{path}.image", image, "The image name")
         for name in ("cmd", "entrypoint"):
             value = args.get(name)
             if value is not None and not _is_command(value):
                 self.add(f"{path}.{name}", f"{name} must be a string or a list of strings.")
+            elif isinstance(value, str):
+                self._no_nul(f"{path}.{name}", value, name)
+            elif value is not None:
+                for i, word in enumerate(value):
+                    self._no_nul(f"{path}.{name}[{i}]", word, f"{name}[{i}]")
         env = args.get("env")
         if env is not None:
             if not isinstance(env, dict):
                 self.add(f"{path}.env", f"env must be an object of names to strings, not {_kind(env)}.")
             else:
                 for name, value in env.items():
-                    if not isinstance(value, (str, int, float, bool)):
+                    if "\x00" in name:
+                        self._no_nul(f"{path}.env", name, f"The env name {name!r}")
+                    elif not isinstance(value, (str, int, float, bool)):
                         self.add(f"{path}.env.{name}", f"The value of {name} must be a string.")
+                    else:
+                        self._no_nul(f"{path}.env.{name}", value, f"The value of {name}")
         work_dir = args.get("work_dir")
         if work_dir is not None and not isinstance(work_dir, str):
             self.add(f"{path}.work_dir", "work_dir must be a path, as a string.")
+        else:
+            self._no_nul(f"{path}.work_dir", work_dir, "work_dir")
         gpu = args.get("gpu")
         if gpu is not None and not isinstance(gpu, bool):
             self.add(f"{path}.gpu", "gpu must be true or false.")
@@ -314,6 +329,8 @@ class _Checker:
         output = args.get("output")
         if output is not None and not isinstance(output, str):
             self.add(f"{path}.output", "output must be a folder path inside the container.")
+        else:
+            self._no_nul(f"{path}.output", output, "output")
         volumes = args.get("volumes")
         if volumes is not None:
             if not isinstance(volumes, list):
@@ -326,6 +343,9 @@ class _Checker:
                         and isinstance(volume.get("dest"), str)
                     ):
                         self.add(f"{path}.volumes[{i}]", 'A volume needs a "name" and a "dest" path.')
+                    else:
+                        for key in ("name", "dest"):
+                            self._no_nul(f"{path}.volumes[{i}].{key}", volume[key], f"The volume's {key}")
         expose = args.get("expose")
         if expose is not None and not _is_expose(expose):
             self.add(f"{path}.expose", "expose must be a port number, or a list of ports or port objects.")
@@ -341,6 +361,11 @@ class _Checker:
         if auth is not None:
             self._check_authentication(f"{path}.authentication", auth)
         return len(self.problems) == before
+
+    def _no_nul(self, path: str, value: Any, what: str) -> None:
+        """Refuse a NUL in what reaches the container: Docker and the kernel cut or refuse it when it starts."""
+        if isinstance(value, str) and "\x00" in value:
+            self.add(path, f"{what} holds a NUL character, which a container cannot be given: remove it.")
 
     def _check_authentication(self, path: str, auth: Any) -> None:
         if not isinstance(auth, dict) or set(auth) - {"docker"}:
@@ -391,6 +416,9 @@ class _Checker:
         group = execution.get("group")
         if group is not None and not isinstance(group, str):
             self.add(f"{path}.group", "group must be a string.")
+            group = None
+        elif group is not None and not _GROUP.fullmatch(group):
+            self.add(f"{path}.group", "group must be at most 200 characters, without control characters.")
             group = None
         depends_on = execution.get("depends_on", [])
         if not isinstance(depends_on, list) or not all(isinstance(d, str) for d in depends_on):

@@ -274,3 +274,21 @@ def test_a_node_name_with_a_nul_or_control_character_is_refused(database_url, tm
             assert response.status_code == 400, (name, response.status_code)
             assert "control character" in response.json["error"]
         assert client.get("/api/v1/nodes", headers=bearer(token)).json["nodes"] == []
+
+
+def test_text_the_store_cannot_keep_is_refused_before_it_gets_there(database_url, tmp_path):
+    with factories.served(database_url, tmp_path) as (core, client):
+        _, token = factories.user(core)
+        for execution in ({"group": "g\u0000"}, {"group": "g" * 201}):
+            doc = hello_world("busybox")
+            doc["ops"][0]["execution"] = execution
+            response = client.post("/api/v1/jobs", json=doc, headers=bearer(token))
+            assert response.status_code == 422, (execution, response.status_code, response.json)
+            assert [e["path"] for e in response.json["errors"]] == ["$.ops[0].execution.group"]
+        doc = hello_world("busybox", cmd=["echo", "a\u0000b"])
+        doc["ops"][0]["args"]["env"] = {"A": "\u0000"}
+        response = client.post("/api/v1/jobs", json=doc, headers=bearer(token))
+        assert response.status_code == 422
+        assert {e["path"] for e in response.json["errors"]} == {"$.ops[0].args.cmd[1]", "$.ops[0].args.env.A"}
+        assert client.get("/api/v1/jobs", headers=bearer(token)).json["total"] == 0
+
