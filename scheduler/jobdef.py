@@ -15,9 +15,11 @@ OP_TYPES = (RUN, CREATE_VOLUME)
 LOG_TYPES = ("stdout", "stderr", "stdin", "nodeerr", "all")
 RESTART_POLICIES = ("no", "always", "on-failure", "unless-stopped")
 # %%ops.<op>.results.<key>%%, %%global.variables.<name>%%, %%global.<builtin>%%
-LITERAL = re.compile(r"%%([A-Za-z0-9_.\-]+)%%")
+LITERAL = re.compile(r"%%([A-Za-z0-9_.:\-]+)%%")
 _JS_NAMED_GROUP = re.compile(r"\(\?<(?![=!])")
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}$")
+# As in Nosana, an op id is any text without whitespace (`gpt-oss:120b`); control characters,
+# which no log line or page shows faithfully, are refused too.
+_ID = re.compile(r"[^\s\x00-\x1f\x7f-\x9f]{1,200}")
 # A group's name is kept as the op's (200 characters in the store, which cannot hold a NUL).
 _GROUP = re.compile(r"[^\x00-\x1f\x7f-\x9f]{0,200}")
 GLOBAL_BUILTINS = ("job", "host", "version")
@@ -224,11 +226,11 @@ class _Checker:
         if key is None:
             self.add(f"{path}.id", "Missing: every op needs an id.")
             ok = False
-        elif not isinstance(key, str) or not _ID.match(key):
+        elif not isinstance(key, str) or not _ID.fullmatch(key):
             self.add(
                 f"{path}.id",
-                f"Op id {key!r} must be a string of letters, digits, '-', '_' or '.', "
-                "starting with a letter or digit.",
+                f"Op id {key!r} must be a string of 1 to 200 characters without spaces, line breaks or "
+                "other control characters.",
             )
             ok = False
         op_type = raw.get("type")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from kombu import Connection, Exchange, Queue
+from sqlalchemy import select
 
 from tests import factories
 from tests.factories import bearer, hello_world
@@ -292,3 +293,37 @@ def test_text_the_store_cannot_keep_is_refused_before_it_gets_there(database_url
         assert {e["path"] for e in response.json["errors"]} == {"$.ops[0].args.cmd[1]", "$.ops[0].args.env.A"}
         assert client.get("/api/v1/jobs", headers=bearer(token)).json["total"] == 0
 
+
+def test_an_op_id_with_slashes_and_url_characters_keeps_its_output_under_the_data_dir(client, core):
+    import io
+
+    from scheduler.artifacts import artifacts_root, store_artifact
+    from scheduler.attempts import claim_attempt, finish_attempt, start_attempt
+    from scheduler.models import Attempt, Node
+    from scheduler.nodes import NodeReport, register
+
+    key = "../../../escaped/meta-llama:8b?x=1#top%20"
+    _, token = factories.user(core)
+    node_id, _, _ = factories.node(core)
+    doc = hello_world("busybox")
+    doc["ops"][0].update(id=key)
+    doc["ops"][0]["args"]["output"] = "/out"
+    job_id = client.post("/api/v1/jobs", json=doc, headers=bearer(token)).json["id"]
+    with core.transaction() as session:
+        node = session.get(Node, node_id)
+        register(session, node, NodeReport(slots=1))
+        attempt_id = session.scalar(select(Attempt.id))
+        claim_attempt(session, node, attempt_id)
+        start_attempt(session, node, attempt_id)
+        store_artifact(session, session.get(Attempt, attempt_id), io.BytesIO(b"archive"),
+                       data_dir=core.settings.data_dir, max_bytes=1000)
+        finish_attempt(session, node, attempt_id, exit_code=0)
+
+    (listed,) = client.get(f"/api/v1/jobs/{job_id}/artifacts", headers=bearer(token)).json["artifacts"]
+    download = client.get(listed["url"], headers=bearer(token))
+
+    assert listed["op"] == key
+    assert download.status_code == 200 and download.data == b"archive"
+    root = artifacts_root(core.settings.data_dir).resolve()
+    stored = [p for p in core.settings.data_dir.rglob("*.tar.gz")]
+    assert stored and all(p.resolve().is_relative_to(root) for p in stored), stored

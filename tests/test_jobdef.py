@@ -230,3 +230,22 @@ def test_a_nul_in_the_global_defaults_is_refused_there():
     doc = _with(lambda d: d.update({"global": {"env": {"A": "\x00"}}}))
     assert "NUL" in _problems(doc)["$.global.env.A"]
 
+
+@pytest.mark.parametrize("key", ["a\n", "a\r\n", "\na", "my op", "tab\tbed", "nul\x00", "bell\x07", "x" * 201, ""])
+def test_an_op_id_with_whitespace_or_a_control_character_is_refused(key):
+    problems = _problems(_with(lambda d: d["ops"][0].update(id=key)))
+    assert "$.ops[0].id" in problems, problems
+
+
+@pytest.mark.parametrize("key", ["gpt-oss:120b", "meta-llama/Llama-3.1-8B", "_private", "-dash", "ünïcode", "x" * 200])
+def test_an_op_id_is_any_text_without_whitespace_as_in_nosana(key):
+    assert [op.key for op in parse_definition(_with(lambda d: d["ops"][0].update(id=key))).ops] == [key]
+
+
+def test_a_results_literal_can_name_an_op_whose_id_has_a_colon():
+    doc = _with(lambda d: d["ops"][0].update(id="gpt-oss:120b"))
+    doc["ops"].append({"type": "container/run", "id": "client", "args": {
+        "image": "x", "cmd": "echo %%ops.gpt-oss:120b.results.port%% %%ops.gpt-oss:120b.host%%"}})
+    assert [op.key for op in parse_definition(doc).ops] == ["gpt-oss:120b", "client"]
+    problems = _problems(_with(lambda d: d["ops"][0]["args"].update(cmd="echo %%ops.gpt-oss:120b.results.port%%")))
+    assert "not an op of this job" in problems["$.ops[0].args.cmd"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import current_app, jsonify, request, send_file
+from flask import current_app, jsonify, request, send_file, url_for
 
 from scheduler.errors import InvalidDefinition, PeergridError, Problem
 from scheduler.jobs import job_for, job_logs, list_jobs, submit_job
@@ -125,7 +125,7 @@ def job_artifact_list(job_id: int):
                     "size": a.size_bytes,
                     "sha256": a.sha256,
                     "created_at": iso(a.created_at),
-                    "url": f"/api/v1/jobs/{job.id}/artifacts/{keys[a.op_id]}",
+                    "url": url_for("api.job_artifact_download", job_id=job.id, op_key=keys[a.op_id]),
                 }
                 for a in job_artifacts(db(), job)
             ]
@@ -133,7 +133,8 @@ def job_artifact_list(job_id: int):
     )
 
 
-@bp.get("/jobs/<int:job_id>/artifacts/<op_key>")
+# An op's id may hold '/' (Nosana allows any text without whitespace).
+@bp.get("/jobs/<int:job_id>/artifacts/<path:op_key>")
 def job_artifact_download(job_id: int, op_key: str):
     job = job_for(db(), require_user(), job_id)
     artifact = artifact_of_op(db(), job, op_key)
