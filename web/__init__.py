@@ -19,6 +19,7 @@ from protocol.gpus import gb_text
 from scheduler.core import Core
 from scheduler.settings import Settings
 from web.bodies import BodyJSONProvider
+from web.errors import STORE_UNREACHABLE, store_unreachable
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +72,13 @@ def create_app(settings: Settings | None = None, *, core: Core | None = None) ->
                     core_.commit(session)
                 else:
                     core_.rollback(session)
+            except STORE_UNREACHABLE as e:
+                log.warning("commit failed, the store is unreachable: %s", e)
+                _discard(core_, session)
+                return store_unreachable()
             except Exception:
                 log.exception("commit failed")
-                core_.rollback(session)
-                session.close()
+                _discard(core_, session)
                 return errors.json_error(500, "The request could not be saved; try again.")
             session.close()
         return response
@@ -98,7 +102,16 @@ def create_app(settings: Settings | None = None, *, core: Core | None = None) ->
     def _release(exc):
         session = g.pop("db", None)
         if session is not None:
-            app.extensions["peergrid"].rollback(session)
-            session.close()
+            _discard(app.extensions["peergrid"], session)
 
     return app
+
+
+def _discard(core: Core, session) -> None:
+    """Roll back and close a request's session; a store that went away cannot make this fail."""
+    try:
+        core.rollback(session)
+    except STORE_UNREACHABLE:
+        log.warning("could not roll back: the store is unreachable")
+    finally:
+        session.close()

@@ -23,9 +23,16 @@ def _errors(*codes: int) -> dict:
     return {str(code): _json(PROBLEMS if code == 422 else ERROR, words[code]) for code in codes}
 
 
+# Any call may find the store unreachable; it is worth trying again after Retry-After seconds.
+UNAVAILABLE = {**_json(ERROR, "The store cannot be reached just now"),
+               "headers": {"Retry-After": {"description": "Seconds to wait before trying again",
+                                           "schema": {"type": "integer"}}}}
+
+
 def _op(summary: str, ok: dict, *errors: int, security=USER, params=None, body=None, ok_code: int = 200,
         also: dict | None = None) -> dict:
-    op = {"summary": summary, "security": security, "responses": {str(ok_code): ok, **(also or {}), **_errors(*errors)}}
+    op = {"summary": summary, "security": security,
+          "responses": {str(ok_code): ok, **(also or {}), **_errors(*errors), "503": UNAVAILABLE}}
     if params:
         op["parameters"] = params
     if body:
