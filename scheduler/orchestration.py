@@ -39,19 +39,32 @@ def create_job(
     *,
     market_slug: str | None = None,
     default_timeout_s: int,
+    idempotency_key: str | None = None,
+    request_digest: str | None = None,
     now: datetime | None = None,
 ) -> Job:
     """Store a job and its ops, and offer the ops that can start now.
 
     Raises:
         NoMarket: an op needs hardware no market serves; nothing is stored.
+        IntegrityError: owner has a job with this idempotency_key (scheduler.jobs.submit_once).
     """
     now = now or utcnow()
     placed = plan_ops(session, definition, market_slug=market_slug, default_timeout_s=default_timeout_s)
 
     creators = {op.args.get("name"): op.key for op in definition.ops if op.type == CREATE_VOLUME}
-    job = Job(owner_id=owner.id, definition=document, state=JobState.QUEUED, created_at=now)
-    session.add(job)
+    job = Job(
+        owner_id=owner.id, definition=document, state=JobState.QUEUED, created_at=now,
+        idempotency_key=idempotency_key, request_digest=request_digest,
+    )
+    if idempotency_key is None:
+        session.add(job)
+    else:
+        # The key is claimed by the job's row, the transaction's first write, in a savepoint of its
+        # own: a concurrent submit with the key waits for it there (SQLite's write lock, PostgreSQL's
+        # unique index) and fails with nothing else written, its transaction still usable.
+        with session.begin_nested():
+            session.add(job)
     for planned in placed:
         op_def = planned.definition
         volume_creators = [creators[v["name"]] for v in op_def.args.get("volumes") or [] if v["name"] in creators]

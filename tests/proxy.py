@@ -101,6 +101,8 @@ def _reset(sock: socket.socket) -> None:
     """Close with a TCP reset rather than an orderly end."""
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        # Wakes a thread blocked reading it; the reset goes out when the last user lets go.
+        sock.shutdown(socket.SHUT_RD)
     except OSError:
         pass
     try:

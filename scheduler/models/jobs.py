@@ -16,7 +16,12 @@ from scheduler.states import AttemptState, JobState, OpState, utcnow
 
 class Job(Base):
     __tablename__ = "jobs"
-    __table_args__ = (Index("ix_jobs_owner_id_id", "owner_id", "id"),)
+    __table_args__ = (
+        Index("ix_jobs_owner_id_id", "owner_id", "id"),
+        # One job per person and Idempotency-Key, whoever commits first; a unique index rather than
+        # a table constraint, so that SQLite adds it without copying the table.
+        Index("uq_jobs_owner_id_idempotency_key", "owner_id", "idempotency_key", unique=True),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     owner_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
@@ -32,6 +37,10 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+    # The Idempotency-Key its submit carried, and the SHA-256 of that request (definition and
+    # market): a repeat with the key answers this job; one with another request is refused.
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    request_digest: Mapped[str | None] = mapped_column(String(64))
 
     ops: Mapped[list["Op"]] = relationship(
         back_populates="job", cascade="all, delete-orphan", order_by="Op.position"

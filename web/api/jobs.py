@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import current_app, jsonify, request, send_file, url_for
 
 from scheduler.errors import InvalidDefinition, PeergridError, Problem
-from scheduler.jobs import job_for, job_logs, list_jobs, submit_job
+from scheduler.jobs import job_for, job_logs, list_jobs, submit_job, submit_once
 from scheduler.artifacts import artifact_of_op, artifacts_root, job_artifacts
 from scheduler.events import job_events
 from scheduler.orchestration import cancel_job, extend_job
@@ -37,16 +37,21 @@ def json_body() -> object:
 
 @bp.post("/jobs")
 def create_job():
+    """Submit a job; with an Idempotency-Key, a repeat answers the job the first made (200)."""
     user = require_user()
     document = json_body()
-    job = submit_job(
-        db(),
-        user,
-        document,
-        market_slug=request.args.get("market") or None,
-        default_timeout_s=core().settings.default_timeout_s,
-    )
-    return jsonify({"id": job.id, "state": job.state.value, "max_cost": job.max_cost}), 201
+    market_slug = request.args.get("market") or None
+    default_timeout_s = core().settings.default_timeout_s
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        job = submit_job(db(), user, document, market_slug=market_slug, default_timeout_s=default_timeout_s)
+        status = 201
+    else:
+        submission = submit_once(
+            db(), user, document, key=key, market_slug=market_slug, default_timeout_s=default_timeout_s
+        )
+        job, status = submission.job, 200 if submission.repeated else 201
+    return jsonify({"id": job.id, "state": job.state.value, "max_cost": job.max_cost}), status
 
 
 @bp.get("/jobs")
