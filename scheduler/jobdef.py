@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterable
 
 from protocol.gpus import mb_from_gb
 from scheduler.errors import InvalidDefinition, PeergridError, Problem
@@ -69,9 +69,9 @@ class OpDefinition:
     execution_timeout: int | None = None
 
     @property
-    def group_key(self) -> str:
+    def group_key(self) -> tuple[str, str]:
         """The op's group; an op with none is a group of its own, as in Nosana."""
-        return self.group if self.group is not None else f"op:{self.key}"
+        return group_key(self.key, self.group)
 
     @property
     def image(self) -> str | None:
@@ -112,6 +112,21 @@ class JobDefinition:
 
     def op(self, key: str) -> OpDefinition:
         return next(o for o in self.ops if o.key == key)
+
+
+def group_key(op_key: str, group: str | None) -> tuple[str, str]:
+    """Which group an op is in: its named group, or a group of its own (never the same as a named one)."""
+    return ("group", group) if group is not None else ("op", op_key)
+
+
+def group_ranks(ops: Iterable[tuple[str, str | None]]) -> dict[str, int]:
+    """Each op's group's place in the order groups run, by first appearance: (key, group) pairs in
+    position order in, op key → rank out."""
+    first: dict[tuple[str, str], int] = {}
+    ranks = {}
+    for key, group in ops:
+        ranks[key] = first.setdefault(group_key(key, group), len(first))
+    return ranks
 
 
 def parse_definition(doc: Any) -> JobDefinition:
@@ -481,11 +496,7 @@ class _Checker:
                     self.add(where, f"Op {op.key!r} cannot depend on itself.")
                 elif dep not in index:
                     self.add(where, f"depends_on names {dep!r}, which is not an op of this job.")
-        order: list[str] = []
-        for op in ops:
-            if op.group_key not in order:
-                order.append(op.group_key)
-        rank = {op.key: order.index(op.group_key) for op in ops}
+        rank = group_ranks((op.key, op.group) for op in ops)
         for op in ops:
             for j, dep in enumerate(op.depends_on):
                 if dep in rank and rank[dep] > rank[op.key]:
@@ -637,29 +648,27 @@ def _is_secret_reference(text: str) -> bool:
 
 
 def _find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
+    """A circle of dependencies, as the ops along it, or None; depth-first without recursion, so a
+    chain of thousands of ops is no deeper for it than one of two."""
     white, grey, black = 0, 1, 2
     colour = {node: white for node in graph}
-    stack: list[str] = []
-
-    def visit(node: str) -> list[str] | None:
-        colour[node] = grey
-        stack.append(node)
-        for dep in graph[node]:
-            if colour[dep] == grey:
-                return stack[stack.index(dep):] + [dep]
-            if colour[dep] == white:
-                found = visit(dep)
-                if found:
-                    return found
-        stack.pop()
-        colour[node] = black
-        return None
-
-    for node in graph:
-        if colour[node] == white:
-            found = visit(node)
-            if found:
-                return found
+    for root in graph:
+        if colour[root] != white:
+            continue
+        path: list[str] = [root]  # the grey nodes, root first
+        pending = [iter(graph[root])]  # each grey node's dependencies not yet visited
+        colour[root] = grey
+        while pending:
+            dep = next(pending[-1], None)
+            if dep is None:
+                colour[path.pop()] = black
+                pending.pop()
+            elif colour[dep] == grey:
+                return path[path.index(dep):] + [dep]
+            elif colour[dep] == white:
+                colour[dep] = grey
+                path.append(dep)
+                pending.append(iter(graph[dep]))
     return None
 
 

@@ -48,3 +48,12 @@ def test_packing_runs():
 def test_cli_start_up_runs_against_a_bare_interpreter():
     out = bench("bench.cli", "--runs", "2")
     assert "python -c pass (baseline)" in out and "peergrid job validate" in out and "peergrid --help" in out
+
+
+def test_planning_runs_against_its_baseline():
+    out = bench("bench.planning", "--ops", "20", "--shapes", "sequence,group,chain")
+    rows = [line.split() for line in out.splitlines()[2:]]
+    assert [(row[0], row[1]) for row in rows] == [
+        (shape, n) for shape in ("sequence", "group", "chain") for n in ("100", "20")
+    ], out
+    assert "per op × base" in out and not any("failed" in line for line in out.splitlines())

@@ -60,10 +60,10 @@ class Op(Base):
     position: Mapped[int]
     type: Mapped[str] = mapped_column(String(50))
     group: Mapped[str | None] = mapped_column(String(200))
-    # Ops that must succeed first (depends_on, plus the creators of volumes it uses).
+    # Ops that must succeed first (depends_on, plus the creators of volumes it uses). Those of
+    # earlier groups must have ended first too, whatever their outcome: which they are follows from
+    # the ops' groups and positions (scheduler.jobdef.group_ranks).
     depends_on: Mapped[list[Any]] = mapped_column(default=list)
-    # Ops that must have ended first, whatever their outcome: those of earlier groups.
-    after: Mapped[list[Any]] = mapped_column(default=list)
     # Starts once what it depends on has started, and is stopped when that ends.
     stop_if_dependent_stops: Mapped[bool] = mapped_column(default=False)
     # Results regexes: name → {"regex", "log_types"}.
