@@ -129,13 +129,16 @@ def group_ranks(ops: Iterable[tuple[str, str | None]]) -> dict[str, int]:
     return ranks
 
 
-def parse_definition(doc: Any) -> JobDefinition:
+def parse_definition(doc: Any, *, max_ops: int | None = None) -> JobDefinition:
     """Read a job definition, or raise with every problem found in it.
+
+    max_ops, when given, is the most ops a job may have here; a longer list is the one problem
+    reported, before its ops are read one by one.
 
     Raises:
         InvalidDefinition: the definition is wrong; `problems` lists each mistake with its JSON path.
     """
-    checker = _Checker()
+    checker = _Checker(max_ops=max_ops)
     definition = checker.check(doc)
     if checker.problems or definition is None:
         raise InvalidDefinition(checker.problems)
@@ -143,9 +146,10 @@ def parse_definition(doc: Any) -> JobDefinition:
 
 
 class _Checker:
-    def __init__(self) -> None:
+    def __init__(self, *, max_ops: int | None = None) -> None:
         self.problems: list[Problem] = []
         self.warnings: list[Problem] = []
+        self.max_ops = max_ops
 
     def add(self, path: str, message: str) -> None:
         self.problems.append(Problem(path, message))
@@ -193,6 +197,14 @@ class _Checker:
             return None
         if not raw_ops:
             self.add("$.ops", "The job has no ops: add at least one.")
+            return None
+        if self.max_ops is not None and len(raw_ops) > self.max_ops:
+            self.add(
+                "$.ops",
+                f"The job has {len(raw_ops)} ops; this server takes at most {self.max_ops} in one job. Split it "
+                "into several jobs (ops that depend on each other's results must stay together), or ask its "
+                "operator to raise PEERGRID_MAX_OPS_PER_JOB.",
+            )
             return None
 
         ops: list[OpDefinition] = []

@@ -25,15 +25,21 @@ _IDEMPOTENCY_KEY = re.compile(r"[\x20-\x7e]{1,255}")
 
 
 def submit_job(
-    session: Session, owner: User, document: object, *, market_slug: str | None = None, default_timeout_s: int
+    session: Session,
+    owner: User,
+    document: object,
+    *,
+    market_slug: str | None = None,
+    default_timeout_s: int,
+    max_ops: int | None = None,
 ) -> Job:
     """Validate a job definition and store the job; nothing is stored when it is wrong.
 
     Raises:
-        InvalidDefinition: the definition has problems, all of them listed.
+        InvalidDefinition: the definition has problems, all of them listed (more than max_ops ops is one).
         NoMarket: an op needs hardware no market serves.
     """
-    definition = check_definition(session, owner, document)
+    definition = check_definition(session, owner, document, max_ops=max_ops)
     # check_definition refused anything but an object
     return create_job(
         session, owner, cast(dict, document), definition, market_slug=market_slug, default_timeout_s=default_timeout_s
@@ -57,6 +63,7 @@ def submit_once(
     key: str,
     market_slug: str | None = None,
     default_timeout_s: int,
+    max_ops: int | None = None,
 ) -> Submission:
     """Submit a job at most once per key: a repeat of owner's request with the same key answers
     the job the first one made, however many run at once.
@@ -73,7 +80,7 @@ def submit_once(
     digest = request_digest(document, market_slug)
     earlier = _job_of_key(session, owner, key)
     if earlier is None:
-        definition = check_definition(session, owner, document)
+        definition = check_definition(session, owner, document, max_ops=max_ops)
         try:
             job = create_job(
                 session, owner, cast(dict, document), definition, market_slug=market_slug,
@@ -102,7 +109,9 @@ def _job_of_key(session: Session, owner: User, key: str) -> Job | None:
     return session.scalar(select(Job).where(Job.owner_id == owner.id, Job.idempotency_key == key))
 
 
-def check_definition(session: Session, owner: User, document: object) -> JobDefinition:
+def check_definition(
+    session: Session, owner: User, document: object, *, max_ops: int | None = None
+) -> JobDefinition:
     """Read a definition as owner would submit it: its own problems and any secret it names that
     owner does not have, all at once.
 
@@ -110,7 +119,7 @@ def check_definition(session: Session, owner: User, document: object) -> JobDefi
         InvalidDefinition: listing every problem.
     """
     try:
-        definition = parse_definition(document)
+        definition = parse_definition(document, max_ops=max_ops)
         problems = []
     except InvalidDefinition as e:
         definition, problems = None, list(e.problems)

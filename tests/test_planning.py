@@ -1,5 +1,5 @@
 """Large jobs: validating, submitting and advancing grow with the number of ops, not its square or
-cube.
+cube, and the server takes at most PEERGRID_MAX_OPS_PER_JOB ops in one job.
 
 Work is counted as Python function calls (cProfile), which do not depend on the machine's speed:
 doubling the ops must not much more than double them.
@@ -17,8 +17,10 @@ from scheduler.jobdef import parse_definition
 from scheduler.jobs import submit_job
 from scheduler.models import Attempt, Job, Node, Op, User
 from scheduler.nodes import NodeReport, register
+from scheduler.settings import Settings
 from scheduler.states import OpState, utcnow
 from tests import factories
+from tests.factories import bearer
 
 
 def definition(n: int, shape: str) -> dict:
@@ -106,6 +108,39 @@ def test_a_failure_that_skips_a_whole_chain_is_one_pass(core):
 
     fail_the_last(10)
     assert_linear(fail_the_last(100), fail_the_last(200), "advance after a failure")
+
+
+def test_a_job_with_more_ops_than_the_server_takes_is_refused_at_ops(client, core):
+    _, token = factories.user(core, credits=10**6)
+    limit = core.settings.max_ops_per_job
+    assert limit == 1000
+
+    refused = client.post("/api/v1/jobs", json=definition(limit + 1, "sequence"), headers=bearer(token))
+    taken = client.post("/api/v1/jobs", json=definition(limit, "group"), headers=bearer(token))
+
+    assert refused.status_code == 422
+    (problem,) = refused.json["errors"]
+    assert problem["path"] == "$.ops"
+    assert "1001 ops" in problem["message"] and "at most 1000" in problem["message"]
+    assert "split" in problem["message"].lower() and "PEERGRID_MAX_OPS_PER_JOB" in problem["message"]
+    assert taken.status_code == 201, taken.json
+
+
+def test_the_cap_on_ops_is_a_setting_the_api_and_the_submit_page_apply(tmp_path, sqlite_url):
+    import json
+
+    from tests.test_dashboard import csrf, sign_in
+
+    settings = Settings.from_env({"PEERGRID_MAX_OPS_PER_JOB": "3", "PEERGRID_DATABASE_URL": sqlite_url}, data_dir=tmp_path)
+    assert settings.max_ops_per_job == 3
+    with factories.served(sqlite_url, tmp_path, PEERGRID_MAX_OPS_PER_JOB="3") as (core, client):
+        _, token = factories.user(core, email="cap@example.com")
+        assert client.post("/api/v1/jobs", json=definition(4, "sequence"), headers=bearer(token)).status_code == 422
+        assert client.post("/api/v1/jobs", json=definition(3, "sequence"), headers=bearer(token)).status_code == 201
+        sign_in(client, "cap@example.com")
+        check = client.post("/submit/check", json={"definition": json.dumps(definition(4, "sequence"))},
+                            headers={"X-CSRF-Token": csrf(client.get("/submit"))})
+        assert check.json["valid"] is False and check.json["errors"][0]["path"] == "$.ops"
 
 
 def test_an_ungrouped_op_and_a_group_named_like_it_are_different_groups():

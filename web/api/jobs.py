@@ -40,16 +40,17 @@ def create_job():
     """Submit a job; with an Idempotency-Key, a repeat answers the job the first made (200)."""
     user = require_user()
     document = json_body()
-    market_slug = request.args.get("market") or None
-    default_timeout_s = core().settings.default_timeout_s
+    settings = core().settings
+    options = dict(
+        market_slug=request.args.get("market") or None,
+        default_timeout_s=settings.default_timeout_s,
+        max_ops=settings.max_ops_per_job,
+    )
     key = request.headers.get("Idempotency-Key")
     if key is None:
-        job = submit_job(db(), user, document, market_slug=market_slug, default_timeout_s=default_timeout_s)
-        status = 201
+        job, status = submit_job(db(), user, document, **options), 201
     else:
-        submission = submit_once(
-            db(), user, document, key=key, market_slug=market_slug, default_timeout_s=default_timeout_s
-        )
+        submission = submit_once(db(), user, document, key=key, **options)
         job, status = submission.job, 200 if submission.repeated else 201
     return jsonify({"id": job.id, "state": job.state.value, "max_cost": job.max_cost}), status
 
