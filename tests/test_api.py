@@ -327,3 +327,26 @@ def test_an_op_id_with_slashes_and_url_characters_keeps_its_output_under_the_dat
     root = artifacts_root(core.settings.data_dir).resolve()
     stored = [p for p in core.settings.data_dir.rglob("*.tar.gz")]
     assert stored and all(p.resolve().is_relative_to(root) for p in stored), stored
+
+
+def test_a_nul_anywhere_the_store_would_see_it_is_a_bad_request(database_url, tmp_path):
+    import re
+
+    with factories.served(database_url, tmp_path) as (core, client):
+        _, admin = factories.user(core, admin=True)
+        login = client.get("/login")
+        token = re.search(r'name="csrf_token" value="([^"]+)"', login.get_data(as_text=True)).group(1)
+
+        signed_in = client.post("/login", data={"email": "ann\u0000@example.com", "password": "long enough pw",
+                                                "csrf_token": token})
+        granted = client.post("/api/v1/admin/grants", json={"email": "a\u0000@example.com", "amount": 1},
+                              headers=bearer(admin))
+        market = client.post("/api/v1/admin/markets", json={"slug": "nul-name", "name": "a\u0000b"}, headers=bearer(admin))
+
+        # PostgreSQL cannot hold or even compare a NUL; SQLite keeps it, and finds no such account.
+        if database_url.startswith("postgresql"):
+            assert signed_in.status_code == granted.status_code == market.status_code == 400
+            assert "NUL" in signed_in.get_data(as_text=True) and "NUL" in granted.json["error"]
+        else:
+            assert (signed_in.status_code, granted.status_code, market.status_code) == (401, 404, 201)
+        assert client.get("/api/v1/markets", headers=bearer(admin)).status_code == 200

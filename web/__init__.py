@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, g, message_flashed
+from flask import Flask, g, make_response, message_flashed
 from werkzeug.routing import IntegerConverter
 
 MAX_ID = 2**63 - 1
@@ -19,7 +19,7 @@ from protocol.gpus import gb_text
 from scheduler.core import Core
 from scheduler.settings import Settings
 from web.bodies import BodyJSONProvider
-from web.errors import STORE_UNREACHABLE, store_unreachable
+from web.errors import STORE_UNREACHABLE, holds_nul, store_unreachable
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +76,12 @@ def create_app(settings: Settings | None = None, *, core: Core | None = None) ->
                 log.warning("commit failed, the store is unreachable: %s", e)
                 _discard(core_, session)
                 return store_unreachable()
-            except Exception:
-                log.exception("commit failed")
+            except Exception as e:
                 _discard(core_, session)
+                nul = holds_nul(e)
+                if nul is not None:
+                    return make_response(nul)
+                log.exception("commit failed")
                 return errors.json_error(500, "The request could not be saved; try again.")
             session.close()
         return response

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from flask import Flask, g, jsonify, make_response, render_template, request
-from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
+from sqlalchemy.exc import DataError, DisconnectionError, InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException
 
 from protocol.messages import ProtocolError
@@ -95,6 +95,10 @@ def init_app(app: Flask) -> None:
         app.logger.warning("the store is unreachable on %s %s: %s", request.method, request.path, e)
         return store_unreachable()
 
+    @app.errorhandler(DataError)
+    def _data(e: DataError):
+        return holds_nul(e) or _crash(e)
+
     @app.errorhandler(Exception)
     def _crash(e: Exception):
         app.logger.exception("unhandled error on %s %s", request.method, request.path)
@@ -113,3 +117,11 @@ def store_unreachable():
     response = make_response(_page_or_json(503, UNREACHABLE))
     response.headers["Retry-After"] = str(RETRY_AFTER_S)
     return response
+
+
+def holds_nul(e: Exception):
+    """400 when the store refused text for holding a NUL (PostgreSQL cannot keep one, not even to
+    compare with), else None: any input that reaches a query, a sign-in form's included."""
+    if isinstance(e, DataError) and "NUL" in str(e.orig):
+        return _page_or_json(400, "The request holds a NUL character (\\u0000), which cannot be stored: remove it.")
+    return None
