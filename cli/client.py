@@ -56,6 +56,9 @@ def _read_definition(path: str) -> object:
     except json.JSONDecodeError as e:
         click.echo(f"$: {path} is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}.", err=True)
         sys.exit(1)
+    except RecursionError:
+        click.echo(f"$: {path} nests deeper than can be read; flatten it.", err=True)
+        sys.exit(1)
 
 
 @main.group()
@@ -90,16 +93,48 @@ def job_validate(file: str, as_json: bool) -> None:
         click.echo(f"{file}: valid, {len(definition.ops)} op(s): {', '.join(o.key for o in definition.ops)}")
 
 
+# How many times a submit is sent when the connection breaks before the answer: about 15 s in all.
+SUBMIT_TRIES = 6
+
+
 @job.command("submit")
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--market", help="The market's slug, for ops that name none.")
 @click.option("--wait", is_flag=True, help="Wait for the job to end; exit 0 only if it succeeded.")
 @click.option("--follow", is_flag=True, help="Print its log lines as they arrive, until it ends.")
-def job_submit(file: str, market: str | None, wait: bool, follow: bool) -> None:
-    """Submit a job definition and print the job's id."""
+@click.option("--idempotency-key", "key", metavar="KEY",
+              help="Send this key instead of a new one: a submit that may have been made already answers that job.")
+def job_submit(file: str, market: str | None, wait: bool, follow: bool, key: str | None) -> None:
+    """Submit a job definition and print the job's id.
+
+    The submit carries an Idempotency-Key, so when the connection breaks before the answer it is
+    sent again, and however often it reaches the server it makes one job.
+    """
+    import uuid
+
+    from cli.apiclient import ApiError
+
     client = _client()
     document = _read_definition(file)
-    created = _api(lambda: client.post("/jobs", document, market=market))
+    key = key or str(uuid.uuid4())
+
+    def retrying(why: str, seconds: float) -> None:
+        click.echo(f"No answer from the server ({why}); sending the submit again in {seconds:g} s, "
+                   "with the same Idempotency-Key.", err=True)
+
+    def submit():
+        try:
+            return client.request(
+                "POST", "/jobs", json=document, params={"market": market} if market else None,
+                headers={"Idempotency-Key": key}, tries=SUBMIT_TRIES, on_retry=retrying,
+            )
+        except ApiError as e:
+            if e.status is None:
+                raise ApiError(f"{e} The job may have been made: `peergrid job submit {file} --idempotency-key "
+                               f"{key}` answers it, or makes it if it was not.") from e
+            raise
+
+    created = _api(submit)
     click.echo(created["id"])
     if follow:
         state = _follow_logs(client, created["id"], None)

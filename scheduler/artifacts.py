@@ -67,7 +67,9 @@ def store_artifact(
         sha = digest.hexdigest()
         if expected_sha256 and expected_sha256.lower() != sha:
             raise PeergridError("The output archive arrived damaged (its checksum does not match); send it again.")
-        name = f"{op.key}-{attempt.id}.tar.gz"
+        # Named by ids, never by the op's id as written: that may hold '/' or '..' (Nosana allows
+        # any text without whitespace), which must not choose where on the server the file goes.
+        name = f"op{op.id}-{attempt.id}.tar.gz"
         os.replace(tmp, folder / name)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -93,8 +95,9 @@ def job_artifacts(session: Session, job: Job) -> list[Artifact]:
 
 
 def artifact_of_op(session: Session, job: Job, op_key: str) -> Artifact:
+    op_ids = {op.id for op in job.ops if op.key == op_key}
     for artifact in job_artifacts(session, job):
-        if artifact.op_id in {op.id for op in job.ops if op.key == op_key}:
+        if artifact.op_id in op_ids:
             return artifact
     raise NotFound(f"Op {op_key!r} of job {job.id} has no output to download.")
 

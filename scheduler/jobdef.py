@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterable
 
 from protocol.gpus import mb_from_gb
 from scheduler.errors import InvalidDefinition, PeergridError, Problem
@@ -15,10 +15,17 @@ OP_TYPES = (RUN, CREATE_VOLUME)
 LOG_TYPES = ("stdout", "stderr", "stdin", "nodeerr", "all")
 RESTART_POLICIES = ("no", "always", "on-failure", "unless-stopped")
 # %%ops.<op>.results.<key>%%, %%global.variables.<name>%%, %%global.<builtin>%%
-LITERAL = re.compile(r"%%([A-Za-z0-9_.\-]+)%%")
+LITERAL = re.compile(r"%%([A-Za-z0-9_.:\-]+)%%")
 _JS_NAMED_GROUP = re.compile(r"\(\?<(?![=!])")
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}$")
+# As in Nosana, an op id is any text without whitespace (`gpt-oss:120b`); control characters,
+# which no log line or page shows faithfully, are refused too.
+_ID = re.compile(r"[^\s\x00-\x1f\x7f-\x9f]{1,200}")
+# A group's name is kept as the op's (200 characters in the store, which cannot hold a NUL).
+_GROUP = re.compile(r"[^\x00-\x1f\x7f-\x9f]{0,200}")
 GLOBAL_BUILTINS = ("job", "host", "version")
+# How deep objects and lists may nest in a definition (Nosana's own reach 8): what is walked
+# again when the job is stored, resolved and run stays far from Python's recursion limit.
+MAX_DEPTH = 32
 # What %%ops.<id>.X%% may name besides results: the op's host name on its job network, the URL of one
 # of its exposed ports, and (Nosana's deployments) the URL its first port keeps across a deployment.
 OP_ADDRESS_LITERALS = ("host", "endpoint", "deployment_endpoint")
@@ -62,9 +69,9 @@ class OpDefinition:
     execution_timeout: int | None = None
 
     @property
-    def group_key(self) -> str:
+    def group_key(self) -> tuple[str, str]:
         """The op's group; an op with none is a group of its own, as in Nosana."""
-        return self.group if self.group is not None else f"op:{self.key}"
+        return group_key(self.key, self.group)
 
     @property
     def image(self) -> str | None:
@@ -107,13 +114,31 @@ class JobDefinition:
         return next(o for o in self.ops if o.key == key)
 
 
-def parse_definition(doc: Any) -> JobDefinition:
+def group_key(op_key: str, group: str | None) -> tuple[str, str]:
+    """Which group an op is in: its named group, or a group of its own (never the same as a named one)."""
+    return ("group", group) if group is not None else ("op", op_key)
+
+
+def group_ranks(ops: Iterable[tuple[str, str | None]]) -> dict[str, int]:
+    """Each op's group's place in the order groups run, by first appearance: (key, group) pairs in
+    position order in, op key → rank out."""
+    first: dict[tuple[str, str], int] = {}
+    ranks = {}
+    for key, group in ops:
+        ranks[key] = first.setdefault(group_key(key, group), len(first))
+    return ranks
+
+
+def parse_definition(doc: Any, *, max_ops: int | None = None) -> JobDefinition:
     """Read a job definition, or raise with every problem found in it.
+
+    max_ops, when given, is the most ops a job may have here; a longer list is the one problem
+    reported, before its ops are read one by one.
 
     Raises:
         InvalidDefinition: the definition is wrong; `problems` lists each mistake with its JSON path.
     """
-    checker = _Checker()
+    checker = _Checker(max_ops=max_ops)
     definition = checker.check(doc)
     if checker.problems or definition is None:
         raise InvalidDefinition(checker.problems)
@@ -121,9 +146,10 @@ def parse_definition(doc: Any) -> JobDefinition:
 
 
 class _Checker:
-    def __init__(self) -> None:
+    def __init__(self, *, max_ops: int | None = None) -> None:
         self.problems: list[Problem] = []
         self.warnings: list[Problem] = []
+        self.max_ops = max_ops
 
     def add(self, path: str, message: str) -> None:
         self.problems.append(Problem(path, message))
@@ -133,6 +159,10 @@ class _Checker:
     def check(self, doc: Any) -> JobDefinition | None:
         if not isinstance(doc, dict):
             self.add("$", f"A job definition must be a JSON object, not {_kind(doc)}.")
+            return None
+        deep = _too_deep(doc)
+        if deep is not None:
+            self.add(deep, f"The definition nests deeper than {MAX_DEPTH} levels here; flatten it.")
             return None
         version = doc.get("version")
         if version is None:
@@ -167,6 +197,14 @@ class _Checker:
             return None
         if not raw_ops:
             self.add("$.ops", "The job has no ops: add at least one.")
+            return None
+        if self.max_ops is not None and len(raw_ops) > self.max_ops:
+            self.add(
+                "$.ops",
+                f"The job has {len(raw_ops)} ops; this server takes at most {self.max_ops} in one job. Split it "
+                "into several jobs (ops that depend on each other's results must stay together), or ask its "
+                "operator to raise PEERGRID_MAX_OPS_PER_JOB.",
+            )
             return None
 
         ops: list[OpDefinition] = []
@@ -215,11 +253,11 @@ class _Checker:
         if key is None:
             self.add(f"{path}.id", "Missing: every op needs an id.")
             ok = False
-        elif not isinstance(key, str) or not _ID.match(key):
+        elif not isinstance(key, str) or not _ID.fullmatch(key):
             self.add(
                 f"{path}.id",
-                f"Op id {key!r} must be a string of letters, digits, '-', '_' or '.', "
-                "starting with a letter or digit.",
+                f"Op id {key!r} must be a string of 1 to 200 characters without spaces, line breaks or "
+                "other control characters.",
             )
             ok = False
         op_type = raw.get("type")
@@ -276,21 +314,34 @@ class _Checker:
                 self.add(f"{path}.image", "Missing: the container image to run, like \"ubuntu:24.04\".")
         elif not isinstance(image, str) or not image.strip():
             self.add(f"{path}.image", "image must be a non-empty string.")
+        else:
+            self._no_nul(f"{path}.image", image, "The image name")
         for name in ("cmd", "entrypoint"):
             value = args.get(name)
             if value is not None and not _is_command(value):
                 self.add(f"{path}.{name}", f"{name} must be a string or a list of strings.")
+            elif isinstance(value, str):
+                self._no_nul(f"{path}.{name}", value, name)
+            elif value is not None:
+                for i, word in enumerate(value):
+                    self._no_nul(f"{path}.{name}[{i}]", word, f"{name}[{i}]")
         env = args.get("env")
         if env is not None:
             if not isinstance(env, dict):
                 self.add(f"{path}.env", f"env must be an object of names to strings, not {_kind(env)}.")
             else:
                 for name, value in env.items():
-                    if not isinstance(value, (str, int, float, bool)):
+                    if "\x00" in name:
+                        self._no_nul(f"{path}.env", name, f"The env name {name!r}")
+                    elif not isinstance(value, (str, int, float, bool)):
                         self.add(f"{path}.env.{name}", f"The value of {name} must be a string.")
+                    else:
+                        self._no_nul(f"{path}.env.{name}", value, f"The value of {name}")
         work_dir = args.get("work_dir")
         if work_dir is not None and not isinstance(work_dir, str):
             self.add(f"{path}.work_dir", "work_dir must be a path, as a string.")
+        else:
+            self._no_nul(f"{path}.work_dir", work_dir, "work_dir")
         gpu = args.get("gpu")
         if gpu is not None and not isinstance(gpu, bool):
             self.add(f"{path}.gpu", "gpu must be true or false.")
@@ -307,6 +358,8 @@ class _Checker:
         output = args.get("output")
         if output is not None and not isinstance(output, str):
             self.add(f"{path}.output", "output must be a folder path inside the container.")
+        else:
+            self._no_nul(f"{path}.output", output, "output")
         volumes = args.get("volumes")
         if volumes is not None:
             if not isinstance(volumes, list):
@@ -319,6 +372,9 @@ class _Checker:
                         and isinstance(volume.get("dest"), str)
                     ):
                         self.add(f"{path}.volumes[{i}]", 'A volume needs a "name" and a "dest" path.')
+                    else:
+                        for key in ("name", "dest"):
+                            self._no_nul(f"{path}.volumes[{i}].{key}", volume[key], f"The volume's {key}")
         expose = args.get("expose")
         if expose is not None and not _is_expose(expose):
             self.add(f"{path}.expose", "expose must be a port number, or a list of ports or port objects.")
@@ -334,6 +390,11 @@ class _Checker:
         if auth is not None:
             self._check_authentication(f"{path}.authentication", auth)
         return len(self.problems) == before
+
+    def _no_nul(self, path: str, value: Any, what: str) -> None:
+        """Refuse a NUL in what reaches the container: Docker and the kernel cut or refuse it when it starts."""
+        if isinstance(value, str) and "\x00" in value:
+            self.add(path, f"{what} holds a NUL character, which a container cannot be given: remove it.")
 
     def _check_authentication(self, path: str, auth: Any) -> None:
         if not isinstance(auth, dict) or set(auth) - {"docker"}:
@@ -384,6 +445,9 @@ class _Checker:
         group = execution.get("group")
         if group is not None and not isinstance(group, str):
             self.add(f"{path}.group", "group must be a string.")
+            group = None
+        elif group is not None and not _GROUP.fullmatch(group):
+            self.add(f"{path}.group", "group must be at most 200 characters, without control characters.")
             group = None
         depends_on = execution.get("depends_on", [])
         if not isinstance(depends_on, list) or not all(isinstance(d, str) for d in depends_on):
@@ -444,11 +508,7 @@ class _Checker:
                     self.add(where, f"Op {op.key!r} cannot depend on itself.")
                 elif dep not in index:
                     self.add(where, f"depends_on names {dep!r}, which is not an op of this job.")
-        order: list[str] = []
-        for op in ops:
-            if op.group_key not in order:
-                order.append(op.group_key)
-        rank = {op.key: order.index(op.group_key) for op in ops}
+        rank = group_ranks((op.key, op.group) for op in ops)
         for op in ops:
             for j, dep in enumerate(op.depends_on):
                 if dep in rank and rank[dep] > rank[op.key]:
@@ -600,29 +660,50 @@ def _is_secret_reference(text: str) -> bool:
 
 
 def _find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
+    """A circle of dependencies, as the ops along it, or None; depth-first without recursion, so a
+    chain of thousands of ops is no deeper for it than one of two."""
     white, grey, black = 0, 1, 2
     colour = {node: white for node in graph}
-    stack: list[str] = []
+    for root in graph:
+        if colour[root] != white:
+            continue
+        path: list[str] = [root]  # the grey nodes, root first
+        pending = [iter(graph[root])]  # each grey node's dependencies not yet visited
+        colour[root] = grey
+        while pending:
+            dep = next(pending[-1], None)
+            if dep is None:
+                colour[path.pop()] = black
+                pending.pop()
+            elif colour[dep] == grey:
+                return path[path.index(dep):] + [dep]
+            elif colour[dep] == white:
+                colour[dep] = grey
+                path.append(dep)
+                pending.append(iter(graph[dep]))
+    return None
 
-    def visit(node: str) -> list[str] | None:
-        colour[node] = grey
-        stack.append(node)
-        for dep in graph[node]:
-            if colour[dep] == grey:
-                return stack[stack.index(dep):] + [dep]
-            if colour[dep] == white:
-                found = visit(dep)
-                if found:
-                    return found
-        stack.pop()
-        colour[node] = black
-        return None
 
-    for node in graph:
-        if colour[node] == white:
-            found = visit(node)
-            if found:
-                return found
+def _too_deep(doc: Any) -> str | None:
+    """The path of the first object or list nested deeper than MAX_DEPTH, if there is one."""
+    # Iterative, so that depth itself cannot exhaust the stack; each entry links to its parent,
+    # and the path is spelled out only for the one that is too deep.
+    stack: list[tuple[Any, int, tuple | None]] = [(doc, 0, None)]
+    while stack:
+        value, depth, trail = stack.pop()
+        if isinstance(value, dict):
+            children = value.items()
+        elif isinstance(value, list):
+            children = enumerate(value)
+        else:
+            continue
+        if depth == MAX_DEPTH:
+            steps = []
+            while trail is not None:
+                trail, key = trail
+                steps.append(f"[{key}]" if isinstance(key, int) else f".{key}")
+            return "$" + "".join(reversed(steps))
+        stack.extend((item, depth + 1, (trail, key)) for key, item in children if isinstance(item, (dict, list)))
     return None
 
 

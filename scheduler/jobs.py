@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import re
 from dataclasses import dataclass
 from typing import cast
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, defer, selectinload
 
-from scheduler.errors import InvalidDefinition, NotFound, PeergridError
+from scheduler.errors import Conflict, InvalidDefinition, NotFound, PeergridError
 from scheduler.jobdef import JobDefinition, parse_definition
 from scheduler.models import Attempt, Job, LogLine, Op, User
 from scheduler.orchestration import create_job
@@ -16,25 +20,98 @@ from scheduler.secrets import missing_secrets
 from scheduler.states import JobState
 
 PAGE_SIZE = 25
+# What an Idempotency-Key may be: what fits its column, in characters any HTTP header carries.
+_IDEMPOTENCY_KEY = re.compile(r"[\x20-\x7e]{1,255}")
 
 
 def submit_job(
-    session: Session, owner: User, document: object, *, market_slug: str | None = None, default_timeout_s: int
+    session: Session,
+    owner: User,
+    document: object,
+    *,
+    market_slug: str | None = None,
+    default_timeout_s: int,
+    max_ops: int | None = None,
 ) -> Job:
     """Validate a job definition and store the job; nothing is stored when it is wrong.
 
     Raises:
-        InvalidDefinition: the definition has problems, all of them listed.
+        InvalidDefinition: the definition has problems, all of them listed (more than max_ops ops is one).
         NoMarket: an op needs hardware no market serves.
     """
-    definition = check_definition(session, owner, document)
+    definition = check_definition(session, owner, document, max_ops=max_ops)
     # check_definition refused anything but an object
     return create_job(
         session, owner, cast(dict, document), definition, market_slug=market_slug, default_timeout_s=default_timeout_s
     )
 
 
-def check_definition(session: Session, owner: User, document: object) -> JobDefinition:
+@dataclass(frozen=True)
+class Submission:
+    """What a submit with an Idempotency-Key came to: the job, and whether an earlier submit with
+    the same key had made it."""
+
+    job: Job
+    repeated: bool = False
+
+
+def submit_once(
+    session: Session,
+    owner: User,
+    document: object,
+    *,
+    key: str,
+    market_slug: str | None = None,
+    default_timeout_s: int,
+    max_ops: int | None = None,
+) -> Submission:
+    """Submit a job at most once per key: a repeat of owner's request with the same key answers
+    the job the first one made, however many run at once.
+
+    Raises:
+        PeergridError: the key is empty, too long or not printable ASCII.
+        Conflict: owner used the key for a different request (definition or market).
+        InvalidDefinition: the definition has problems, all of them listed.
+        NoMarket: an op needs hardware no market serves.
+    """
+    key = key.strip()
+    if not _IDEMPOTENCY_KEY.fullmatch(key):
+        raise PeergridError("An Idempotency-Key is 1 to 255 printable ASCII characters, like a UUID.")
+    digest = request_digest(document, market_slug)
+    earlier = _job_of_key(session, owner, key)
+    if earlier is None:
+        definition = check_definition(session, owner, document, max_ops=max_ops)
+        try:
+            job = create_job(
+                session, owner, cast(dict, document), definition, market_slug=market_slug,
+                default_timeout_s=default_timeout_s, idempotency_key=key, request_digest=digest,
+            )
+            return Submission(job)
+        except IntegrityError:  # a concurrent submit with the key committed first
+            earlier = _job_of_key(session, owner, key)
+            if earlier is None:
+                raise
+    if earlier.request_digest != digest:
+        raise Conflict(
+            f"The Idempotency-Key {key!r} was used for a different request, which made job {earlier.id}; "
+            "send a new key with a new job."
+        )
+    return Submission(earlier, repeated=True)
+
+
+def request_digest(document: object, market_slug: str | None) -> str:
+    """The SHA-256 of what a submit asks for, to tell a repeat from another request."""
+    canonical = json.dumps({"definition": document, "market": market_slug}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _job_of_key(session: Session, owner: User, key: str) -> Job | None:
+    return session.scalar(select(Job).where(Job.owner_id == owner.id, Job.idempotency_key == key))
+
+
+def check_definition(
+    session: Session, owner: User, document: object, *, max_ops: int | None = None
+) -> JobDefinition:
     """Read a definition as owner would submit it: its own problems and any secret it names that
     owner does not have, all at once.
 
@@ -42,7 +119,7 @@ def check_definition(session: Session, owner: User, document: object) -> JobDefi
         InvalidDefinition: listing every problem.
     """
     try:
-        definition = parse_definition(document)
+        definition = parse_definition(document, max_ops=max_ops)
         problems = []
     except InvalidDefinition as e:
         definition, problems = None, list(e.problems)

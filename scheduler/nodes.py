@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from datetime import datetime, timedelta
 
 from sqlalchemy import select
@@ -25,6 +26,12 @@ def create_node(session: Session, owner: User, name: str) -> tuple[Node, str]:
     name = name.strip()
     if not name or len(name) > 100:
         raise PeergridError("A node needs a name of 1 to 100 characters.")
+    if any(unicodedata.category(c) == "Cc" for c in name):
+        # NUL cannot be stored in PostgreSQL at all; a line break or tab would garble every list of nodes.
+        raise PeergridError(
+            "A node's name cannot hold a control character (NUL, a line break, a tab): "
+            "use letters, digits, spaces and punctuation."
+        )
     exists = session.scalar(select(Node.id).where(Node.owner_id == owner.id, Node.name == name))
     if exists is not None:
         raise Conflict(f"You already have a node called {name!r}.")

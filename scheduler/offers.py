@@ -40,7 +40,8 @@ def stage(session: Session, attempt: Attempt, *, now: datetime | None = None, no
     An attempt that must run on one node (node_id) is offered on that node's own queue.
     """
     attempt.offered_at = now or utcnow()
-    session.flush()
+    if attempt.id is None:
+        session.flush()  # the offer names the attempt by its id
     session.info.setdefault(_STAGED, []).append(offer_for(attempt, node_id=node_id))
 
 

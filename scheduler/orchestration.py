@@ -3,13 +3,14 @@ what follows from each end, and deriving the job's state."""
 
 from __future__ import annotations
 
+from collections import defaultdict, deque
 from datetime import datetime
 
 from sqlalchemy.orm import Session
 
 from scheduler import events, ledger, offers
 from scheduler.errors import Conflict, PeergridError
-from scheduler.jobdef import CREATE_VOLUME, JobDefinition, OpDefinition
+from scheduler.jobdef import CREATE_VOLUME, JobDefinition, OpDefinition, group_ranks
 from scheduler.literals import Scope, UnresolvedLiteral, has_literals, resolve_args
 from scheduler.models import Attempt, Job, Op, User
 from scheduler.placement import most_cost, plan_ops
@@ -39,19 +40,32 @@ def create_job(
     *,
     market_slug: str | None = None,
     default_timeout_s: int,
+    idempotency_key: str | None = None,
+    request_digest: str | None = None,
     now: datetime | None = None,
 ) -> Job:
     """Store a job and its ops, and offer the ops that can start now.
 
     Raises:
         NoMarket: an op needs hardware no market serves; nothing is stored.
+        IntegrityError: owner has a job with this idempotency_key (scheduler.jobs.submit_once).
     """
     now = now or utcnow()
     placed = plan_ops(session, definition, market_slug=market_slug, default_timeout_s=default_timeout_s)
 
     creators = {op.args.get("name"): op.key for op in definition.ops if op.type == CREATE_VOLUME}
-    job = Job(owner_id=owner.id, definition=document, state=JobState.QUEUED, created_at=now)
-    session.add(job)
+    job = Job(
+        owner_id=owner.id, definition=document, state=JobState.QUEUED, created_at=now,
+        idempotency_key=idempotency_key, request_digest=request_digest,
+    )
+    if idempotency_key is None:
+        session.add(job)
+    else:
+        # The key is claimed by the job's row, the transaction's first write, in a savepoint of its
+        # own: a concurrent submit with the key waits for it there (SQLite's write lock, PostgreSQL's
+        # unique index) and fails with nothing else written, its transaction still usable.
+        with session.begin_nested():
+            session.add(job)
     for planned in placed:
         op_def = planned.definition
         volume_creators = [creators[v["name"]] for v in op_def.args.get("volumes") or [] if v["name"] in creators]
@@ -62,7 +76,6 @@ def create_job(
                 type=op_def.type,
                 group=op_def.group,
                 depends_on=list(dict.fromkeys([*op_def.depends_on, *volume_creators])),
-                after=list(_earlier_groups(op_def, definition)),
                 stop_if_dependent_stops=op_def.stop_if_dependent_stops,
                 result_rules={name: rule.as_dict() for name, rule in op_def.results.items()},
                 spec=_spec(op_def),
@@ -93,24 +106,13 @@ def _spec(op_def: OpDefinition) -> dict:
     return spec
 
 
-def _earlier_groups(op_def: OpDefinition, definition: JobDefinition) -> tuple[str, ...]:
-    """Every op of the groups that appear before this op's group (groups run in that order)."""
-    order: list[str] = []
-    for other in definition.ops:
-        if other.group_key not in order:
-            order.append(other.group_key)
-    earlier = set(order[: order.index(op_def.group_key)])
-    return tuple(o.key for o in definition.ops if o.group_key in earlier)
-
-
 def _started(op: Op) -> bool:
     return op.started_at is not None
 
 
 def _readiness(op: Op, by_key: dict[str, Op]) -> tuple[bool, str | None]:
-    """Whether a pending op can be offered now, or why it never will (the second value)."""
-    if any(by_key[k].state not in OP_FINISHED for k in op.after if k in by_key):
-        return False, None
+    """Whether a pending op whose group's turn has come can be offered now, or why it never will
+    (the second value)."""
     deps = [by_key[k] for k in op.depends_on if k in by_key]
     if op.stop_if_dependent_stops:
         # It serves alongside what it depends on: it starts once they have started.
@@ -130,45 +132,88 @@ def advance(session: Session, job: Job, *, now: datetime | None = None) -> list[
     now = now or utcnow()
     if job.state in JOB_FINISHED:
         return []
-    by_key = {op.key: op for op in job.ops}
-    created: list[Attempt] = []
-    changed = True
-    while changed:  # one op's change can decide another's
-        changed = False
-        for op in job.ops:
-            if op.state == OpState.PENDING:
-                ready, never = _readiness(op, by_key)
-                if never:
-                    move(op, OpState.SKIPPED, now=now)
-                    op.error = f"Skipped: {never}"
-                    events.record(session, job, "skipped", f"{op.key}: {op.error}", op=op, now=now)
-                    changed = True
-                elif ready:
-                    changed = True
-                    if _resolve(session, job, op, by_key, now=now):
-                        move(op, OpState.QUEUED, now=now)
-                        created.append(new_attempt(session, op, now=now))
-            elif op.stop_if_dependent_stops and op.state in (OpState.QUEUED, OpState.RUNNING):
-                ended = next((by_key[k] for k in op.depends_on if by_key[k].state in OP_FINISHED), None)
-                if ended is not None:
-                    stop_op(session, op, f"{ended.key!r}, which it depends on, ended ({ended.state.value}).", now=now)
-                    changed = True
+    ops = job.ops
+    by_key = {op.key: op for op in ops}
+    # Groups run in order of first appearance: an op's turn comes once every op of the groups
+    # before its own has ended. `turn` is the first group with an op still to end.
+    rank = group_ranks((op.key, op.group) for op in ops)
+    groups = max(rank.values(), default=-1) + 1
+    unfinished = [0] * groups
+    members: list[list[Op]] = [[] for _ in range(groups)]
+    dependents: dict[str, list[Op]] = defaultdict(list)
+    for op in ops:
+        members[rank[op.key]].append(op)
+        unfinished[rank[op.key]] += op.state not in OP_FINISHED
+        for key in op.depends_on:
+            dependents[key].append(op)
+    turn = next((r for r in range(groups) if unfinished[r]), groups)
+
+    # Every op is looked at once, in order; after that only an op something it waits on has just
+    # changed, so a change that decides a chain of others costs the length of the chain, once.
+    todo = deque(ops)
+    waiting = {op.key for op in ops}
+
+    def look_again(others: list[Op]) -> None:
+        for other in others:
+            if other.key not in waiting:
+                waiting.add(other.key)
+                todo.append(other)
+
+    queued: list[Op] = []
+    scope: Scope | None = None  # what literals read; it does not change while advancing
+    while todo:
+        op = todo.popleft()
+        waiting.discard(op.key)
+        before = op.state
+        if op.state == OpState.PENDING and rank[op.key] == turn:
+            ready, never = _readiness(op, by_key)
+            if never:
+                move(op, OpState.SKIPPED, now=now)
+                op.error = f"Skipped: {never}"
+                events.record(session, job, "skipped", f"{op.key}: {op.error}", op=op, now=now)
+            elif ready:
+                if has_literals(op.spec):
+                    scope = scope or _scope(job)
+                    resolved = _resolve(session, job, op, scope, now=now)
+                else:
+                    resolved = True
+                if resolved:
+                    move(op, OpState.QUEUED, now=now)
+                    queued.append(op)
+        elif op.stop_if_dependent_stops and op.state in (OpState.QUEUED, OpState.RUNNING):
+            ended = next((by_key[k] for k in op.depends_on if by_key[k].state in OP_FINISHED), None)
+            if ended is not None:
+                stop_op(session, op, f"{ended.key!r}, which it depends on, ended ({ended.state.value}).", now=now)
+        if op.state == before:
+            continue
+        look_again(dependents.get(op.key, []))
+        if op.state in OP_FINISHED:
+            unfinished[rank[op.key]] -= 1
+            if rank[op.key] == turn and not unfinished[turn]:
+                while turn < groups and not unfinished[turn]:
+                    turn += 1
+                if turn < groups:
+                    look_again(members[turn])
+    # Their attempts are made together, in one write; one stopped meanwhile is not offered.
+    created = new_attempts(session, [op for op in queued if op.state == OpState.QUEUED], now=now)
     settle_job_state(session, job, now=now)
     return created
 
 
-def _resolve(session: Session, job: Job, op: Op, by_key: dict[str, Op], *, now: datetime) -> bool:
-    """Resolve the literals in op's spec from what finished before it; fail the op if one has no value."""
-    if not has_literals(op.spec):
-        return True
+def _scope(job: Job) -> Scope:
+    """What the literals of job's ops can read now."""
     definition = job.definition
-    scope = Scope(
+    return Scope(
         job_id=job.id,
         results={o.key: o.results for o in job.ops if o.results is not None},
         hosts={o.key: f"peergrid-job-{job.id}-{o.position}" for o in job.ops},
         variables=((definition.get("global") or {}).get("variables") or {}),
         version=str(definition.get("version", "0.1")),
     )
+
+
+def _resolve(session: Session, job: Job, op: Op, scope: Scope, *, now: datetime) -> bool:
+    """Resolve the literals in op's spec from what finished before it; fail the op if one has no value."""
     try:
         op.spec = resolve_args(op.spec, scope)
     except UnresolvedLiteral as e:
@@ -195,18 +240,24 @@ def pinned_node_id(op: Op) -> int | None:
 
 def new_attempt(session: Session, op: Op, *, now: datetime | None = None) -> Attempt:
     """Create the op's next attempt and stage its offer for after the commit."""
+    return new_attempts(session, [op], now=now)[0]
+
+
+def new_attempts(session: Session, ops: list[Op], *, now: datetime | None = None) -> list[Attempt]:
+    """Create each op's next attempt, written in one flush, and stage their offers for after the commit."""
     now = now or utcnow()
-    attempt = Attempt(op=op, number=len(op.attempts) + 1, created_at=now, offered_at=now)
-    session.add(attempt)
+    attempts = [Attempt(op=op, number=len(op.attempts) + 1, created_at=now, offered_at=now) for op in ops]
+    session.add_all(attempts)
     session.flush()
-    offers.stage(session, attempt, now=now, node_id=pinned_node_id(op))
-    where = f"market {op.market.slug}"
-    events.record(
-        session, op.job, "offered",
-        f"{op.key}: attempt {attempt.number} of {op.max_attempts} offered on {where}.",
-        attempt=attempt, now=now,
-    )
-    return attempt
+    for attempt in attempts:
+        op = attempt.op
+        offers.stage(session, attempt, now=now, node_id=pinned_node_id(op))
+        events.record(
+            session, op.job, "offered",
+            f"{op.key}: attempt {attempt.number} of {op.max_attempts} offered on market {op.market.slug}.",
+            attempt=attempt, now=now,
+        )
+    return attempts
 
 
 # Attempts lost with their node do not use up an op's tries, but an op that loses this many is

@@ -53,20 +53,20 @@ def covers(market: Market, need: Requirements) -> bool:
     return market.min_vram_mb >= need.min_vram_mb
 
 
-def choose_market(session: Session, need: Requirements, slug: str | None = None) -> Market:
-    """Return the market an op with these needs goes to.
+def choose_market(markets: list[Market], need: Requirements, slug: str | None = None) -> Market:
+    """Return the market of markets an op with these needs goes to.
 
     Raises:
         NoMarket: the named market does not exist or cannot serve the op, or no market can.
     """
     if slug is not None:
-        market = session.scalar(select(Market).where(Market.slug == slug))
+        market = next((m for m in markets if m.slug == slug), None)
         if market is None:
             raise NoMarket(f"There is no market {slug!r}; GET /api/v1/markets lists them.")
         if not covers(market, need):
             raise NoMarket(f"Market {slug!r} cannot serve an op that needs {describe(need)}.")
         return market
-    candidates = [m for m in session.scalars(select(Market)) if covers(m, need)]
+    candidates = [m for m in markets if covers(m, need)]
     if not candidates:
         raise NoMarket(f"No market serves an op that needs {describe(need)}.")
     return min(candidates, key=lambda m: (m.price_per_second, m.id))
@@ -125,8 +125,9 @@ def plan_ops(
         NoMarket: an op needs hardware no market serves.
     """
     planned = []
+    markets = list(session.scalars(select(Market)))  # read once: a job may have a thousand ops
     for op_def in definition.ops:
-        market = choose_market(session, requirements_for(op_def, definition), op_def.args.get("market") or market_slug)
+        market = choose_market(markets, requirements_for(op_def, definition), op_def.args.get("market") or market_slug)
         timeout = min(op_def.timeout_s or default_timeout_s, market.max_timeout_s)
         planned.append(
             PlannedOp(op_def, market, timeout, most_cost(market, timeout_s=timeout, tries=op_def.max_attempts))

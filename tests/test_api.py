@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from kombu import Connection, Exchange, Queue
+from sqlalchemy import select
 
 from tests import factories
 from tests.factories import bearer, hello_world
@@ -234,3 +235,118 @@ def test_removed_nodes_are_not_listed_and_cannot_be_drained(client, core):
     assert client.post(f"/api/v1/nodes/{kept}/drain", json={"drain": True}, headers=bearer(token)).status_code == 200
     with core.sessions() as session:
         assert not session.get(Node, gone).drain_requested
+
+
+DEEP = "[" * 100_000 + "]" * 100_000
+
+
+def test_json_nested_beyond_reading_is_a_bad_request_on_every_route(client, core):
+    _, token = factories.user(core)
+    headers = {**bearer(token), "Content-Type": "application/json"}
+
+    for path in ("/api/v1/jobs", "/api/v1/nodes", "/api/v1/payouts", "/api/v1/admin/grants"):
+        response = client.post(path, data=DEEP, headers=headers)
+        assert response.status_code in (400, 403), (path, response.status_code, response.json)
+    job = client.post("/api/v1/jobs", data=DEEP, headers=headers)
+    assert job.status_code == 400 and "deeper" in job.json["error"]
+
+
+def test_a_definition_nested_deeper_than_the_server_walks_is_a_problem_at_its_path(client, core):
+    _, token = factories.user(core)
+    doc = hello_world("busybox")
+    deep: list = []
+    doc["ops"][0]["args"]["resources"] = [{"nested": deep}]
+    for _ in range(900):
+        deep.append([])
+        deep = deep[0]
+
+    response = client.post("/api/v1/jobs", json=doc, headers=bearer(token))
+
+    assert response.status_code == 422, response.json
+    (problem,) = response.json["errors"]
+    assert problem["path"].startswith("$.ops[0].args.resources[0].nested[0]") and "levels" in problem["message"]
+
+
+def test_a_node_name_with_a_nul_or_control_character_is_refused(database_url, tmp_path):
+    with factories.served(database_url, tmp_path) as (core, client):
+        _, token = factories.user(core)
+        for name in ("a\u0000b", "rig\n2", "tab\there"):
+            response = client.post("/api/v1/nodes", json={"name": name}, headers=bearer(token))
+            assert response.status_code == 400, (name, response.status_code)
+            assert "control character" in response.json["error"]
+        assert client.get("/api/v1/nodes", headers=bearer(token)).json["nodes"] == []
+
+
+def test_text_the_store_cannot_keep_is_refused_before_it_gets_there(database_url, tmp_path):
+    with factories.served(database_url, tmp_path) as (core, client):
+        _, token = factories.user(core)
+        for execution in ({"group": "g\u0000"}, {"group": "g" * 201}):
+            doc = hello_world("busybox")
+            doc["ops"][0]["execution"] = execution
+            response = client.post("/api/v1/jobs", json=doc, headers=bearer(token))
+            assert response.status_code == 422, (execution, response.status_code, response.json)
+            assert [e["path"] for e in response.json["errors"]] == ["$.ops[0].execution.group"]
+        doc = hello_world("busybox", cmd=["echo", "a\u0000b"])
+        doc["ops"][0]["args"]["env"] = {"A": "\u0000"}
+        response = client.post("/api/v1/jobs", json=doc, headers=bearer(token))
+        assert response.status_code == 422
+        assert {e["path"] for e in response.json["errors"]} == {"$.ops[0].args.cmd[1]", "$.ops[0].args.env.A"}
+        assert client.get("/api/v1/jobs", headers=bearer(token)).json["total"] == 0
+
+
+def test_an_op_id_with_slashes_and_url_characters_keeps_its_output_under_the_data_dir(client, core):
+    import io
+
+    from scheduler.artifacts import artifacts_root, store_artifact
+    from scheduler.attempts import claim_attempt, finish_attempt, start_attempt
+    from scheduler.models import Attempt, Node
+    from scheduler.nodes import NodeReport, register
+
+    key = "../../../escaped/meta-llama:8b?x=1#top%20"
+    _, token = factories.user(core)
+    node_id, _, _ = factories.node(core)
+    doc = hello_world("busybox")
+    doc["ops"][0].update(id=key)
+    doc["ops"][0]["args"]["output"] = "/out"
+    job_id = client.post("/api/v1/jobs", json=doc, headers=bearer(token)).json["id"]
+    with core.transaction() as session:
+        node = session.get(Node, node_id)
+        register(session, node, NodeReport(slots=1))
+        attempt_id = session.scalar(select(Attempt.id))
+        claim_attempt(session, node, attempt_id)
+        start_attempt(session, node, attempt_id)
+        store_artifact(session, session.get(Attempt, attempt_id), io.BytesIO(b"archive"),
+                       data_dir=core.settings.data_dir, max_bytes=1000)
+        finish_attempt(session, node, attempt_id, exit_code=0)
+
+    (listed,) = client.get(f"/api/v1/jobs/{job_id}/artifacts", headers=bearer(token)).json["artifacts"]
+    download = client.get(listed["url"], headers=bearer(token))
+
+    assert listed["op"] == key
+    assert download.status_code == 200 and download.data == b"archive"
+    root = artifacts_root(core.settings.data_dir).resolve()
+    stored = [p for p in core.settings.data_dir.rglob("*.tar.gz")]
+    assert stored and all(p.resolve().is_relative_to(root) for p in stored), stored
+
+
+def test_a_nul_anywhere_the_store_would_see_it_is_a_bad_request(database_url, tmp_path):
+    import re
+
+    with factories.served(database_url, tmp_path) as (core, client):
+        _, admin = factories.user(core, admin=True)
+        login = client.get("/login")
+        token = re.search(r'name="csrf_token" value="([^"]+)"', login.get_data(as_text=True)).group(1)
+
+        signed_in = client.post("/login", data={"email": "ann\u0000@example.com", "password": "long enough pw",
+                                                "csrf_token": token})
+        granted = client.post("/api/v1/admin/grants", json={"email": "a\u0000@example.com", "amount": 1},
+                              headers=bearer(admin))
+        market = client.post("/api/v1/admin/markets", json={"slug": "nul-name", "name": "a\u0000b"}, headers=bearer(admin))
+
+        # PostgreSQL cannot hold or even compare a NUL; SQLite keeps it, and finds no such account.
+        if database_url.startswith("postgresql"):
+            assert signed_in.status_code == granted.status_code == market.status_code == 400
+            assert "NUL" in signed_in.get_data(as_text=True) and "NUL" in granted.json["error"]
+        else:
+            assert (signed_in.status_code, granted.status_code, market.status_code) == (401, 404, 201)
+        assert client.get("/api/v1/markets", headers=bearer(admin)).status_code == 200

@@ -59,3 +59,12 @@ def test_the_fault_campaign_runs_every_scenario_and_each_trial_passes():
     assert set(rows) == set(SCENARIOS)
     assert all(row[1] == row[2] == "1" for row in rows.values()), out  # trials, passed
     assert "every trial passed" in out
+
+
+def test_planning_runs_against_its_baseline():
+    out = bench("bench.planning", "--ops", "20", "--shapes", "sequence,group,chain")
+    rows = [line.split() for line in out.splitlines()[2:]]
+    assert [(row[0], row[1]) for row in rows] == [
+        (shape, n) for shape in ("sequence", "group", "chain") for n in ("100", "20")
+    ], out
+    assert "per op × base" in out and not any("failed" in line for line in out.splitlines())

@@ -116,6 +116,13 @@ def test_validate_reports_a_file_that_is_not_json(tmp_path):
     assert result.returncode == 1 and "is not valid JSON" in result.stderr
 
 
+def test_validate_reports_a_file_nested_too_deep_to_read(tmp_path):
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    result = peergrid("job", "validate", str(deep), env=dict(os.environ))
+    assert result.returncode == 1 and "nests deeper" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_submit_wait_status_and_logs(stack, user_env, tmp_path, test_image):
     _, node_token, _ = factories.node(stack.core)
     stack.start_worker(node_token, name="cli-worker")

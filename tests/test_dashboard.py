@@ -437,3 +437,17 @@ def test_a_csrf_token_that_is_not_ascii_is_refused_not_a_crash(client, core):
     sign_in(client, "ann@example.com")
     token = csrf(client.get("/submit"))
     assert client.post("/submit/check", json={}, headers={"X-CSRF-Token": token + "é"}).status_code == 400
+
+
+def test_a_definition_nested_too_deep_to_read_is_a_problem_on_the_submit_page(client, core):
+    factories.user(core, email="deep@example.com")
+    sign_in(client, "deep@example.com")
+    page = client.get("/submit")
+    deep = "[" * 100_000 + "]" * 100_000
+
+    check = client.post("/submit/check", json={"definition": deep}, headers={"X-CSRF-Token": csrf(page)})
+    posted = client.post("/submit", data={"definition": deep, "csrf_token": csrf(page)})
+
+    assert check.status_code == 200 and check.json["valid"] is False
+    assert check.json["errors"][0]["path"] == "$" and "deeper" in check.json["errors"][0]["message"]
+    assert posted.status_code == 422 and "deeper" in posted.get_data(as_text=True)

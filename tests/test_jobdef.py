@@ -206,3 +206,46 @@ def test_an_empty_registry_login_means_none():
     half = _problems(_with(lambda d: d["ops"][0]["args"].update(
         authentication={"docker": {"username": "ann", "password": ""}})))
     assert "registry password" in half["$.ops[0].args.authentication.docker.password"]
+
+
+NUL_PLACES = [
+    ("image", lambda a: a.update(image="ubuntu\x00:24.04"), "$.ops[0].args.image"),
+    ("cmd as a string", lambda a: a.update(cmd="echo a\x00b"), "$.ops[0].args.cmd"),
+    ("cmd as a list", lambda a: a.update(cmd=["echo", "a\x00b"]), "$.ops[0].args.cmd[1]"),
+    ("entrypoint", lambda a: a.update(entrypoint=["/bin/sh\x00"]), "$.ops[0].args.entrypoint[0]"),
+    ("env value", lambda a: a.update(env={"A": "x\x00y"}), "$.ops[0].args.env.A"),
+    ("env name", lambda a: a.update(env={"A\x00B": "x"}), "$.ops[0].args.env"),
+    ("work_dir", lambda a: a.update(work_dir="/tmp\x00"), "$.ops[0].args.work_dir"),
+]
+
+
+@pytest.mark.parametrize("mutate,path", [p[1:] for p in NUL_PLACES], ids=[p[0] for p in NUL_PLACES])
+def test_a_nul_that_would_reach_the_container_is_refused_at_its_path(mutate, path):
+    problems = _problems(_with(lambda d: mutate(d["ops"][0]["args"])))
+    assert path in problems, problems
+    assert "NUL" in problems[path]
+
+
+def test_a_nul_in_the_global_defaults_is_refused_there():
+    doc = _with(lambda d: d.update({"global": {"env": {"A": "\x00"}}}))
+    assert "NUL" in _problems(doc)["$.global.env.A"]
+
+
+@pytest.mark.parametrize("key", ["a\n", "a\r\n", "\na", "my op", "tab\tbed", "nul\x00", "bell\x07", "x" * 201, ""])
+def test_an_op_id_with_whitespace_or_a_control_character_is_refused(key):
+    problems = _problems(_with(lambda d: d["ops"][0].update(id=key)))
+    assert "$.ops[0].id" in problems, problems
+
+
+@pytest.mark.parametrize("key", ["gpt-oss:120b", "meta-llama/Llama-3.1-8B", "_private", "-dash", "ünïcode", "x" * 200])
+def test_an_op_id_is_any_text_without_whitespace_as_in_nosana(key):
+    assert [op.key for op in parse_definition(_with(lambda d: d["ops"][0].update(id=key))).ops] == [key]
+
+
+def test_a_results_literal_can_name_an_op_whose_id_has_a_colon():
+    doc = _with(lambda d: d["ops"][0].update(id="gpt-oss:120b"))
+    doc["ops"].append({"type": "container/run", "id": "client", "args": {
+        "image": "x", "cmd": "echo %%ops.gpt-oss:120b.results.port%% %%ops.gpt-oss:120b.host%%"}})
+    assert [op.key for op in parse_definition(doc).ops] == ["gpt-oss:120b", "client"]
+    problems = _problems(_with(lambda d: d["ops"][0]["args"].update(cmd="echo %%ops.gpt-oss:120b.results.port%%")))
+    assert "not an op of this job" in problems["$.ops[0].args.cmd"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, g, message_flashed
+from flask import Flask, g, make_response, message_flashed
 from werkzeug.routing import IntegerConverter
 
 MAX_ID = 2**63 - 1
@@ -18,6 +18,8 @@ class StoreId(IntegerConverter):
 from protocol.gpus import gb_text
 from scheduler.core import Core
 from scheduler.settings import Settings
+from web.bodies import BodyJSONProvider
+from web.errors import STORE_UNREACHABLE, holds_nul, store_unreachable
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,7 @@ def create_app(settings: Settings | None = None, *, core: Core | None = None) ->
         SESSION_COOKIE_SAMESITE="Lax",
         JSON_SORT_KEYS=False,
     )
+    app.json = BodyJSONProvider(app)
     app.extensions["peergrid"] = core or Core.from_settings(settings)
     # Ids in URLs fit the store's 64-bit integers; a longer number is simply not found.
     app.url_map.converters["int"] = StoreId
@@ -69,10 +72,16 @@ def create_app(settings: Settings | None = None, *, core: Core | None = None) ->
                     core_.commit(session)
                 else:
                     core_.rollback(session)
-            except Exception:
+            except STORE_UNREACHABLE as e:
+                log.warning("commit failed, the store is unreachable: %s", e)
+                _discard(core_, session)
+                return store_unreachable()
+            except Exception as e:
+                _discard(core_, session)
+                nul = holds_nul(e)
+                if nul is not None:
+                    return make_response(nul)
                 log.exception("commit failed")
-                core_.rollback(session)
-                session.close()
                 return errors.json_error(500, "The request could not be saved; try again.")
             session.close()
         return response
@@ -96,8 +105,7 @@ def create_app(settings: Settings | None = None, *, core: Core | None = None) ->
     def _release(exc):
         session = g.pop("db", None)
         if session is not None:
-            app.extensions["peergrid"].rollback(session)
-            session.close()
+            _discard(app.extensions["peergrid"], session)
 
     return app
 
@@ -112,3 +120,13 @@ def start_hearing(app: Flask):
     ears.start()
     app.extensions["peergrid.ears"] = ears
     return ears
+
+
+def _discard(core: Core, session) -> None:
+    """Roll back and close a request's session; a store that went away cannot make this fail."""
+    try:
+        core.rollback(session)
+    except STORE_UNREACHABLE:
+        log.warning("could not roll back: the store is unreachable")
+    finally:
+        session.close()

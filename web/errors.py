@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from flask import Flask, jsonify, render_template, request
+from flask import Flask, g, jsonify, make_response, render_template, request
+from sqlalchemy.exc import DataError, DisconnectionError, InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException
 
 from protocol.messages import ProtocolError
@@ -17,6 +18,13 @@ from scheduler.errors import (
     NotFound,
     PeergridError,
 )
+
+
+# What an outage of the store raises: it cannot be reached, or the connection broke. It passes, so
+# the caller is asked to come back rather than told the server is broken.
+STORE_UNREACHABLE = (OperationalError, InterfaceError, DisconnectionError)
+RETRY_AFTER_S = 5
+UNREACHABLE = "The job store cannot be reached just now; try again in a few seconds."
 
 
 def json_error(status: int, message: str, **extra):
@@ -80,6 +88,17 @@ def init_app(app: Flask) -> None:
             return _page_or_json(413, "The request body is larger than this server accepts.")
         return _page_or_json(e.code or 500, e.description or e.name)
 
+    @app.errorhandler(OperationalError)
+    @app.errorhandler(InterfaceError)
+    @app.errorhandler(DisconnectionError)
+    def _store_unreachable(e: Exception):
+        app.logger.warning("the store is unreachable on %s %s: %s", request.method, request.path, e)
+        return store_unreachable()
+
+    @app.errorhandler(DataError)
+    def _data(e: DataError):
+        return holds_nul(e) or _crash(e)
+
     @app.errorhandler(Exception)
     def _crash(e: Exception):
         app.logger.exception("unhandled error on %s %s", request.method, request.path)
@@ -90,3 +109,19 @@ def _page_or_json(status: int, message: str):
     if _wants_json():
         return json_error(status, message)
     return render_template("error.html", status=status, message=message), status
+
+
+def store_unreachable():
+    """503 with Retry-After, as JSON or a page that needs nothing from the store."""
+    g.user = None  # the page is drawn signed out: who is signed in is in the store
+    response = make_response(_page_or_json(503, UNREACHABLE))
+    response.headers["Retry-After"] = str(RETRY_AFTER_S)
+    return response
+
+
+def holds_nul(e: Exception):
+    """400 when the store refused text for holding a NUL (PostgreSQL cannot keep one, not even to
+    compare with), else None: any input that reaches a query, a sign-in form's included."""
+    if isinstance(e, DataError) and "NUL" in str(e.orig):
+        return _page_or_json(400, "The request holds a NUL character (\\u0000), which cannot be stored: remove it.")
+    return None

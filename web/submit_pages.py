@@ -39,8 +39,11 @@ def check(text: str, market: str | None) -> dict:
     except json.JSONDecodeError as e:
         return {"valid": False, "available": available,
                 "errors": [{"path": "$", "message": f"Not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}."}]}
+    except RecursionError:
+        return {"valid": False, "available": available,
+                "errors": [{"path": "$", "message": "The definition nests deeper than this server reads; flatten it."}]}
     try:
-        definition = check_definition(db(), user, document)
+        definition = check_definition(db(), user, document, max_ops=core().settings.max_ops_per_job)
         planned = plan_ops(db(), definition, market_slug=market, default_timeout_s=core().settings.default_timeout_s)
     except InvalidDefinition as e:
         return {"valid": False, "available": available, "errors": [p.as_dict() for p in e.problems]}
@@ -85,7 +88,8 @@ def submit_post():
     if result["valid"]:
         try:
             job = submit_job(db(), session_user(), json.loads(text), market_slug=market,
-                             default_timeout_s=core().settings.default_timeout_s)
+                             default_timeout_s=core().settings.default_timeout_s,
+                             max_ops=core().settings.max_ops_per_job)
         except ledger.InsufficientCredits as e:
             result = {**result, "valid": False, "errors": [{"path": "$", "message": str(e)}]}
         except (InvalidDefinition, NoMarket, PeergridError) as e:

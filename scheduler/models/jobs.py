@@ -16,7 +16,12 @@ from scheduler.states import AttemptState, JobState, OpState, utcnow
 
 class Job(Base):
     __tablename__ = "jobs"
-    __table_args__ = (Index("ix_jobs_owner_id_id", "owner_id", "id"),)
+    __table_args__ = (
+        Index("ix_jobs_owner_id_id", "owner_id", "id"),
+        # One job per person and Idempotency-Key, whoever commits first; a unique index rather than
+        # a table constraint, so that SQLite adds it without copying the table.
+        Index("uq_jobs_owner_id_idempotency_key", "owner_id", "idempotency_key", unique=True),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     owner_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
@@ -32,6 +37,10 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+    # The Idempotency-Key its submit carried, and the SHA-256 of that request (definition and
+    # market): a repeat with the key answers this job; one with another request is refused.
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    request_digest: Mapped[str | None] = mapped_column(String(64))
 
     ops: Mapped[list["Op"]] = relationship(
         back_populates="job", cascade="all, delete-orphan", order_by="Op.position"
@@ -51,10 +60,10 @@ class Op(Base):
     position: Mapped[int]
     type: Mapped[str] = mapped_column(String(50))
     group: Mapped[str | None] = mapped_column(String(200))
-    # Ops that must succeed first (depends_on, plus the creators of volumes it uses).
+    # Ops that must succeed first (depends_on, plus the creators of volumes it uses). Those of
+    # earlier groups must have ended first too, whatever their outcome: which they are follows from
+    # the ops' groups and positions (scheduler.jobdef.group_ranks).
     depends_on: Mapped[list[Any]] = mapped_column(default=list)
-    # Ops that must have ended first, whatever their outcome: those of earlier groups.
-    after: Mapped[list[Any]] = mapped_column(default=list)
     # Starts once what it depends on has started, and is stopped when that ends.
     stop_if_dependent_stops: Mapped[bool] = mapped_column(default=False)
     # Results regexes: name → {"regex", "log_types"}.

@@ -2,43 +2,57 @@
 
 from __future__ import annotations
 
-from flask import jsonify, request, send_file
+from flask import current_app, jsonify, request, send_file, url_for
 
 from scheduler.errors import InvalidDefinition, PeergridError, Problem
-from scheduler.jobs import job_for, job_logs, list_jobs, submit_job
+from scheduler.jobs import job_for, job_logs, list_jobs, submit_job, submit_once
 from scheduler.artifacts import artifact_of_op, artifacts_root, job_artifacts
 from scheduler.events import job_events
 from scheduler.orchestration import cancel_job, extend_job
 from web.api import bp
 from web.api.serialize import iso, job_json
+from web.bodies import NestedTooDeep
 from web.auth import require_user
 from web.params import query_int, whole
 from web.db import core, db
 
 
 def json_body() -> object:
-    """The request's JSON body; a body that is not JSON is a problem at $."""
+    """The request's JSON body; a body that is not JSON is a problem at $, one nested too deep to
+    read a bad request."""
     body = request.get_json(silent=True)
     if body is None:
         raw = request.get_data(cache=True)
         if not raw.strip():
             raise InvalidDefinition([Problem("$", "The request has no body: send the job definition as JSON.")])
+        try:
+            current_app.json.loads(raw)
+        except NestedTooDeep as e:
+            raise PeergridError(str(e)) from None
+        except ValueError:
+            pass
         raise InvalidDefinition([Problem("$", "The body is not valid JSON.")])
     return body
 
 
 @bp.post("/jobs")
 def create_job():
+    """Submit a job; with an Idempotency-Key, a repeat answers the job the first made (200)."""
     user = require_user()
     document = json_body()
-    job = submit_job(
-        db(),
-        user,
-        document,
+    settings = core().settings
+    options = dict(
         market_slug=request.args.get("market") or None,
-        default_timeout_s=core().settings.default_timeout_s,
+        default_timeout_s=settings.default_timeout_s,
+        max_ops=settings.max_ops_per_job,
     )
-    return jsonify({"id": job.id, "state": job.state.value, "max_cost": job.max_cost}), 201
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        job, status = submit_job(db(), user, document, **options), 201
+    else:
+        submission = submit_once(db(), user, document, key=key, **options)
+        job, status = submission.job, 200 if submission.repeated else 201
+    return jsonify({"id": job.id, "state": job.state.value, "max_cost": job.max_cost}), status
 
 
 @bp.get("/jobs")
@@ -117,7 +131,7 @@ def job_artifact_list(job_id: int):
                     "size": a.size_bytes,
                     "sha256": a.sha256,
                     "created_at": iso(a.created_at),
-                    "url": f"/api/v1/jobs/{job.id}/artifacts/{keys[a.op_id]}",
+                    "url": url_for("api.job_artifact_download", job_id=job.id, op_key=keys[a.op_id]),
                 }
                 for a in job_artifacts(db(), job)
             ]
@@ -125,7 +139,8 @@ def job_artifact_list(job_id: int):
     )
 
 
-@bp.get("/jobs/<int:job_id>/artifacts/<op_key>")
+# An op's id may hold '/' (Nosana allows any text without whitespace).
+@bp.get("/jobs/<int:job_id>/artifacts/<path:op_key>")
 def job_artifact_download(job_id: int, op_key: str):
     job = job_for(db(), require_user(), job_id)
     artifact = artifact_of_op(db(), job, op_key)

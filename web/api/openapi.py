@@ -23,9 +23,16 @@ def _errors(*codes: int) -> dict:
     return {str(code): _json(PROBLEMS if code == 422 else ERROR, words[code]) for code in codes}
 
 
+# Any call may find the store unreachable; it is worth trying again after Retry-After seconds.
+UNAVAILABLE = {**_json(ERROR, "The store cannot be reached just now"),
+               "headers": {"Retry-After": {"description": "Seconds to wait before trying again",
+                                           "schema": {"type": "integer"}}}}
+
+
 def _op(summary: str, ok: dict, *errors: int, security=USER, params=None, body=None, ok_code: int = 200,
         also: dict | None = None) -> dict:
-    op = {"summary": summary, "security": security, "responses": {str(ok_code): ok, **(also or {}), **_errors(*errors)}}
+    op = {"summary": summary, "security": security,
+          "responses": {str(ok_code): ok, **(also or {}), **_errors(*errors), "503": UNAVAILABLE}}
     if params:
         op["parameters"] = params
     if body:
@@ -42,6 +49,16 @@ JOB = {"$ref": "#/components/schemas/Job"}
 SECRET = {"type": "object", "required": ["name"], "properties": {
     "name": {"type": "string"}, "created_at": {"type": "string"}, "updated_at": {"type": "string"}}}
 SECRETS = {"type": "object", "required": ["secrets"], "properties": {"secrets": {"type": "array", "items": SECRET}}}
+SUBMITTED = {"type": "object", "required": ["id", "state", "max_cost"], "properties": {
+    "id": {"type": "integer"}, "state": {"type": "string"}, "max_cost": {"type": "integer"}}}
+IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key", "in": "header", "required": False,
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+    "description": "A key of your choosing (a UUID) that makes the submit safe to retry: a repeat with the same "
+                   "key and the same request answers 200 with the job the first made, instead of making another; "
+                   "the same key with a different definition or market answers 409. Keys are per person and kept.",
+}
+REPEATED = "A repeat of an earlier submit's Idempotency-Key: the job that submit made, now"
 
 
 def spec() -> dict:
@@ -82,8 +99,9 @@ def spec() -> dict:
                 "get": _op("Your jobs, newest first", _json(OBJ), 400, 401, params=[
                     _path("state", {"type": "string", "enum": ["queued", "running", "succeeded", "failed", "cancelled"]}, "query"),
                     _path("page", {"type": "integer", "minimum": 1}, "query")]),
-                "post": _op("Submit a job definition", _json(OBJ, "Created"), 401, 402, 413, 422, ok_code=201,
-                            params=[_path("market", {"type": "string"}, "query")],
+                "post": _op("Submit a job definition", _json(SUBMITTED, "Created"), 400, 401, 402, 409, 413, 422,
+                            ok_code=201, also={"200": _json(SUBMITTED, REPEATED)},
+                            params=[_path("market", {"type": "string"}, "query"), IDEMPOTENCY_KEY],
                             body={"$ref": "#/components/schemas/JobDefinition"}),
             },
             "/jobs/{job_id}": {"get": _op("A job with its ops and events", _json(JOB), 401, 404, params=[job_id])},
