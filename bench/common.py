@@ -48,11 +48,11 @@ class FakeRuntime:
     def check(self):
         return None
 
-    def remove_leftovers(self, labels):
+    def remove_leftovers(self, owner):
         return 0
 
-    def volume_jobs(self, labels):
+    def volume_jobs(self, owner):
         return set()
 
-    def remove_volumes(self, labels):
+    def remove_volumes(self, owner, job_id):
         return 0

@@ -8,6 +8,7 @@ reverse; neither writes a field name or a queue name of its own.
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -19,6 +20,8 @@ MAX_VOLUME_JOBS = 1000
 # What a log line's stream may be: the container's two, or what peergrid itself says about the run.
 LOG_STREAMS = ("stdout", "stderr", "system")
 MAX_ID = 2**63 - 1
+# What a cluster id may be: it goes into the names of the Docker volumes workers make.
+CLUSTER_ID = re.compile(r"[a-z0-9]{1,32}")
 _INT32 = 2**31 - 1
 
 
@@ -192,8 +195,12 @@ class MarketSpec:
 
 @dataclass(frozen=True)
 class Registration:
-    """The answer to a node's registration: who it is, where offers come from, what markets exist."""
+    """The answer to a node's registration: who it is and in which cluster, where offers come from,
+    what markets exist."""
 
+    # Everything the node makes on its Docker engine carries it, beside the node's id: another
+    # cluster's workers on the same engine have nodes of the same ids.
+    cluster_id: str
     node_id: int
     node_name: str
     node_state: str
@@ -204,6 +211,7 @@ class Registration:
 
     def to_wire(self) -> dict[str, Any]:
         return {
+            "cluster": {"id": self.cluster_id},
             "node": {"id": self.node_id, "name": self.node_name, "state": self.node_state},
             "broker_url": self.broker_url,
             "heartbeat_interval_s": self.heartbeat_interval_s,
@@ -217,7 +225,11 @@ class Registration:
         node = _object(body.get("node"), "node")
         if not isinstance(body.get("broker_url"), str):
             raise ProtocolError("The registration answer names no broker.")
+        cluster = _object(body.get("cluster"), "cluster").get("id")
+        if not isinstance(cluster, str) or not CLUSTER_ID.fullmatch(cluster):
+            raise ProtocolError("cluster.id must be the cluster's id: 1 to 32 lowercase letters and digits.")
         return cls(
+            cluster_id=cluster,
             node_id=_whole(node.get("id"), "node.id", low=1),
             node_name=str(node.get("name", "")),
             node_state=str(node.get("state", "online")),

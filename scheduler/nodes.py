@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import secrets
 import unicodedata
 from datetime import datetime, timedelta
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from protocol.messages import GpuReport, HeartbeatAnswer, NodeReport, Registration
@@ -13,7 +15,8 @@ from scheduler.hearing import Hearing
 from scheduler.accounts import NODE_TOKEN_PREFIX, hash_token, new_token
 from scheduler.errors import AuthenticationError, Banned, Conflict, PeergridError
 from scheduler.markets import market_spec
-from scheduler.models import Attempt, Job, Market, Node, NodeGpu, Op, User
+from scheduler.models import Attempt, Cluster, Job, Market, Node, NodeGpu, Op, User
+from scheduler.models.cluster import THIS_CLUSTER
 from scheduler.states import ATTEMPT_HELD, JOB_FINISHED, NodeState, move, utcnow
 
 
@@ -94,6 +97,19 @@ def unban_node(session: Session, node: Node) -> None:
     node.ban_reason = None
 
 
+def cluster_id(session: Session) -> str:
+    """This cluster's id, made on first use: what its workers label everything they make with."""
+    uid = session.scalar(select(Cluster.uid).where(Cluster.id == THIS_CLUSTER))
+    if uid is not None:
+        return uid
+    try:
+        with session.begin_nested():
+            session.add(Cluster(id=THIS_CLUSTER, uid=secrets.token_hex(8), created_at=utcnow()))
+    except IntegrityError:
+        pass  # another process made it first; its id is the one
+    return session.scalar(select(Cluster.uid).where(Cluster.id == THIS_CLUSTER))
+
+
 def record_report(
     session: Session, node: Node, report: NodeReport, *, holds: bool | None = None, now: datetime | None = None
 ) -> None:
@@ -132,7 +148,7 @@ def register(
     now: datetime | None = None,
 ) -> Registration:
     """A worker (re)starting: what the node held before is gone with the old process. Answer with
-    who it is, the broker to take offers from, and the markets there are."""
+    who it is and in which cluster, the broker to take offers from, and the markets there are."""
     from scheduler.attempts import lose_attempts
 
     now = now or utcnow()
@@ -140,6 +156,7 @@ def register(
     node.registered_at = now
     record_report(session, node, report, now=now)
     return Registration(
+        cluster_id=cluster_id(session),
         node_id=node.id,
         node_name=node.name,
         node_state=node.state.value,

@@ -45,6 +45,27 @@ def test_register_answers_with_the_broker_and_markets(client, core, provider):
     assert answer["node"]["state"] == "online"
 
 
+def test_each_store_is_a_cluster_with_an_id_of_its_own_that_it_keeps(database_url, tmp_path):
+    """Given two stores whose nodes are both node 1, when their nodes register (twice), then each
+    store answers with its own cluster id, the same each time."""
+    ids = []
+    for name in ("a", "b"):
+        url = database_url if name == "a" else f"sqlite:///{tmp_path / 'b.sqlite'}"
+        if name == "b":
+            from scheduler.migrate import upgrade
+
+            upgrade(url)
+        (tmp_path / name).mkdir()
+        with served(url, tmp_path / name) as (core, client):
+            node_id, node_token, _ = factories.node(core)
+            first, again = (client.post("/api/v1/node/register", json=REPORT, headers=bearer(node_token)).json
+                            for _ in range(2))
+        assert node_id == 1 and first["node"]["id"] == 1
+        assert first["cluster"]["id"] == again["cluster"]["id"]
+        ids.append(first["cluster"]["id"])
+    assert ids[0] != ids[1]
+
+
 def test_a_user_token_is_not_a_node_token(client, core):
     _, api_token = factories.user(core)
     assert client.post("/api/v1/node/register", json=REPORT, headers=bearer(api_token)).status_code == 401

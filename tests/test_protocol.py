@@ -91,8 +91,8 @@ def test_every_message_reads_back_what_it_wrote():
     report = NodeReport(gpus=(gpu,), hostname="rig", slots=2, running=(4, 5), volume_jobs=(9,))
     assert NodeReport.from_wire(report.to_wire()) == report
     market = MarketSpec(slug="gpu", queue="market.gpu", gpu_count=2, min_vram_mb=80_000, gpu_models=("H100",))
-    registration = Registration(node_id=3, node_name="rig", node_state="online", broker_url="redis://x",
-                                heartbeat_interval_s=5.0, markets=(market,))
+    registration = Registration(cluster_id="0123abcd", node_id=3, node_name="rig", node_state="online",
+                                broker_url="redis://x", heartbeat_interval_s=5.0, markets=(market,))
     assert Registration.from_wire(registration.to_wire()) == registration
     beat = HeartbeatAnswer(state="busy", cancel=(7,), time_limits={8: 60}, ended_jobs=(2,))
     assert HeartbeatAnswer.from_wire(beat.to_wire()) == beat
@@ -119,6 +119,8 @@ def test_a_work_order_keeps_its_secrets_out_of_its_repr():
     (NodeReport.from_wire, {"running": [True]}, "running"),
     (NodeReport.from_wire, {"volume_jobs": list(range(1, 1002))}, "volume_jobs"),
     (Offer.from_wire, {"attempt_id": "1", "job_id": 1, "op": "a", "market": "cpu"}, "attempt_id"),
+    (Registration.from_wire, {"node": {"id": 1}, "broker_url": "redis://x"}, "cluster.id"),
+    (Registration.from_wire, {"cluster": {"id": "../x"}, "node": {"id": 1}, "broker_url": "redis://x"}, "cluster.id"),
     (lambda b: FinishedReport.from_wire(b, most_lines=2), {"exit_code": None}, "exit_code"),
     (lambda b: FinishedReport.from_wire(b, most_lines=2), {"exit_code": 0, "lines": [{"text": "a", "seq": 1}] * 3},
      "At most 2 lines"),

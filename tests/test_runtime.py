@@ -125,6 +125,20 @@ def test_inputs_appear_under_inputs_op_id(test_image, tmp_path):
     assert [t for _, t in lines] == ["alpha", "beta"]
 
 
+def test_an_op_whose_volume_is_gone_fails_rather_than_run_on_an_empty_one(test_image, docker_client):
+    """Docker would make a missing named volume, empty and unlabelled, and run the op on it."""
+    import uuid
+
+    volume = {"name": f"gone-{uuid.uuid4().hex[:8]}", "dest": "/data"}
+    spec = container_spec({"image": test_image, "cmd": "cat /data/note.txt", "volumes": [volume]}, network="none",
+                          cluster="c0ffee", job_id=7)
+    outcome = DockerRuntime().run(spec, lambda s, t: None)
+
+    assert outcome.exit_code is None
+    assert f"volume peergrid-c0ffee-7-{volume['name']} is no longer on this node" in outcome.error
+    assert docker_client.volumes.list(filters={"name": volume["name"]}) == []
+
+
 def test_containers_are_confined(test_image, docker_client):
     """No privilege, all but a few capabilities dropped, no new privileges, limits on processes and memory."""
     from worker.runtime import KEPT_CAPABILITIES, Limits

@@ -14,6 +14,7 @@ from datetime import datetime
 import pytest
 import requests
 
+from scheduler.nodes import cluster_id
 from tests import factories
 from tests.stack import Api, Stack
 
@@ -167,7 +168,8 @@ def test_ops_sharing_a_volume_run_on_the_node_that_made_it_which_removes_it_once
         run_op("read", test_image, "sleep 5; cat /data/note.txt", group="c", volumes=mount),
     )
     job_id = submit(stack, definition)
-    volume = {"name": f"peergrid-{job_id}-{name}"}
+    with stack.core.transaction() as session:
+        volume = {"name": f"peergrid-{cluster_id(session)}-{job_id}-{name}"}
     stack.api.wait(job_id, timeout=60, until=("running",))
     deadline = time.monotonic() + 30
     while op_of(stack.api.get(f"/jobs/{job_id}"), "read")["state"] != "running" and time.monotonic() < deadline:

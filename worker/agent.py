@@ -33,7 +33,7 @@ from worker.events import NodeEvents, event_hostname
 from worker.gpus import Inventory, probe, simulated_inventory
 from worker.images import PrivateImages
 from worker.logs import LogShipper
-from worker.runtime import DockerRuntime, Limits, container_spec, volume_name
+from worker.runtime import DockerRuntime, Limits, Owner, container_spec, volume_name
 from worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -76,6 +76,8 @@ class Agent:
         self._running: dict[int, Running] = {}
         self._markets: tuple[MarketSpec, ...] = ()
         self.registration: Registration | None = None
+        # The node of the cluster this worker is, known once registered: what it makes carries both.
+        self.owner: Owner | None = None
         self.broker_url: str | None = None
         self.heartbeat_interval_s = 10.0
         # Attempts this agent has run to an end since it started, for monitors.
@@ -138,12 +140,13 @@ class Agent:
         else:
             return
         self.registration = answer
+        self.owner = Owner(answer.cluster_id, answer.node_id)
         self.draining = answer.node_state == "draining"
         self.broker_url = answer.broker_url
         self._markets = answer.markets
         self.heartbeat_interval_s = answer.heartbeat_interval_s
-        log.info("registered as node %s (%s)", answer.node_name, answer.node_id)
-        removed = self.runtime.remove_leftovers({"peergrid.node": str(answer.node_id)})
+        log.info("registered as node %s (%s) of cluster %s", answer.node_name, answer.node_id, answer.cluster_id)
+        removed = self.runtime.remove_leftovers(self.owner)
         if removed:
             log.info("removed %d container(s) left from an earlier run of this node", removed)
         self._sweep_volumes([])  # volumes an earlier run left are found by their labels
@@ -232,13 +235,9 @@ class Agent:
 
         scratch = Path(tempfile.mkdtemp(prefix=f"peergrid-{attempt_id}-"))
         try:
-            labels = {
-                "peergrid.attempt": str(attempt_id),
-                "peergrid.job": str(attempt.job_id),
-                "peergrid.node": str(self.node_id),
-            }
+            labels = {**self.owner.labels(), "peergrid.attempt": str(attempt_id), "peergrid.job": str(attempt.job_id)}
             if "create_volume" in attempt.spec:
-                name = volume_name(attempt.job_id, attempt.spec["create_volume"])
+                name = volume_name(self.owner.cluster, attempt.job_id, attempt.spec["create_volume"])
                 started()
                 outcome = self.runtime.create_volume(name, labels)
                 if outcome.error is None:
@@ -248,6 +247,7 @@ class Agent:
             spec = container_spec(
                 attempt.spec,
                 network=self.settings.job_network,
+                cluster=self.owner.cluster,
                 job_id=attempt.job_id,
                 attempt=attempt.number,
                 labels=labels,
@@ -374,14 +374,13 @@ class Agent:
         if not self._sweeping.acquire(blocking=False):
             return  # the last sweep still runs; the server names these jobs again next time
         try:
-            node = str(self.node_id)
             with self._lock:
                 busy = {run.attempt.job_id for run in self._running.values()}
             for job_id in sorted(set(ended) - busy):
-                removed = self.runtime.remove_volumes({"peergrid.node": node, "peergrid.job": str(job_id)})
+                removed = self.runtime.remove_volumes(self.owner, job_id)
                 if removed:
                     log.info("removed %d volume(s) of job %s, which has ended", removed, job_id)
-            held = self.runtime.volume_jobs({"peergrid.node": node})
+            held = self.runtime.volume_jobs(self.owner)
             if held is not None:
                 self._volume_jobs = sorted(held)
         finally:

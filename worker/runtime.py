@@ -59,15 +59,31 @@ class ContainerSpec:
     registry_auth: dict[str, str] | None = field(default=None, repr=False)
 
 
-def volume_name(job_id: int, name: str) -> str:
-    """The Docker volume behind a job's named volume: one per job and name."""
-    return f"peergrid-{job_id}-{name}"
+@dataclass(frozen=True)
+class Owner:
+    """Whose things on a Docker engine these are: a node of a cluster.
+
+    One engine may serve workers of several clusters, whose nodes and jobs have the same ids, so
+    everything a worker makes carries both labels, and it lists and removes only what does.
+    """
+
+    cluster: str
+    node: int
+
+    def labels(self) -> dict[str, str]:
+        return {"peergrid.cluster": self.cluster, "peergrid.node": str(self.node)}
+
+
+def volume_name(cluster: str, job_id: int, name: str) -> str:
+    """The Docker volume behind a job's named volume: one per cluster, job and name."""
+    return f"peergrid-{cluster}-{job_id}-{name}"
 
 
 def container_spec(
     spec: dict,
     *,
     network: str,
+    cluster: str = "",
     job_id: int = 0,
     attempt: int = 1,
     labels: dict[str, str] | None = None,
@@ -97,7 +113,7 @@ def container_spec(
         if simulated_gpus:
             env["PEERGRID_GPUS_SIMULATED"] = "1"
     volumes = {
-        volume_name(job_id, v["name"]): v["dest"]
+        volume_name(cluster, job_id, v["name"]): v["dest"]
         for v in spec.get("volumes") or []
         if isinstance(v, dict) and v.get("name") and v.get("dest")
     }
@@ -204,21 +220,21 @@ class DockerRuntime:
             return Outcome(exit_code=None, error=f"Docker could not create the volume {name}: {docker_reason(e)}")
         return Outcome(exit_code=0)
 
-    def volume_jobs(self, labels: dict[str, str]) -> set[int] | None:
-        """The jobs whose volumes carry labels, or None when the engine cannot say."""
+    def volume_jobs(self, owner: Owner) -> set[int] | None:
+        """The jobs whose volumes owner keeps, or None when the engine cannot say."""
         try:
-            volumes = self.client().volumes.list(filters=_having(labels))
+            volumes = self.client().volumes.list(filters=_having(owner.labels()))
         except (RuntimeUnavailable, DockerException, OSError) as e:
             log.warning("could not list the jobs' volumes: %s", e)
             return None
         jobs = {(v.attrs.get("Labels") or {}).get("peergrid.job", "") for v in volumes}
         return {int(job) for job in jobs if job.isdigit()}
 
-    def remove_volumes(self, labels: dict[str, str]) -> int:
-        """Remove the volumes carrying labels; one a container still uses stays for a later call."""
+    def remove_volumes(self, owner: Owner, job_id: int) -> int:
+        """Remove the volumes owner keeps for a job; one a container still uses stays for a later call."""
         removed = 0
         try:
-            for volume in self.client().volumes.list(filters=_having(labels)):
+            for volume in self.client().volumes.list(filters=_having({**owner.labels(), "peergrid.job": str(job_id)})):
                 try:
                     volume.remove()
                     removed += 1
@@ -228,11 +244,11 @@ class DockerRuntime:
             log.warning("could not remove the jobs' volumes: %s", e)
         return removed
 
-    def remove_leftovers(self, labels: dict[str, str]) -> int:
+    def remove_leftovers(self, owner: Owner) -> int:
         """Remove containers a previous run of this worker left behind (it was killed, say)."""
         try:
             client = self.client()
-            leftovers = client.containers.list(all=True, filters=_having(labels))
+            leftovers = client.containers.list(all=True, filters=_having(owner.labels()))
             for container in leftovers:
                 container.remove(force=True)
             return len(leftovers)
@@ -269,6 +285,7 @@ class DockerRuntime:
             client = self.client()
             # Created from the id, so a pull of the same name meanwhile cannot change what runs.
             image_id = image_to_run(client, spec.image, spec.registry_auth, self.private_images)
+            self._check_volumes(client, spec)
             container = self._create(client, replace(spec, image=image_id))
             self._place_files(container, spec, inputs or {})
         except (RuntimeUnavailable, ContainerFailed) as e:
@@ -285,6 +302,18 @@ class DockerRuntime:
                 container.remove(force=True)
             except (DockerException, OSError) as e:
                 log.warning("could not remove container %s: %s", container.id[:12], e)
+
+    def _check_volumes(self, client: docker.DockerClient, spec: ContainerSpec) -> None:
+        """Refuse to run with a job's volume that is gone: Docker would make an empty one silently."""
+        for name in spec.volumes:
+            try:
+                client.volumes.get(name)
+            except NotFound:
+                raise ContainerFailed(
+                    f"The job's volume {name} is no longer on this node, so what earlier ops wrote there is gone."
+                ) from None
+            except (DockerException, OSError) as e:
+                raise ContainerFailed(f"Docker could not find the volume {name}: {docker_reason(e)}") from e
 
     def _create(self, client: docker.DockerClient, spec: ContainerSpec):
         devices = []
@@ -389,5 +418,7 @@ class DockerRuntime:
 
 
 def _having(labels: dict[str, str]) -> dict[str, list[str]]:
-    """Docker's filter for the things carrying all of labels."""
+    """Docker's filter for the things carrying all of labels, which must name their cluster and node."""
+    if not labels.get("peergrid.cluster") or not labels.get("peergrid.node"):
+        raise ValueError("A query of the engine must name the cluster and the node whose things it wants.")
     return {"label": [f"{k}={v}" for k, v in labels.items()]}

@@ -3,6 +3,7 @@
 from scheduler.models.accounts import ApiToken, User
 from scheduler.models.artifacts import Artifact
 from scheduler.models.base import Base
+from scheduler.models.cluster import Cluster
 from scheduler.models.events import JobEvent
 from scheduler.models.jobs import Attempt, Job, LogLine, Op
 from scheduler.models.liveness import Lease, Listener
@@ -22,4 +23,4 @@ __all__ = [
     "Lease",
     "Listener",
     "Artifact",
-    "Attempt", "Base", "Job", "JobEvent", "LogLine", "Market", "Node", "NodeGpu", "Op", "Secret", "User"]
+    "Attempt", "Base", "Cluster", "Job", "JobEvent", "LogLine", "Market", "Node", "NodeGpu", "Op", "Secret", "User"]
