@@ -125,6 +125,8 @@ class NodeReport:
     slots: int = 1
     # Attempts the node runs now.
     running: tuple[int, ...] = ()
+    # Attempts that have ended on the node whose outcome it keeps until the server takes it.
+    undelivered: tuple[int, ...] = ()
     # Jobs whose named volumes the node still keeps (at most MAX_VOLUME_JOBS).
     volume_jobs: tuple[int, ...] = ()
 
@@ -133,6 +135,7 @@ class NodeReport:
             **{f.name: getattr(self, f.name) for f in fields(self)},
             "gpus": [g.to_wire() for g in self.gpus],
             "running": list(self.running),
+            "undelivered": list(self.undelivered),
             "volume_jobs": list(self.volume_jobs[:MAX_VOLUME_JOBS]),
         }
 
@@ -152,6 +155,7 @@ class NodeReport:
             memory_mb=_whole(body.get("memory_mb"), "memory_mb", high=2**40, default=0),
             slots=_whole(body.get("slots"), "slots", low=1, high=1024, default=1),
             running=_ids(body.get("running"), "running must be a list of attempt ids."),
+            undelivered=_ids(body.get("undelivered"), "undelivered must be a list of attempt ids."),
             volume_jobs=_ids(
                 body.get("volume_jobs"), f"volume_jobs must be a list of at most {MAX_VOLUME_JOBS} job ids.",
                 most=MAX_VOLUME_JOBS,

@@ -301,6 +301,25 @@ def lose_attempts(session: Session, node: Node, why: str, *, now: datetime | Non
     return held
 
 
+def lose_forgotten(session: Session, node: Node, attempt_ids: list[int], *, now: datetime | None = None) -> list[Attempt]:
+    """End as lost the attempts of attempt_ids that node holds but no longer accounts for: it
+    neither runs them nor keeps their outcome to send (a report of their end went missing), so
+    nothing more will come of them on that node."""
+    now = now or utcnow()
+    forgotten = list(
+        session.scalars(
+            select(Attempt)
+            .where(Attempt.id.in_(attempt_ids), Attempt.node_id == node.id, Attempt.state.in_(ATTEMPT_HELD))
+            .order_by(Attempt.id)
+            .with_for_update()
+        )
+    )
+    for attempt in forgotten:
+        why = f"Lost: node {node.name} no longer runs it and has no outcome of it to report."
+        end_attempt(session, attempt, Ending.LOST, error=why, now=now)
+    return forgotten
+
+
 def expire_overdue(session: Session, *, grace_s: float, now: datetime | None = None) -> list[Attempt]:
     """Fail held attempts past their op's time limit plus grace: their node stopped reporting.
 

@@ -166,16 +166,33 @@ def register(
     )
 
 
-def heartbeat(session: Session, node: Node, report: NodeReport, *, now: datetime | None = None) -> HeartbeatAnswer:
-    """Refresh a node from its heartbeat; answer with what it must stop, how long what it holds may
-    run, and which of the jobs it keeps volumes for have ended."""
-    held = dict(
-        session.execute(
-            select(Attempt.id, Op.timeout_s)
-            .join(Op, Op.id == Attempt.op_id)
-            .where(Attempt.node_id == node.id, Attempt.state.in_(ATTEMPT_HELD))
-        ).all()
-    )
+def heartbeat(
+    session: Session,
+    node: Node,
+    report: NodeReport,
+    *,
+    heartbeat_interval_s: float = 10.0,
+    now: datetime | None = None,
+) -> HeartbeatAnswer:
+    """Refresh a node from its heartbeat and reconcile what it holds both ways: attempts it runs
+    that are no longer its own it must stop; attempts the server thinks it holds but it neither
+    runs nor keeps an outcome of are lost. Answer with what it must stop, how long what it holds
+    may run, and which of the jobs it keeps volumes for have ended."""
+    from scheduler.attempts import lose_forgotten
+
+    now = now or utcnow()
+    rows = session.execute(
+        select(Attempt.id, Op.timeout_s, Attempt.claimed_at)
+        .join(Op, Op.id == Attempt.op_id)
+        .where(Attempt.node_id == node.id, Attempt.state.in_(ATTEMPT_HELD))
+    ).all()
+    accounted = set(report.running) | set(report.undelivered)
+    # An attempt claimed within the last interval may have been won after the node made its report.
+    cutoff = now - timedelta(seconds=heartbeat_interval_s)
+    forgotten = [a for a, _, claimed in rows if a not in accounted and claimed is not None and claimed < cutoff]
+    if forgotten:
+        lose_forgotten(session, node, forgotten, now=now)
+    held = {a: timeout for a, timeout, _ in rows if a not in forgotten}
     record_report(session, node, report, holds=bool(held), now=now)
     return HeartbeatAnswer(
         state=node.state.value,

@@ -105,11 +105,25 @@ class Stack:
 
     def restart(self, name: str, start) -> None:
         """Stop the named process (SIGTERM, as an operator would) and start it again."""
-        for i, (each, process, _) in enumerate(self.processes):
-            if each == name and process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                process.wait(30)
+        self.terminate(name)
         start()
+
+    def terminate(self, name: str, sig: int = signal.SIGTERM, *, wait: float = 30) -> None:
+        """Signal the named process (SIGTERM, as an operator would) and wait for it to end."""
+        self.signal(name, sig)
+        for each, process, _ in self.processes:
+            if each == name:
+                process.wait(wait)
+
+    def signal(self, name: str, sig: int) -> None:
+        """Send the named process a signal, as Ctrl-C (SIGINT) or an operator would."""
+        for each, process, _ in self.processes:
+            if each == name and process.poll() is None:
+                process.send_signal(sig)
+
+    def process(self, name: str) -> subprocess.Popen:
+        """The named process as last started."""
+        return [process for each, process, _ in self.processes if each == name][-1]
 
     def kill(self, name: str) -> None:
         """kill -9 the named process."""

@@ -434,6 +434,46 @@ def test_the_reaper_loses_a_silent_nodes_attempts_and_offers_them_again(client, 
     assert late.status_code == 409  # the fencing token: reports from the old attempt are refused
 
 
+def test_a_heartbeat_reconciles_what_the_node_holds_both_ways(client, core):
+    """Given a node holding four attempts, when its heartbeat says it runs one, keeps the outcome of
+    another, and says nothing of a third claimed long ago nor of a fourth claimed just now, then
+    the third is lost (not billed, offered again) and the rest are still its own; an attempt it
+    runs that is no longer its own it is told to stop."""
+    from datetime import timedelta
+
+    from protocol.messages import NodeReport
+    from scheduler.attempts import claim_attempt
+    from scheduler.nodes import heartbeat
+    from scheduler.states import utcnow
+
+    node_id, node_token, _ = factories.node(core)
+    client.post("/api/v1/node/register", json={**REPORT, "slots": 8}, headers=bearer(node_token))
+    _, token = factories.user(core)
+    jobs = [submit(client, token) for _ in range(5)]
+    runs, kept, forgotten, fresh, cancelled = (first_attempt(job) for job in jobs)
+    for attempt_id in (runs, kept, forgotten, cancelled):
+        assert client.post(f"/api/v1/node/attempts/{attempt_id}/claim", headers=bearer(node_token)).status_code == 200
+    client.post(f"/api/v1/jobs/{jobs[4]['id']}/cancel", headers=bearer(token))
+    later = utcnow() + timedelta(seconds=30)
+    with core.transaction() as session:
+        node = session.get(Node, node_id)
+        claim_attempt(session, node, fresh, now=later - timedelta(seconds=1))
+
+    with core.transaction() as session:
+        answer = heartbeat(
+            session, session.get(Node, node_id), NodeReport(slots=8, running=(runs, cancelled), undelivered=(kept,)),
+            heartbeat_interval_s=2, now=later,
+        )
+
+    assert answer.cancel == (cancelled,)
+    assert sorted(answer.time_limits) == sorted([runs, kept, fresh])
+    states = {job["id"]: [a["state"] for a in client.get(f"/api/v1/jobs/{job['id']}", headers=bearer(token)).json[
+        "ops"][0]["attempts"]] for job in jobs[:4]}
+    assert list(states.values()) == [["claimed"], ["claimed"], ["lost", "queued"], ["claimed"]]
+    lost = client.get(f"/api/v1/jobs/{jobs[2]['id']}", headers=bearer(token)).json["ops"][0]["attempts"][0]
+    assert lost["cost"] == 0 and "no longer runs it" in lost["error"]
+
+
 def test_a_restarted_worker_loses_what_it_held(client, core, provider):
     _, node_token = provider
     _, token = factories.user(core)

@@ -88,7 +88,7 @@ def test_one_unit_for_gpu_memory():
 
 def test_every_message_reads_back_what_it_wrote():
     gpu = GpuReport(uuid="GPU-1", name="NVIDIA L4", memory_total_mb=23034, compute_capability="8.9")
-    report = NodeReport(gpus=(gpu,), hostname="rig", slots=2, running=(4, 5), volume_jobs=(9,))
+    report = NodeReport(gpus=(gpu,), hostname="rig", slots=2, running=(4, 5), undelivered=(3,), volume_jobs=(9,))
     assert NodeReport.from_wire(report.to_wire()) == report
     market = MarketSpec(slug="gpu", queue="market.gpu", gpu_count=2, min_vram_mb=80_000, gpu_models=("H100",))
     registration = Registration(cluster_id="0123abcd", node_id=3, node_name="rig", node_state="online",

@@ -32,7 +32,8 @@ from worker.errors import AttemptGone, ServerError, WorkerError
 from worker.events import NodeEvents, event_hostname
 from worker.gpus import Inventory, probe, simulated_inventory
 from worker.images import PrivateImages
-from worker.logs import LogShipper
+from worker.logs import MAX_BATCH, LogShipper
+from worker.outbox import Outbox
 from worker.runtime import DockerRuntime, Limits, Owner, container_spec, volume_name
 from worker.settings import WorkerSettings
 
@@ -86,6 +87,9 @@ class Agent:
         # The jobs whose volumes this node holds, as last listed; _sweeping is held while that runs.
         self._volume_jobs: list[int] = []
         self._sweeping = threading.Lock()
+        # Outcomes the server has not taken yet; _sending is held while one is sent.
+        self.outbox = Outbox(settings.data_dir / "outbox" if settings.data_dir else None)
+        self._sending = threading.Lock()
 
     # -- what the node tells the server ------------------------------------------------------
 
@@ -110,6 +114,9 @@ class Agent:
     def report(self) -> NodeReport:
         with self._lock:
             running = sorted(self._running)
+        # Read after what runs: an attempt's outcome is kept before it stops running, so an attempt
+        # that ends meanwhile is in one list or the other, never in neither.
+        undelivered = self.outbox.held()
         return NodeReport(
             hostname=platform.node(),
             agent_version=__version__,
@@ -120,23 +127,28 @@ class Agent:
             gpu_message=self.inventory.message,
             gpus=tuple(self._gpu_reports()),
             running=tuple(running),
+            undelivered=tuple(undelivered),
             # The rest wait for later heartbeats.
             volume_jobs=tuple(self._volume_jobs[:MAX_VOLUME_JOBS]),
         )
 
     def register(self) -> None:
-        """Register with the server, waiting for it to come up."""
+        """Register with the server, waiting for it to come up; first deliver the outcomes an
+        earlier run kept, since registering gives up whatever the node held."""
         delay = 1.0
         while not self.stopping.is_set():
             try:
-                answer = self.client.register(self.report())
-                break
+                if self.deliver_outbox():
+                    answer = self.client.register(self.report())
+                    break
+                log.warning("cannot deliver the outcomes of attempts %s yet; registering once the server takes them",
+                            ", ".join(map(str, self.outbox.held())))
             except ServerError as e:
                 if e.status is not None and e.status < 500:
                     raise
                 log.warning("cannot register yet: %s", e)
-                self.stopping.wait(delay)
-                delay = min(delay * 2, 15)
+            self.stopping.wait(delay)
+            delay = min(delay * 2, 15)
         else:
             return
         self.registration = answer
@@ -281,11 +293,9 @@ class Agent:
                 log.exception("attempt %s crashed in the worker", attempt_id)
                 message = "The worker failed while running the op."
             shipper.add("system", f"[peergrid] {message}")
-            shipper.close(timeout=5)
-            try:
-                self.client.finished(attempt_id, FinishedReport(exit_code=None, error=message))
-            except ServerError:
-                pass
+            lines = shipper.finish(timeout=5)
+            if not (run.cancel.is_set() or shipper.gone.is_set()):
+                self._end(attempt_id, FinishedReport(exit_code=None, error=message, lines=tuple(lines)))
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
             self.capacity.release(attempt_id)
@@ -306,12 +316,72 @@ class Agent:
             log.info("attempt %s was taken back by the server; not reporting it", attempt_id, extra=ids)
             return
         log.info("attempt %s ended: exit code %s%s", attempt_id, exit_code, f", {error}" if error else "", extra=ids)
+        self._end(attempt_id, FinishedReport(exit_code=exit_code, error=error, lines=tuple(lines)))
+
+    # -- outcomes ----------------------------------------------------------------------------
+
+    def _end(self, attempt_id: int, report: FinishedReport) -> None:
+        """Keep an attempt's outcome, then try to deliver it; what is not delivered now goes later."""
+        self.outbox.put(attempt_id, report)
         try:
-            self.client.finished(attempt_id, FinishedReport(exit_code=exit_code, error=error, lines=tuple(lines)))
-        except AttemptGone:
-            log.info("attempt %s ended but is no longer ours", attempt_id)
+            with self._sending:
+                delivered = self._deliver(attempt_id, retries=3)
         except ServerError as e:
-            log.error("could not report attempt %s finished: %s", attempt_id, e)
+            log.error("the server refuses this node's report of attempt %s: %s", attempt_id, e)
+            return
+        if not delivered:
+            log.warning("could not report attempt %s finished yet; keeping its outcome and sending it again "
+                        "until the server takes it", attempt_id)
+
+    def deliver_outbox(self) -> bool:
+        """Send the kept outcomes, oldest first; True when none is left.
+
+        Raises:
+            ServerError: the server refuses this node (401 or 403); the outcomes stay kept.
+        """
+        with self._sending:
+            for attempt_id in self.outbox.held():
+                if not self._deliver(attempt_id, retries=0):
+                    return False  # the server is not answering; the rest wait with this one
+        return True
+
+    def _deliver(self, attempt_id: int, *, retries: int) -> bool:
+        """Send one kept outcome; True when the server took it or never will, and it is no longer
+        kept; False when it could not be told now (down, or failing)."""
+        report = self.outbox.get(attempt_id)
+        if report is None:
+            return True
+        lines = report.lines
+        try:
+            # The finished report carries at most one batch; the server stores each line once.
+            while len(lines) > MAX_BATCH:
+                if self.client.logs(attempt_id, lines[:MAX_BATCH], retries=retries).full:
+                    lines = ()
+                    break
+                lines = lines[MAX_BATCH:]
+            self.client.finished(attempt_id, replace(report, lines=lines), retries=retries)
+        except AttemptGone:
+            log.info("attempt %s ended but is no longer ours; its outcome is dropped", attempt_id)
+        except ServerError as e:
+            if e.status in (401, 403):
+                raise
+            if e.status is None or e.status >= 500 or e.status in (408, 429):
+                return False
+            log.error("the server cannot take the outcome of attempt %s (%s); dropping it", attempt_id, e)
+        else:
+            log.info("reported attempt %s finished", attempt_id)
+        self.outbox.remove(attempt_id)
+        return True
+
+    def _send_outbox(self) -> None:
+        """Send the outcomes that could not be delivered when their attempts ended, until taken."""
+        while not self.stopping.wait(min(self.heartbeat_interval_s, 5.0)):
+            if not self.outbox.held():
+                continue
+            try:
+                self.deliver_outbox()
+            except ServerError as e:
+                log.warning("the server refuses this node's reports: %s", e)
 
     def _fetch_inputs(self, attempt: WorkOrder, scratch: Path, shipper: LogShipper) -> dict[str, Path]:
         inputs = {}
@@ -396,6 +466,7 @@ class Agent:
         if self.stopping.is_set():
             return
         threading.Thread(target=self._heartbeats, name="heartbeat", daemon=True).start()
+        threading.Thread(target=self._send_outbox, name="outbox", daemon=True).start()
         if self.settings.events:
             self.events = NodeEvents(
                 self.broker_url, event_hostname(self.registration.node_name), freq=self.heartbeat_interval_s, load=self.load

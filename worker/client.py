@@ -68,13 +68,13 @@ class NodeClient:
     def started(self, attempt_id: int) -> None:
         self._post(f"/attempts/{attempt_id}/started")
 
-    def logs(self, attempt_id: int, lines: list[LogRecord]) -> LogsAnswer:
+    def logs(self, attempt_id: int, lines: list[LogRecord] | tuple[LogRecord, ...], *, retries: int = 3) -> LogsAnswer:
         body = {"lines": [line.to_wire() for line in lines]}
-        return _read(LogsAnswer.from_wire, self._post(f"/attempts/{attempt_id}/logs", body))
+        return _read(LogsAnswer.from_wire, self._post(f"/attempts/{attempt_id}/logs", body, retries=retries))
 
-    def finished(self, attempt_id: int, report: FinishedReport) -> None:
+    def finished(self, attempt_id: int, report: FinishedReport, *, retries: int = 3) -> None:
         """Report how the attempt ended, with the log lines not sent yet."""
-        self._post(f"/attempts/{attempt_id}/finished", report.to_wire(), retries=8)
+        self._post(f"/attempts/{attempt_id}/finished", report.to_wire(), retries=retries)
 
     def upload_artifact(self, attempt_id: int, archive, sha256: str) -> None:
         """PUT the output archive; retried on connection failures and 5xx like other reports."""

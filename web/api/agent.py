@@ -45,7 +45,10 @@ def node_register():
 
 @bp.post("/node/heartbeat")
 def node_heartbeat():
-    return jsonify(heartbeat(db(), require_node(), NodeReport.from_wire(_body())).to_wire())
+    answer = heartbeat(
+        db(), require_node(), NodeReport.from_wire(_body()), heartbeat_interval_s=core().settings.heartbeat_interval_s
+    )
+    return jsonify(answer.to_wire())
 
 
 @bp.post("/node/attempts/<int:attempt_id>/claim")

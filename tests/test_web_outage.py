@@ -1,0 +1,96 @@
+"""What a worker could not report while the web was down reaches the server when it returns,
+across a worker killed -9 and started again meanwhile."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+import pytest
+
+from tests import factories
+from tests.stack import Api, Stack
+
+# Longer than the worker keeps retrying one report (about 40 s), shorter than the node timeout.
+OUTAGE_S = 45
+
+
+def one_op(image: str, cmd: str) -> dict:
+    return {"version": "0.1", "type": "container", "ops": [
+        {"type": "container/run", "id": "op", "args": {"image": image, "cmd": cmd}}]}
+
+
+@pytest.fixture
+def stack(tmp_path, sqlite_url, test_image):
+    # A long node timeout: this is about the reports, not the reaper.
+    with Stack(tmp_path, database_url=sqlite_url, broker_url=f"sqla+sqlite:///{tmp_path / 'broker.sqlite'}",
+               extra_env={"PEERGRID_HEARTBEAT_INTERVAL": "1", "PEERGRID_NODE_TIMEOUT": "300"}) as stack:
+        stack.start_web()
+        stack.start_scheduler()
+        _, stack.node_token, _ = factories.node(stack.core, name="rig")
+        stack.start_worker(stack.node_token)
+        _, token = factories.user(stack.core)
+        stack.api = Api(stack.url, token)
+        yield stack
+    leftovers = subprocess.run(["docker", "ps", "-aq", "--filter", "label=peergrid.job"], capture_output=True,
+                               text=True).stdout.split()
+    if leftovers:
+        subprocess.run(["docker", "rm", "-f", *leftovers], capture_output=True)
+
+
+def started(stack: Stack, job_id: int) -> None:
+    """Wait until the op runs and its first line has reached the server."""
+    deadline = time.monotonic() + 30
+    while [line["text"] for line in stack.api.get(f"/jobs/{job_id}/logs")["lines"]] != ["begin"]:
+        assert time.monotonic() < deadline, stack.logs()
+        time.sleep(0.1)
+
+
+def container_gone(stack: Stack, job_id: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while subprocess.run(["docker", "ps", "-aq", "--filter", f"label=peergrid.job={job_id}"], capture_output=True,
+                         text=True).stdout.split():
+        assert time.monotonic() < deadline, stack.logs()
+        time.sleep(0.2)
+
+
+def test_an_op_that_ends_while_the_web_is_down_succeeds_with_its_logs_once_it_returns(stack, test_image):
+    """Given an op running, when the web goes down, the op prints more and ends, and the web stays
+    down longer than the worker retries a report, then once the web is back the op has succeeded on
+    its first attempt with every line it printed."""
+    job_id = stack.api.post("/jobs", one_op(test_image, "echo begin; sleep 2; for i in 1 2 3; do echo line-$i; done")).json()["id"]
+    started(stack, job_id)
+
+    stack.terminate("web")
+    container_gone(stack, job_id)
+    time.sleep(OUTAGE_S)
+    stack.start_web()
+    body = stack.api.wait(job_id, timeout=30)
+
+    attempts = body["ops"][0]["attempts"]
+    assert body["state"] == "succeeded", stack.logs()
+    assert [a["state"] for a in attempts] == ["succeeded"]
+    assert [line["text"] for line in stack.api.get(f"/jobs/{job_id}/logs")["lines"]] == [
+        "begin", "line-1", "line-2", "line-3"]
+
+
+def test_an_outcome_kept_by_a_worker_killed_while_the_web_was_down_reaches_the_server(stack, test_image):
+    """Given an op that ended while the web was down, when its worker is killed -9 and started again
+    while the web is still down, then once the web is back the op has succeeded on its first
+    attempt, with its logs, rather than been lost by the worker registering anew."""
+    job_id = stack.api.post("/jobs", one_op(test_image, "echo begin; sleep 2; echo end")).json()["id"]
+    started(stack, job_id)
+
+    stack.terminate("web")
+    container_gone(stack, job_id)
+    time.sleep(2)  # the worker's first tries to report fail
+    stack.kill("worker")
+    stack.start_worker(stack.node_token)
+    time.sleep(3)
+    stack.start_web()
+    body = stack.api.wait(job_id, timeout=30)
+
+    attempts = body["ops"][0]["attempts"]
+    assert body["state"] == "succeeded", stack.logs()
+    assert [a["state"] for a in attempts] == ["succeeded"], stack.logs()
+    assert [line["text"] for line in stack.api.get(f"/jobs/{job_id}/logs")["lines"]] == ["begin", "end"]

@@ -1,0 +1,104 @@
+"""Outcomes of attempts that the server has not taken yet, kept until it does.
+
+An attempt's end (how it ended, with the log lines the server does not have) is written here
+before it is sent, one file per attempt, and removed once the server has answered: taken (2xx),
+or no longer this node's (409). What the server could not be told while it was down is sent
+again until it takes it, by this process or, after a crash, by the next one before it registers,
+since registering gives up whatever the node held.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import threading
+from pathlib import Path
+
+from protocol.messages import FinishedReport, ProtocolError
+
+log = logging.getLogger(__name__)
+
+# Lines of one kept outcome: as many as the log shipper may hold.
+_MOST_LINES = 10**7
+
+
+class Outbox:
+    """The outcomes not delivered yet, in a folder (or, without one, in memory only)."""
+
+    def __init__(self, folder: Path | None):
+        self.folder = folder
+        self._lock = threading.Lock()
+        self._memory: dict[int, FinishedReport] = {}
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    def put(self, attempt_id: int, report: FinishedReport) -> None:
+        """Keep an attempt's outcome, replacing any kept before; it is on disk when this returns."""
+        with self._lock:
+            if self.folder is None:
+                self._memory[attempt_id] = report
+                return
+            body = json.dumps({"attempt_id": attempt_id, "finished": report.to_wire()}).encode()
+            # Written beside its final name and renamed over it: a crash leaves the old file or the new.
+            fd, temporary = tempfile.mkstemp(prefix=f".{attempt_id}-", suffix=".tmp", dir=self.folder)
+            try:
+                with os.fdopen(fd, "wb") as out:
+                    out.write(body)
+                    out.flush()
+                    os.fsync(out.fileno())
+                os.replace(temporary, self._path(attempt_id))
+            except BaseException:
+                Path(temporary).unlink(missing_ok=True)
+                raise
+            _sync_folder(self.folder)
+
+    def get(self, attempt_id: int) -> FinishedReport | None:
+        """The kept outcome of an attempt; None when there is none, or it cannot be read (then it is
+        set aside, with a log line, so it is not tried forever)."""
+        with self._lock:
+            if self.folder is None:
+                return self._memory.get(attempt_id)
+            path = self._path(attempt_id)
+            try:
+                body = json.loads(path.read_bytes())
+                return FinishedReport.from_wire(body["finished"], most_lines=_MOST_LINES)
+            except FileNotFoundError:
+                return None
+            except (OSError, ValueError, KeyError, TypeError, ProtocolError) as e:
+                log.error("cannot read the kept outcome of attempt %s (%s); moving it to %s.bad", attempt_id, e, path)
+                path.replace(path.with_suffix(".bad"))
+                return None
+
+    def remove(self, attempt_id: int) -> None:
+        with self._lock:
+            if self.folder is None:
+                self._memory.pop(attempt_id, None)
+                return
+            self._path(attempt_id).unlink(missing_ok=True)
+            _sync_folder(self.folder)
+
+    def held(self) -> list[int]:
+        """The attempts whose outcome is kept, oldest id first."""
+        with self._lock:
+            if self.folder is None:
+                return sorted(self._memory)
+            return sorted(int(p.stem) for p in self.folder.glob("*.json") if p.stem.isdigit())
+
+    def _path(self, attempt_id: int) -> Path:
+        return self.folder / f"{attempt_id}.json"
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make a rename or removal in folder survive a power cut."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
