@@ -29,9 +29,17 @@ from cli import fail, main, setup_logging
               help="Send Celery worker events so Flower lists this node (needs publish rights on the broker).")
 @click.option("--data-dir", envvar="PEERGRID_WORKER_DATA_DIR", type=click.Path(file_okay=False),
               help="Where the worker keeps its state [default: ~/.local/state/peergrid-worker].")
+@click.option("--drain-timeout", envvar="PEERGRID_DRAIN_TIMEOUT", type=click.FloatRange(0), default=300, show_default=True,
+              help="Seconds a first Ctrl-C lets running ops go on before they are given back.")
 def worker(server: str, token: str, name: str | None, simulate_gpus: str | None, slots: int, job_network: str,
-           job_memory_mb: int | None, job_cpus: float | None, events: bool, data_dir: str | None) -> None:
-    """Run the provider's agent: take offers and run them in Docker."""
+           job_memory_mb: int | None, job_cpus: float | None, events: bool, data_dir: str | None,
+           drain_timeout: float) -> None:
+    """Run the provider's agent: take offers and run them in Docker.
+
+    A first Ctrl-C drains it: it takes nothing new, lets what runs finish (up to --drain-timeout
+    seconds) and exits. A second Ctrl-C, or SIGTERM, gives what still runs back to the server now,
+    to be offered again at once: not billed, and not counted as one of the op's tries.
+    """
     from worker.agent import Agent
     from worker.errors import WorkerError
     from worker.settings import WorkerSettings
@@ -41,18 +49,29 @@ def worker(server: str, token: str, name: str | None, simulate_gpus: str | None,
         settings = WorkerSettings.from_env(
             server=server, token=token, name=name, simulate_gpus=simulate_gpus, slots=slots, job_network=job_network,
             memory_limit_mb=job_memory_mb, cpu_limit=job_cpus, events=events,
-            data_dir=Path(data_dir) if data_dir else None,
+            data_dir=Path(data_dir) if data_dir else None, drain_timeout_s=drain_timeout,
         )
         agent = Agent(settings)
     except WorkerError as e:
         fail(str(e))
 
-    def _stop(signum, _frame):
-        logging.getLogger("worker").info("stopping (signal %s): stopping running containers and reporting them", signum)
+    say = logging.getLogger("worker").info
+
+    def _interrupt(_signum, _frame):
+        if agent.leaving:
+            say("Ctrl-C again: giving back what runs, to be offered again")
+            agent.stop()
+            return
+        say("draining: taking nothing new; %d running op(s) may finish within %g s. Ctrl-C again gives them back now",
+            agent.running_count(), settings.drain_timeout_s)
+        agent.drain(settings.drain_timeout_s)
+
+    def _terminate(_signum, _frame):
+        say("stopping (SIGTERM): giving back what runs, to be offered again")
         agent.stop()
 
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         agent.run()
     except WorkerError as e:

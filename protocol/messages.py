@@ -458,6 +458,30 @@ class FinishedReport:
 
 
 @dataclass(frozen=True)
+class ReleaseReport:
+    """A node giving an attempt back unfinished, its worker stopping: the server offers it again
+    at once, unbilled and not counted as a try. With why, and the log lines not sent yet."""
+
+    reason: str
+    lines: tuple[LogRecord, ...] = ()
+
+    def to_wire(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"reason": self.reason}
+        if self.lines:
+            body["lines"] = [line.to_wire() for line in self.lines]
+        return body
+
+    @classmethod
+    def from_wire(cls, body: Any, *, most_lines: int) -> ReleaseReport:
+        body = _object(body, "The release report")
+        lines = body.get("lines") or []
+        if not isinstance(lines, list):
+            raise ProtocolError('lines must be a list of {"seq", "stream", "text"}.')
+        reason = _text(body.get("reason"), 500) or "its worker was stopped"
+        return cls(reason=reason, lines=tuple(log_records(lines, most=most_lines)))
+
+
+@dataclass(frozen=True)
 class LogsAnswer:
     """What became of a batch of log lines."""
 

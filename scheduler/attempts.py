@@ -13,7 +13,16 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from protocol.gpus import gpu_shortfall
-from protocol.messages import LOG_STREAMS, ClaimAnswer, FinishedReport, InputRef, LogRecord, LogsAnswer, WorkOrder
+from protocol.messages import (
+    LOG_STREAMS,
+    ClaimAnswer,
+    FinishedReport,
+    InputRef,
+    LogRecord,
+    LogsAnswer,
+    ReleaseReport,
+    WorkOrder,
+)
 from scheduler import events
 from scheduler.artifacts import job_artifacts
 from scheduler.errors import Conflict, NotFound, SecretMissing
@@ -286,6 +295,28 @@ def report_finished(
     if report.lines:
         append_logs(session, node, attempt_id, report.lines, limits=limits, now=now)
     return finish_attempt(session, node, attempt_id, exit_code=report.exit_code, error=report.error, now=now)
+
+
+def release_attempt(
+    session: Session, node: Node, attempt_id: int, report: ReleaseReport, *, limits: LogLimits,
+    now: datetime | None = None,
+) -> Attempt:
+    """A node giving an attempt back unfinished because its worker is stopping: store its last log
+    lines, then end it released, which bills nothing, uses up no try and offers the op again at once.
+
+    Raises:
+        NotFound: no such attempt.
+        Conflict: the attempt is not this node's, or is over.
+    """
+    now = now or utcnow()
+    if report.lines:
+        append_logs(session, node, attempt_id, report.lines, limits=limits, now=now)
+    attempt = held_attempt(session, node, attempt_id)
+    reason = redact(report.reason, job_masks(session, attempt.op.job_id))
+    end_attempt(
+        session, attempt, Ending.RELEASED, error=f"Unfinished, given back by node {node.name}: {reason}", now=now
+    )
+    return attempt
 
 
 def lose_attempts(session: Session, node: Node, why: str, *, now: datetime | None = None) -> list[Attempt]:

@@ -270,6 +270,7 @@ _NOT_BILLED = {
     Ending.LOST: "Not billed: lost with its node.",
     Ending.TIMED_OUT: "Not billed: its node stopped reporting.",
     Ending.REFUSED: "Not billed: it was never handed to its node.",
+    Ending.RELEASED: "Not billed: its node gave it back unfinished.",
 }
 # Endings decided for the op as a whole, whose caller then ends the op (cancel_job, stop_op).
 _OP_WIDE = frozenset({Ending.CANCELLED, Ending.STOPPED})
@@ -298,6 +299,8 @@ def end_attempt(
         state = (AttemptState.STOPPED if ending == Ending.STOPPED else AttemptState.CANCELLED) if held else AttemptState.CANCELLED
     elif ending == Ending.LOST:
         state = AttemptState.LOST
+    elif ending == Ending.RELEASED:
+        state = AttemptState.RELEASED
     else:
         state = AttemptState.SUCCEEDED if succeeded else AttemptState.FAILED
     attempt.exit_code = exit_code
@@ -318,7 +321,9 @@ def end_attempt(
                 attempt=attempt, now=now,
             )
         return
-    kind = {Ending.LOST: "lost", Ending.TIMED_OUT: "timed_out", Ending.REFUSED: "refused"}.get(ending, "exited")
+    kind = {
+        Ending.LOST: "lost", Ending.TIMED_OUT: "timed_out", Ending.REFUSED: "refused", Ending.RELEASED: "given_back",
+    }.get(ending, "exited")
     message = "the container exited with code 0." if succeeded else attempt.error
     events.record(session, op.job, kind, f"{op.key}: {message}", attempt=attempt, now=now)
     _settle_op(session, op, attempt, now=now)
@@ -328,10 +333,16 @@ def _settle_op(session: Session, op: Op, attempt: Attempt, *, now: datetime) -> 
     """Settle an op after one of its attempts ended: success, another try, or failure."""
     op.exit_code = attempt.exit_code
     lost = sum(1 for a in op.attempts if a.state == AttemptState.LOST)
-    tries = len(op.attempts) - lost
+    released = sum(1 for a in op.attempts if a.state == AttemptState.RELEASED)
+    tries = len(op.attempts) - lost - released
     if attempt.state == AttemptState.SUCCEEDED:
         op.error = None
         move(op, OpState.SUCCEEDED, now=now)
+    elif attempt.state == AttemptState.RELEASED:
+        # Its provider stopped the worker cleanly: no fault of the op's, so no count stops it.
+        move(op, OpState.QUEUED, now=now)
+        events.record(session, op.job, "requeued", f"{op.key}: its node gave it back; offering it again.", op=op, now=now)
+        new_attempt(session, op, now=now)
     elif attempt.state == AttemptState.LOST and lost < MAX_LOST_ATTEMPTS:
         move(op, OpState.QUEUED, now=now)
         events.record(session, op.job, "requeued", f"{op.key}: its node was lost; offering it again.", op=op, now=now)

@@ -41,6 +41,7 @@ class AttemptState(str, enum.Enum):
     LOST = "lost"  # set by the reaper when the node went silent; never billed
     CANCELLED = "cancelled"  # set when its job is cancelled
     STOPPED = "stopped"  # set when its op was stopped because an op it depends on ended
+    RELEASED = "released"  # set when its node gave it back unfinished, its worker stopping; never billed
 
 
 class Ending(str, enum.Enum):
@@ -53,6 +54,7 @@ class Ending(str, enum.Enum):
     TIMED_OUT = "timed_out"  # its node stopped reporting past the op's time limit: not billed
     CANCELLED = "cancelled"  # its job was cancelled: the time it ran is billed
     STOPPED = "stopped"  # its op was stopped, what it served having ended: the time it ran is billed
+    RELEASED = "released"  # its node gave it back, its worker stopping: never billed, offered again at once, not a try
 
 
 class NodeState(str, enum.Enum):
@@ -95,13 +97,14 @@ _A = AttemptState
 ATTEMPT_TRANSITIONS: dict[AttemptState, frozenset[AttemptState]] = {
     _A.QUEUED: frozenset({_A.CLAIMED, _A.CANCELLED}),
     # claimed → failed: the node could not start the container at all
-    _A.CLAIMED: frozenset({_A.RUNNING, _A.FAILED, _A.SUCCEEDED, _A.LOST, _A.CANCELLED, _A.STOPPED}),
-    _A.RUNNING: frozenset({_A.SUCCEEDED, _A.FAILED, _A.LOST, _A.CANCELLED, _A.STOPPED}),
+    _A.CLAIMED: frozenset({_A.RUNNING, _A.FAILED, _A.SUCCEEDED, _A.LOST, _A.CANCELLED, _A.STOPPED, _A.RELEASED}),
+    _A.RUNNING: frozenset({_A.SUCCEEDED, _A.FAILED, _A.LOST, _A.CANCELLED, _A.STOPPED, _A.RELEASED}),
     _A.SUCCEEDED: frozenset(),
     _A.FAILED: frozenset(),
     _A.LOST: frozenset(),
     _A.CANCELLED: frozenset(),
     _A.STOPPED: frozenset(),
+    _A.RELEASED: frozenset(),
 }
 
 _N = NodeState
@@ -128,7 +131,14 @@ OP_FINISHED = frozenset(
 OP_FINE = frozenset({OpState.SUCCEEDED, OpState.STOPPED})
 OP_UNFINISHED = frozenset(OpState) - OP_FINISHED
 ATTEMPT_FINISHED = frozenset(
-    {AttemptState.SUCCEEDED, AttemptState.FAILED, AttemptState.LOST, AttemptState.CANCELLED, AttemptState.STOPPED}
+    {
+        AttemptState.SUCCEEDED,
+        AttemptState.FAILED,
+        AttemptState.LOST,
+        AttemptState.CANCELLED,
+        AttemptState.STOPPED,
+        AttemptState.RELEASED,
+    }
 )
 # Attempts a node holds: reports for these are accepted from their node.
 ATTEMPT_HELD = frozenset({AttemptState.CLAIMED, AttemptState.RUNNING})

@@ -488,6 +488,35 @@ def test_a_restarted_worker_loses_what_it_held(client, core, provider):
     assert "restarted" in attempts[0]["error"]
 
 
+def test_an_attempt_given_back_is_offered_again_at_once_unbilled_and_is_no_try(client, core, provider):
+    """Given an op that allows one try, when its node gives its attempt back more often than an op
+    may lose nodes, then each attempt is released, unbilled, with its last lines kept, and a new
+    attempt is offered each time; a node cannot give back what is not its own."""
+    from scheduler.orchestration import MAX_LOST_ATTEMPTS
+
+    _, node_token = provider
+    _, token = factories.user(core)
+    job = submit(client, token)
+    for n in range(MAX_LOST_ATTEMPTS + 1):
+        attempt_id = client.get(f"/api/v1/jobs/{job['id']}", headers=bearer(token)).json["ops"][0]["attempts"][-1]["id"]
+        client.post(f"/api/v1/node/attempts/{attempt_id}/claim", headers=bearer(node_token))
+        client.post(f"/api/v1/node/attempts/{attempt_id}/started", headers=bearer(node_token))
+        body = {"reason": "its worker was stopped", "lines": [{"seq": 1, "stream": "stdout", "text": f"try {n}"}]}
+        released = client.post(f"/api/v1/node/attempts/{attempt_id}/release", json=body, headers=bearer(node_token))
+        assert released.status_code == 200 and released.json["state"] == "released"
+
+    again = client.post(f"/api/v1/node/attempts/{attempt_id}/release", json={}, headers=bearer(node_token))
+    assert again.status_code == 409
+    op = client.get(f"/api/v1/jobs/{job['id']}", headers=bearer(token)).json["ops"][0]
+    assert [a["state"] for a in op["attempts"]] == ["released"] * (MAX_LOST_ATTEMPTS + 1) + ["queued"]
+    assert op["state"] == "queued"  # the op allows one try (hello_world sets no retries)
+    first = op["attempts"][0]
+    assert first["cost"] == 0 and "Not billed" in first["cost_note"]
+    assert first["error"] == f"Unfinished, given back by node {first['node']['name']}: its worker was stopped"
+    logs = client.get(f"/api/v1/jobs/{job['id']}/logs", headers=bearer(token)).json["lines"]
+    assert [line["text"] for line in logs] == [f"try {n}" for n in range(MAX_LOST_ATTEMPTS + 1)]
+
+
 def test_an_op_that_keeps_losing_nodes_fails_in_the_end(client, core):
     from scheduler.orchestration import MAX_LOST_ATTEMPTS
 

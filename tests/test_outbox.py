@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from protocol.messages import FinishedReport, LogRecord
+from protocol.messages import FinishedReport, LogRecord, ReleaseReport
 from worker.outbox import Outbox
 
 
 def test_an_outcome_outlives_the_process_that_kept_it_and_goes_once_removed(tmp_path):
     report = FinishedReport(exit_code=3, error="boom", lines=tuple(LogRecord(i, "stdout", f"line-{i}") for i in range(1, 2500)))
     Outbox(tmp_path / "outbox").put(7, report)
-    Outbox(tmp_path / "outbox").put(12, FinishedReport(exit_code=0))
+    Outbox(tmp_path / "outbox").put(12, ReleaseReport(reason="its worker was stopped"))
 
     again = Outbox(tmp_path / "outbox")  # as a worker started anew finds it
     assert again.held() == [7, 12]
-    assert again.get(7) == report
+    assert again.get(7) == report and again.get(12) == ReleaseReport(reason="its worker was stopped")
     again.remove(7)
     assert again.held() == [12] and again.get(7) is None
     assert sorted(p.name for p in (tmp_path / "outbox").iterdir()) == ["12.json"]  # no temporary files left

@@ -19,6 +19,7 @@ from protocol.messages import (
     Offer,
     ProtocolError,
     Registration,
+    ReleaseReport,
     WorkOrder,
 )
 from scheduler.markets import create_market
@@ -105,6 +106,8 @@ def test_every_message_reads_back_what_it_wrote():
     assert ClaimAnswer.from_wire(ClaimAnswer(order).to_wire()) == ClaimAnswer(order)
     finished = FinishedReport(exit_code=0, lines=(LogRecord(1, "stdout", "done"),))
     assert FinishedReport.from_wire(finished.to_wire(), most_lines=10) == finished
+    released = ReleaseReport(reason="its worker was stopped", lines=(LogRecord(2, "system", "given back"),))
+    assert ReleaseReport.from_wire(released.to_wire(), most_lines=10) == released
 
 
 def test_a_work_order_keeps_its_secrets_out_of_its_repr():

@@ -20,6 +20,7 @@ from protocol.messages import (
     Offer,
     ProtocolError,
     Registration,
+    ReleaseReport,
     WorkOrder,
     node_queue,
 )
@@ -33,7 +34,7 @@ from worker.events import NodeEvents, event_hostname
 from worker.gpus import Inventory, probe, simulated_inventory
 from worker.images import PrivateImages
 from worker.logs import MAX_BATCH, LogShipper
-from worker.outbox import Outbox
+from worker.outbox import Outbox, Outcome
 from worker.runtime import DockerRuntime, Limits, Owner, container_spec, volume_name
 from worker.settings import WorkerSettings
 
@@ -71,7 +72,11 @@ class Agent:
         )
         self.capacity = Capacity(self.inventory.gpus, settings.slots, simulated=self.inventory.simulated)
         self.draining = False
+        # Set by a first Ctrl-C (drain): take nothing new, and stop once what runs has ended.
+        self.leaving = False
+        # Set to stop: what still runs is given back to the server, unfinished, to be offered again.
         self.stopping = threading.Event()
+        self._stop_reason = "its worker was stopped"
         self._changed = threading.Event()
         self._lock = threading.Lock()
         self._running: dict[int, Running] = {}
@@ -167,7 +172,7 @@ class Agent:
 
     def servable(self) -> list[MarketSpec]:
         """The markets whose ops this node can run with what is free now."""
-        if self.draining or self.stopping.is_set():
+        if self.draining or self.leaving or self.stopping.is_set():
             return []
         return [m for m in self._markets if self.capacity.can_serve(m)]
 
@@ -280,11 +285,12 @@ class Agent:
                 inputs=inputs,
                 output_archive=scratch / "output.tar.gz",
             )
+            if outcome.stopped and self.stopping.is_set() and not (run.cancel.is_set() or shipper.gone.is_set()):
+                self._give_back(run, shipper)
+                return
             error = outcome.error
             if outcome.artifact is not None and not (run.cancel.is_set() or shipper.gone.is_set()):
                 error = self._upload(attempt_id, outcome.artifact, shipper) or error
-            if self.stopping.is_set() and not run.cancel.is_set():
-                error = "The worker was shut down while the op ran."
             self._report(run, shipper, outcome.exit_code, error)
         except Exception as e:
             if isinstance(e, WorkerError):
@@ -318,9 +324,20 @@ class Agent:
         log.info("attempt %s ended: exit code %s%s", attempt_id, exit_code, f", {error}" if error else "", extra=ids)
         self._end(attempt_id, FinishedReport(exit_code=exit_code, error=error, lines=tuple(lines)))
 
+    def _give_back(self, run: Running, shipper: LogShipper) -> None:
+        """Tell the server an attempt stopped unfinished because this worker is stopping."""
+        attempt_id = run.attempt.id
+        shipper.add("system", f"[peergrid] Given back unfinished: {self._stop_reason}. It is offered again.")
+        lines = shipper.finish()
+        if shipper.gone.is_set():
+            return
+        log.info("gave back attempt %s unfinished: %s", attempt_id, self._stop_reason,
+                 extra={"job": run.attempt.job_id, "op": run.attempt.op, "attempt": attempt_id, "node": self.node_id})
+        self._end(attempt_id, ReleaseReport(reason=self._stop_reason, lines=tuple(lines)))
+
     # -- outcomes ----------------------------------------------------------------------------
 
-    def _end(self, attempt_id: int, report: FinishedReport) -> None:
+    def _end(self, attempt_id: int, report: Outcome) -> None:
         """Keep an attempt's outcome, then try to deliver it; what is not delivered now goes later."""
         self.outbox.put(attempt_id, report)
         try:
@@ -330,7 +347,7 @@ class Agent:
             log.error("the server refuses this node's report of attempt %s: %s", attempt_id, e)
             return
         if not delivered:
-            log.warning("could not report attempt %s finished yet; keeping its outcome and sending it again "
+            log.warning("could not report how attempt %s ended yet; keeping its outcome and sending it again "
                         "until the server takes it", attempt_id)
 
     def deliver_outbox(self) -> bool:
@@ -343,6 +360,7 @@ class Agent:
             for attempt_id in self.outbox.held():
                 if not self._deliver(attempt_id, retries=0):
                     return False  # the server is not answering; the rest wait with this one
+                log.info("delivered the kept outcome of attempt %s", attempt_id)
         return True
 
     def _deliver(self, attempt_id: int, *, retries: int) -> bool:
@@ -359,7 +377,10 @@ class Agent:
                     lines = ()
                     break
                 lines = lines[MAX_BATCH:]
-            self.client.finished(attempt_id, replace(report, lines=lines), retries=retries)
+            if isinstance(report, ReleaseReport):
+                self.client.release(attempt_id, replace(report, lines=lines), retries=retries)
+            else:
+                self.client.finished(attempt_id, replace(report, lines=lines), retries=retries)
         except AttemptGone:
             log.info("attempt %s ended but is no longer ours; its outcome is dropped", attempt_id)
         except ServerError as e:
@@ -368,8 +389,6 @@ class Agent:
             if e.status is None or e.status >= 500 or e.status in (408, 429):
                 return False
             log.error("the server cannot take the outcome of attempt %s (%s); dropping it", attempt_id, e)
-        else:
-            log.info("reported attempt %s finished", attempt_id)
         self.outbox.remove(attempt_id)
         return True
 
@@ -484,7 +503,7 @@ class Agent:
             )
         finally:
             connection.release()
-            self._drain()
+            self._wait_for_runs()
             if self.events is not None:
                 self.events.stop()
 
@@ -497,11 +516,40 @@ class Agent:
         self._changed.wait(seconds)
         self._changed.clear()
 
-    def stop(self) -> None:
+    def stop(self, reason: str = "its worker was stopped") -> None:
+        """Stop now: what runs is stopped and given back, to be offered again at once."""
+        if not self.stopping.is_set():
+            self._stop_reason = reason
         self.stopping.set()
         self._changed.set()
 
-    def _drain(self, timeout: float = 60.0) -> None:
+    def drain(self, timeout_s: float) -> None:
+        """Take nothing new and let what runs finish, then stop; give back what still runs after
+        timeout_s. Returns at once."""
+        if self.leaving or self.stopping.is_set():
+            return
+        self.leaving = True
+        self._changed.set()
+        threading.Thread(target=self._leave, args=(timeout_s,), name="drain", daemon=True).start()
+
+    def running_count(self) -> int:
+        with self._lock:
+            return len(self._running)
+
+    def _leave(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not self.stopping.is_set():
+            if not self.running_count():
+                log.info("drained: nothing runs any more; stopping")
+                self.stop()
+                return
+            if time.monotonic() >= deadline:
+                log.info("the drain limit of %g s passed; giving back what still runs", timeout_s)
+                self.stop(f"its worker's drain limit of {timeout_s:g} s passed")
+                return
+            self.stopping.wait(min(0.5, max(0.0, deadline - time.monotonic())))
+
+    def _wait_for_runs(self, timeout: float = 60.0) -> None:
         """Wait for running attempts to stop and report."""
         deadline = time.monotonic() + timeout
         with self._lock:

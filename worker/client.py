@@ -18,6 +18,7 @@ from protocol.messages import (
     NodeReport,
     ProtocolError,
     Registration,
+    ReleaseReport,
 )
 from worker.errors import AttemptGone, ServerError
 
@@ -75,6 +76,10 @@ class NodeClient:
     def finished(self, attempt_id: int, report: FinishedReport, *, retries: int = 3) -> None:
         """Report how the attempt ended, with the log lines not sent yet."""
         self._post(f"/attempts/{attempt_id}/finished", report.to_wire(), retries=retries)
+
+    def release(self, attempt_id: int, report: ReleaseReport, *, retries: int = 3) -> None:
+        """Give an attempt back unfinished, with the log lines not sent yet: the worker is stopping."""
+        self._post(f"/attempts/{attempt_id}/release", report.to_wire(), retries=retries)
 
     def upload_artifact(self, attempt_id: int, archive, sha256: str) -> None:
         """PUT the output archive; retried on connection failures and 5xx like other reports."""

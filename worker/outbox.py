@@ -1,7 +1,7 @@
 """Outcomes of attempts that the server has not taken yet, kept until it does.
 
-An attempt's end (how it ended, with the log lines the server does not have) is written here
-before it is sent, one file per attempt, and removed once the server has answered: taken (2xx),
+An attempt's end (how it ended, or that it is given back unfinished, with the log lines the server
+does not have) is written here before it is sent, one file per attempt, and removed once the server has answered: taken (2xx),
 or no longer this node's (409). What the server could not be told while it was down is sent
 again until it takes it, by this process or, after a crash, by the next one before it registers,
 since registering gives up whatever the node held.
@@ -16,12 +16,16 @@ import tempfile
 import threading
 from pathlib import Path
 
-from protocol.messages import FinishedReport, ProtocolError
+from protocol.messages import FinishedReport, ProtocolError, ReleaseReport
 
 log = logging.getLogger(__name__)
 
 # Lines of one kept outcome: as many as the log shipper may hold.
 _MOST_LINES = 10**7
+
+Outcome = FinishedReport | ReleaseReport
+# How each kind of outcome is named in its file.
+_KINDS: dict[str, type] = {"finished": FinishedReport, "released": ReleaseReport}
 
 
 class Outbox:
@@ -30,17 +34,18 @@ class Outbox:
     def __init__(self, folder: Path | None):
         self.folder = folder
         self._lock = threading.Lock()
-        self._memory: dict[int, FinishedReport] = {}
+        self._memory: dict[int, Outcome] = {}
         if folder is not None:
             folder.mkdir(parents=True, exist_ok=True, mode=0o700)
 
-    def put(self, attempt_id: int, report: FinishedReport) -> None:
+    def put(self, attempt_id: int, report: Outcome) -> None:
         """Keep an attempt's outcome, replacing any kept before; it is on disk when this returns."""
         with self._lock:
             if self.folder is None:
                 self._memory[attempt_id] = report
                 return
-            body = json.dumps({"attempt_id": attempt_id, "finished": report.to_wire()}).encode()
+            kind = next(name for name, cls in _KINDS.items() if isinstance(report, cls))
+            body = json.dumps({"attempt_id": attempt_id, kind: report.to_wire()}).encode()
             # Written beside its final name and renamed over it: a crash leaves the old file or the new.
             fd, temporary = tempfile.mkstemp(prefix=f".{attempt_id}-", suffix=".tmp", dir=self.folder)
             try:
@@ -54,7 +59,7 @@ class Outbox:
                 raise
             _sync_folder(self.folder)
 
-    def get(self, attempt_id: int) -> FinishedReport | None:
+    def get(self, attempt_id: int) -> Outcome | None:
         """The kept outcome of an attempt; None when there is none, or it cannot be read (then it is
         set aside, with a log line, so it is not tried forever)."""
         with self._lock:
@@ -63,10 +68,11 @@ class Outbox:
             path = self._path(attempt_id)
             try:
                 body = json.loads(path.read_bytes())
-                return FinishedReport.from_wire(body["finished"], most_lines=_MOST_LINES)
+                kind = next(name for name in _KINDS if name in body)
+                return _KINDS[kind].from_wire(body[kind], most_lines=_MOST_LINES)
             except FileNotFoundError:
                 return None
-            except (OSError, ValueError, KeyError, TypeError, ProtocolError) as e:
+            except (OSError, ValueError, KeyError, TypeError, StopIteration, ProtocolError) as e:
                 log.error("cannot read the kept outcome of attempt %s (%s); moving it to %s.bad", attempt_id, e, path)
                 path.replace(path.with_suffix(".bad"))
                 return None

@@ -152,6 +152,8 @@ class Outcome:
     error: str | None = None
     # The output folder as a .tar.gz, when the op has one and it could be read.
     artifact: Path | None = None
+    # Whether the container was stopped because should_stop said so, rather than ending by itself.
+    stopped: bool = False
 
 
 class LineSplitter:
@@ -410,7 +412,9 @@ class DockerRuntime:
         result = container.wait(timeout=60)
         reader.join(5)
         code = int(result.get("StatusCode", -1))
-        if stopped_because and stopped_because != "stopped":
+        if stopped_because == "stopped":
+            return Outcome(exit_code=code, stopped=True)
+        if stopped_because:
             return Outcome(exit_code=code, error=f"The container {stopped_because} and was stopped.")
         if result.get("Error") and result["Error"].get("Message"):
             return Outcome(exit_code=code, error=result["Error"]["Message"])

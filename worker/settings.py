@@ -28,6 +28,8 @@ class WorkerSettings:
     docker_host: str | None = None
     # Seconds a container gets to stop after SIGTERM before it is killed.
     stop_grace_s: int = 5
+    # Seconds a first Ctrl-C lets running attempts go on before they are given back.
+    drain_timeout_s: float = 300.0
     # Per-container limits: processes, memory (MB; None = no limit) and CPUs (None = no limit).
     pids_limit: int = 4096
     memory_limit_mb: int | None = None
@@ -60,6 +62,8 @@ class WorkerSettings:
             values["memory_limit_mb"] = int(env["PEERGRID_JOB_MEMORY_MB"])
         if env.get("PEERGRID_JOB_CPUS"):
             values["cpu_limit"] = float(env["PEERGRID_JOB_CPUS"])
+        if env.get("PEERGRID_DRAIN_TIMEOUT"):
+            values["drain_timeout_s"] = float(env["PEERGRID_DRAIN_TIMEOUT"])
         values.update({k: v for k, v in given.items() if v is not None})
         return cls(**values)
 

@@ -9,9 +9,17 @@ from typing import Any
 
 from flask import jsonify, request, send_file
 
-from protocol.messages import FinishedReport, NodeReport, log_records
+from protocol.messages import FinishedReport, NodeReport, ReleaseReport, log_records
 from scheduler.artifacts import ArtifactTooLarge, artifacts_root, input_for, store_artifact
-from scheduler.attempts import LogLimits, append_logs, claim_work, held_attempt, report_finished, start_attempt
+from scheduler.attempts import (
+    LogLimits,
+    append_logs,
+    claim_work,
+    held_attempt,
+    release_attempt,
+    report_finished,
+    start_attempt,
+)
 from scheduler.errors import PeergridError
 from scheduler.nodes import heartbeat, register
 from web.api import bp
@@ -79,6 +87,15 @@ def attempt_finished(attempt_id: int):
     node = require_node()
     report = FinishedReport.from_wire(_body(), most_lines=core().settings.max_log_batch_lines)
     attempt = report_finished(db(), node, attempt_id, report, limits=_log_limits())
+    return jsonify({"id": attempt.id, "state": attempt.state.value})
+
+
+@bp.post("/node/attempts/<int:attempt_id>/release")
+def attempt_release(attempt_id: int):
+    """An attempt given back unfinished, its worker stopping: offered again at once, not billed."""
+    node = require_node()
+    report = ReleaseReport.from_wire(_body(), most_lines=core().settings.max_log_batch_lines)
+    attempt = release_attempt(db(), node, attempt_id, report, limits=_log_limits())
     return jsonify({"id": attempt.id, "state": attempt.state.value})
 
 

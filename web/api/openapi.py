@@ -177,6 +177,10 @@ def spec() -> dict:
                 "How the attempt ended", _json(OBJ), 400, 401, 403, 404, 409, security=NODE, params=[attempt_id],
                 body={"type": "object", "properties": {"exit_code": {"type": "integer", "nullable": True},
                                                        "error": {"type": "string", "nullable": True}}})},
+            "/node/attempts/{attempt_id}/release": {"post": _op(
+                "Give an attempt back unfinished, the worker stopping: it is offered again at once, not billed, "
+                "not counted as a try", _json(OBJ), 400, 401, 403, 404, 409, security=NODE, params=[attempt_id],
+                body={"type": "object", "properties": {"reason": {"type": "string"}, "lines": {"type": "array"}}})},
         },
     }
 
