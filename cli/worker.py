@@ -29,11 +29,13 @@ from cli import fail, main, setup_logging
               help="Send Celery worker events so Flower lists this node (needs publish rights on the broker).")
 @click.option("--data-dir", envvar="PEERGRID_WORKER_DATA_DIR", type=click.Path(file_okay=False),
               help="Where the worker keeps its state [default: ~/.local/state/peergrid-worker].")
+@click.option("--docker-host", envvar="PEERGRID_DOCKER_HOST", metavar="URL",
+              help="The Docker engine for job containers [default: DOCKER_HOST, else the local socket].")
 @click.option("--drain-timeout", envvar="PEERGRID_DRAIN_TIMEOUT", type=click.FloatRange(0), default=300, show_default=True,
               help="Seconds a first Ctrl-C lets running ops go on before they are given back.")
 def worker(server: str, token: str, name: str | None, simulate_gpus: str | None, slots: int, job_network: str,
            job_memory_mb: int | None, job_cpus: float | None, events: bool, data_dir: str | None,
-           drain_timeout: float) -> None:
+           docker_host: str | None, drain_timeout: float) -> None:
     """Run the provider's agent: take offers and run them in Docker.
 
     A first Ctrl-C drains it: it takes nothing new, lets what runs finish (up to --drain-timeout
@@ -49,7 +51,7 @@ def worker(server: str, token: str, name: str | None, simulate_gpus: str | None,
         settings = WorkerSettings.from_env(
             server=server, token=token, name=name, simulate_gpus=simulate_gpus, slots=slots, job_network=job_network,
             memory_limit_mb=job_memory_mb, cpu_limit=job_cpus, events=events,
-            data_dir=Path(data_dir) if data_dir else None, drain_timeout_s=drain_timeout,
+            data_dir=Path(data_dir) if data_dir else None, docker_host=docker_host, drain_timeout_s=drain_timeout,
         )
         agent = Agent(settings)
     except WorkerError as e:

@@ -180,6 +180,17 @@ def test_a_worker_refuses_the_host_network():
         WorkerSettings(server="http://x", token="t", job_network="host")
 
 
+def test_the_worker_reads_its_docker_engine_from_peergrid_docker_host_else_docker_host():
+    from worker.settings import WorkerSettings
+
+    def engine(env: dict) -> str | None:
+        return WorkerSettings.from_env(env, server="http://x", token="t").docker_host
+
+    assert engine({"PEERGRID_DOCKER_HOST": "tcp://gpu-box:2375", "DOCKER_HOST": "unix:///other.sock"}) == "tcp://gpu-box:2375"
+    assert engine({"DOCKER_HOST": "unix:///other.sock"}) == "unix:///other.sock"
+    assert engine({}) is None
+
+
 def test_the_worker_keeps_its_state_where_told_and_says_when_it_cannot_read_it(tmp_path):
     from pathlib import Path
 

@@ -24,7 +24,7 @@ class WorkerSettings:
     log_interval_s: float = 0.25
     # Seconds between broker polls on transports that poll (the embedded SQL broker).
     poll_interval_s: float = 0.1
-    # Docker engine address; None means the environment's (DOCKER_HOST or the local socket).
+    # Docker engine address (PEERGRID_DOCKER_HOST, else DOCKER_HOST); None means the local socket.
     docker_host: str | None = None
     # Seconds a container gets to stop after SIGTERM before it is killed.
     stop_grace_s: int = 5
@@ -54,7 +54,7 @@ class WorkerSettings:
             "server": env.get("PEERGRID_SERVER", "http://127.0.0.1:8000"),
             "token": env.get("PEERGRID_NODE_TOKEN", ""),
             "job_network": env.get("PEERGRID_JOB_NETWORK", "bridge"),
-            "docker_host": env.get("DOCKER_HOST") or None,
+            "docker_host": env.get("PEERGRID_DOCKER_HOST") or env.get("DOCKER_HOST") or None,
             "events": env.get("PEERGRID_WORKER_EVENTS", "true").strip().lower() not in {"0", "false", "no", "off"},
             "data_dir": Path(env.get("PEERGRID_WORKER_DATA_DIR") or _state_home(env) / "peergrid-worker"),
         }
