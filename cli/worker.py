@@ -17,7 +17,9 @@ from cli import fail, main, setup_logging
 
 @main.command()
 @click.option("--server", envvar="PEERGRID_SERVER", default="http://127.0.0.1:8000", show_default=True)
-@click.option("--token", envvar="PEERGRID_NODE_TOKEN", required=True, help="The node token from `peergrid node create`.")
+@click.option("--token", envvar="PEERGRID_NODE_TOKEN", required=True,
+              help="The node token from `peergrid node create`; better passed as PEERGRID_NODE_TOKEN, since every "
+                   "user of the machine can read a command line.")
 @click.option("--name", help="A label for logs; the node's name is the one it was created with.")
 @click.option("--simulate-gpus", metavar="SPEC", help="Made-up GPUs for development and tests; shown as simulated.")
 @click.option("--slots", default=1, show_default=True, type=click.IntRange(1, 256), help="CPU ops run at once.")

@@ -110,10 +110,12 @@ def test_provider_registers_a_node_starts_it_with_the_shown_command_and_earns(li
     page.fill("#node-name", "rig-1")
     page.click("#register-node button")
     command = page.inner_text("#worker-command")
-    assert command.startswith(f"peergrid worker --server {live.url} --token pgn_")
+    assert command.startswith("PEERGRID_NODE_TOKEN=pgn_") and command.endswith(f" peergrid worker --server {live.url}")
 
-    args = shlex.split(command)[1:] + ["--simulate-gpus", "NVIDIA GeForce RTX 4090:24", "--job-network", "none"]
-    live.spawn("provider-worker", *args)
+    assignment, _, *args = shlex.split(command)
+    token = assignment.removeprefix("PEERGRID_NODE_TOKEN=")
+    args += ["--simulate-gpus", "NVIDIA GeForce RTX 4090:24", "--job-network", "none"]
+    live.spawn("provider-worker", *args, env={"PEERGRID_NODE_TOKEN": token})
     page.goto(live.url + "/nodes")
     deadline = time.monotonic() + 30
     while page.locator("section.node .state-online").count() == 0:
