@@ -48,6 +48,9 @@ class FakeRuntime:
     def check(self):
         return None
 
+    def machine(self):
+        return None
+
     def remove_leftovers(self, owner):
         return 0
 

@@ -25,8 +25,10 @@ from cli import fail, main, setup_logging
 @click.option("--slots", default=1, show_default=True, type=click.IntRange(1, 256), help="CPU ops run at once.")
 @click.option("--job-network", envvar="PEERGRID_JOB_NETWORK", default="bridge", show_default=True,
               help='Network for job containers: "none" (no outbound network) or a Docker network name; never "host".')
-@click.option("--job-memory-mb", type=click.IntRange(64), envvar="PEERGRID_JOB_MEMORY_MB", help="Memory limit per container.")
-@click.option("--job-cpus", type=click.FloatRange(0.1), envvar="PEERGRID_JOB_CPUS", help="CPU limit per container.")
+@click.option("--job-memory-mb", type=click.IntRange(64), envvar="PEERGRID_JOB_MEMORY_MB",
+              help="Memory limit per container [default: its op's share of the machine].")
+@click.option("--job-cpus", type=click.FloatRange(0.1), envvar="PEERGRID_JOB_CPUS",
+              help="CPU limit per container [default: its op's share of the machine].")
 @click.option("--events/--no-events", envvar="PEERGRID_WORKER_EVENTS", default=True, show_default=True,
               help="Send Celery worker events so Flower lists this node (needs publish rights on the broker).")
 @click.option("--data-dir", envvar="PEERGRID_WORKER_DATA_DIR", type=click.Path(file_okay=False),

@@ -113,3 +113,18 @@ class NodeCapacity(RuleBasedStateMachine):
 
 TestNodeCapacity = NodeCapacity.TestCase
 TestNodeCapacity.settings = settings(max_examples=200, stateful_step_count=40, deadline=None)
+
+
+def test_a_container_gets_its_ops_share_of_the_machine_unless_the_provider_sets_limits():
+    from worker.capacity import share_limits
+    from worker.runtime import Limits, Machine
+
+    machine = Machine(memory_mb=64_000, cpus=16)
+
+    assert share_limits(machine, gpus=1, gpu_total=4, slots=2) == Limits(memory_mb=16_000, cpus=4.0)
+    assert share_limits(machine, gpus=4, gpu_total=4, slots=2) == Limits(memory_mb=64_000, cpus=16.0)
+    assert share_limits(machine, gpus=0, gpu_total=4, slots=2) == Limits(memory_mb=32_000, cpus=8.0)
+    assert share_limits(Machine(memory_mb=1_000, cpus=1), gpus=0, gpu_total=0, slots=256) == Limits(
+        memory_mb=64, cpus=0.01)  # never below what Docker accepts
+    assert share_limits(machine, gpus=1, gpu_total=4, slots=2, memory_mb=512, cpus=0.5, pids=64) == Limits(
+        pids=64, memory_mb=512, cpus=0.5)

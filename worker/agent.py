@@ -28,14 +28,14 @@ from worker import __version__
 from worker.broker import connect, consume_offers
 from worker.client import NodeClient
 from worker.archives import file_sha256
-from worker.capacity import Capacity
+from worker.capacity import Capacity, share_limits
 from worker.errors import AttemptGone, ServerError, WorkerError
 from worker.events import NodeEvents, event_hostname
 from worker.gpus import Inventory, probe, simulated_inventory
 from worker.images import PrivateImages
 from worker.logs import MAX_BATCH, LogShipper
 from worker.outbox import Outbox, Outcome
-from worker.runtime import DockerRuntime, Limits, Owner, container_spec, volume_name
+from worker.runtime import DockerRuntime, Limits, Machine, Owner, container_spec, volume_name
 from worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,8 @@ class Agent:
             else probe()
         )
         self.capacity = Capacity(self.inventory.gpus, settings.slots, simulated=self.inventory.simulated)
+        # The engine's machine, asked once it answers: each container's share is of it.
+        self._machine: Machine | None = None
         self.draining = False
         # Set by a first Ctrl-C (drain): take nothing new, and stop once what runs has ended.
         self.leaving = False
@@ -270,9 +272,7 @@ class Agent:
                 labels=labels,
                 gpus=list(attempt.gpus),
                 simulated_gpus=self.inventory.simulated,
-                limits=Limits(
-                    pids=self.settings.pids_limit, memory_mb=self.settings.memory_limit_mb, cpus=self.settings.cpu_limit
-                ),
+                limits=self._limits(len(attempt.gpus)),
             )
             inputs = self._fetch_inputs(attempt, scratch, shipper)
             outcome = self.runtime.run(
@@ -401,6 +401,16 @@ class Agent:
                 self.deliver_outbox()
             except ServerError as e:
                 log.warning("the server refuses this node's reports: %s", e)
+
+    def _limits(self, gpus: int) -> Limits:
+        """A container's limits: what the provider set, else its op's share of the machine."""
+        if self._machine is None:
+            self._machine = self.runtime.machine()
+        machine = self._machine or Machine(memory_mb=_memory_mb(), cpus=os.cpu_count() or 1)
+        return share_limits(
+            machine, gpus=gpus, gpu_total=len(self.inventory.gpus), slots=self.settings.slots,
+            memory_mb=self.settings.memory_limit_mb, cpus=self.settings.cpu_limit, pids=self.settings.pids_limit,
+        )
 
     def _fetch_inputs(self, attempt: WorkOrder, scratch: Path, shipper: LogShipper) -> dict[str, Path]:
         inputs = {}

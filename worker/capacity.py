@@ -10,6 +10,10 @@ from dataclasses import dataclass
 
 from protocol.gpus import MarketNeeds, pick_gpus
 from worker.gpus import Gpu
+from worker.runtime import Limits, Machine
+
+# The least memory a container is given as its share, in MB; Docker refuses a limit below 6 MB.
+MIN_SHARE_MB = 64
 
 
 @dataclass
@@ -60,3 +64,18 @@ class Capacity:
     def holders(self) -> dict[str, int]:
         with self._lock:
             return dict(self._gpu_holders)
+
+
+def share_limits(
+    machine: Machine, *, gpus: int, gpu_total: int, slots: int, memory_mb: int | None = None,
+    cpus: float | None = None, pids: int = 4096,
+) -> Limits:
+    """What one op's container may use of the machine: its share, as the GPUs it holds are of the
+    node's (g of G: g/G), or one CPU slot of slots; memory_mb and cpus, when the provider set them,
+    instead."""
+    fraction = gpus / gpu_total if gpus and gpu_total else 1 / max(1, slots)
+    return Limits(
+        pids=pids,
+        memory_mb=memory_mb or max(MIN_SHARE_MB, int(machine.memory_mb * fraction)),
+        cpus=cpus or max(0.01, machine.cpus * fraction),
+    )

@@ -36,6 +36,14 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class Machine:
+    """What the machine running the containers has, as its Docker engine says."""
+
+    memory_mb: int
+    cpus: int
+
+
+@dataclass(frozen=True)
 class ContainerSpec:
     image: str
     command: list[str] | None = None
@@ -257,6 +265,16 @@ class DockerRuntime:
         except (RuntimeUnavailable, DockerException, OSError) as e:
             log.warning("could not clean up old containers: %s", e)
             return 0
+
+    def machine(self) -> Machine | None:
+        """The engine's machine's memory and CPUs, or None when the engine cannot say."""
+        try:
+            info = self.client().info()
+        except (RuntimeUnavailable, DockerException, OSError) as e:
+            log.warning("could not ask the Docker engine what its machine has: %s", e)
+            return None
+        memory_mb, cpus = int(info.get("MemTotal") or 0) // (1024 * 1024), int(info.get("NCPU") or 0)
+        return Machine(memory_mb, cpus) if memory_mb and cpus else None
 
     def check(self) -> str | None:
         """None when the engine answers, else a sentence saying what is wrong and what to do."""
