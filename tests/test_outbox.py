@@ -35,3 +35,14 @@ def test_without_a_folder_outcomes_are_kept_in_memory():
     assert outbox.held() == [1] and outbox.get(1) == FinishedReport(exit_code=0)
     outbox.remove(1)
     assert outbox.held() == []
+
+
+def test_an_outbox_that_cannot_be_made_is_refused_with_a_sentence(tmp_path):
+    import pytest
+
+    from worker.errors import WorkerError
+
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(WorkerError, match="cannot be made") as refused:
+        Outbox(tmp_path / "a-file" / "outbox")
+    assert "--data-dir" in str(refused.value)

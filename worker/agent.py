@@ -339,10 +339,14 @@ class Agent:
 
     def _end(self, attempt_id: int, report: Outcome) -> None:
         """Keep an attempt's outcome, then try to deliver it; what is not delivered now goes later."""
-        self.outbox.put(attempt_id, report)
+        try:
+            self.outbox.put(attempt_id, report)
+        except OSError as e:
+            log.error("could not keep the outcome of attempt %s in %s (%s); if it cannot be delivered now it is "
+                      "lost", attempt_id, self.outbox.folder, e)
         try:
             with self._sending:
-                delivered = self._deliver(attempt_id, retries=3)
+                delivered = self._deliver(attempt_id, report, retries=3)
         except ServerError as e:
             log.error("the server refuses this node's report of attempt %s: %s", attempt_id, e)
             return
@@ -358,17 +362,17 @@ class Agent:
         """
         with self._sending:
             for attempt_id in self.outbox.held():
-                if not self._deliver(attempt_id, retries=0):
+                report = self.outbox.get(attempt_id)
+                if report is None:
+                    continue  # unreadable, and set aside
+                if not self._deliver(attempt_id, report, retries=0):
                     return False  # the server is not answering; the rest wait with this one
                 log.info("delivered the kept outcome of attempt %s", attempt_id)
         return True
 
-    def _deliver(self, attempt_id: int, *, retries: int) -> bool:
-        """Send one kept outcome; True when the server took it or never will, and it is no longer
+    def _deliver(self, attempt_id: int, report: Outcome, *, retries: int) -> bool:
+        """Send an attempt's outcome; True when the server took it or never will, and it is no longer
         kept; False when it could not be told now (down, or failing)."""
-        report = self.outbox.get(attempt_id)
-        if report is None:
-            return True
         lines = report.lines
         try:
             # The finished report carries at most one batch; the server stores each line once.

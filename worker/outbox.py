@@ -17,6 +17,7 @@ import threading
 from pathlib import Path
 
 from protocol.messages import FinishedReport, ProtocolError, ReleaseReport
+from worker.errors import WorkerError
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,13 @@ class Outbox:
         self._lock = threading.Lock()
         self._memory: dict[int, Outcome] = {}
         if folder is not None:
-            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+            try:
+                folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+            except OSError as e:
+                raise WorkerError(
+                    f"The worker's outbox {folder} cannot be made ({e}); give the worker a data dir it can write "
+                    "(--data-dir)."
+                ) from e
 
     def put(self, attempt_id: int, report: Outcome) -> None:
         """Keep an attempt's outcome, replacing any kept before; it is on disk when this returns."""
