@@ -29,7 +29,30 @@ def test_an_outcome_that_cannot_be_read_is_set_aside_not_sent_forever(tmp_path, 
     assert "cannot read the kept outcome of attempt 5" in caplog.text
 
 
-def test_without_a_folder_outcomes_are_kept_in_memory():
+def test_an_output_archive_is_kept_beside_its_outcome_until_dropped(tmp_path):
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    (scratch / "output.tar.gz").write_bytes(b"archive")
+    outbox = Outbox(tmp_path / "outbox")
+    outbox.put(3, FinishedReport(exit_code=0), artifact=scratch / "output.tar.gz")
+    outbox.put(3, FinishedReport(exit_code=0, lines=(LogRecord(1, "stdout", "done"),)))  # the archive stays
+
+    assert not (scratch / "output.tar.gz").exists()  # moved, so the attempt's scratch folder may go
+    assert outbox.artifact(3).read_bytes() == b"archive" and outbox.get(3).lines[0].text == "done"
+    outbox.drop_artifact(3)
+    assert outbox.artifact(3) is None and outbox.held() == [3]
+    outbox.put(4, FinishedReport(exit_code=0), artifact=_archive(scratch))
+    outbox.remove(4)
+    assert outbox.artifact(4) is None and outbox.held() == [3]
+
+
+def _archive(folder):
+    path = folder / "another.tar.gz"
+    path.write_bytes(b"x")
+    return path
+
+
+def test_without_a_data_dir_outcomes_are_kept_for_the_life_of_the_process():
     outbox = Outbox(None)
     outbox.put(1, FinishedReport(exit_code=0))
     assert outbox.held() == [1] and outbox.get(1) == FinishedReport(exit_code=0)

@@ -15,9 +15,9 @@ from tests.stack import Api, Stack
 OUTAGE_S = 45
 
 
-def one_op(image: str, cmd: str) -> dict:
+def one_op(image: str, cmd: str, **args) -> dict:
     return {"version": "0.1", "type": "container", "ops": [
-        {"type": "container/run", "id": "op", "args": {"image": image, "cmd": cmd}}]}
+        {"type": "container/run", "id": "op", "args": {"image": image, "cmd": cmd, **args}}]}
 
 
 @pytest.fixture
@@ -55,10 +55,11 @@ def container_gone(stack: Stack, job_id: int, timeout: float = 30) -> None:
 
 
 def test_an_op_that_ends_while_the_web_is_down_succeeds_with_its_logs_once_it_returns(stack, test_image):
-    """Given an op running, when the web goes down, the op prints more and ends, and the web stays
-    down longer than the worker retries a report, then once the web is back the op has succeeded on
-    its first attempt with every line it printed."""
-    job_id = stack.api.post("/jobs", one_op(test_image, "echo begin; sleep 2; for i in 1 2 3; do echo line-$i; done")).json()["id"]
+    """Given an op running, when the web goes down, the op prints more, writes its output and ends,
+    and the web stays down longer than the worker retries a report, then once the web is back the
+    op has succeeded on its first attempt with every line it printed and its output folder."""
+    cmd = "echo begin; sleep 2; for i in 1 2 3; do echo line-$i; done; echo kept > /output/result.txt"
+    job_id = stack.api.post("/jobs", one_op(test_image, cmd, output="/output")).json()["id"]
     started(stack, job_id)
 
     stack.terminate("web")
@@ -72,6 +73,7 @@ def test_an_op_that_ends_while_the_web_is_down_succeeds_with_its_logs_once_it_re
     assert [a["state"] for a in attempts] == ["succeeded"]
     assert [line["text"] for line in stack.api.get(f"/jobs/{job_id}/logs")["lines"]] == [
         "begin", "line-1", "line-2", "line-3"]
+    assert [a["op"] for a in stack.api.get(f"/jobs/{job_id}/artifacts")["artifacts"]] == ["op"]
 
 
 def test_an_outcome_kept_by_a_worker_killed_while_the_web_was_down_reaches_the_server(stack, test_image):
@@ -83,7 +85,7 @@ def test_an_outcome_kept_by_a_worker_killed_while_the_web_was_down_reaches_the_s
 
     stack.terminate("web")
     container_gone(stack, job_id)
-    time.sleep(2)  # the worker's first tries to report fail
+    time.sleep(0.5)  # the worker keeps the outcome as soon as the container is gone, before it tries the server
     stack.kill("worker")
     stack.start_worker(stack.node_token)
     time.sleep(3)

@@ -288,10 +288,7 @@ class Agent:
             if outcome.stopped and self.stopping.is_set() and not (run.cancel.is_set() or shipper.gone.is_set()):
                 self._give_back(run, shipper)
                 return
-            error = outcome.error
-            if outcome.artifact is not None and not (run.cancel.is_set() or shipper.gone.is_set()):
-                error = self._upload(attempt_id, outcome.artifact, shipper) or error
-            self._report(run, shipper, outcome.exit_code, error)
+            self._report(run, shipper, outcome.exit_code, outcome.error, artifact=outcome.artifact)
         except Exception as e:
             if isinstance(e, WorkerError):
                 message = str(e)
@@ -299,9 +296,7 @@ class Agent:
                 log.exception("attempt %s crashed in the worker", attempt_id)
                 message = "The worker failed while running the op."
             shipper.add("system", f"[peergrid] {message}")
-            lines = shipper.finish(timeout=5)
-            if not (run.cancel.is_set() or shipper.gone.is_set()):
-                self._end(attempt_id, FinishedReport(exit_code=None, error=message, lines=tuple(lines)))
+            self._conclude(run, shipper, FinishedReport(exit_code=None, error=message))
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
             self.capacity.release(attempt_id)
@@ -310,40 +305,53 @@ class Agent:
                 self.processed += 1
             self._changed.set()
 
-    def _report(self, run: Running, shipper: LogShipper, exit_code: int | None, error: str | None) -> None:
-        """Send the last log lines, then how the attempt ended, unless it is no longer ours."""
+    def _report(
+        self, run: Running, shipper: LogShipper, exit_code: int | None, error: str | None, *, artifact: Path | None = None
+    ) -> None:
+        """Report how the attempt ended, with its last log lines and output, unless it is no longer ours."""
         attempt_id = run.attempt.id
         if error:
             error = shipper.mask(error)
             shipper.add("system", f"[peergrid] {error}")
-        lines = shipper.finish()
-        ids = {"job": run.attempt.job_id, "op": run.attempt.op, "attempt": attempt_id, "node": self.node_id}
-        if run.cancel.is_set() or shipper.gone.is_set():
-            log.info("attempt %s was taken back by the server; not reporting it", attempt_id, extra=ids)
-            return
-        log.info("attempt %s ended: exit code %s%s", attempt_id, exit_code, f", {error}" if error else "", extra=ids)
-        self._end(attempt_id, FinishedReport(exit_code=exit_code, error=error, lines=tuple(lines)))
+        if not (run.cancel.is_set() or shipper.gone.is_set()):
+            ids = {"job": run.attempt.job_id, "op": run.attempt.op, "attempt": attempt_id, "node": self.node_id}
+            log.info("attempt %s ended: exit code %s%s", attempt_id, exit_code, f", {error}" if error else "", extra=ids)
+        self._conclude(run, shipper, FinishedReport(exit_code=exit_code, error=error), artifact=artifact)
 
     def _give_back(self, run: Running, shipper: LogShipper) -> None:
         """Tell the server an attempt stopped unfinished because this worker is stopping."""
         attempt_id = run.attempt.id
         shipper.add("system", f"[peergrid] Given back unfinished: {self._stop_reason}. It is offered again.")
-        lines = shipper.finish()
-        if shipper.gone.is_set():
-            return
-        log.info("gave back attempt %s unfinished: %s", attempt_id, self._stop_reason,
+        log.info("giving back attempt %s unfinished: %s", attempt_id, self._stop_reason,
                  extra={"job": run.attempt.job_id, "op": run.attempt.op, "attempt": attempt_id, "node": self.node_id})
-        self._end(attempt_id, ReleaseReport(reason=self._stop_reason, lines=tuple(lines)))
+        self._conclude(run, shipper, ReleaseReport(reason=self._stop_reason))
 
     # -- outcomes ----------------------------------------------------------------------------
 
-    def _end(self, attempt_id: int, report: Outcome) -> None:
-        """Keep an attempt's outcome, then try to deliver it; what is not delivered now goes later."""
+    def _conclude(self, run: Running, shipper: LogShipper, report: Outcome, *, artifact: Path | None = None) -> None:
+        """Keep the attempt's outcome with the lines the server lacks, at once, before anything waits
+        on the server; then stop its log shipper and deliver what the server still lacks."""
+        attempt_id = run.attempt.id
+        if not (run.cancel.is_set() or shipper.gone.is_set()):
+            self._keep(attempt_id, replace(report, lines=tuple(shipper.pending())), artifact=artifact)
+        lines = shipper.finish()
+        if run.cancel.is_set() or shipper.gone.is_set():
+            log.info("attempt %s was taken back by the server; not reporting it", attempt_id)
+            self.outbox.remove(attempt_id)
+            return
+        report = replace(report, lines=tuple(lines))
+        self._keep(attempt_id, report)
+        self._end(attempt_id, report)
+
+    def _keep(self, attempt_id: int, report: Outcome, *, artifact: Path | None = None) -> None:
         try:
-            self.outbox.put(attempt_id, report)
+            self.outbox.put(attempt_id, report, artifact=artifact)
         except OSError as e:
             log.error("could not keep the outcome of attempt %s in %s (%s); if it cannot be delivered now it is "
                       "lost", attempt_id, self.outbox.folder, e)
+
+    def _end(self, attempt_id: int, report: Outcome) -> None:
+        """Try to deliver a kept outcome; what is not delivered now goes later."""
         try:
             with self._sending:
                 delivered = self._deliver(attempt_id, report, retries=3)
@@ -371,10 +379,23 @@ class Agent:
         return True
 
     def _deliver(self, attempt_id: int, report: Outcome, *, retries: int) -> bool:
-        """Send an attempt's outcome; True when the server took it or never will, and it is no longer
-        kept; False when it could not be told now (down, or failing)."""
+        """Send an attempt's outcome (its output archive, its log lines, how it ended); True when the
+        server took it or never will, and it is no longer kept; False when it could not be told now
+        (down, or failing)."""
         lines = report.lines
         try:
+            artifact = self.outbox.artifact(attempt_id)
+            if artifact is not None:
+                try:
+                    self.client.upload_artifact(attempt_id, artifact, file_sha256(artifact), retries=retries)
+                except AttemptGone:
+                    raise
+                except ServerError as e:
+                    if e.status in (401, 403) or _transient(e):
+                        raise
+                    report = replace(report, error=report.error or f"The output folder could not be uploaded: {e}")
+                    self.outbox.put(attempt_id, report)
+                self.outbox.drop_artifact(attempt_id)
             # The finished report carries at most one batch; the server stores each line once.
             while len(lines) > MAX_BATCH:
                 if self.client.logs(attempt_id, lines[:MAX_BATCH], retries=retries).full:
@@ -390,7 +411,7 @@ class Agent:
         except ServerError as e:
             if e.status in (401, 403):
                 raise
-            if e.status is None or e.status >= 500 or e.status in (408, 429):
+            if _transient(e):
                 return False
             log.error("the server cannot take the outcome of attempt %s (%s); dropping it", attempt_id, e)
         self.outbox.remove(attempt_id)
@@ -427,16 +448,6 @@ class Agent:
         if inputs:
             shipper.add("system", f"[peergrid] inputs from {', '.join(sorted(inputs))} are under /inputs/")
         return inputs
-
-    def _upload(self, attempt_id: int, archive: Path, shipper: LogShipper) -> str | None:
-        """Upload the output archive; return an error sentence when it cannot be kept."""
-        try:
-            self.client.upload_artifact(attempt_id, archive, file_sha256(archive))
-        except AttemptGone:
-            shipper.gone.set()
-        except ServerError as e:
-            return f"The output folder could not be uploaded: {e}"
-        return None
 
     # -- liveness ----------------------------------------------------------------------------
 
@@ -570,6 +581,11 @@ class Agent:
             threads = [r.thread for r in self._running.values() if r.thread]
         for thread in threads:
             thread.join(max(0.1, deadline - time.monotonic()))
+
+
+def _transient(e: ServerError) -> bool:
+    """Whether the server may take later what it did not take now: it was down, or failing."""
+    return e.status is None or e.status >= 500 or e.status in (408, 429)
 
 
 def _memory_mb() -> int:

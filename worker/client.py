@@ -81,10 +81,10 @@ class NodeClient:
         """Give an attempt back unfinished, with the log lines not sent yet: the worker is stopping."""
         self._post(f"/attempts/{attempt_id}/release", report.to_wire(), retries=retries)
 
-    def upload_artifact(self, attempt_id: int, archive, sha256: str) -> None:
+    def upload_artifact(self, attempt_id: int, archive, sha256: str, *, retries: int = 3) -> None:
         """PUT the output archive; retried on connection failures and 5xx like other reports."""
         delay = 0.5
-        for attempt in range(4):
+        for attempt in range(retries + 1):
             try:
                 with open(archive, "rb") as body:
                     response = self.http.put(
@@ -103,7 +103,7 @@ class NodeClient:
                 if response.status_code < 500:
                     return
                 error = ServerError(_message(response), response.status_code)
-            if attempt == 3:
+            if attempt == retries:
                 raise error
             time.sleep(delay)
             delay *= 2

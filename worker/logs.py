@@ -38,6 +38,8 @@ class LogShipper:
         self.gone = threading.Event()
         # Set when the server says the attempt's log is at its limit: later lines are discarded here.
         self.full = threading.Event()
+        # Set while sending fails (the server is down): finishing then tries no more.
+        self._failing = False
         self._thread = threading.Thread(target=self._loop, name=f"logs-{attempt_id}", daemon=True)
         self._thread.start()
 
@@ -65,6 +67,11 @@ class LogShipper:
         self._wake.set()
         self._thread.join(timeout)
 
+    def pending(self) -> list[LogRecord]:
+        """The lines the server has not acknowledged yet (none once it has no use for them)."""
+        with self._lock:
+            return [] if (self.gone.is_set() or self.full.is_set()) else list(self._lines)
+
     def finish(self, timeout: float = 30.0) -> list[LogRecord]:
         """Stop, sending all but the last batch, and return that batch for the finished report."""
         self._keep_last = True
@@ -78,9 +85,12 @@ class LogShipper:
         while True:
             self._wake.wait(self.interval_s)
             self._wake.clear()
+            if self._closing and self._failing:
+                return  # the server is not answering: what is left goes with the attempt's outcome
             self._flush()
             if self._closing:
-                self._flush()
+                if not self._failing:
+                    self._flush()
                 return
 
     def _flush(self) -> None:
@@ -102,8 +112,10 @@ class LogShipper:
                 self.gone.set()
                 return
             except ServerError as e:
+                self._failing = True
                 log.warning("could not send logs of attempt %s: %s", self.attempt_id, e)
                 return
+            self._failing = False
             with self._lock:
                 for _ in range(len(batch)):
                     self._lines.popleft()

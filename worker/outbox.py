@@ -1,10 +1,11 @@
 """Outcomes of attempts that the server has not taken yet, kept until it does.
 
 An attempt's end (how it ended, or that it is given back unfinished, with the log lines the server
-does not have) is written here before it is sent, one file per attempt, and removed once the server has answered: taken (2xx),
-or no longer this node's (409). What the server could not be told while it was down is sent
-again until it takes it, by this process or, after a crash, by the next one before it registers,
-since registering gives up whatever the node held.
+does not have, and its output folder's archive) is written here before it is sent, one file per
+attempt, and removed once the server has answered: taken (2xx), or no longer this node's (409).
+What the server could not be told while it was down is sent again until it takes it, by this
+process or, after a crash, by the next one before it registers, since registering gives up
+whatever the node held.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import tempfile
 import threading
 from pathlib import Path
@@ -30,48 +32,38 @@ _KINDS: dict[str, type] = {"finished": FinishedReport, "released": ReleaseReport
 
 
 class Outbox:
-    """The outcomes not delivered yet, in a folder (or, without one, in memory only)."""
+    """The outcomes not delivered yet, in a folder; without one, in a temporary folder that does
+    not outlive the process."""
 
     def __init__(self, folder: Path | None):
+        if folder is None:
+            folder = Path(tempfile.mkdtemp(prefix="peergrid-outbox-"))
         self.folder = folder
         self._lock = threading.Lock()
-        self._memory: dict[int, Outcome] = {}
-        if folder is not None:
-            try:
-                folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-            except OSError as e:
-                raise WorkerError(
-                    f"The worker's outbox {folder} cannot be made ({e}); give the worker a data dir it can write "
-                    "(--data-dir)."
-                ) from e
+        try:
+            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as e:
+            raise WorkerError(
+                f"The worker's outbox {folder} cannot be made ({e}); give the worker a data dir it can write "
+                "(--data-dir)."
+            ) from e
 
-    def put(self, attempt_id: int, report: Outcome) -> None:
-        """Keep an attempt's outcome, replacing any kept before; it is on disk when this returns."""
+    def put(self, attempt_id: int, report: Outcome, *, artifact: Path | None = None) -> None:
+        """Keep an attempt's outcome, replacing any kept before, and move its output archive in
+        beside it when given one; both are on disk when this returns."""
+        kind = next(name for name, cls in _KINDS.items() if isinstance(report, cls))
+        body = json.dumps({"attempt_id": attempt_id, kind: report.to_wire()}).encode()
         with self._lock:
-            if self.folder is None:
-                self._memory[attempt_id] = report
-                return
-            kind = next(name for name, cls in _KINDS.items() if isinstance(report, cls))
-            body = json.dumps({"attempt_id": attempt_id, kind: report.to_wire()}).encode()
-            # Written beside its final name and renamed over it: a crash leaves the old file or the new.
-            fd, temporary = tempfile.mkstemp(prefix=f".{attempt_id}-", suffix=".tmp", dir=self.folder)
-            try:
-                with os.fdopen(fd, "wb") as out:
-                    out.write(body)
-                    out.flush()
-                    os.fsync(out.fileno())
-                os.replace(temporary, self._path(attempt_id))
-            except BaseException:
-                Path(temporary).unlink(missing_ok=True)
-                raise
-            _sync_folder(self.folder)
+            if artifact is not None:
+                kept = self._artifact_path(attempt_id)
+                shutil.move(artifact, kept)
+                _sync_file(kept)
+            _write_atomically(self.folder, self._path(attempt_id), body)
 
     def get(self, attempt_id: int) -> Outcome | None:
         """The kept outcome of an attempt; None when there is none, or it cannot be read (then it is
         set aside, with a log line, so it is not tried forever)."""
         with self._lock:
-            if self.folder is None:
-                return self._memory.get(attempt_id)
             path = self._path(attempt_id)
             try:
                 body = json.loads(path.read_bytes())
@@ -84,23 +76,51 @@ class Outbox:
                 path.replace(path.with_suffix(".bad"))
                 return None
 
+    def artifact(self, attempt_id: int) -> Path | None:
+        """The output archive kept with an attempt's outcome, until it is uploaded."""
+        path = self._artifact_path(attempt_id)
+        return path if path.exists() else None
+
+    def drop_artifact(self, attempt_id: int) -> None:
+        with self._lock:
+            self._artifact_path(attempt_id).unlink(missing_ok=True)
+
     def remove(self, attempt_id: int) -> None:
         with self._lock:
-            if self.folder is None:
-                self._memory.pop(attempt_id, None)
-                return
             self._path(attempt_id).unlink(missing_ok=True)
+            self._artifact_path(attempt_id).unlink(missing_ok=True)
             _sync_folder(self.folder)
 
     def held(self) -> list[int]:
         """The attempts whose outcome is kept, oldest id first."""
         with self._lock:
-            if self.folder is None:
-                return sorted(self._memory)
             return sorted(int(p.stem) for p in self.folder.glob("*.json") if p.stem.isdigit())
 
     def _path(self, attempt_id: int) -> Path:
         return self.folder / f"{attempt_id}.json"
+
+    def _artifact_path(self, attempt_id: int) -> Path:
+        return self.folder / f"{attempt_id}.output.tar.gz"
+
+
+def _write_atomically(folder: Path, path: Path, body: bytes) -> None:
+    """Write beside the final name and rename over it: a crash leaves the old file or the new."""
+    fd, temporary = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(body)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    _sync_folder(folder)
+
+
+def _sync_file(path: Path) -> None:
+    with open(path, "rb") as kept:
+        os.fsync(kept.fileno())
 
 
 def _sync_folder(folder: Path) -> None:
