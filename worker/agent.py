@@ -27,7 +27,7 @@ from protocol.messages import (
 from worker import __version__
 from worker.broker import connect, consume_offers
 from worker.client import NodeClient
-from worker.archives import file_sha256
+from worker.archives import file_sha256, input_folder
 from worker.capacity import Capacity, share_limits
 from worker.errors import AttemptGone, ServerError, WorkerError
 from worker.events import NodeEvents, event_hostname
@@ -440,7 +440,7 @@ class Agent:
     def _fetch_inputs(self, attempt: WorkOrder, scratch: Path, shipper: LogShipper) -> dict[str, Path]:
         inputs = {}
         for parent in attempt.inputs:
-            dest = scratch / f"input-{parent.op}.tar.gz"
+            dest = scratch / f"input-{input_folder(parent.op)}.tar.gz"
             self.client.download_input(attempt.id, parent.op, dest)
             if file_sha256(dest) != parent.sha256:
                 raise WorkerError(f"The output of {parent.op} arrived damaged.")

@@ -24,6 +24,13 @@ def folders_tar(path: str) -> bytes:
     return buffer.getvalue()
 
 
+def input_folder(op: str) -> str:
+    """The folder name of a parent's output under /inputs: the op id, made one safe path segment
+    (Nosana's ids may hold '/', or be '..'): '/' and '%' are percent-encoded, and so is a dot-only id."""
+    name = op.replace("%", "%25").replace("/", "%2F")
+    return name.replace(".", "%2E") if set(name) <= {"."} else name
+
+
 def inputs_tar(inputs: dict[str, Path]) -> bytes:
     """A tar placing each parent's output under inputs/<op id>/, to be put into a container at /.
 
@@ -31,7 +38,7 @@ def inputs_tar(inputs: dict[str, Path]) -> bytes:
     """
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as out:
-        for name in ("inputs", *(f"inputs/{op}" for op in sorted(inputs))):
+        for name in ("inputs", *(f"inputs/{input_folder(op)}" for op in sorted(inputs))):
             info = tarfile.TarInfo(name)
             info.type = tarfile.DIRTYPE
             info.mode = 0o755
@@ -42,7 +49,7 @@ def inputs_tar(inputs: dict[str, Path]) -> bytes:
                     parts = PurePosixPath(member.name).parts
                     if len(parts) < 2 or ".." in parts or member.issym() or member.islnk() or member.isdev():
                         continue  # the top folder itself, and anything that could point outside
-                    member.name = "/".join(("inputs", op, *parts[1:]))
+                    member.name = "/".join(("inputs", input_folder(op), *parts[1:]))
                     out.addfile(member, src.extractfile(member) if member.isfile() else None)
     return buffer.getvalue()
 

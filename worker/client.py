@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from typing import Any
+from urllib.parse import quote
 
 import requests
 
@@ -110,7 +111,7 @@ class NodeClient:
 
     def download_input(self, attempt_id: int, op: str, dest) -> None:
         try:
-            with self.http.get(f"{self.base}/attempts/{attempt_id}/inputs/{op}", stream=True, timeout=max(self.timeout, 300)) as response:
+            with self.http.get(f"{self.base}/attempts/{attempt_id}/inputs/{quote(op, safe='')}", stream=True, timeout=max(self.timeout, 300)) as response:
                 if response.status_code == 409:
                     raise AttemptGone(_message(response), 409)
                 if response.status_code >= 400:
