@@ -71,7 +71,7 @@ def prepare(settings: Settings) -> tuple[str | None, str]:
 def docker_problem() -> str | None:
     from worker.runtime import DockerRuntime
 
-    return DockerRuntime(os.environ.get("DOCKER_HOST") or None).check()
+    return DockerRuntime(os.environ.get("PEERGRID_DOCKER_HOST") or os.environ.get("DOCKER_HOST") or None).check()
 
 
 class AlreadyRunning(Exception):

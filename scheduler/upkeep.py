@@ -28,6 +28,8 @@ class Chore:
     name: str
     every_s: float
     run: Callable[[object], int]
+    # Whether it runs as soon as its process leads, or first after one interval.
+    at_once: bool = True
 
 
 def chores(settings) -> list[Chore]:
@@ -38,7 +40,8 @@ def chores(settings) -> list[Chore]:
         Chore("expire-overdue-attempts", max(1.0, min(30.0, settings.timeout_grace_s / 2)), tasks.expire_overdue),
     ]
     if settings.broker_url.startswith("sqla+"):  # only an SQL broker keeps what it delivered
-        found.append(Chore("prune-broker", 60.0, tasks.prune_broker))
+        # Not at once: what a new leader's broker delivered in its first minute stays readable a while.
+        found.append(Chore("prune-broker", 60.0, tasks.prune_broker, at_once=False))
     return found
 
 
@@ -55,7 +58,7 @@ class Upkeep(threading.Thread):
         self.leading = False
         # time.monotonic() of the last pass of the loop, for health checks: a stuck loop stops moving it.
         self.last_pass: float | None = None
-        self._due = {c.name: 0.0 for c in self.chores}
+        self._due = {c.name: 0.0 if c.at_once else time.monotonic() + c.every_s for c in self.chores}
         self._stop = threading.Event()
         self._store_failing = False
 
