@@ -8,7 +8,9 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import requests
 
@@ -176,3 +178,29 @@ class Api:
                 return job
             time.sleep(0.05)
         raise AssertionError(f"job {job_id} is still {job['state']} after {timeout}s")
+
+
+@contextmanager
+def embedded_stack(root: Path, database_url: str, *, worker: bool = False, **env: str) -> Iterator[Stack]:
+    """A stack on database_url and the SQL broker: web, scheduler and a node `rig` (its worker
+    started when asked), with `node_token` and `api` (a new user's) set; the job containers its
+    cluster left are removed afterwards, and nothing of any other cluster's."""
+    from scheduler.nodes import cluster_id
+    from tests import factories
+
+    with Stack(root, database_url=database_url, broker_url=f"sqla+sqlite:///{root / 'broker.sqlite'}",
+               extra_env=env) as stack:
+        stack.start_web()
+        stack.start_scheduler()
+        _, stack.node_token, _ = factories.node(stack.core, name="rig")
+        if worker:
+            stack.start_worker(stack.node_token)
+        _, token = factories.user(stack.core)
+        stack.api = Api(stack.url, token)
+        with stack.core.transaction() as session:
+            cluster = cluster_id(session)
+        yield stack
+    leftovers = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=peergrid.cluster={cluster}"],
+                               capture_output=True, text=True).stdout.split()
+    if leftovers:
+        subprocess.run(["docker", "rm", "-f", *leftovers], capture_output=True)

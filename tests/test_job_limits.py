@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import signal
-import subprocess
 import time
 
 import pytest
 
-from tests import factories
-from tests.stack import Api, Stack
+from tests.stack import Stack, embedded_stack
 
 
 def one_op(image: str, **args) -> dict:
@@ -19,18 +17,8 @@ def one_op(image: str, **args) -> dict:
 
 @pytest.fixture
 def stack(tmp_path, sqlite_url, test_image):
-    with Stack(tmp_path, database_url=sqlite_url, broker_url=f"sqla+sqlite:///{tmp_path / 'broker.sqlite'}",
-               extra_env={"PEERGRID_HEARTBEAT_INTERVAL": "1"}) as stack:
-        stack.start_web()
-        stack.start_scheduler()
-        _, stack.node_token, _ = factories.node(stack.core, name="rig")
-        _, token = factories.user(stack.core)
-        stack.api = Api(stack.url, token)
+    with embedded_stack(tmp_path, sqlite_url, PEERGRID_HEARTBEAT_INTERVAL="1") as stack:
         yield stack
-    leftovers = subprocess.run(["docker", "ps", "-aq", "--filter", "label=peergrid.job"], capture_output=True,
-                               text=True).stdout.split()
-    if leftovers:
-        subprocess.run(["docker", "rm", "-f", *leftovers], capture_output=True)
 
 
 def limits_of_a_run(stack: Stack, docker_client, definition: dict) -> tuple[int, int]:

@@ -8,8 +8,7 @@ import time
 
 import pytest
 
-from tests import factories
-from tests.stack import Api, Stack
+from tests.stack import Stack, embedded_stack
 
 # Longer than the worker keeps retrying one report (about 40 s), shorter than the node timeout.
 OUTAGE_S = 45
@@ -23,19 +22,9 @@ def one_op(image: str, cmd: str, **args) -> dict:
 @pytest.fixture
 def stack(tmp_path, sqlite_url, test_image):
     # A long node timeout: this is about the reports, not the reaper.
-    with Stack(tmp_path, database_url=sqlite_url, broker_url=f"sqla+sqlite:///{tmp_path / 'broker.sqlite'}",
-               extra_env={"PEERGRID_HEARTBEAT_INTERVAL": "1", "PEERGRID_NODE_TIMEOUT": "300"}) as stack:
-        stack.start_web()
-        stack.start_scheduler()
-        _, stack.node_token, _ = factories.node(stack.core, name="rig")
-        stack.start_worker(stack.node_token)
-        _, token = factories.user(stack.core)
-        stack.api = Api(stack.url, token)
+    with embedded_stack(tmp_path, sqlite_url, worker=True, PEERGRID_HEARTBEAT_INTERVAL="1",
+                        PEERGRID_NODE_TIMEOUT="300") as stack:
         yield stack
-    leftovers = subprocess.run(["docker", "ps", "-aq", "--filter", "label=peergrid.job"], capture_output=True,
-                               text=True).stdout.split()
-    if leftovers:
-        subprocess.run(["docker", "rm", "-f", *leftovers], capture_output=True)
 
 
 def started(stack: Stack, job_id: int) -> None:

@@ -9,8 +9,7 @@ import time
 
 import pytest
 
-from tests import factories
-from tests.stack import Api, Stack
+from tests.stack import Stack, embedded_stack
 
 # The first attempt waits long; the next one (elsewhere, or here after a restart) ends at once.
 FIRST_TRY_WAITS = 'echo "attempt $PEERGRID_ATTEMPT"; [ "$PEERGRID_ATTEMPT" = 1 ] && sleep 120; echo done'
@@ -24,18 +23,8 @@ def one_op(image: str, cmd: str) -> dict:
 
 @pytest.fixture
 def stack(tmp_path, sqlite_url, test_image):
-    with Stack(tmp_path, database_url=sqlite_url, broker_url=f"sqla+sqlite:///{tmp_path / 'broker.sqlite'}",
-               extra_env={"PEERGRID_HEARTBEAT_INTERVAL": "1"}) as stack:
-        stack.start_web()
-        stack.start_scheduler()
-        _, stack.node_token, _ = factories.node(stack.core, name="rig")
-        _, token = factories.user(stack.core)
-        stack.api = Api(stack.url, token)
+    with embedded_stack(tmp_path, sqlite_url, PEERGRID_HEARTBEAT_INTERVAL="1") as stack:
         yield stack
-    leftovers = subprocess.run(["docker", "ps", "-aq", "--filter", "label=peergrid.job"], capture_output=True,
-                               text=True).stdout.split()
-    if leftovers:
-        subprocess.run(["docker", "rm", "-f", *leftovers], capture_output=True)
 
 
 def running(stack: Stack, job_id: int, first_line: str) -> None:
