@@ -196,7 +196,14 @@ class _Checker:
             self.add("$.ops", f"ops must be a list, not {_kind(raw_ops)}.")
             return None
         if not raw_ops:
-            self.add("$.ops", "The job has no ops: add at least one.")
+            if "logistics" in doc:
+                self.add(
+                    "$.ops",
+                    "This is a confidential job's stub: its ops come from Nosana's own infrastructure, which "
+                    "peergrid does not reach. peergrid needs the full definition, with its ops: submit that instead.",
+                )
+            else:
+                self.add("$.ops", "The job has no ops: add at least one.")
             return None
         if self.max_ops is not None and len(raw_ops) > self.max_ops:
             self.add(

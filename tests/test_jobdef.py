@@ -249,3 +249,21 @@ def test_a_results_literal_can_name_an_op_whose_id_has_a_colon():
     assert [op.key for op in parse_definition(doc).ops] == ["gpt-oss:120b", "client"]
     problems = _problems(_with(lambda d: d["ops"][0]["args"].update(cmd="echo %%ops.gpt-oss:120b.results.port%%")))
     assert "not an op of this job" in problems["$.ops[0].args.cmd"]
+
+
+REFUSED = sorted((COMPAT.parent / "nosana-refused").glob("*.json"))
+
+
+@pytest.mark.parametrize("path", REFUSED, ids=lambda p: p.name)
+def test_every_refused_nosana_example_is_refused_with_a_sentence_saying_what_to_do(path):
+    problems = _problems(json.loads(path.read_text()))
+    message = " ".join(problems.values())
+    if path.name.startswith("confidential"):
+        assert "peergrid needs the full definition" in problems["$.ops"]
+    else:
+        assert '"0.1"' in problems["$.version"]
+    assert message.endswith(".")
+
+
+def test_the_refused_examples_are_there():
+    assert len(REFUSED) == 3
