@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from bench.common import percentile
+from bench.common import print_timings
 from tests import factories
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,12 +51,7 @@ def main() -> None:
             ("peergrid worker --help", timed([*peergrid, "worker", "--help"], args.runs)),
         ]
 
-    base_median = statistics.median(rows[0][1])
-    print(f"start-up, {args.runs} runs each, wall clock of a fresh process")
-    print(f"{'what':28} {'median s':>9} {'p95 s':>9} {'× baseline':>11}")
-    for name, values in rows:
-        median = statistics.median(values)
-        print(f"{name:28} {median:9.3f} {percentile(values, 0.95):9.3f} {median / base_median:11.2f}")
+    print_timings(f"start-up, {args.runs} runs each, wall clock of a fresh process", rows)
 
 
 if __name__ == "__main__":

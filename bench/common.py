@@ -42,6 +42,18 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
+def print_timings(title: str, rows: list[tuple[str, list[float]]]) -> None:
+    """Print median and p95 seconds of each row, and its median against the first row's, the baseline."""
+    import statistics
+
+    base_median = statistics.median(rows[0][1])
+    print(title)
+    print(f"{'what':28} {'median s':>9} {'p95 s':>9} {'× baseline':>11}")
+    for name, values in rows:
+        median = statistics.median(values)
+        print(f"{name:28} {median:9.3f} {percentile(values, 0.95):9.3f} {median / base_median:11.2f}")
+
+
 class FakeRuntime:
     """A container runtime for control-plane benchmarks: no Docker, nothing left behind."""
 

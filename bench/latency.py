@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
-from bench.common import percentile, store_and_broker
+from bench.common import print_timings, store_and_broker
 from tests import factories
 from tests.stack import Api, Stack
 
@@ -59,17 +58,12 @@ def main() -> None:
     setups = ["embedded", "scaled"] if args.setup == "both" else [args.setup]
 
     baseline = bare_docker(args.runs)
-    base_median = statistics.median(baseline)
     rows = [("bare docker run --rm", baseline)]
     for setup in setups:
         with tempfile.TemporaryDirectory() as root:
             rows.append((f"peergrid {setup}", through_peergrid(setup, args.runs, Path(root))))
 
-    print(f"latency, {args.runs} runs each, one-op hello-world job, image {IMAGE}")
-    print(f"{'what':28} {'median s':>9} {'p95 s':>9} {'× baseline':>11}")
-    for name, values in rows:
-        median = statistics.median(values)
-        print(f"{name:28} {median:9.3f} {percentile(values, 0.95):9.3f} {median / base_median:11.2f}")
+    print_timings(f"latency, {args.runs} runs each, one-op hello-world job, image {IMAGE}", rows)
 
 
 if __name__ == "__main__":

@@ -34,21 +34,9 @@ from scheduler.nodes import NodeReport, register
 from scheduler.orchestration import advance
 from scheduler.settings import Settings
 from tests import factories
+from tests.factories import many_ops
 
 BASELINE = 100
-
-
-def definition(n: int, shape: str) -> dict:
-    ops = []
-    for i in range(n):
-        op = {"id": f"op-{i}", "type": "container/run",
-              "args": {"image": "busybox", "cmd": ["echo", "%%global.job%%"], "env": {"I": str(i)}}}
-        if shape == "group":
-            op["execution"] = {"group": "all"}
-        elif shape == "chain":
-            op["execution"] = {"group": "all", "depends_on": [f"op-{i + 1}"] if i + 1 < n else []}
-        ops.append(op)
-    return {"version": "0.1", "ops": ops}
 
 
 def measure(root: Path, setup: str, n: int, shape: str) -> tuple[float, float, float, float]:
@@ -70,7 +58,7 @@ def _measure(folder: Path, url: str, broker_url: str, n: int, shape: str) -> tup
         node_id, _, _ = factories.node(core)
         with core.transaction() as session:
             register(session, session.get(Node, node_id), NodeReport(slots=1))
-        doc = definition(n, shape)
+        doc = many_ops(n, shape)
         began = time.perf_counter()
         parse_definition(doc)
         validated = time.perf_counter() - began

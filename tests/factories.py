@@ -70,3 +70,18 @@ def served(database_url: str, tmp_path, **env: str):
         yield core, create_app(core=core).test_client()
     finally:
         core.close()
+
+
+def many_ops(n: int, shape: str) -> dict:
+    """A definition of n ops: `sequence` (no groups: each waits for the one before), `group` (one
+    group, all at once) or `chain` (one group, each op depending on the next one listed)."""
+    ops = []
+    for i in range(n):
+        op = {"id": f"op-{i}", "type": "container/run",
+              "args": {"image": "busybox", "cmd": ["echo", "%%global.job%%"], "env": {"I": str(i)}}}
+        if shape == "group":
+            op["execution"] = {"group": "all"}
+        elif shape == "chain":
+            op["execution"] = {"group": "all", "depends_on": [f"op-{i + 1}"] if i + 1 < n else []}
+        ops.append(op)
+    return {"version": "0.1", "ops": ops}

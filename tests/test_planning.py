@@ -20,21 +20,7 @@ from scheduler.nodes import NodeReport, register
 from scheduler.settings import Settings
 from scheduler.states import OpState, utcnow
 from tests import factories
-from tests.factories import bearer
-
-
-def definition(n: int, shape: str) -> dict:
-    """n ops: `sequence` (no groups: each waits for the one before), `group` (one group, all at
-    once) or `chain` (one group, each op depending on the next one listed)."""
-    ops = []
-    for i in range(n):
-        op = {"id": f"op-{i}", "type": "container/run", "args": {"image": "busybox", "cmd": "echo %%global.job%%"}}
-        if shape == "group":
-            op["execution"] = {"group": "all"}
-        elif shape == "chain":
-            op["execution"] = {"group": "all", "depends_on": [f"op-{i + 1}"] if i + 1 < n else []}
-        ops.append(op)
-    return {"version": "0.1", "ops": ops}
+from tests.factories import bearer, many_ops
 
 
 def calls(work) -> int:
@@ -50,7 +36,7 @@ def calls(work) -> int:
 def submit_calls(core, user_id: int, n: int, shape: str) -> int:
     def work():
         with core.transaction() as session:
-            submit_job(session, session.get(User, user_id), definition(n, shape), default_timeout_s=600)
+            submit_job(session, session.get(User, user_id), many_ops(n, shape), default_timeout_s=600)
 
     return calls(work)
 
@@ -63,13 +49,13 @@ def assert_linear(small: int, large: int, what: str) -> None:
 
 def test_validating_grows_linearly_with_the_ops():
     for shape in ("sequence", "group", "chain"):
-        parse_definition(definition(20, shape))
-        assert_linear(calls(lambda: parse_definition(definition(300, shape))),
-                      calls(lambda: parse_definition(definition(600, shape))), f"validate {shape}")
+        parse_definition(many_ops(20, shape))
+        assert_linear(calls(lambda: parse_definition(many_ops(300, shape))),
+                      calls(lambda: parse_definition(many_ops(600, shape))), f"validate {shape}")
 
 
 def test_a_long_chain_of_dependencies_is_checked_without_recursion():
-    assert len(parse_definition(definition(5000, "chain")).ops) == 5000
+    assert len(parse_definition(many_ops(5000, "chain")).ops) == 5000
 
 
 def test_submitting_grows_linearly_with_the_ops(core):
@@ -90,7 +76,7 @@ def test_a_failure_that_skips_a_whole_chain_is_one_pass(core):
 
     def fail_the_last(n: int) -> int:
         with core.transaction() as session:
-            job_id = submit_job(session, session.get(User, user_id), definition(n, "chain"), default_timeout_s=600).id
+            job_id = submit_job(session, session.get(User, user_id), many_ops(n, "chain"), default_timeout_s=600).id
         with core.transaction() as session:
             node = session.get(Node, node_id)
             attempt = session.scalar(select(Attempt).join(Op).where(Op.job_id == job_id))
@@ -115,8 +101,8 @@ def test_a_job_with_more_ops_than_the_server_takes_is_refused_at_ops(client, cor
     limit = core.settings.max_ops_per_job
     assert limit == 1000
 
-    refused = client.post("/api/v1/jobs", json=definition(limit + 1, "sequence"), headers=bearer(token))
-    taken = client.post("/api/v1/jobs", json=definition(limit, "group"), headers=bearer(token))
+    refused = client.post("/api/v1/jobs", json=many_ops(limit + 1, "sequence"), headers=bearer(token))
+    taken = client.post("/api/v1/jobs", json=many_ops(limit, "group"), headers=bearer(token))
 
     assert refused.status_code == 422
     (problem,) = refused.json["errors"]
@@ -135,10 +121,10 @@ def test_the_cap_on_ops_is_a_setting_the_api_and_the_submit_page_apply(tmp_path,
     assert settings.max_ops_per_job == 3
     with factories.served(sqlite_url, tmp_path, PEERGRID_MAX_OPS_PER_JOB="3") as (core, client):
         _, token = factories.user(core, email="cap@example.com")
-        assert client.post("/api/v1/jobs", json=definition(4, "sequence"), headers=bearer(token)).status_code == 422
-        assert client.post("/api/v1/jobs", json=definition(3, "sequence"), headers=bearer(token)).status_code == 201
+        assert client.post("/api/v1/jobs", json=many_ops(4, "sequence"), headers=bearer(token)).status_code == 422
+        assert client.post("/api/v1/jobs", json=many_ops(3, "sequence"), headers=bearer(token)).status_code == 201
         sign_in(client, "cap@example.com")
-        check = client.post("/submit/check", json={"definition": json.dumps(definition(4, "sequence"))},
+        check = client.post("/submit/check", json={"definition": json.dumps(many_ops(4, "sequence"))},
                             headers={"X-CSRF-Token": csrf(client.get("/submit"))})
         assert check.json["valid"] is False and check.json["errors"][0]["path"] == "$.ops"
 
