@@ -1,14 +1,20 @@
 # The peergrid image: web, scheduler and worker all run from it with different commands.
 FROM python:3.11-slim
-ENV PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+ENV PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 WORKDIR /app
 COPY pyproject.toml README.md ./
+COPY protocol ./protocol
 COPY scheduler ./scheduler
 COPY worker ./worker
 COPY web ./web
 COPY cli ./cli
 COPY migrations ./migrations
-RUN pip install --no-cache-dir . gunicorn && useradd --system --uid 10001 peergrid
+# The peergrid user gets a home (gunicorn and Celery keep files there) and owns /data before any
+# volume is mounted on it: Docker copies that ownership into a new named volume, so the web's
+# artifacts and uploads can be written there.
+RUN pip install ".[deploy]" \
+ && useradd --system --uid 10001 --user-group --create-home --home-dir /home/peergrid peergrid \
+ && install -d -o peergrid -g peergrid -m 0750 /data
 USER peergrid
 EXPOSE 8000
 CMD ["peergrid", "web", "--host", "0.0.0.0", "--port", "8000"]
