@@ -11,6 +11,10 @@ import requests
 LOST = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
 
 
+# How many times a GET is sent when the connection breaks or the server says 503: about 4 s in all.
+GET_TRIES = 4
+
+
 class ApiError(Exception):
     """Raised when the server answers with an error or cannot be reached."""
 
@@ -70,7 +74,9 @@ class ApiClient:
         return body
 
     def get(self, path: str, **params) -> Any:
-        return self.request("GET", path, params={k: v for k, v in params.items() if v is not None})
+        # A GET is safe to send again: a server may close an idle kept-alive connection just as the
+        # next request goes out on it, and that request then meets a reset, not an answer.
+        return self.request("GET", path, tries=GET_TRIES, params={k: v for k, v in params.items() if v is not None})
 
     def post(self, path: str, body: Any = None, **params) -> Any:
         return self.request("POST", path, json=body, params={k: v for k, v in params.items() if v is not None})
