@@ -168,6 +168,15 @@ def _follow_logs(client: ApiClient, job_id: int, op: str | None) -> str:
             time.sleep(0.5)
 
 
+@job.command("wait")
+@click.argument("job_id", type=int)
+def job_wait(job_id: int) -> None:
+    """Wait for a job to end and print how; exit 0 only if it succeeded."""
+    state = _wait(_client(), job_id)
+    click.echo(f"job {job_id} {state}")
+    sys.exit(0 if state == "succeeded" else 1)
+
+
 @job.command("status")
 @click.argument("job_id", type=int)
 @click.option("--json", "as_json", is_flag=True)
@@ -228,9 +237,10 @@ def job_extend(job_id: int, seconds: int) -> None:
 @job.command("download")
 @click.argument("job_id", type=int)
 @click.argument("op")
-@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Where to write it [job-ID-OP.tar.gz].")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, allow_dash=True),
+              help="Where to write it, - for stdout [job-ID-OP.tar.gz].")
 def job_download(job_id: int, op: str, output: str | None) -> None:
-    """Download an op's output folder as a .tar.gz."""
+    """Download an op's output folder as a .tar.gz (checked against its SHA-256)."""
     import hashlib
 
     client = _client()
@@ -239,19 +249,22 @@ def job_download(job_id: int, op: str, output: str | None) -> None:
     if artifact is None:
         have = ", ".join(a["op"] for a in listing) or "none"
         fail(f"Op {op!r} of job {job_id} has no output (ops with output: {have}).")
+    to_stdout = output == "-"
     target = Path(output or f"job-{job_id}-{op}.tar.gz")
     digest = hashlib.sha256()
     with client.http.get(client.server + artifact["url"], stream=True, timeout=300) as response:
         if response.status_code >= 400:
             fail(f"The download failed: {response.status_code} {response.reason}.")
-        with open(target, "wb") as out:
+        with click.open_file("-", "wb") if to_stdout else open(target, "wb") as out:
             for chunk in response.iter_content(1024 * 1024):
                 digest.update(chunk)
                 out.write(chunk)
     if digest.hexdigest() != artifact["sha256"]:
-        target.unlink(missing_ok=True)
+        if not to_stdout:
+            target.unlink(missing_ok=True)
         fail("The download arrived damaged (checksum mismatch); try again.")
-    click.echo(str(target))
+    if not to_stdout:
+        click.echo(str(target))
 
 
 @main.command()

@@ -79,8 +79,13 @@ def web(host: str, port: int, threads: int) -> None:
     from scheduler.settings import Settings
     from web import create_app, start_hearing
 
+    from scheduler.errors import PeergridError
+
     setup_logging()
-    app = create_app(Settings.from_env())
+    try:
+        app = create_app(Settings.from_env())
+    except PeergridError as e:
+        fail(str(e))
     start_hearing(app)
     click.echo(f"Serving on http://{host}:{port}/", err=True)
     waitress.serve(app, host=host, port=port, threads=threads, ident="peergrid", clear_untrusted_proxy_headers=True)
@@ -111,13 +116,15 @@ def admin() -> None:
 @admin.command("create-user")
 @click.argument("email")
 @click.option("--admin", "is_admin", is_flag=True, help="Make the account an admin.")
-@click.option("--password", help="Prompted for when omitted.")
+@click.option("--password", help="Read from stdin when piped, else asked for, when omitted.")
 def create_user_cmd(email: str, is_admin: bool, password: str | None) -> None:
-    """Create an account."""
+    """Create an account; its password is read from stdin when piped (its first line), else asked for."""
     from scheduler.accounts import create_user
 
-    if password is None:
+    if password is None and sys.stdin.isatty():
         password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    elif password is None:
+        password = sys.stdin.readline().removesuffix("\n").removesuffix("\r")
     core = _core()
     with _transaction(core) as session:
         user = create_user(session, email, password, is_admin=is_admin, starter_credits=core.settings.starter_credits)

@@ -72,10 +72,17 @@ def test_create_user_refuses_a_duplicate_with_a_sentence(stack, user_env):
     assert "already exists" in again.stderr and "Traceback" not in again.stderr
 
 
-def test_create_user_prompts_for_the_password(stack):
-    made = peergrid("admin", "create-user", "prompted@example.com", env=stack.env, input="a fine password\na fine password\n")
+def test_create_user_reads_a_piped_password_from_stdin(stack):
+    from scheduler.accounts import authenticate
+
+    made = peergrid("admin", "create-user", "piped@example.com", env=stack.env, input="a fine password\n")
     assert made.returncode == 0, made.stderr
-    assert "Created account prompted@example.com" in made.stdout
+    assert "Created account piped@example.com" in made.stdout
+    assert "Warning" not in made.stderr  # no prompt, no echo warning
+    with stack.core.transaction() as session:
+        assert authenticate(session, "piped@example.com", "a fine password").email == "piped@example.com"
+    empty = peergrid("admin", "create-user", "nothing@example.com", env=stack.env, input="")
+    assert empty.returncode == 1 and "password" in empty.stderr.lower()
 
 
 def test_create_token_for_an_unknown_account_says_what_to_do(stack):
@@ -170,6 +177,13 @@ def test_submit_wait_status_and_logs(stack, user_env, tmp_path, test_image):
 
     with tarfile.open(target) as tar:
         assert tar.extractfile("out/f.txt").read() == b"kept\n"
+    # To stdout, for a pipe: the archive's bytes and nothing else.
+    piped = subprocess.run([sys.executable, "-m", "cli", "job", "download", made.stdout.strip(), "hello-world", "-o", "-"],
+                           env=user_env, capture_output=True, timeout=120)
+    assert piped.returncode == 0, piped.stderr
+    assert piped.stdout == target.read_bytes()
+    waited = peergrid("job", "wait", made.stdout.strip(), env=user_env)
+    assert waited.returncode == 0 and waited.stdout == f"job {made.stdout.strip()} succeeded\n"
     missing = peergrid("job", "download", job_id, "hello-world", env=user_env)
     assert missing.returncode == 1 and "has no output" in missing.stderr
 
@@ -177,6 +191,8 @@ def test_submit_wait_status_and_logs(stack, user_env, tmp_path, test_image):
     failing.write_text(json.dumps(factories.hello_world(test_image, cmd="exit 2")))
     failed = peergrid("job", "submit", str(failing), "--wait", env=user_env)
     assert failed.returncode == 1 and "failed" in failed.stderr
+    waited = peergrid("job", "wait", failed.stdout.strip(), env=user_env)
+    assert waited.returncode == 1 and "failed" in waited.stdout
 
 
 def test_submit_of_a_bad_definition_prints_the_problems(user_env, tmp_path):
