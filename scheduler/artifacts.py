@@ -28,6 +28,25 @@ def artifacts_root(data_dir: Path) -> Path:
     return data_dir / "artifacts"
 
 
+def check_artifacts_writable(data_dir: Path) -> None:
+    """Make the artifacts folder if need be and prove this process can write there.
+
+    Raises:
+        PeergridError: it cannot, said with who this process is and what to change.
+    """
+    root = artifacts_root(data_dir)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=root, prefix=".writable-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise PeergridError(
+            f"Cannot write uploaded outputs under {root} ({e.strerror}): this process runs as uid {os.getuid()}. "
+            f"Give that user the data dir (PEERGRID_DATA_DIR), e.g. `chown -R {os.getuid()} {data_dir}`."
+        ) from e
+
+
 def store_artifact(
     session: Session,
     attempt: Attempt,

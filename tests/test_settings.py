@@ -87,3 +87,20 @@ def test_credit_settings_are_read_exactly_not_through_floats(tmp_path):
     for wrong in ("0.0000001", "lots", "nan", "-1"):
         with pytest.raises(ConfigurationError, match="PEERGRID_MIN_PAYOUT"):
             Settings.from_env({"PEERGRID_MIN_PAYOUT": wrong}, data_dir=tmp_path)
+
+
+def test_the_web_refuses_to_start_on_a_data_dir_it_cannot_write(tmp_path, sqlite_url):
+    from dataclasses import replace
+
+    from scheduler.errors import PeergridError
+    from web import create_app
+
+    (tmp_path / "taken").write_text("a file where the data dir should be")
+    settings = Settings.from_env(
+        {"PEERGRID_DATABASE_URL": sqlite_url, "PEERGRID_SECRET_KEY": "x",
+         "PEERGRID_BROKER_URL": f"sqla+sqlite:///{tmp_path / 'broker.sqlite'}"},
+        data_dir=tmp_path,
+    )
+    with pytest.raises(PeergridError, match=r"Cannot write uploaded outputs under .*taken/artifacts.*chown"):
+        create_app(replace(settings, data_dir=tmp_path / "taken"))
+    assert create_app(settings)  # and starts where it can

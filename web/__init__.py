@@ -16,6 +16,7 @@ class StoreId(IntegerConverter):
         super().__init__(map, *args, **kwargs)
 
 from protocol.gpus import gb_text
+from scheduler.artifacts import check_artifacts_writable
 from scheduler.core import Core
 from scheduler.settings import Settings
 from web.bodies import BodyJSONProvider
@@ -36,6 +37,8 @@ def create_app(settings: Settings | None = None, *, core: Core | None = None) ->
         JSON_SORT_KEYS=False,
     )
     app.json = BodyJSONProvider(app)
+    # Refuse to start, rather than fail every upload of an op's output later.
+    check_artifacts_writable(settings.data_dir)
     app.extensions["peergrid"] = core or Core.from_settings(settings)
     # Ids in URLs fit the store's 64-bit integers; a longer number is simply not found.
     app.url_map.converters["int"] = StoreId
