@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import jsonify, request
 
+from protocol.messages import Joined, JoinRequest
 from scheduler.errors import PeergridError
 from scheduler.joining import create_join_token, join, join_token_for, join_tokens_of, revoke_join_token
 from scheduler.models import JoinToken
@@ -56,8 +57,6 @@ def nodes_join():
     """A worker joins with a join token and gets a node of the token's owner, with its node token, once."""
     token = require_join_token()
     join_token_for(db(), token)  # a wrong token is told so, whatever it sent
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict) or not isinstance(body.get("name"), str):
-        raise PeergridError('Send {"name": "..."}: the new node\'s name, as a string.')
-    node, node_token = join(db(), token, body["name"])
-    return jsonify({"id": node.id, "name": node.name, "token": node_token}), 201
+    asked = JoinRequest.from_wire(request.get_json(silent=True))
+    node, node_token = join(db(), token, asked.name)
+    return jsonify(Joined(node_id=node.id, node_name=node.name, token=node_token).to_wire()), 201
