@@ -11,7 +11,7 @@ import threading
 import time
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import select
 from werkzeug.serving import make_server
 
 from scheduler.accounts import hash_token

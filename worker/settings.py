@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
@@ -14,9 +14,9 @@ from worker.errors import WorkerError
 class WorkerSettings:
     server: str
     # The node token; empty when the worker joins with join_token (or joined before: worker.joining).
-    token: str = ""
+    token: str = field(default="", repr=False)
     # A join token: with no node token given or saved, the worker joins with it as a new node.
-    join_token: str | None = None
+    join_token: str | None = field(default=None, repr=False)
     # The node's name when it joins (default: the machine's hostname); else a label for logs.
     name: str | None = None
     simulate_gpus: str | None = None
