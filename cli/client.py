@@ -356,6 +356,41 @@ def node_create(name: str) -> None:
     click.echo(body["token"])
 
 
+@node.command("join-token")
+@click.option("--name", "label", default="", metavar="LABEL", help="A label to tell your join tokens apart.")
+def node_join_token(label: str) -> None:
+    """Make a join token and print it, once, and nothing else.
+
+    A worker started with it (PEERGRID_JOIN_TOKEN) joins as a new node of yours, named by its --name
+    (PEERGRID_NODE_NAME, default the machine's hostname); the token can do nothing else.
+    """
+    body = _api(lambda: _client().post("/join-tokens", {"name": label}))
+    click.echo(body["token"])
+
+
+@node.command("join-tokens")
+@click.option("--json", "as_json", is_flag=True)
+def node_join_tokens(as_json: bool) -> None:
+    """Your join tokens: label, how many nodes each made, and whether it was revoked; never the tokens."""
+    tokens = _api(lambda: _client().get("/join-tokens"))["join_tokens"]
+    if as_json:
+        click.echo(json.dumps(tokens, indent=2))
+        return
+    if not tokens:
+        click.echo("No join tokens yet: `peergrid node join-token` makes one.")
+    for t in tokens:
+        state = f"revoked {t['revoked_at']}" if t["revoked_at"] else "active"
+        click.echo(f"{t['id']:>4}  {t['name'] or '-':<20} {t['prefix']}…  {t['nodes']:>3} node(s)  {state}")
+
+
+@node.command("revoke-join-token")
+@click.argument("token_id", type=int)
+def node_revoke_join_token(token_id: int) -> None:
+    """Revoke a join token: it makes no more nodes; the nodes it made keep working."""
+    body = _api(lambda: _client().request("DELETE", f"/join-tokens/{token_id}"))
+    click.echo(f"join token {body['id']} revoked; the nodes it made keep working")
+
+
 @main.group()
 def secret() -> None:
     """Keep values on the server that jobs use as %%secrets.NAME%%; they are never shown again."""

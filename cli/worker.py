@@ -17,10 +17,15 @@ from cli import fail, main, setup_logging
 
 @main.command()
 @click.option("--server", envvar="PEERGRID_SERVER", default="http://127.0.0.1:8000", show_default=True)
-@click.option("--token", envvar="PEERGRID_NODE_TOKEN", required=True,
+@click.option("--token", envvar="PEERGRID_NODE_TOKEN",
               help="The node token from `peergrid node create`; better passed as PEERGRID_NODE_TOKEN, since every "
                    "user of the machine can read a command line.")
-@click.option("--name", help="A label for logs; the node's name is the one it was created with.")
+@click.option("--join-token", envvar="PEERGRID_JOIN_TOKEN",
+              help="A join token from `peergrid node join-token`: without a node token, the worker joins as a new "
+                   "node and keeps its node token in its data dir (node-token). Better passed as PEERGRID_JOIN_TOKEN.")
+@click.option("--name", envvar="PEERGRID_NODE_NAME",
+              help="The node's name when it joins [default: the machine's hostname]; with a node token, a label for "
+                   "logs (the node keeps the name it was created with).")
 @click.option("--simulate-gpus", metavar="SPEC", help="Made-up GPUs for development and tests; shown as simulated.")
 @click.option("--slots", default=1, show_default=True, type=click.IntRange(1, 256), help="CPU ops run at once.")
 @click.option("--job-network", envvar="PEERGRID_JOB_NETWORK", default="bridge", show_default=True,
@@ -37,10 +42,13 @@ from cli import fail, main, setup_logging
               help="The Docker engine for job containers [default: DOCKER_HOST, else the local socket].")
 @click.option("--drain-timeout", envvar="PEERGRID_DRAIN_TIMEOUT", type=click.FloatRange(0), default=300, show_default=True,
               help="Seconds a first Ctrl-C lets running ops go on before they are given back.")
-def worker(server: str, token: str, name: str | None, simulate_gpus: str | None, slots: int, job_network: str,
-           job_memory_mb: int | None, job_cpus: float | None, events: bool, data_dir: str | None,
-           docker_host: str | None, drain_timeout: float) -> None:
+def worker(server: str, token: str | None, join_token: str | None, name: str | None, simulate_gpus: str | None,
+           slots: int, job_network: str, job_memory_mb: int | None, job_cpus: float | None, events: bool,
+           data_dir: str | None, docker_host: str | None, drain_timeout: float) -> None:
     """Run the provider's agent: take offers and run them in Docker.
+
+    Its node token is, in order: --token; the one an earlier join saved in its data dir; or, with
+    --join-token, a new node's, got by joining once (give each worker its own --name).
 
     A first Ctrl-C drains it: it takes nothing new, lets what runs finish (up to --drain-timeout
     seconds) and exits. A second Ctrl-C, or SIGTERM, gives what still runs back to the server now,
@@ -53,8 +61,8 @@ def worker(server: str, token: str, name: str | None, simulate_gpus: str | None,
     setup_logging()
     try:
         settings = WorkerSettings.from_env(
-            server=server, token=token, name=name, simulate_gpus=simulate_gpus, slots=slots, job_network=job_network,
-            memory_limit_mb=job_memory_mb, cpu_limit=job_cpus, events=events,
+            server=server, token=token, join_token=join_token, name=name, simulate_gpus=simulate_gpus, slots=slots,
+            job_network=job_network, memory_limit_mb=job_memory_mb, cpu_limit=job_cpus, events=events,
             data_dir=Path(data_dir) if data_dir else None, docker_host=docker_host, drain_timeout_s=drain_timeout,
         )
         agent = Agent(settings)

@@ -245,6 +245,42 @@ class Registration:
 
 
 @dataclass(frozen=True)
+class JoinRequest:
+    """A worker asking, with a join token, to become a new node of the token's owner."""
+
+    name: str
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"name": self.name}
+
+    @classmethod
+    def from_wire(cls, body: Any) -> JoinRequest:
+        if not isinstance(body, dict) or not isinstance(body.get("name"), str):
+            raise ProtocolError('Send {"name": "..."}: the new node\'s name, as a string.')
+        return cls(name=body["name"])
+
+
+@dataclass(frozen=True)
+class Joined:
+    """The answer to a join: the node made, and its token, which the server keeps no copy of."""
+
+    node_id: int
+    node_name: str
+    token: str = field(repr=False)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"id": self.node_id, "name": self.node_name, "token": self.token}
+
+    @classmethod
+    def from_wire(cls, body: Any) -> Joined:
+        body = _object(body, "The join answer")
+        if not isinstance(body.get("token"), str) or not body["token"]:
+            raise ProtocolError("The join answer carries no node token.")
+        return cls(node_id=_whole(body.get("id"), "id", low=1), node_name=str(body.get("name", "")),
+                   token=body["token"])
+
+
+@dataclass(frozen=True)
 class HeartbeatAnswer:
     """What the server tells a node on each heartbeat."""
 

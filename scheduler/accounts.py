@@ -17,6 +17,7 @@ from scheduler.states import utcnow
 
 API_TOKEN_PREFIX = "pg_"
 NODE_TOKEN_PREFIX = "pgn_"
+JOIN_TOKEN_PREFIX = "pgj_"
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+$")
 
 

@@ -37,6 +37,18 @@ def node(core: Core, owner_email: str | None = None, *, name: str | None = None)
     return row.id, token, api_token
 
 
+def join_token(core: Core, owner_id: int | None = None, *, name: str = "test") -> str:
+    """Make a join token of owner_id (of a new account when not given) and return it."""
+    from scheduler.joining import create_join_token
+    from scheduler.models import User
+
+    if owner_id is None:
+        owner_id, _ = user(core)
+    with core.transaction() as session:
+        _, token = create_join_token(session, session.get(User, owner_id), name)
+    return token
+
+
 def hello_world(image: str, cmd=None) -> dict:
     return {
         "version": "0.1",

@@ -105,6 +105,14 @@ class Stack:
             name, "worker", "--server", self.url, "--token", node_token, "--job-network", "none", *args, env=env
         )
 
+    def start_joining_worker(self, join_token: str, node_name: str, *args: str, env: dict | None = None):
+        """Start a worker, named node_name, that joins with a join token and keeps its state (the node
+        token it gets) in a data dir of its own: worker-NODE_NAME."""
+        env = {"PEERGRID_JOIN_TOKEN": join_token, "PEERGRID_NODE_TOKEN": "",
+               "PEERGRID_WORKER_DATA_DIR": str(self.root / f"worker-{node_name}"), **(env or {})}
+        return self.spawn(node_name, "worker", "--server", self.url, "--name", node_name, "--job-network", "none",
+                          *args, env=env)
+
     def restart(self, name: str, start) -> None:
         """Stop the named process (SIGTERM, as an operator would) and start it again."""
         self.terminate(name)

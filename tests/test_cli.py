@@ -97,6 +97,28 @@ def test_node_create_prints_the_node_token_only(user_env):
     assert result.stdout.startswith("pgn_") and result.stdout.count("\n") == 1
 
 
+def test_join_tokens_are_made_listed_and_revoked_from_the_command_line(stack, user_env):
+    import requests
+
+    made = peergrid("node", "join-token", "--name", "cli rack", env=user_env)
+    assert made.returncode == 0, made.stderr
+    assert made.stdout.startswith("pgj_") and made.stdout.count("\n") == 1
+    token = made.stdout.strip()
+    joined = requests.post(f"{stack.url}/api/v1/nodes/join", json={"name": "cli-joined"},
+                           headers=factories.bearer(token), timeout=10)
+    assert joined.status_code == 201, joined.text
+
+    listed = peergrid("node", "join-tokens", env=user_env)
+    line = next(l for l in listed.stdout.splitlines() if "cli rack" in l)
+    assert "1 node(s)" in line and "active" in line and token not in listed.stdout
+    token_id = line.split()[0]
+    revoked = peergrid("node", "revoke-join-token", token_id, env=user_env)
+    assert revoked.returncode == 0, revoked.stderr
+    assert "revoked" in peergrid("node", "join-tokens", env=user_env).stdout
+    unknown = peergrid("node", "revoke-join-token", "999999", env=user_env)
+    assert unknown.returncode == 1 and "There is no join token 999999 of yours." in unknown.stderr
+
+
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
 def test_validate_accepts_every_nosana_example(path, tmp_path):
     result = peergrid("job", "validate", str(path), env=dict(os.environ))

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import re
 
+from sqlalchemy import select
+
 from protocol.messages import LogRecord
 from scheduler.attempts import LogLimits, append_logs, claim_attempt, finish_attempt, start_attempt
-from scheduler.models import Attempt, Node
+from scheduler.models import Attempt, JoinToken, Node
 from scheduler.nodes import NodeReport, register
 from tests import factories
 from tests.factories import PASSWORD, bearer, hello_world
@@ -452,3 +454,33 @@ def test_a_definition_nested_too_deep_to_read_is_a_problem_on_the_submit_page(cl
     assert check.status_code == 200 and check.json["valid"] is False
     assert check.json["errors"][0]["path"] == "$" and "deeper" in check.json["errors"][0]["message"]
     assert posted.status_code == 422 and "deeper" in posted.get_data(as_text=True)
+
+
+def test_providers_make_join_tokens_on_the_nodes_page_and_revoke_them(client, core):
+    provider_id, _ = factories.user(core, email="prov@example.com")
+    someone_else = factories.join_token(core)
+    sign_in(client, "prov@example.com")
+    page = client.get("/nodes")
+
+    shown = client.post("/nodes/join-tokens", data={"name": "rack 3", "csrf_token": csrf(page)}).get_data(as_text=True)
+
+    # The token is shown once, in a command that passes it in the environment
+    command = re.search(r'id="join-command">([^<]+)<', shown).group(1)
+    token = re.fullmatch(r"PEERGRID_JOIN_TOKEN=(pgj_\S+) peergrid worker --server http://localhost --name gpu-1",
+                         command).group(1)
+    assert client.post("/api/v1/nodes/join", json={"name": "gpu-1"}, headers=bearer(token)).status_code == 201
+    listed = client.get("/nodes").get_data(as_text=True)
+    row = re.search(r'<tr id="join-token-(\d+)">(.*?)</tr>', listed, re.S)
+    assert "rack 3" in row.group(2) and '<td class="num">1</td>' in row.group(2) and token not in listed
+    assert "gpu-1" in listed
+
+    # Revoking needs the page's CSRF token, and only the owner's own tokens can be revoked
+    token_id = row.group(1)
+    assert client.post(f"/nodes/join-tokens/{token_id}/revoke").status_code == 400
+    with core.transaction() as session:
+        theirs = session.scalar(select(JoinToken.id).where(JoinToken.owner_id != provider_id))
+    assert client.post(f"/nodes/join-tokens/{theirs}/revoke", data={"csrf_token": csrf(page)}).status_code == 404
+    client.post(f"/nodes/join-tokens/{token_id}/revoke", data={"csrf_token": csrf(page)})
+    assert "revoked" in client.get("/nodes").get_data(as_text=True)
+    assert client.post("/api/v1/nodes/join", json={"name": "gpu-2"}, headers=bearer(token)).status_code == 401
+    assert client.post("/api/v1/nodes/join", json={"name": "gpu-2"}, headers=bearer(someone_else)).status_code == 201

@@ -84,3 +84,14 @@ def test_flower_reads_the_broker_the_scheduler_uses_and_stays_on_loopback():
     assert flower["profiles"] == ["flower"]  # optional: not started by a plain `up`
     assert f"--broker={SERVICES['scheduler']['environment']['PEERGRID_BROKER_URL']}" in command_of(flower)
     assert all(port.startswith("127.0.0.1:") for port in flower["ports"])
+
+
+def test_each_worker_replica_joins_as_a_node_of_its_own():
+    """`--scale worker=N` makes N nodes: the replicas join with a join token, and each keeps the node
+    token it got in a volume of its own (a named volume would be shared by all, and so would the token)."""
+    worker = SERVICES["worker"]
+    env = worker["environment"]
+    assert env["PEERGRID_JOIN_TOKEN"].startswith("${") and not env["PEERGRID_NODE_TOKEN"].startswith("${PEERGRID_NODE_TOKEN:?")
+    state = env["PEERGRID_WORKER_DATA_DIR"]
+    assert state in worker["volumes"]  # an anonymous volume: one per replica
+    assert not any(v.endswith(":" + state) for v in worker["volumes"])

@@ -44,7 +44,7 @@ def fuzz_app(tmp_path_factory, sqlite_template):
     app = create_app(core=core)
     _, token = factories.user(core, admin=True)
     _, node_token, _ = factories.node(core)
-    app.config["FUZZ_TOKENS"] = [token, node_token]
+    app.config["FUZZ_TOKENS"] = {"apiToken": token, "nodeToken": node_token, "joinToken": factories.join_token(core)}
     yield app
     core.close()
 
@@ -57,8 +57,8 @@ def test_no_input_makes_a_server_error(fuzz_app):
     seen = 0
     for result in schema.get_all_operations():
         operation = result.ok()
-        node_api = operation.path.startswith("/node/")
-        headers = {"Authorization": f"Bearer {fuzz_app.config['FUZZ_TOKENS'][1 if node_api else 0]}"}
+        scheme = next(iter((operation.definition.raw.get("security") or [{"apiToken": []}])[0]), "apiToken")
+        headers = {"Authorization": f"Bearer {fuzz_app.config['FUZZ_TOKENS'][scheme]}"}
 
         @given(case=operation.as_strategy())
         @settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck), database=None)

@@ -13,6 +13,8 @@ from protocol.messages import (
     GpuReport,
     HeartbeatAnswer,
     InputRef,
+    Joined,
+    JoinRequest,
     LogRecord,
     MarketSpec,
     NodeReport,
@@ -108,6 +110,9 @@ def test_every_message_reads_back_what_it_wrote():
     assert FinishedReport.from_wire(finished.to_wire(), most_lines=10) == finished
     released = ReleaseReport(reason="its worker was stopped", lines=(LogRecord(2, "system", "given back"),))
     assert ReleaseReport.from_wire(released.to_wire(), most_lines=10) == released
+    assert JoinRequest.from_wire(JoinRequest(name="gpu-a").to_wire()) == JoinRequest(name="gpu-a")
+    joined = Joined(node_id=4, node_name="gpu-a", token="pgn_x")
+    assert Joined.from_wire(joined.to_wire()) == joined and "pgn_x" not in repr(joined)
 
 
 def test_a_work_order_keeps_its_secrets_out_of_its_repr():
@@ -125,6 +130,9 @@ def test_a_work_order_keeps_its_secrets_out_of_its_repr():
     (Registration.from_wire, {"node": {"id": 1}, "broker_url": "redis://x"}, "cluster.id"),
     (Registration.from_wire, {"cluster": {"id": "../x"}, "node": {"id": 1}, "broker_url": "redis://x"}, "cluster.id"),
     (lambda b: FinishedReport.from_wire(b, most_lines=2), {"exit_code": None}, "exit_code"),
+    (JoinRequest.from_wire, {"name": 3}, '"name"'),
+    (Joined.from_wire, {"id": 1, "name": "a"}, "node token"),
+    (Joined.from_wire, {"id": 0, "name": "a", "token": "pgn_x"}, "id"),
     (lambda b: FinishedReport.from_wire(b, most_lines=2), {"exit_code": 0, "lines": [{"text": "a", "seq": 1}] * 3},
      "At most 2 lines"),
 ])

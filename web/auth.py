@@ -7,7 +7,7 @@ import secrets
 
 from flask import abort, g, request, session
 
-from scheduler.accounts import NODE_TOKEN_PREFIX, user_for_token
+from scheduler.accounts import JOIN_TOKEN_PREFIX, NODE_TOKEN_PREFIX, user_for_token
 from scheduler.errors import AuthenticationError
 from scheduler.models import Node, User
 from scheduler.nodes import node_for_token
@@ -42,6 +42,9 @@ def require_user() -> User:
     if token is not None:
         if token.startswith(NODE_TOKEN_PREFIX):
             raise AuthenticationError("This is a node token; the API for people needs an API token.")
+        if token.startswith(JOIN_TOKEN_PREFIX):
+            raise AuthenticationError("This is a join token: it only makes nodes (POST /api/v1/nodes/join); "
+                                      "the API for people needs an API token.")
         return user_for_token(db(), token)
     # The cookie counts only for reads, so a page elsewhere cannot post on a person's behalf.
     if request.method in SAFE_METHODS:
@@ -64,7 +67,19 @@ def require_node() -> Node:
     token = bearer_token()
     if token is None:
         raise AuthenticationError("Send the node token as 'Authorization: Bearer <token>'.")
+    if token.startswith(JOIN_TOKEN_PREFIX):
+        raise AuthenticationError("This is a join token: a worker joins with it (PEERGRID_JOIN_TOKEN) and then "
+                                  "speaks with the node token it got.")
     return node_for_token(db(), token)
+
+
+def require_join_token() -> str:
+    """The join token a worker sends to join; whether it is a live one, scheduler.joining.join says."""
+    token = bearer_token()
+    if token is None:
+        raise AuthenticationError("Send the join token as 'Authorization: Bearer <token>' "
+                                  "(`peergrid node join-token` makes one).")
+    return token
 
 
 def csrf_token() -> str:

@@ -17,6 +17,7 @@ from scheduler.artifacts import job_artifacts
 from scheduler.errors import AuthenticationError, NotFound, PeergridError
 from scheduler.events import job_events
 from scheduler.jobs import job_for, job_logs, list_jobs
+from scheduler.joining import create_join_token, join_tokens_of, revoke_join_token
 from scheduler.ledger_views import earnings_by_node, movements, payouts
 from scheduler.models import Attempt, Job, Node, Op
 from scheduler.nodes import create_node, remove_node, set_draining
@@ -140,6 +141,11 @@ def job(job_id: int):
 @bp.get("/nodes")
 @login_required
 def nodes():
+    return _nodes_page()
+
+
+def _nodes_page(**extra):
+    """The Nodes page: the user's nodes (every node, for an admin) and their own join tokens."""
     user = session_user()
     query = select(Node).options(selectinload(Node.gpus)).where(Node.removed_at.is_(None)).order_by(Node.id)
     if not user.is_admin:
@@ -159,7 +165,8 @@ def nodes():
             running.setdefault(node_id, []).append((job_id, key, gpus or [], visible))
     return render_template(
         "nodes.html", nodes=rows, running=running, earned=earnings_by_node(db(), [n.id for n in rows]),
-        new_token=None, server=request.host_url.rstrip("/"),
+        new_token=None, server=request.host_url.rstrip("/"), join_tokens=join_tokens_of(db(), user),
+        **{"new_join_token": None, **extra},
     )
 
 
@@ -178,6 +185,28 @@ def node_create():
         "nodes.html", nodes=[node], running={}, earned={}, new_token=token, new_node=node,
         server=request.host_url.rstrip("/"),
     )
+
+
+@bp.post("/nodes/join-tokens")
+@login_required
+def join_token_create():
+    check_csrf()
+    try:
+        row, token = create_join_token(db(), session_user(), request.form.get("name", ""))
+    except PeergridError as e:
+        flash(str(e), "error")
+        return redirect(url_for("dashboard.nodes"))
+    # Shown on this page once, with the command that uses it; only its hash is kept.
+    return _nodes_page(new_join_token=token, new_join_token_row=row)
+
+
+@bp.post("/nodes/join-tokens/<int:token_id>/revoke")
+@login_required
+def join_token_revoke(token_id: int):
+    check_csrf()
+    row = revoke_join_token(db(), session_user(), token_id)
+    flash(f"Join token {row.name or row.prefix} revoked: it makes no more nodes; the nodes it made keep working.", "ok")
+    return redirect(url_for("dashboard.nodes"))
 
 
 def _own_node(node_id: int) -> Node:

@@ -33,6 +33,7 @@ from worker.errors import AttemptGone, ServerError, WorkerError
 from worker.events import NodeEvents, event_hostname
 from worker.gpus import Inventory, probe, simulated_inventory
 from worker.images import PrivateImages
+from worker.joining import NodeToken, node_token
 from worker.logs import MAX_BATCH, LogShipper
 from worker.outbox import Outbox, Outcome
 from worker.runtime import DockerRuntime, Limits, Machine, Owner, container_spec, volume_name
@@ -60,13 +61,15 @@ class Agent:
         inventory: Inventory | None = None,
     ):
         self.settings = settings
+        # Which node token it works with is settled as it runs (worker.joining): it may have to join first.
+        self.credential: NodeToken | None = NodeToken(settings.token) if settings.token else None
         self.client = NodeClient(settings.server, settings.token)
         self.runtime = runtime or DockerRuntime(
             settings.docker_host,
             private_images=PrivateImages(settings.data_dir / "private-images.json" if settings.data_dir else None),
         )
         self.inventory = inventory or (
-            simulated_inventory(settings.simulate_gpus, seed=settings.name or settings.token[-8:])
+            simulated_inventory(settings.simulate_gpus, seed=settings.name or settings.token[-8:] or platform.node())
             if settings.simulate_gpus
             else probe()
         )
@@ -139,9 +142,21 @@ class Agent:
             volume_jobs=tuple(self._volume_jobs[:MAX_VOLUME_JOBS]),
         )
 
+    def authenticate(self) -> bool:
+        """Settle the node token: the one given, the one an earlier join saved, or a new one got by
+        joining (waiting for the server). False when stopped meanwhile."""
+        if self.credential is None:
+            self.credential = node_token(self.settings, stopping=self.stopping)
+            if self.credential is None:
+                return False
+            self.client = NodeClient(self.settings.server, self.credential.token)
+        return True
+
     def register(self) -> None:
         """Register with the server, waiting for it to come up; first deliver the outcomes an
         earlier run kept, since registering gives up whatever the node held."""
+        if not self.authenticate():
+            return
         delay = 1.0
         while not self.stopping.is_set():
             try:
@@ -152,7 +167,10 @@ class Agent:
                             ", ".join(map(str, self.outbox.held())))
             except ServerError as e:
                 if e.status is not None and e.status < 500:
-                    raise
+                    refused = self.credential.refused(e)
+                    if refused is e:
+                        raise
+                    raise refused from e
                 log.warning("cannot register yet: %s", e)
             self.stopping.wait(delay)
             delay = min(delay * 2, 15)
@@ -457,7 +475,7 @@ class Agent:
                 answer = self.client.heartbeat(self.report())
             except ServerError as e:
                 if e.status in (401, 403):
-                    log.error("the server refuses this node: %s; stopping", e)
+                    log.error("the server refuses this node: %s; stopping", self.credential.refused(e))
                     self.stop()
                     return
                 log.warning("heartbeat failed: %s", e)
@@ -503,6 +521,8 @@ class Agent:
     # -- main loop ---------------------------------------------------------------------------
 
     def run(self) -> None:
+        if not self.authenticate():
+            return
         problem = self.runtime.check()
         if problem:
             log.warning("%s Ops it takes will fail until then.", problem)

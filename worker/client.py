@@ -14,6 +14,8 @@ from protocol.messages import (
     ClaimAnswer,
     FinishedReport,
     HeartbeatAnswer,
+    Joined,
+    JoinRequest,
     LogRecord,
     LogsAnswer,
     NodeReport,
@@ -121,6 +123,28 @@ class NodeClient:
                         out.write(chunk)
         except requests.RequestException as e:
             raise ServerError(f"Could not fetch the output of {op}: {e}") from e
+
+
+def join(server: str, join_token: str, request: JoinRequest, *, timeout: float = 15.0) -> Joined:
+    """Ask the server, once, to make this worker a node of the join token's owner.
+
+    Raises:
+        ServerError: it cannot be reached (status None) or refused (its status and sentence).
+    """
+    url = server.rstrip("/") + "/api/v1/nodes/join"
+    headers = {"Authorization": f"Bearer {join_token}", "User-Agent": f"peergrid-worker (protocol {VERSION})"}
+    try:
+        response = requests.post(url, json=request.to_wire(), headers=headers, timeout=timeout)
+    except requests.RequestException as e:
+        raise ServerError(f"The server at {server} cannot be reached: {e}") from e
+    if response.status_code >= 400:
+        raise ServerError(_message(response), response.status_code)
+    try:
+        body = response.json()
+    except ValueError as e:
+        raise ServerError(f"The server's answer to joining is not JSON ({response.status_code} {response.reason}).",
+                          response.status_code) from e
+    return _read(Joined.from_wire, body)
 
 
 def _message(response: requests.Response) -> str:

@@ -58,7 +58,7 @@ class Outbox:
                 kept = self._artifact_path(attempt_id)
                 shutil.move(artifact, kept)
                 _sync_file(kept)
-            _write_atomically(self.folder, self._path(attempt_id), body)
+            write_atomically(self.folder, self._path(attempt_id), body)
 
     def get(self, attempt_id: int) -> Outcome | None:
         """The kept outcome of an attempt; None when there is none, or it cannot be read (then it is
@@ -103,7 +103,7 @@ class Outbox:
         return self.folder / f"{attempt_id}.output.tar.gz"
 
 
-def _write_atomically(folder: Path, path: Path, body: bytes) -> None:
+def write_atomically(folder: Path, path: Path, body: bytes) -> None:
     """Write beside the final name and rename over it: a crash leaves the old file or the new."""
     fd, temporary = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".tmp", dir=folder)
     try:

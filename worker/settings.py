@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
@@ -13,7 +13,11 @@ from worker.errors import WorkerError
 @dataclass(frozen=True)
 class WorkerSettings:
     server: str
-    token: str
+    # The node token; empty when the worker joins with join_token (or joined before: worker.joining).
+    token: str = field(default="", repr=False)
+    # A join token: with no node token given or saved, the worker joins with it as a new node.
+    join_token: str | None = field(default=None, repr=False)
+    # The node's name when it joins (default: the machine's hostname); else a label for logs.
     name: str | None = None
     simulate_gpus: str | None = None
     # CPU ops run at once.
@@ -53,6 +57,8 @@ class WorkerSettings:
         values = {
             "server": env.get("PEERGRID_SERVER", "http://127.0.0.1:8000"),
             "token": env.get("PEERGRID_NODE_TOKEN", ""),
+            "join_token": env.get("PEERGRID_JOIN_TOKEN") or None,
+            "name": env.get("PEERGRID_NODE_NAME") or None,
             "job_network": env.get("PEERGRID_JOB_NETWORK", "bridge"),
             "docker_host": env.get("PEERGRID_DOCKER_HOST") or env.get("DOCKER_HOST") or None,
             "events": env.get("PEERGRID_WORKER_EVENTS", "true").strip().lower() not in {"0", "false", "no", "off"},

@@ -6,6 +6,7 @@ from scheduler.models.base import Base
 from scheduler.models.cluster import Cluster
 from scheduler.models.events import JobEvent
 from scheduler.models.jobs import Attempt, Job, LogLine, Op
+from scheduler.models.joining import JoinToken
 from scheduler.models.liveness import Lease, Listener
 from scheduler.models.ledger import Account, AccountKind, LedgerTransaction, Payout, PayoutState, Posting
 from scheduler.models.markets import Market
@@ -20,6 +21,7 @@ __all__ = [
     "PayoutState",
     "Posting",
     "ApiToken",
+    "JoinToken",
     "Lease",
     "Listener",
     "Artifact",

@@ -40,6 +40,8 @@ class Node(Base):
     ban_reason: Mapped[str | None] = mapped_column(String(500))
     # Its owner asked it to drain: it stays draining through going offline and back, until undrained.
     drain_requested: Mapped[bool] = mapped_column(default=False, server_default=false())
+    # The join token a worker made it with (scheduler.joining); None for a node made by its owner.
+    join_token_id: Mapped[int | None] = mapped_column(ForeignKey("join_tokens.id", ondelete="SET NULL"), index=True)
 
     gpus: Mapped[list["NodeGpu"]] = relationship(
         back_populates="node", cascade="all, delete-orphan", order_by="NodeGpu.index"

@@ -10,6 +10,7 @@ ERROR = {"$ref": "#/components/schemas/Error"}
 PROBLEMS = {"$ref": "#/components/schemas/Problems"}
 USER = [{"apiToken": []}]
 NODE = [{"nodeToken": []}]
+JOIN = [{"joinToken": []}]
 ID = {"type": "integer", "minimum": 1}
 
 
@@ -58,6 +59,16 @@ IDEMPOTENCY_KEY = {
                    "key and the same request answers 200 with the job the first made, instead of making another; "
                    "the same key with a different definition or market answers 409. Keys are per person and kept.",
 }
+JOIN_TOKEN = {"type": "object", "required": ["id", "name", "prefix", "created_at", "revoked_at"], "properties": {
+    "id": {"type": "integer"}, "name": {"type": "string"}, "prefix": {"type": "string"},
+    "created_at": {"type": "string"}, "last_used_at": {"type": "string", "nullable": True},
+    "revoked_at": {"type": "string", "nullable": True},
+    "nodes": {"type": "integer", "description": "How many nodes it made"}}}
+MADE_JOIN_TOKEN = {"allOf": [JOIN_TOKEN, {"type": "object", "required": ["token"], "properties": {
+    "token": {"type": "string", "description": "The join token (pgj_…), shown this once"}}}]}
+JOINED = {"type": "object", "required": ["id", "name", "token"], "properties": {
+    "id": {"type": "integer"}, "name": {"type": "string"},
+    "token": {"type": "string", "description": "The new node's token (pgn_…), shown this once"}}}
 REPEATED = "A repeat of an earlier submit's Idempotency-Key: the job that submit made, now"
 
 
@@ -74,6 +85,8 @@ def spec() -> dict:
             "securitySchemes": {
                 "apiToken": {"type": "http", "scheme": "bearer", "description": "An API token (pg_…)."},
                 "nodeToken": {"type": "http", "scheme": "bearer", "description": "A node token (pgn_…)."},
+                "joinToken": {"type": "http", "scheme": "bearer",
+                              "description": "A join token (pgj_…): it only makes nodes, at /nodes/join."},
             },
             "schemas": {
                 "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
@@ -121,6 +134,21 @@ def spec() -> dict:
                 "post": _op("Register a node; its token is in the answer, once", _json(OBJ, "Created"), 400, 401, 409,
                             ok_code=201, body={"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}}),
             },
+            "/nodes/join": {"post": _op(
+                "A worker joins with a join token: a new node of the token's owner, its node token in the answer, once",
+                _json(JOINED, "Created"), 400, 401, 409, security=JOIN, ok_code=201,
+                body={"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}})},
+            "/join-tokens": {
+                "get": _op("Your join tokens, never the tokens themselves", _json(
+                    {"type": "object", "required": ["join_tokens"], "properties": {
+                        "join_tokens": {"type": "array", "items": JOIN_TOKEN}}}), 401),
+                "post": _op("Make a join token; the token is in the answer, once", _json(MADE_JOIN_TOKEN, "Created"),
+                            400, 401, ok_code=201,
+                            body={"type": "object", "properties": {"name": {"type": "string", "maxLength": 100}}}),
+            },
+            "/join-tokens/{token_id}": {"delete": _op(
+                "Revoke a join token: it makes no more nodes; the nodes it made keep working", _json(JOIN_TOKEN),
+                401, 404, params=[_path("token_id")])},
             "/nodes/{node_id}/drain": {"post": _op("Drain a node, or take it back", _json(OBJ), 401, 404, params=[_path("node_id")],
                                                    body={"type": "object", "properties": {"drain": {"type": "boolean"}}})},
             "/markets": {"get": _op("Every market", _json(OBJ), 401)},
