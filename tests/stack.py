@@ -142,6 +142,18 @@ class Stack:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
 
+    def job_containers(self, job_id: int, *, running: bool = False) -> list[str]:
+        """The ids of the containers this stack's cluster made for job job_id (another stack on the
+        same engine may have a job of that id too)."""
+        from scheduler.nodes import cluster_id
+
+        with self.core.transaction() as session:
+            cluster = cluster_id(session)
+        return subprocess.run(
+            ["docker", "ps", "-q" if running else "-aq", "--filter", f"label=peergrid.cluster={cluster}",
+             "--filter", f"label=peergrid.job={job_id}"], capture_output=True, text=True,
+        ).stdout.split()
+
     def logs(self) -> str:
         out = []
         for name, _, log in self.processes:

@@ -125,9 +125,7 @@ def test_cancel_stops_a_running_container(stack, test_image):
     assert api.post(f"/jobs/{job_id}/cancel").status_code == 200
     # The worker learns on its next log batch or heartbeat and stops the container.
     while time.monotonic() - began < 30:
-        running = subprocess.run(
-            ["docker", "ps", "-q", "--filter", f"label=peergrid.job={job_id}"], capture_output=True, text=True
-        ).stdout.strip()
+        running = stack.job_containers(job_id, running=True)
         if not running:
             break
         time.sleep(0.2)

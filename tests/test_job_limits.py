@@ -25,10 +25,10 @@ def limits_of_a_run(stack: Stack, docker_client, definition: dict) -> tuple[int,
     """Run the job; return its container's memory limit (bytes) and CPU limit (nano-CPUs) as Docker set them."""
     job_id = stack.api.post("/jobs", definition).json()["id"]
     deadline = time.monotonic() + 30
-    while not (found := docker_client.containers.list(filters={"label": [f"peergrid.job={job_id}"]})):
+    while not (found := stack.job_containers(job_id)):
         assert time.monotonic() < deadline, stack.logs()
         time.sleep(0.1)
-    host = found[0].attrs["HostConfig"]
+    host = docker_client.containers.get(found[0]).attrs["HostConfig"]
     assert stack.api.wait(job_id, timeout=30)["state"] == "succeeded", stack.logs()
     return host["Memory"], host["NanoCpus"]
 

@@ -3,7 +3,6 @@ across a worker killed -9 and started again meanwhile."""
 
 from __future__ import annotations
 
-import subprocess
 import time
 
 import pytest
@@ -37,8 +36,7 @@ def started(stack: Stack, job_id: int) -> None:
 
 def container_gone(stack: Stack, job_id: int, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
-    while subprocess.run(["docker", "ps", "-aq", "--filter", f"label=peergrid.job={job_id}"], capture_output=True,
-                         text=True).stdout.split():
+    while stack.job_containers(job_id):
         assert time.monotonic() < deadline, stack.logs()
         time.sleep(0.2)
 

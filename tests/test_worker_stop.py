@@ -87,8 +87,7 @@ def test_a_worker_that_stops_before_its_op_ends_gives_it_back_unbilled(stack, te
     assert [a["state"] for a in rest] == ["queued"]  # offered again at once, though the op allows no retry
     if how == "drain limit":
         assert stopped_in > 2
-    assert not subprocess.run(["docker", "ps", "-aq", "--filter", f"label=peergrid.job={job_id}"],
-                              capture_output=True, text=True).stdout.split()
+    assert not stack.job_containers(job_id)
 
     stack.start_worker(stack.node_token)
     body = stack.api.wait(job_id, timeout=30)
