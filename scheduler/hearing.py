@@ -72,7 +72,7 @@ class Ears(threading.Thread):
         super().__init__(name="hearing", daemon=True)
         self.core = core
         self.listener_id = listener_id
-        self._stop = threading.Event()
+        self._stopping = threading.Event()
         self._failing = False
 
     def run(self) -> None:
@@ -87,11 +87,11 @@ class Ears(threading.Thread):
                 if not self._failing:
                     log.warning("cannot reach the store to mark this web process alive: %s", e)
                 self._failing = True
-            if self._stop.wait(MARK_EVERY_S):
+            if self._stopping.wait(MARK_EVERY_S):
                 return
 
     def stop(self) -> None:
-        self._stop.set()
+        self._stopping.set()
 
 
 def stop_marking(session: Session, listener_id: str) -> None:

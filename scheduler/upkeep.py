@@ -59,13 +59,13 @@ class Upkeep(threading.Thread):
         # time.monotonic() of the last pass of the loop, for health checks: a stuck loop stops moving it.
         self.last_pass: float | None = None
         self._due = {c.name: 0.0 if c.at_once else time.monotonic() + c.every_s for c in self.chores}
-        self._stop = threading.Event()
+        self._stopping = threading.Event()
         self._store_failing = False
 
     def run(self) -> None:
-        while not self._stop.is_set():
+        while not self._stopping.is_set():
             self.step()
-            self._stop.wait(self.tick_s)
+            self._stopping.wait(self.tick_s)
         if self.leading:
             try:
                 with self.core.transaction() as session:
@@ -102,6 +102,6 @@ class Upkeep(threading.Thread):
         self.last_pass = time.monotonic()
 
     def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
+        self._stopping.set()
         if self.is_alive():
             self.join(timeout)
