@@ -66,7 +66,12 @@ def hearing(session: Session, *, now: datetime | None = None) -> Hearing | None:
 
 
 class Ears(threading.Thread):
-    """A web process's marker thread: marks every MARK_EVERY_S seconds until stopped."""
+    """A web process's marker thread: marks every MARK_EVERY_S seconds until stopped, and beats loop
+    `hearing` in the health file each time it tries, whether or not the store answered.
+
+    The web's gunicorn workers share one health file, each replacing it whole: any one of them still
+    marking keeps it fresh.
+    """
 
     def __init__(self, core, listener_id: str):
         super().__init__(name="hearing", daemon=True)
@@ -87,6 +92,7 @@ class Ears(threading.Thread):
                 if not self._failing:
                     log.warning("cannot reach the store to mark this web process alive: %s", e)
                 self._failing = True
+            self.core.liveness.beat("hearing", MARK_EVERY_S, "the store is unreachable" if self._failing else None)
             if self._stopping.wait(MARK_EVERY_S):
                 return
 

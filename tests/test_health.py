@@ -8,14 +8,18 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 from click.testing import CliRunner
 
 from cli import main as peergrid
-from protocol.liveness import Liveness
+from protocol.liveness import Liveness, examine
+from tests.outages import wait_until
+from tests.stack import Stack
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -130,3 +134,146 @@ def test_the_command_as_docker_runs_it(tmp_path, http_url):
     assert well.returncode == 0, well.stderr
     assert well.stdout.startswith("healthy: heartbeat 0.") and "(server unreachable since 12:00:00 UTC)" in well.stdout
     assert gone.returncode == 1 and gone.stdout.startswith("unhealthy: there is no health file") and gone.stderr == ""
+
+
+# -- the scheduler ---------------------------------------------------------------------------
+
+
+def overdue(path: Path) -> set[str]:
+    """The loops the health file at path names as dead, with a grace of 1 s so a test need not wait 10."""
+    return {beat.name for beat in examine(path, grace_s=1).loops if beat.dead}
+
+
+def went_round(path: Path, loop: str) -> float | None:
+    """When the health file says loop last went round."""
+    try:
+        return json.loads(path.read_text())["loops"][loop]["at"]
+    except (FileNotFoundError, KeyError):
+        return None
+
+
+def health_lines(path: Path) -> list[str]:
+    return CliRunner().invoke(peergrid, ["health", str(path), "--grace", "1"]).output.splitlines()
+
+
+def beating(path: Path, *names: str) -> bool:
+    checkup = examine(path)
+    return {b.name for b in checkup.loops} == set(names) and checkup.healthy and "starting" not in checkup.summary()
+
+
+@contextmanager
+def scheduler_with_health_file(tmp_path: Path, database_url: str, broker_url: str) -> Iterator[tuple[Stack, Path]]:
+    """A scheduler process writing a health file, once both its loops beat."""
+    path = tmp_path / "health.json"
+    with Stack(tmp_path, database_url=database_url, broker_url=broker_url) as stack:
+        stack.spawn("scheduler", "scheduler", "--health-file", str(path), "--loglevel", "INFO")
+        wait_until(lambda: beating(path, "upkeep", "consumer"), 30, "the scheduler did not beat both loops:\n" + stack.logs())
+        yield stack, path
+        stack.kill("scheduler")  # a warm shutdown takes seconds, and is not what these tests are about
+
+
+@contextmanager
+def locked(database_url: str, *tables: str) -> Iterator[object]:
+    """Hold tables of the PostgreSQL store locked, so whatever touches them waits; the connection
+    is yielded, to lock more."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as conn, conn.begin():
+            for table in tables:
+                conn.execute(text(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"))
+            yield conn
+    finally:
+        engine.dispose()
+
+
+def send_task(broker_url: str, name: str) -> None:
+    from celery import Celery
+
+    from scheduler.celery_app import SCHEDULER_QUEUE
+    from scheduler.offers import broker_transport_options
+
+    sender = Celery(set_as_current=False, broker=broker_url, broker_transport_options=broker_transport_options(broker_url))
+    sender.send_task(name, queue=SCHEDULER_QUEUE)
+    sender.close()
+
+
+@pytest.mark.redis
+@pytest.mark.postgres
+def test_the_schedulers_check_fails_while_its_upkeep_or_its_consumer_is_stuck(tmp_path, postgres_url, redis_url):
+    from sqlalchemy import text
+
+    # Given a scheduler on Redis, as compose.yaml runs it, whose upkeep leads
+    with scheduler_with_health_file(tmp_path, postgres_url, redis_url) as (stack, path):
+        assert "upkeep" in health_lines(path)[0] and "(leading)" in health_lines(path)[0]
+        # When the store holds the upkeep's lease table locked, so its loop waits on the store
+        with locked(postgres_url, "leases") as conn:
+            # Then the check names the upkeep, and only it
+            wait_until(lambda: overdue(path), 15, "the stuck upkeep still beats")
+            assert overdue(path) == {"upkeep"}
+            [line] = health_lines(path)
+            assert line.startswith("unhealthy: upkeep last went round ") and line.endswith(", leading (it goes round every 1 s)")
+
+            # When a task waits on the store too: the solo pool runs it in the consumer's loop
+            conn.execute(text("LOCK TABLE listeners IN ACCESS EXCLUSIVE MODE"))
+            send_task(redis_url, "peergrid.reap_silent_nodes")
+            # Then the consumer is overdue as well
+            wait_until(lambda: "consumer" in overdue(path), 15, "the stuck consumer still beats:\n" + stack.logs())
+            assert sorted(line.split(" last went round")[0] for line in health_lines(path)) == [
+                "unhealthy: consumer", "unhealthy: upkeep"]
+        # And once the store lets go, both go round again
+        wait_until(lambda: not overdue(path), 15, "the scheduler did not recover:\n" + stack.logs())
+
+
+@pytest.mark.postgres
+def test_on_the_embedded_broker_the_consumer_beats_from_its_loop_not_from_a_timer_thread(tmp_path, postgres_url):
+    broker_url = f"sqla+sqlite:///{tmp_path / 'broker.sqlite'}"
+    # Given a scheduler on the SQL broker, where Celery runs its timer in a thread of its own
+    with scheduler_with_health_file(tmp_path, postgres_url, broker_url) as (stack, path):
+        # When a task holds the consumer's loop
+        with locked(postgres_url, "listeners"):
+            send_task(broker_url, "peergrid.reap_silent_nodes")
+            wait_until(lambda: "reap_silent_nodes" in stack.logs(), 15, "the task was not received:\n" + stack.logs())
+            stuck_at = went_round(path, "consumer")
+            # Then the consumer stops beating for longer than its interval (1 s, and 2 s of synloop's wait)
+            time.sleep(4.5)
+            assert went_round(path, "consumer") == stuck_at
+        # And beats again once the task ends
+        wait_until(lambda: went_round(path, "consumer") > stuck_at, 10, "the consumer did not beat again")
+
+
+# -- the web ---------------------------------------------------------------------------------
+
+
+def test_the_webs_hearing_beats_each_time_it_marks_and_says_when_the_store_is_unreachable(tmp_path, settings):
+    from scheduler.core import Core
+    from scheduler.hearing import MARK_EVERY_S, Ears
+    from web import create_app, start_hearing
+
+    # Given a web process with a health file, as `peergrid web` and web.wsgi start it
+    path = tmp_path / "health.json"
+    app = create_app(settings.with_overrides(health_file=path))
+    ears = start_hearing(app)
+    try:
+        # Then its hearing beats, at the pace it marks
+        wait_until(lambda: beating(path, "hearing"), 10, "the web's hearing did not beat")
+        assert json.loads(path.read_text())["loops"]["hearing"]["every_s"] == MARK_EVERY_S
+    finally:
+        ears.stop()
+        ears.join(5)
+        app.extensions["peergrid"].close()
+
+    # Given one whose store is down
+    down = Core.from_settings(settings.with_overrides(
+        database_url="postgresql+psycopg://peergrid@127.0.0.1:1/peergrid", health_file=tmp_path / "down.json"))
+    ears = Ears(down, "web-down")
+    ears.start()
+    try:
+        # Then it still beats (the store's outage is not the web's), and says why it hears nothing
+        wait_until(lambda: beating(tmp_path / "down.json", "hearing"), 10, "the web's hearing did not beat")
+        assert examine(tmp_path / "down.json").summary().endswith("(the store is unreachable)")
+    finally:
+        ears.stop()
+        ears.join(5)
+        down.close()

@@ -87,3 +87,10 @@ def test_credit_settings_are_read_exactly_not_through_floats(tmp_path):
     for wrong in ("0.0000001", "lots", "nan", "-1"):
         with pytest.raises(ConfigurationError, match="PEERGRID_MIN_PAYOUT"):
             Settings.from_env({"PEERGRID_MIN_PAYOUT": wrong}, data_dir=tmp_path)
+
+
+def test_the_health_file_is_read_once_and_none_by_default(tmp_path):
+    default = Settings.from_env({"PEERGRID_DATA_DIR": str(tmp_path)})
+    chosen = Settings.from_env({"PEERGRID_DATA_DIR": str(tmp_path), "PEERGRID_HEALTH_FILE": "/tmp/peergrid-health.json"})
+    assert default.health_file is None
+    assert chosen.health_file == Path("/tmp/peergrid-health.json")
