@@ -237,7 +237,7 @@ def test_on_the_embedded_broker_the_consumer_beats_from_its_loop_not_from_a_time
             wait_until(lambda: "reap_silent_nodes" in stack.logs(), 15, "the task was not received:\n" + stack.logs())
             stuck_at = went_round(path, "consumer")
             # Then the consumer stops beating for longer than its interval (1 s, and 2 s of synloop's wait)
-            time.sleep(4.5)
+            time.sleep(3.5)
             assert went_round(path, "consumer") == stuck_at
         # And beats again once the task ends
         wait_until(lambda: went_round(path, "consumer") > stuck_at, 10, "the consumer did not beat again")
@@ -277,3 +277,50 @@ def test_the_webs_hearing_beats_each_time_it_marks_and_says_when_the_store_is_un
         ears.stop()
         ears.join(5)
         down.close()
+
+
+# -- the worker ------------------------------------------------------------------------------
+
+
+def test_the_workers_loops_beat_through_a_server_outage_and_a_full_node_but_not_when_stuck(tmp_path, sqlite_url):
+    from tests import factories
+    from worker.agent import Agent
+    from worker.gpus import Inventory
+    from worker.settings import WorkerSettings
+
+    path = tmp_path / "health.json"
+    with Stack(tmp_path, database_url=sqlite_url, broker_url=f"sqla+sqlite:///{tmp_path / 'broker.sqlite'}",
+               extra_env={"PEERGRID_HEARTBEAT_INTERVAL": "0.5"}) as stack:
+        stack.start_web()
+        _, token, _ = factories.node(stack.core)
+        # Given a CPU node's agent writing a health file (no Docker engine: none is needed to wait for offers)
+        agent = Agent(WorkerSettings(server=stack.url, token=token, events=False, data_dir=tmp_path / "worker",
+                                     docker_host=f"unix://{tmp_path}/no-docker.sock", health_file=path),
+                      inventory=Inventory(gpus=(), message="a CPU node"))
+        running = threading.Thread(target=agent.run, name="agent", daemon=True)
+        running.start()
+        stuck = threading.Event()
+        try:
+            # Then it beats both loops once registered
+            wait_until(lambda: beating(path, "heartbeat", "offers"), 30, "the agent did not beat:\n" + stack.logs())
+
+            # When the server goes away and the node's one slot is taken, so it only waits
+            stack.kill("web")
+            cpu = next(m for m in agent._markets if m.gpu_count == 0)
+            assert agent.capacity.reserve(-1, cpu) == [] and not agent.can_take()
+            # Then both loops still go round (the server's outage is not the worker's sickness)
+            full_at = time.time()
+            wait_until(lambda: "server unreachable since" in examine(path).summary(), 15, "no heartbeat said so")
+            wait_until(lambda: went_round(path, "offers") > full_at + 1, 10, "the waiting offers loop does not beat")
+            assert overdue(path) == set() and examine(path).healthy, examine(path).summary()
+
+            # When the offers loop is stuck in a call that never returns, as a deadlock would leave it
+            agent.servable = lambda: stuck.wait() and []
+            # Then the check names the offers loop
+            wait_until(lambda: overdue(path), 10, "the stuck offers loop still beats")
+            assert overdue(path) == {"offers"}
+            assert health_lines(path)[0].startswith("unhealthy: offers last went round ")
+        finally:
+            stuck.set()
+            agent.stop()
+            running.join(15)

@@ -45,7 +45,7 @@ def test_the_blocker_makes_each_server_library_unimportable(library):
 
 
 @pytest.mark.parametrize("command,says", [
-    ("worker", ["Usage: peergrid worker [OPTIONS]", "--server", "--token"]),
+    ("worker", ["Usage: peergrid worker [OPTIONS]", "--server", "--token", "--health-file"]),
     ("health", ["Usage: peergrid health [OPTIONS] FILE", "--url"]),
 ])
 def test_the_worker_and_its_commands_run_without_the_servers_libraries(command, says):
