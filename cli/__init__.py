@@ -1,8 +1,9 @@
 """The `peergrid` command: the group, and what its commands share.
 
-Server commands live in cli.server, those that call a server's API in cli.client, and the provider's
-agent in cli.worker. Heavy imports happen inside the commands that need them, so a command loads only
-what it uses and `peergrid worker` runs where the server's libraries are not installed.
+Server commands live in cli.server, those that call a server's API in cli.client, the provider's
+agent in cli.worker, and the containers' health check in cli.health. Heavy imports happen inside the
+commands that need them, so a command loads only what it uses and `peergrid worker` runs where the
+server's libraries are not installed.
 """
 
 from __future__ import annotations
@@ -31,4 +32,4 @@ def main() -> None:
 
 
 # Importing them registers the commands on main.
-from cli import client, server, worker  # noqa: E402,F401
+from cli import client, health, server, worker  # noqa: E402,F401

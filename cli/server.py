@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 from contextlib import contextmanager
+from pathlib import Path
 
 import click
 
@@ -37,6 +38,18 @@ def _transaction(core=None):
             yield session
     except PeergridError as e:
         fail(str(e))
+
+
+_health_file = click.option(
+    "--health-file", type=click.Path(dir_okay=False, path_type=Path),
+    help="The health file, where it writes when its loops last went round [default: PEERGRID_HEALTH_FILE].",
+)
+
+
+def _settings(health_file: Path | None):
+    from scheduler.settings import Settings
+
+    return Settings.from_env(**({"health_file": health_file} if health_file else {}))
 
 
 @main.command()
@@ -72,18 +85,18 @@ def db_upgrade() -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
 @click.option("--threads", default=8, show_default=True, type=int)
-def web(host: str, port: int, threads: int) -> None:
-    """Serve the web app and APIs."""
+@_health_file
+def web(host: str, port: int, threads: int, health_file: Path | None) -> None:
+    """Serve the web app and APIs. Its health file names loop `hearing`."""
     import waitress
 
-    from scheduler.settings import Settings
     from web import create_app, start_hearing
 
     from scheduler.errors import PeergridError
 
     setup_logging()
     try:
-        app = create_app(Settings.from_env())
+        app = create_app(_settings(health_file))
     except PeergridError as e:
         fail(str(e))
     start_hearing(app)
@@ -93,13 +106,15 @@ def web(host: str, port: int, threads: int) -> None:
 
 @main.command()
 @click.option("--loglevel", default="INFO", show_default=True)
-def scheduler(loglevel: str) -> None:
+@_health_file
+def scheduler(loglevel: str, health_file: Path | None) -> None:
     """Run the trusted scheduler service: a Celery worker whose upkeep (re-offers, the node reaper,
-    time limits) runs in the scheduler holding the store's upkeep lease; others stand by."""
-    from scheduler.celery_app import SCHEDULER_QUEUE, make_celery
-    from scheduler.settings import Settings
+    time limits) runs in the scheduler holding the store's upkeep lease; others stand by.
 
-    app = make_celery(Settings.from_env())
+    Its health file names loops `upkeep` and `consumer`."""
+    from scheduler.celery_app import SCHEDULER_QUEUE, make_celery
+
+    app = make_celery(_settings(health_file))
     app.worker_main(
         ["worker", "-Q", SCHEDULER_QUEUE, "--pool", "solo", "--loglevel", loglevel, "--without-mingle", "--without-gossip"]
     )

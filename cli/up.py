@@ -138,6 +138,8 @@ def run_up(*, host: str, port: int, data_dir: str | None, simulate_gpus: str | N
         lock.close()
         return 1
     env = {**os.environ, "PEERGRID_DATA_DIR": str(settings.data_dir), "PEERGRID_SECRET_KEY": settings.secret_key}
+    # Each process rewrites its health file whole: sharing one, the three would hide one another's dead loops.
+    env.pop("PEERGRID_HEALTH_FILE", None)
     say(f"peergrid: data in {settings.data_dir}")
     password, node_token = prepare(settings)
 

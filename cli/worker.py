@@ -42,9 +42,11 @@ from cli import fail, main, setup_logging
               help="The Docker engine for job containers [default: DOCKER_HOST, else the local socket].")
 @click.option("--drain-timeout", envvar="PEERGRID_DRAIN_TIMEOUT", type=click.FloatRange(0), default=300, show_default=True,
               help="Seconds a first Ctrl-C lets running ops go on before they are given back.")
+@click.option("--health-file", envvar="PEERGRID_HEALTH_FILE", type=click.Path(dir_okay=False),
+              help="Where to write when its loops (heartbeat, offers) last went round, for `peergrid health`.")
 def worker(server: str, token: str | None, join_token: str | None, name: str | None, simulate_gpus: str | None,
            slots: int, job_network: str, job_memory_mb: int | None, job_cpus: float | None, events: bool,
-           data_dir: str | None, docker_host: str | None, drain_timeout: float) -> None:
+           data_dir: str | None, docker_host: str | None, drain_timeout: float, health_file: str | None) -> None:
     """Run the provider's agent: take offers and run them in Docker.
 
     Its node token is, in order: --token; the one an earlier join saved in its data dir; or, with
@@ -64,6 +66,7 @@ def worker(server: str, token: str | None, join_token: str | None, name: str | N
             server=server, token=token, join_token=join_token, name=name, simulate_gpus=simulate_gpus, slots=slots,
             job_network=job_network, memory_limit_mb=job_memory_mb, cpu_limit=job_cpus, events=events,
             data_dir=Path(data_dir) if data_dir else None, docker_host=docker_host, drain_timeout_s=drain_timeout,
+            health_file=Path(health_file) if health_file else None,
         )
         agent = Agent(settings)
     except WorkerError as e:

@@ -1,14 +1,15 @@
-"""The long-lived handles a server process holds: settings, the store, and the offer publisher."""
+"""The long-lived handles a server process holds: settings, the store, the offer publisher and its health file."""
 
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from protocol.liveness import Liveness
 from scheduler import offers
 from scheduler.db import make_engine, make_sessionmaker
 from scheduler.offers import OfferPublisher
@@ -21,11 +22,15 @@ class Core:
     engine: Engine
     sessions: sessionmaker[Session]
     publisher: OfferPublisher
+    # The process's health file, which its long-lived loops beat (protocol.liveness).
+    liveness: Liveness = field(default_factory=lambda: Liveness(None))
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Core":
         engine = make_engine(settings.database_url)
-        return cls(settings, engine, make_sessionmaker(engine), OfferPublisher(settings.broker_url))
+        return cls(
+            settings, engine, make_sessionmaker(engine), OfferPublisher(settings.broker_url), Liveness(settings.health_file)
+        )
 
     def commit(self, session: Session) -> None:
         """Commit, then publish the offers the transaction staged (never before)."""

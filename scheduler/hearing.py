@@ -66,13 +66,18 @@ def hearing(session: Session, *, now: datetime | None = None) -> Hearing | None:
 
 
 class Ears(threading.Thread):
-    """A web process's marker thread: marks every MARK_EVERY_S seconds until stopped."""
+    """A web process's marker thread: marks every MARK_EVERY_S seconds until stopped, and beats loop
+    `hearing` in the health file each time it tries, whether or not the store answered.
+
+    The web's gunicorn workers share one health file, each replacing it whole: any one of them still
+    marking keeps it fresh.
+    """
 
     def __init__(self, core, listener_id: str):
         super().__init__(name="hearing", daemon=True)
         self.core = core
         self.listener_id = listener_id
-        self._stop = threading.Event()
+        self._stopping = threading.Event()
         self._failing = False
 
     def run(self) -> None:
@@ -87,11 +92,12 @@ class Ears(threading.Thread):
                 if not self._failing:
                     log.warning("cannot reach the store to mark this web process alive: %s", e)
                 self._failing = True
-            if self._stop.wait(MARK_EVERY_S):
+            self.core.liveness.beat("hearing", MARK_EVERY_S, "the store is unreachable" if self._failing else None)
+            if self._stopping.wait(MARK_EVERY_S):
                 return
 
     def stop(self) -> None:
-        self._stop.set()
+        self._stopping.set()
 
 
 def stop_marking(session: Session, listener_id: str) -> None:

@@ -84,6 +84,8 @@ class Settings:
     allow_signup: bool = True
     # Bearer token Prometheus sends to /metrics; without one, only loopback clients may scrape.
     metrics_token: str | None = field(default=None, repr=False)
+    # Where the process writes when its loops last went round, for `peergrid health`; None: nowhere.
+    health_file: Path | None = None
 
     @property
     def embedded(self) -> bool:
@@ -118,6 +120,7 @@ class Settings:
             min_payout=_credits(env, "PEERGRID_MIN_PAYOUT", 1_000_000),
             allow_signup=env.get("PEERGRID_ALLOW_SIGNUP", "true").strip().lower() not in ("0", "false", "no", "off"),
             metrics_token=env.get("PEERGRID_METRICS_TOKEN") or None,
+            health_file=Path(env["PEERGRID_HEALTH_FILE"]) if env.get("PEERGRID_HEALTH_FILE") else None,
         )
         embedded = database_url.startswith("sqlite") and broker_url.startswith("sqla+sqlite")
         values["starter_credits"] = _credits(env, "PEERGRID_STARTER_CREDITS", 100_000_000 if embedded else 0)

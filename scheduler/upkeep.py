@@ -56,16 +56,14 @@ class Upkeep(threading.Thread):
         self.tick_s = tick_s
         self.chores = chores(core.settings)
         self.leading = False
-        # time.monotonic() of the last pass of the loop, for health checks: a stuck loop stops moving it.
-        self.last_pass: float | None = None
         self._due = {c.name: 0.0 if c.at_once else time.monotonic() + c.every_s for c in self.chores}
-        self._stop = threading.Event()
+        self._stopping = threading.Event()
         self._store_failing = False
 
     def run(self) -> None:
-        while not self._stop.is_set():
+        while not self._stopping.is_set():
             self.step()
-            self._stop.wait(self.tick_s)
+            self._stopping.wait(self.tick_s)
         if self.leading:
             try:
                 with self.core.transaction() as session:
@@ -99,9 +97,12 @@ class Upkeep(threading.Thread):
                     chore.run(self.core)
                 except Exception:
                     log.exception("upkeep chore %s failed; it runs again in %.0f s", chore.name, chore.every_s)
-        self.last_pass = time.monotonic()
+        # For `peergrid health`: a loop stuck in a chore or on the store stops beating; a store that
+        # refuses at once does not stop it (the step goes round, standing by).
+        standing_by = "standing by, the store is unreachable" if self._store_failing else "standing by"
+        self.core.liveness.beat("upkeep", self.tick_s, "leading" if leading else standing_by)
 
     def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
+        self._stopping.set()
         if self.is_alive():
             self.join(timeout)

@@ -89,6 +89,13 @@ def test_credit_settings_are_read_exactly_not_through_floats(tmp_path):
             Settings.from_env({"PEERGRID_MIN_PAYOUT": wrong}, data_dir=tmp_path)
 
 
+def test_the_health_file_is_read_once_and_none_by_default(tmp_path):
+    default = Settings.from_env({"PEERGRID_DATA_DIR": str(tmp_path)})
+    chosen = Settings.from_env({"PEERGRID_DATA_DIR": str(tmp_path), "PEERGRID_HEALTH_FILE": "/tmp/peergrid-health.json"})
+    assert default.health_file is None
+    assert chosen.health_file == Path("/tmp/peergrid-health.json")
+
+
 def test_the_web_refuses_to_start_on_a_data_dir_it_cannot_write(tmp_path, sqlite_url):
     from dataclasses import replace
 

@@ -44,9 +44,13 @@ def test_the_blocker_makes_each_server_library_unimportable(library):
     assert "blocked: not on a provider's machine" in done.stderr
 
 
-def test_the_worker_and_its_command_run_without_the_servers_libraries():
+@pytest.mark.parametrize("command,says", [
+    ("worker", ["Usage: peergrid worker [OPTIONS]", "--server", "--token", "--health-file"]),
+    ("health", ["Usage: peergrid health [OPTIONS] FILE", "--url"]),
+])
+def test_the_worker_and_its_commands_run_without_the_servers_libraries(command, says):
     # Given a process where Flask, SQLAlchemy, Alembic and psycopg cannot be imported
-    # When every module of the worker is imported and `peergrid worker --help` runs
+    # When every module of the worker is imported and `peergrid COMMAND --help` runs
     done = python(BLOCKER + """
 import importlib
 import json
@@ -63,17 +67,17 @@ for module in pkgutil.walk_packages(worker.__path__, "worker.", onerror=fail):
 import cli
 
 try:
-    cli.main(["worker", "--help"], prog_name="peergrid")
+    cli.main([%r, "--help"], prog_name="peergrid")
 except SystemExit as e:
     code = e.code
 server_side = sorted(m for m in sys.modules if m.partition(".")[0] in ("scheduler", "web"))
 print(json.dumps({"code": code, "server_side": server_side}), file=sys.stderr)
-""")
+""" % command)
 
     # Then the help is printed, and nothing of the server's code was loaded either
     assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith("Usage: peergrid worker [OPTIONS]")
-    assert "--server" in done.stdout and "--token" in done.stdout
+    assert done.stdout.startswith(says[0])
+    assert all(word in done.stdout for word in says[1:])
     assert json.loads(done.stderr.splitlines()[-1]) == {"code": 0, "server_side": []}
 
 
@@ -92,13 +96,18 @@ runpy.run_module("cli", run_name="__main__")
 HEAVY = {"flask", "sqlalchemy", "alembic", "psycopg", "celery", "kombu", "docker", "requests", "web"}
 
 
-@pytest.mark.parametrize("command", ["validate", "help"])
+@pytest.mark.parametrize("command", ["validate", "help", "health"])
 def test_client_commands_load_none_of_the_heavy_libraries(command, tmp_path):
+    from protocol.liveness import Liveness
+
     definition = tmp_path / "hello.json"
     definition.write_text(json.dumps(factories.hello_world("ubuntu")))
+    Liveness(tmp_path / "health.json").beat("offers", 1)
     args, expected, uses = {
         "validate": (["job", "validate", str(definition)], "valid, 1 op(s): hello-world", "scheduler.jobdef"),
         "help": (["--help"], "Commands:", "cli.client"),
+        # Docker runs it every few seconds.
+        "health": (["health", str(tmp_path / "health.json")], "healthy: offers", "protocol.liveness"),
     }[command]
 
     done = python(MODULES_AT_EXIT.format(args=args))

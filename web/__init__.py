@@ -115,7 +115,8 @@ def create_app(settings: Settings | None = None, *, core: Core | None = None) ->
 
 def start_hearing(app: Flask):
     """Mark this web process, in the store, as one that hears node heartbeats (scheduler.hearing),
-    for as long as the process lives. Serving processes call it; test apps need not."""
+    for as long as the process lives, beating loop `hearing` in its health file (PEERGRID_HEALTH_FILE).
+    Serving processes call it; test apps need not."""
     from scheduler.hearing import Ears
     from scheduler.leadership import process_name
 

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from protocol.liveness import Liveness
 from protocol.messages import (
     MAX_VOLUME_JOBS,
     FinishedReport,
@@ -26,7 +27,7 @@ from protocol.messages import (
 )
 from worker import __version__
 from worker.broker import connect, consume_offers
-from worker.client import NodeClient
+from worker.client import CLAIM_RETRIES, HEARTBEAT_RETRIES, NodeClient
 from worker.archives import file_sha256, input_folder
 from worker.capacity import Capacity, share_limits
 from worker.errors import AttemptGone, ServerError, WorkerError
@@ -40,6 +41,9 @@ from worker.runtime import DockerRuntime, Limits, Machine, Owner, container_spec
 from worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
+
+# How often the offers loop goes round: it waits a second at most for an offer, or for capacity.
+OFFERS_EVERY_S = 1.0
 
 
 @dataclass
@@ -100,6 +104,10 @@ class Agent:
         # Outcomes the server has not taken yet; _sending is held while one is sent.
         self.outbox = Outbox(settings.data_dir / "outbox" if settings.data_dir else None)
         self._sending = threading.Lock()
+        # The health file, which the heartbeat and offers loops beat once registered; and since when
+        # the server has not answered a heartbeat (time.time(); None while it answers).
+        self.liveness = Liveness(settings.health_file)
+        self._unanswered_since: float | None = None
 
     # -- what the node tells the server ------------------------------------------------------
 
@@ -228,6 +236,8 @@ class Agent:
             self.stopping.wait(0.5)
             message.requeue()
             return
+        # The offers loop waits on the server while it claims: a slow server is not this loop's sickness.
+        self.liveness.beat("offers", self.client.longest_s(CLAIM_RETRIES), f"claiming attempt {attempt_id}")
         try:
             answer = self.client.claim(attempt_id, gpus=[g.uuid for g in gpus])
         except AttemptGone:
@@ -470,36 +480,53 @@ class Agent:
     # -- liveness ----------------------------------------------------------------------------
 
     def _heartbeats(self) -> None:
-        while not self.stopping.wait(self.heartbeat_interval_s):
-            try:
-                answer = self.client.heartbeat(self.report())
-            except ServerError as e:
-                if e.status in (401, 403):
-                    log.error("the server refuses this node: %s; stopping", self.credential.refused(e))
-                    self.stop()
-                    return
-                log.warning("heartbeat failed: %s", e)
-                continue
-            draining = answer.state == "draining"
-            if draining != self.draining:
-                log.info("node is %s", "draining: finishing what runs, taking nothing new" if draining else "taking work again")
-                self.draining = draining
-                self._changed.set()
-            for attempt_id, limit in answer.time_limits.items():
-                with self._lock:
-                    run = self._running.get(attempt_id)
-                if run is not None and limit != run.time_limit:
-                    log.info("attempt %s may now run for %s s", attempt_id, limit)
-                    run.time_limit = limit
-            for attempt_id in answer.cancel:
-                with self._lock:
-                    run = self._running.get(attempt_id)
-                if run is not None:
-                    log.info("server cancelled attempt %s; stopping its container", attempt_id)
-                    run.cancel.set()
-            # Aside from the heartbeats, so an engine slow to answer cannot make the node look silent.
-            ended = list(answer.ended_jobs)
-            threading.Thread(target=self._sweep_volumes, args=(ended,), name="volumes", daemon=True).start()
+        # A turn waits the interval, then for the server's answer for as long as a heartbeat may take
+        # when the server does not answer: an outage of the server is not this worker's sickness.
+        every_s = self.heartbeat_interval_s + self.client.longest_s(HEARTBEAT_RETRIES)
+        while True:
+            self.liveness.beat("heartbeat", every_s, self._unanswered())
+            if self.stopping.wait(self.heartbeat_interval_s) or not self._heartbeat():
+                return
+
+    def _unanswered(self) -> str | None:
+        since = self._unanswered_since
+        return None if since is None else f"server unreachable since {time.strftime('%H:%M:%S UTC', time.gmtime(since))}"
+
+    def _heartbeat(self) -> bool:
+        """Send one heartbeat and do what the answer says; False when the server refuses this node."""
+        try:
+            answer = self.client.heartbeat(self.report())
+        except ServerError as e:
+            if e.status in (401, 403):
+                log.error("the server refuses this node: %s; stopping", self.credential.refused(e))
+                self.stop()
+                return False
+            log.warning("heartbeat failed: %s", e)
+            if self._unanswered_since is None:
+                self._unanswered_since = time.time()
+            return True
+        self._unanswered_since = None
+        draining = answer.state == "draining"
+        if draining != self.draining:
+            log.info("node is %s", "draining: finishing what runs, taking nothing new" if draining else "taking work again")
+            self.draining = draining
+            self._changed.set()
+        for attempt_id, limit in answer.time_limits.items():
+            with self._lock:
+                run = self._running.get(attempt_id)
+            if run is not None and limit != run.time_limit:
+                log.info("attempt %s may now run for %s s", attempt_id, limit)
+                run.time_limit = limit
+        for attempt_id in answer.cancel:
+            with self._lock:
+                run = self._running.get(attempt_id)
+            if run is not None:
+                log.info("server cancelled attempt %s; stopping its container", attempt_id)
+                run.cancel.set()
+        # Aside from the heartbeats, so an engine slow to answer cannot make the node look silent.
+        ended = list(answer.ended_jobs)
+        threading.Thread(target=self._sweep_volumes, args=(ended,), name="volumes", daemon=True).start()
+        return True
 
     def _sweep_volumes(self, ended: list[int]) -> None:
         """Remove the volumes of jobs that have ended and run nothing here, then list whose remain."""
@@ -545,6 +572,7 @@ class Agent:
                 can_take=self.can_take,
                 stopping=self.stopping.is_set,
                 idle_wait=self._idle_wait,
+                beat=lambda: self.liveness.beat("offers", OFFERS_EVERY_S),
             )
         finally:
             connection.release()

@@ -52,13 +52,20 @@ def consume_offers(
     can_take: Callable[[], bool],
     stopping: Callable[[], bool],
     idle_wait: Callable[[float], None],
+    beat: Callable[[], None] | None = None,
 ) -> None:
     """Hold a consumer on the queues the node qualifies for, only while it can take work.
 
     One offer at a time is delivered (prefetch 1); on_offer acknowledges it. When the node is
     full, or the queues it qualifies for change, the consumer is cancelled and made anew.
+
+    beat is called at the top of each turn of either loop, the one that waits for capacity (or for
+    the broker, after it failed) and the one that waits for offers: each turn waits a second or
+    two at most, so a loop stuck in a call stops the beats, and a node with nothing free does not.
     """
+    beat = beat or (lambda: None)
     while not stopping():
+        beat()
         if not can_take():
             idle_wait(1.0)
             continue
@@ -72,6 +79,7 @@ def consume_offers(
                 market_queues(names), callbacks=[on_offer], accept=["json"], prefetch_count=1
             ):
                 while not stopping() and can_take() and queues() == names:
+                    beat()
                     try:
                         connection.drain_events(timeout=1)
                     except socket.timeout:

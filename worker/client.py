@@ -27,6 +27,15 @@ from worker.errors import AttemptGone, ServerError
 
 log = logging.getLogger(__name__)
 
+# How often the agent's loops retry their calls; the loops allow for as long as those may take.
+HEARTBEAT_RETRIES = 1
+CLAIM_RETRIES = 2
+
+
+def _retry_delay(attempt: int) -> float:
+    """Seconds before retrying a call after its attempt-th failure (from 0)."""
+    return min(0.5 * 2**attempt, 8.0)
+
 
 class NodeClient:
     def __init__(self, server: str, token: str, *, timeout: float = 15.0):
@@ -37,9 +46,12 @@ class NodeClient:
             {"Authorization": f"Bearer {token}", "User-Agent": f"peergrid-worker (protocol {VERSION})"}
         )
 
+    def longest_s(self, retries: int) -> float:
+        """How long a call with these retries may wait on a server that does not answer."""
+        return (retries + 1) * self.timeout + sum(_retry_delay(n) for n in range(retries))
+
     def _post(self, path: str, body: dict | None = None, *, retries: int = 3) -> dict[str, Any]:
         """POST to the node API, retrying connection failures and 5xx answers a few times."""
-        delay = 0.5
         for attempt in range(retries + 1):
             try:
                 response = self.http.post(self.base + path, json=body or {}, timeout=self.timeout)
@@ -55,19 +67,19 @@ class NodeClient:
                 error = ServerError(_message(response), response.status_code)
             if attempt == retries:
                 raise error
-            log.warning("%s; retrying in %.1fs", error, delay)
-            time.sleep(delay)
-            delay = min(delay * 2, 8)
+            log.warning("%s; retrying in %.1fs", error, _retry_delay(attempt))
+            time.sleep(_retry_delay(attempt))
         raise AssertionError("unreachable")
 
     def register(self, report: NodeReport) -> Registration:
         return _read(Registration.from_wire, self._post("/register", report.to_wire(), retries=5))
 
     def heartbeat(self, report: NodeReport) -> HeartbeatAnswer:
-        return _read(HeartbeatAnswer.from_wire, self._post("/heartbeat", report.to_wire(), retries=1))
+        return _read(HeartbeatAnswer.from_wire, self._post("/heartbeat", report.to_wire(), retries=HEARTBEAT_RETRIES))
 
     def claim(self, attempt_id: int, *, gpus: list[str] | None = None) -> ClaimAnswer:
-        return _read(ClaimAnswer.from_wire, self._post(f"/attempts/{attempt_id}/claim", {"gpus": gpus or []}, retries=2))
+        body = {"gpus": gpus or []}
+        return _read(ClaimAnswer.from_wire, self._post(f"/attempts/{attempt_id}/claim", body, retries=CLAIM_RETRIES))
 
     def started(self, attempt_id: int) -> None:
         self._post(f"/attempts/{attempt_id}/started")

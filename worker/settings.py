@@ -43,6 +43,8 @@ class WorkerSettings:
     # Where the worker keeps what must outlive it (the images it pulled with someone's registry login);
     # None keeps it in memory only.
     data_dir: Path | None = None
+    # Where the agent writes when its loops last went round, for `peergrid health`; None: nowhere.
+    health_file: Path | None = None
 
     def __post_init__(self) -> None:
         if self.job_network in ("host",) or self.job_network.startswith("container:"):
@@ -63,6 +65,7 @@ class WorkerSettings:
             "docker_host": env.get("PEERGRID_DOCKER_HOST") or env.get("DOCKER_HOST") or None,
             "events": env.get("PEERGRID_WORKER_EVENTS", "true").strip().lower() not in {"0", "false", "no", "off"},
             "data_dir": Path(env.get("PEERGRID_WORKER_DATA_DIR") or _state_home(env) / "peergrid-worker"),
+            "health_file": Path(env["PEERGRID_HEALTH_FILE"]) if env.get("PEERGRID_HEALTH_FILE") else None,
         }
         if env.get("PEERGRID_JOB_MEMORY_MB"):
             values["memory_limit_mb"] = int(env["PEERGRID_JOB_MEMORY_MB"])

@@ -1,0 +1,58 @@
+"""`peergrid health`: a container's health check, from the health file its process writes.
+
+Docker runs it every few seconds, in the server's images and on providers' machines alike, so it
+imports click, the standard library and protocol, and nothing else.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from cli import main
+from protocol.liveness import GRACE_S, examine
+
+URL_TIMEOUT_S = 5.0
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--url", help="Also GET this http(s) URL, and be healthy only if it answers 2xx within 5 s.")
+@click.option("--grace", type=click.FloatRange(min=0), default=GRACE_S, show_default=True,
+              help="Seconds a loop may be late past its interval before it counts as dead (it always gets three intervals).")
+def health(file: str, url: str | None, grace: float) -> None:
+    """Exit 0 when every loop recorded in FILE went round lately; else exit 1, a line per problem.
+
+    FILE is the health file the process writes (PEERGRID_HEALTH_FILE, or its --health-file).
+    """
+    if url is not None and not url.startswith(("http://", "https://")):
+        raise click.BadParameter("give an http:// or https:// URL.", param_hint="--url")
+    checkup = examine(file, grace_s=grace)
+    problems = list(checkup.problems)
+    said = [checkup.summary()] if checkup.healthy else []
+    if url is not None:
+        answered, sentence = _get(url)
+        (said if answered else problems).append(sentence)
+    if problems:
+        for problem in problems:
+            click.echo(f"unhealthy: {problem}")
+        sys.exit(1)
+    click.echo(f"healthy: {', '.join(said)}")
+
+
+def _get(url: str) -> tuple[bool, str]:
+    """GET url; say whether it answered 2xx, and what it answered, in a phrase."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=URL_TIMEOUT_S) as response:
+            status = response.status
+    except urllib.error.HTTPError as e:
+        return False, f"{url} answered {e.code}"
+    except TimeoutError:
+        return False, f"{url} did not answer within {URL_TIMEOUT_S:g} s"
+    except (urllib.error.URLError, OSError) as e:
+        return False, f"{url} does not answer: {getattr(e, 'reason', None) or e}"
+    return 200 <= status < 300, f"{url} answered {status}"
