@@ -7,6 +7,7 @@ imports click, the standard library and protocol, and nothing else.
 from __future__ import annotations
 
 import sys
+import time
 
 import click
 
@@ -17,28 +18,42 @@ URL_TIMEOUT_S = 5.0
 
 
 @main.command()
-@click.argument("file", type=click.Path(dir_okay=False))
+@click.argument("file", envvar="PEERGRID_HEALTH_FILE", type=click.Path(dir_okay=False))
 @click.option("--url", help="Also GET this http(s) URL, and be healthy only if it answers 2xx within 5 s.")
 @click.option("--grace", type=click.FloatRange(min=0), default=GRACE_S, show_default=True,
               help="Seconds a loop may be late past its interval before it counts as dead (it always gets three intervals).")
-def health(file: str, url: str | None, grace: float) -> None:
+@click.option("--wait", "wait_s", type=click.FloatRange(min=0), default=0, metavar="SECONDS",
+              help="Check again every second until healthy, for up to this long; for scripts that start a service.")
+def health(file: str, url: str | None, grace: float, wait_s: float) -> None:
     """Exit 0 when every loop recorded in FILE went round lately; else exit 1, a line per problem.
 
-    FILE is the health file the process writes (PEERGRID_HEALTH_FILE, or its --health-file).
+    FILE is the health file the process writes (its --health-file, or PEERGRID_HEALTH_FILE, which is
+    read when FILE is not given).
     """
     if url is not None and not url.startswith(("http://", "https://")):
         raise click.BadParameter("give an http:// or https:// URL.", param_hint="--url")
+    deadline = time.monotonic() + wait_s
+    while True:
+        said, problems = _checkup(file, url, grace)
+        if not problems or time.monotonic() >= deadline:
+            break
+        time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+    if problems:
+        for problem in problems:
+            click.echo(f"unhealthy: {problem}")
+        sys.exit(1)
+    click.echo(f"healthy: {', '.join(said)}")
+
+
+def _checkup(file: str, url: str | None, grace: float) -> tuple[list[str], list[str]]:
+    """What is well and what is wrong, now: the health file's loops, then the URL's answer."""
     checkup = examine(file, grace_s=grace)
     problems = list(checkup.problems)
     said = [checkup.summary()] if checkup.healthy else []
     if url is not None:
         answered, sentence = _get(url)
         (said if answered else problems).append(sentence)
-    if problems:
-        for problem in problems:
-            click.echo(f"unhealthy: {problem}")
-        sys.exit(1)
-    click.echo(f"healthy: {', '.join(said)}")
+    return said, problems
 
 
 def _get(url: str) -> tuple[bool, str]:

@@ -88,6 +88,23 @@ def test_a_missing_file_is_unhealthy(tmp_path):
     assert done.output.startswith(f"unhealthy: there is no health file at {tmp_path / 'nowhere.json'}")
 
 
+def test_the_file_defaults_to_the_processes_own_and_wait_checks_until_healthy(tmp_path):
+    path = tmp_path / "health.json"
+    env = {"PEERGRID_HEALTH_FILE": str(path)}
+
+    at_once = CliRunner().invoke(peergrid, ["health"], env=env)
+    threading.Timer(1.5, beaten, args=(path,), kwargs={"upkeep": (0.1, "standing by")}).start()
+    began = time.monotonic()
+    waited = CliRunner().invoke(peergrid, ["health", "--wait", "20"], env=env)
+
+    assert at_once.exit_code == 1 and f"there is no health file at {path}" in at_once.output
+    assert waited.exit_code == 0 and waited.output.startswith("healthy: upkeep") and "(standing by)" in waited.output
+    assert 1.5 <= time.monotonic() - began < 10
+    path.unlink()
+    gave_up = CliRunner().invoke(peergrid, ["health", "--wait", "1"], env=env)
+    assert gave_up.exit_code == 1
+
+
 def test_the_url_must_answer_2xx_as_well(tmp_path, http_url):
     path = beaten(tmp_path / "health.json", hearing=(0.5, None))
 
