@@ -26,7 +26,8 @@ from cli import fail, main, setup_logging
 @click.option("--name", envvar="PEERGRID_NODE_NAME",
               help="The node's name when it joins [default: the machine's hostname]; with a node token, a label for "
                    "logs (the node keeps the name it was created with).")
-@click.option("--simulate-gpus", metavar="SPEC", help="Made-up GPUs for development and tests; shown as simulated.")
+@click.option("--simulate-gpus", envvar="PEERGRID_SIMULATE_GPUS", metavar="SPEC",
+              help="Made-up GPUs for development and tests; shown as simulated.")
 @click.option("--slots", default=1, show_default=True, type=click.IntRange(1, 256), help="CPU ops run at once.")
 @click.option("--job-network", envvar="PEERGRID_JOB_NETWORK", default="bridge", show_default=True,
               help='Network for job containers: "none" (no outbound network) or a Docker network name; never "host".')

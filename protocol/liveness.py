@@ -8,6 +8,10 @@ The file, rewritten whole each time:
 
     {"pid": 12, "written_at": 1700000000.5,
      "loops": {"upkeep": {"at": 1700000000.4, "every_s": 1.0, "detail": "leading"}, ...}}
+
+A loop the process has started but that has not gone round yet is "pending": its "at" is when it
+was expected from, and it counts as a problem until its first beat, so that a process is healthy
+only once every one of its loops has gone round.
 """
 
 from __future__ import annotations
@@ -66,6 +70,17 @@ class Liveness:
             self._written = now
             self._write()
 
+    def expect(self, loop: str, within_s: float) -> None:
+        """Record that loop has started and should first go round within within_s; until it does,
+        the file counts it as a problem. Never raises."""
+        if self.path is None:
+            return
+        with self._lock:
+            if loop in self._loops:
+                return
+            self._loops[loop] = {"at": time.time(), "every_s": float(within_s), "detail": None, "pending": True}
+        self.flush()
+
     def flush(self) -> None:
         """Write what the loops recorded now, however lately the file was written."""
         if self.path is None:
@@ -113,13 +128,21 @@ class LoopBeat:
     every_s: float
     detail: str | None
     grace_s: float = GRACE_S
+    # It has not gone round yet; age_s is since it was expected.
+    pending: bool = False
 
     @property
     def dead(self) -> bool:
         return self.age_s > late_after(self.every_s, self.grace_s)
 
+    @property
+    def well(self) -> bool:
+        return not self.dead and not self.pending
+
     def describe(self) -> str:
         """One phrase: how long ago it went round, and what it said."""
+        if self.pending:
+            return f"{self.name} has not gone round yet ({self.age_s:.0f} s since its process started it)"
         if self.dead:
             said = f", {self.detail}" if self.detail else ""
             return f"{self.name} last went round {self.age_s:.0f} s ago{said} (it goes round every {self.every_s:g} s)"
@@ -163,12 +186,13 @@ def examine(path: str | os.PathLike, *, now: float | None = None, grace_s: float
     if not loops:
         return Checkup((), (f"the health file {path} names no loop",))
     beats = tuple(
-        LoopBeat(name, max(0.0, now - at), every_s, detail, grace_s) for name, (at, every_s, detail) in loops.items()
+        LoopBeat(name, max(0.0, now - at), every_s, detail, grace_s, pending)
+        for name, (at, every_s, detail, pending) in loops.items()
     )
-    return Checkup(beats, tuple(beat.describe() for beat in beats if beat.dead))
+    return Checkup(beats, tuple(beat.describe() for beat in beats if not beat.well))
 
 
-def _loops(text: str) -> dict[str, tuple[float, float, str | None]]:
+def _loops(text: str) -> dict[str, tuple[float, float, str | None, bool]]:
     try:
         body = json.loads(text)
     except ValueError:
@@ -185,7 +209,7 @@ def _loops(text: str) -> dict[str, tuple[float, float, str | None]]:
             raise _Garbled(f'loop {name!r} lacks a time ("at") or a positive interval ("every_s")')
         if detail is not None and not isinstance(detail, str):
             raise _Garbled(f"the detail of loop {name!r} is not text")
-        found[name] = (float(at), float(every_s), detail)
+        found[name] = (float(at), float(every_s), detail, entry.get("pending") is True)
     return found
 
 

@@ -52,6 +52,7 @@ class UpkeepStep(bootsteps.StartStopStep):
 
     def start(self, worker) -> None:
         self.upkeep = worker.app.upkeep = Upkeep(worker.app.peergrid)
+        worker.app.peergrid.liveness.expect("upkeep", self.upkeep.tick_s)
         self.upkeep.start()
 
     def stop(self, worker) -> None:
@@ -75,8 +76,8 @@ class ConsumerBeat(bootsteps.StartStopStep):
         super().__init__(consumer, **kwargs)
         self.entry = None
         self.asked = False
-        # So that a consumer that never connects is overdue too, rather than absent from the file.
-        consumer.app.peergrid.liveness.beat("consumer", CONSUMER_START_S, "starting")
+        # So that a consumer that has not connected yet counts against health, rather than being absent.
+        consumer.app.peergrid.liveness.expect("consumer", CONSUMER_START_S)
 
     def start(self, consumer) -> None:
         liveness = consumer.app.peergrid.liveness

@@ -54,14 +54,41 @@ def test_the_web_server_command_points_at_a_real_app():
     assert module == "web.wsgi" and attribute == "app" and (ROOT / "web" / "wsgi.py").exists()
 
 
-def test_health_checks_and_gpu_reservation_and_docker_socket():
-    for name in ("postgres", "redis", "web"):
+def test_every_long_lived_service_has_a_health_check_and_the_web_stays_on_loopback():
+    for name in ("postgres", "redis", "web", "scheduler", "worker"):
         assert "healthcheck" in SERVICES[name], name
+    for name in ("web", "scheduler", "worker"):
+        test = SERVICES[name]["healthcheck"]["test"]
+        assert test[:3] == ["CMD", "peergrid", "health"], name
+        assert SERVICES[name]["environment"]["PEERGRID_HEALTH_FILE"], name
+    # Published on loopback; a proxy in front does TLS.
+    assert SERVICES["web"]["ports"] == ["127.0.0.1:${PEERGRID_PORT:-8000}:8000"]
+
+
+def test_workers_run_cpu_only_and_the_gpu_file_adds_the_reservation():
     worker = SERVICES["worker"]
-    devices = worker["deploy"]["resources"]["reservations"]["devices"]
-    assert devices[0]["driver"] == "nvidia" and devices[0]["capabilities"] == ["gpu"]
+    assert "deploy" not in worker  # a host without NVIDIA's runtime can start it
     assert "/var/run/docker.sock:/var/run/docker.sock" in worker["volumes"]
-    assert SERVICES["web"]["ports"] == ["127.0.0.1:8000:8000"]  # published on loopback; a proxy in front does TLS
+    # Each replica's state on a volume of its own: its node token outlives restarts, and is not shared.
+    assert "/var/lib/peergrid-worker" in worker["volumes"]
+    assert worker["environment"]["PEERGRID_WORKER_DATA_DIR"] == "/var/lib/peergrid-worker"
+    assert worker["environment"]["PEERGRID_JOIN_TOKEN"] == "${PEERGRID_JOIN_TOKEN:-}"
+    gpu = yaml.safe_load((ROOT / "compose.gpu.yaml").read_text())
+    devices = gpu["services"]["worker"]["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["driver"] == "nvidia" and devices[0]["capabilities"] == ["gpu"]
+    assert set(gpu["services"]) == {"worker"}
+
+
+def test_the_file_starts_before_any_node_exists():
+    # Compose checks every ${VAR:?} of the file on every command: only the server's secrets may be
+    # mandatory, since tokens can only be made once the web runs.
+    mandatory = set(re.findall(r"\$\{(\w+):\?", (ROOT / "compose.yaml").read_text()))
+    assert mandatory == {"POSTGRES_PASSWORD", "PEERGRID_SECRET_KEY"}
+
+
+def test_secrets_files_stay_out_of_git_and_the_image():
+    assert ".env" in (ROOT / ".gitignore").read_text().split()
+    assert ".env" in (ROOT / ".dockerignore").read_text().split()
 
 
 def test_no_secret_is_written_in_the_file():
@@ -95,3 +122,25 @@ def test_each_worker_replica_joins_as_a_node_of_its_own():
     state = env["PEERGRID_WORKER_DATA_DIR"]
     assert state in worker["volumes"]  # an anonymous volume: one per replica
     assert not any(v.endswith(":" + state) for v in worker["volumes"])
+
+
+def test_the_image_holds_every_package_and_gives_its_user_a_home_and_the_data_dir():
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    copied = {line.split()[1] for line in dockerfile.splitlines() if line.startswith("COPY ")}
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    packages = re.search(r"include = \[(.*?)\]", pyproject).group(1)
+    for package in re.findall(r'"(\w+)\*"', packages):
+        assert package in copied, f"the Dockerfile does not copy {package}/"
+    assert "--create-home" in dockerfile
+    assert "-o peergrid -g peergrid" in dockerfile and "/data" in dockerfile
+    assert dockerfile.index("/data") < dockerfile.index("USER peergrid")
+    # gunicorn comes pinned, from the deploy extra.
+    assert '".[deploy]"' in dockerfile and 'deploy = ["gunicorn==' in pyproject
+
+
+def test_every_image_the_set_up_starts_from_has_a_stand_in():
+    script = (ROOT / "scripts" / "base-images").read_text()
+    standins = set(re.findall(r"\[([\w.:/-]+)\]=\w+", script))
+    named = {s["image"] for n, s in SERVICES.items() if "image" in s and "build" not in s and not s.get("profiles")}
+    named |= set(re.findall(r"^FROM (\S+)", (ROOT / "Dockerfile").read_text(), flags=re.M))
+    assert named == standins

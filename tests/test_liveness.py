@@ -134,6 +134,28 @@ def test_no_path_writes_nothing_and_a_folder_that_is_gone_does_not_raise(tmp_pat
     assert len([r for r in caplog.records if "cannot write" in r.message]) == 1  # said once, not at every beat
 
 
+def test_a_loop_expected_but_not_yet_gone_round_keeps_its_process_unhealthy(tmp_path):
+    """Given a process that started two loops and whose first has gone round, it is not healthy until
+    the second has too: a check that waits for health waits for every loop."""
+    path = tmp_path / "health.json"
+    liveness = Liveness(path, write_every_s=60)
+    liveness.expect("upkeep", 1)
+    liveness.expect("consumer", 10)
+    liveness.beat("upkeep", 1, "leading")
+    liveness.flush()
+
+    waiting = examine(path)
+    liveness.beat("consumer", 1)
+    liveness.expect("consumer", 10)  # once it went round, expecting it again changes nothing
+    liveness.flush()
+    both = examine(path)
+
+    assert not waiting.healthy
+    assert waiting.problems == ("consumer has not gone round yet (0 s since its process started it)",)
+    assert both.healthy, both.problems
+    assert Liveness(None).expect("x", 1) is None
+
+
 def test_a_loop_is_dead_past_three_intervals_or_its_interval_and_the_grace():
     assert late_after(1) == 1 + GRACE_S
     assert late_after(10) == 30

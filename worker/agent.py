@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 
 # How often the offers loop goes round: it waits a second at most for an offer, or for capacity.
 OFFERS_EVERY_S = 1.0
+# How long the offers loop may take to reach the broker and first go round, once registered.
+CONNECT_WITHIN_S = 30.0
 
 
 @dataclass
@@ -556,6 +558,9 @@ class Agent:
         self.register()
         if self.stopping.is_set():
             return
+        # Both loops count against health until each has gone round once.
+        self.liveness.expect("heartbeat", self.heartbeat_interval_s)
+        self.liveness.expect("offers", OFFERS_EVERY_S + CONNECT_WITHIN_S)
         threading.Thread(target=self._heartbeats, name="heartbeat", daemon=True).start()
         threading.Thread(target=self._send_outbox, name="outbox", daemon=True).start()
         if self.settings.events:
