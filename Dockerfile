@@ -1,6 +1,6 @@
 # The peergrid image: web, scheduler and worker all run from it with different commands.
 FROM python:3.11-slim
-ENV PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
+ENV PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PIP_ROOT_USER_ACTION=ignore
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY protocol ./protocol
@@ -13,7 +13,7 @@ COPY migrations ./migrations
 # volume is mounted on it: Docker copies that ownership into a new named volume, so the web's
 # artifacts and uploads can be written there.
 RUN pip install ".[deploy]" \
- && useradd --system --uid 10001 --user-group --create-home --home-dir /home/peergrid peergrid \
+ && useradd --uid 10001 --user-group --create-home --home-dir /home/peergrid peergrid \
  && install -d -o peergrid -g peergrid -m 0750 /data
 USER peergrid
 EXPOSE 8000
