@@ -63,6 +63,13 @@ ensure_docker() {
   return 1
 }
 
+ensure_compose() {
+  # Docker Compose: the v2 plugin when the engine has it, else Debian's docker-compose.
+  command -v docker-compose >/dev/null 2>&1 && return 0
+  docker compose version >/dev/null 2>&1 && return 0
+  apt_install docker-compose
+}
+
 ensure_test_image() {
   # peergrid-test/busybox:latest, made from Debian's busybox-static: nothing is pulled.
   local image="${PEERGRID_TEST_IMAGE:-peergrid-test/busybox:latest}"
