@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -258,4 +259,14 @@ def test_operating_at_scale_word_for_word(deployment, docker_client):
     leader.kill()
     wait_until(lambda: _leads(deployment.health("scheduler", 2)), 60, "the standby never took the lease over")
     assert "leading the scheduler's upkeep" in deployment.logs(second)
+
+    # Its health check is of its loops, not of its process: frozen, it is there but unhealthy.
+    survivor = docker_client.containers.get(second)
+    os.kill(survivor.attrs["State"]["Pid"], signal.SIGSTOP)
+    try:
+        wait_until(lambda: "unhealthy: upkeep last went round" in deployment.health("scheduler", 2), 60,
+                   "a frozen scheduler still looked healthy")
+    finally:
+        os.kill(survivor.attrs["State"]["Pid"], signal.SIGCONT)
+    wait_until(lambda: _leads(deployment.health("scheduler", 2)), 60, "the thawed scheduler did not lead again")
     print(f"server up in {up_s:.0f} s; walk in {time.monotonic() - started:.0f} s")
