@@ -73,11 +73,15 @@ def db() -> None:
 @db.command("upgrade")
 def db_upgrade() -> None:
     """Apply migrations to PEERGRID_DATABASE_URL."""
+    from scheduler.errors import PeergridError
     from scheduler.migrate import upgrade
     from scheduler.settings import Settings
 
     settings = Settings.from_env()
-    upgrade(settings.database_url)
+    try:
+        upgrade(settings.database_url)
+    except PeergridError as e:
+        fail(str(e))
     click.echo(f"The store at {_redact(settings.database_url)} is up to date.")
 
 

@@ -69,3 +69,31 @@ def test_migrations_that_copy_a_table_keep_the_rows_that_refer_to_it(tmp_path):
         assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1  # the store's connections still enforce them
         assert conn.execute(text("PRAGMA foreign_key_check")).all() == []
     store.dispose()
+
+
+def test_a_postgresql_database_not_kept_in_utf8_is_refused_with_how_to_make_one(postgres_admin, tmp_path):
+    """Given a SQL_ASCII database (initdb's choice under the C locale), `peergrid db upgrade` says
+    what is wrong and how to make a UTF-8 one, rather than failing inside SQLAlchemy."""
+    import os
+    import subprocess
+    import sys
+    import uuid
+
+    from sqlalchemy import text
+
+    from tests.conftest import POSTGRES_URL
+
+    name = f"peergrid_ascii_{uuid.uuid4().hex[:8]}"
+    with postgres_admin.connect() as conn:
+        conn.execute(text(f"CREATE DATABASE {name} ENCODING 'SQL_ASCII' TEMPLATE template0 LC_COLLATE 'C' LC_CTYPE 'C'"))
+    try:
+        url = POSTGRES_URL.rsplit("/", 1)[0] + f"/{name}"
+        done = subprocess.run([sys.executable, "-m", "cli", "db", "upgrade"], capture_output=True, text=True,
+                              env={**os.environ, "PEERGRID_DATABASE_URL": url, "PEERGRID_DATA_DIR": str(tmp_path)},
+                              timeout=120)
+        assert done.returncode == 1, done.stderr
+        assert f"The database {name} keeps its text as SQL_ASCII" in done.stderr
+        assert "createdb --encoding=UTF8" in done.stderr and "Traceback" not in done.stderr
+    finally:
+        with postgres_admin.connect() as conn:
+            conn.execute(text(f"DROP DATABASE {name}"))
