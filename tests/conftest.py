@@ -212,12 +212,3 @@ def pytest_runtest_makereport(item, call):
     report = outcome.get_result()
     setattr(item, f"rep_{report.when}", report)
 
-
-# Run with `-n 2 --dist loadgroup` (as .ci/run does), the compose walk, which mostly waits on
-# containers starting, runs in a pytest worker of its own beside the rest of the suite, in order.
-ALONGSIDE = {"test_compose.py": "compose"}
-
-
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(ALONGSIDE.get(item.path.name, "suite")))
