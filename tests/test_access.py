@@ -17,7 +17,7 @@ from tests import factories
 from tests.factories import PASSWORD, bearer, hello_world
 from web import create_app
 
-CALLERS = ("anon", "owner", "other", "node", "other_node", "admin")
+CALLERS = ("anon", "owner", "other", "node", "other_node", "admin", "joiner")
 
 POLICY = {
     "static": "public", "api.health": "public", "api.openapi": "public", "dashboard.login": "public",
@@ -29,6 +29,8 @@ POLICY = {
     "api.job_show": "api_owned", "api.job_log_lines": "api_owned", "api.job_cancel": "api_owned",
     "api.job_extend": "api_owned", "api.job_artifact_list": "api_owned", "api.job_artifact_download": "api_owned",
     "api.nodes_drain": "api_owned",
+    "api.join_tokens_create": "api_user", "api.join_tokens_index": "api_user", "api.join_tokens_revoke": "api_owned",
+    "api.nodes_join": "join",
     "api.admin_books": "api_admin", "api.admin_grant": "api_admin", "api.admin_ledger": "api_admin",
     "api.admin_ledger_csv": "api_admin", "api.markets_create": "api_admin", "api.markets_update": "api_admin",
     "api.admin_payouts": "api_admin", "api.admin_payouts_csv": "api_admin", "api.admin_payout_approve": "api_admin",
@@ -43,6 +45,7 @@ POLICY = {
     "account.secret_set": "page_user", "account.secret_delete": "page_owned",
     "submit.submit_page": "page_user", "submit.submit_post": "page_user", "submit.submit_check": "page_user",
     "dashboard.job": "page_owned", "dashboard.job_cancel": "page_owned", "dashboard.job_extend": "page_owned",
+    "dashboard.join_token_create": "page_user", "dashboard.join_token_revoke": "page_owned",
     "dashboard.node_drain": "page_owned", "dashboard.node_remove": "page_owned", "account.token_revoke": "page_owned",
     "admin.ledger_page": "page_admin", "admin.markets": "page_admin", "admin.market_create": "page_admin",
     "admin.market_edit": "page_admin", "admin.node_ban": "page_admin", "admin.payout_queue": "page_admin",
@@ -52,9 +55,12 @@ POLICY = {
 
 def expected(policy: str, caller: str) -> str:
     """What a caller must get: 'ok' (allowed; any answer but 401/403 and below 500), 'denied'
-    (401/403, or a redirect to sign in for pages), or 'hidden' (404, or 409 for another node's attempt)."""
+    (401/403, or a redirect to sign in for pages), or 'hidden' (404, or 409 for another node's attempt).
+    A join token makes nodes and does nothing else."""
     if policy == "public":
         return "ok"
+    if policy == "join" or caller == "joiner":
+        return "ok" if (policy, caller) == ("join", "joiner") else "denied"
     if policy.startswith("api"):
         if caller in ("anon", "node", "other_node"):
             return "denied"
@@ -90,6 +96,8 @@ def build_world(core) -> World:
     _, admin_token = factories.user(core, email="admin@example.com", admin=True)
     app = create_app(core=core)
     client = app.test_client()
+    # The owner's join token is join token 1, as its API token is API token 1.
+    join_token = client.post("/api/v1/join-tokens", json={"name": "rack"}, headers=bearer(owner_token)).json["token"]
     job_id = client.post("/api/v1/jobs", json=hello_world("busybox"), headers=bearer(owner_token)).json["id"]
     node_token = client.post("/api/v1/nodes", json={"name": "owners-node"}, headers=bearer(owner_token)).json["token"]
     other_node_token = client.post("/api/v1/nodes", json={"name": "others-node"}, headers=bearer(other_token)).json["token"]
@@ -109,7 +117,7 @@ def build_world(core) -> World:
                "user_id": other_id, "slug": "cpu", "op_key": "hello-world", "filename": "peergrid.css",
                "name": "TOKEN"}
     tokens = {"owner": owner_token, "other": other_token, "admin": admin_token,
-              "node": node_token, "other_node": other_node_token}
+              "node": node_token, "other_node": other_node_token, "joiner": join_token}
     ids["token_id"] = 1  # the owner's first API token, made by the factory
     return World(app=app, tokens=tokens, ids=ids)
 
@@ -175,7 +183,7 @@ def test_each_caller_gets_what_the_policy_says(core, endpoint):
             else:
                 assert status in (404, 409), where
             body = response.get_data(as_text=True)
-            if caller in ("other", "node", "other_node", "anon") and status < 300 and "owner@example.com" in body:
+            if caller in ("other", "node", "other_node", "anon", "joiner") and status < 300 and "owner@example.com" in body:
                 raise AssertionError(f"{where} leaked the owner's data")
             if "owners-secret-value" in body:  # the job uses no secret, so not even its claim shows one
                 raise AssertionError(f"{where} showed a secret's value")
