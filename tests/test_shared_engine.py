@@ -77,14 +77,15 @@ def test_a_worker_starting_leaves_the_other_clusters_running_container_alone(clu
     a, b = clusters
     job_id = a.api.post("/jobs", job(run_op("long", test_image, "sleep 6; echo still here", "main"))).json()["id"]
     wait_for(lambda: op_state(a.api, job_id, "long") == "running", a)
-    [running] = docker_client.containers.list(filters={"label": [f"peergrid.job={job_id}"]})
-    assert running.labels["peergrid.cluster"] == _cluster(a) != _cluster(b)
+    ours = [f"peergrid.job={job_id}", f"peergrid.cluster={_cluster(a)}"]
+    [running] = docker_client.containers.list(filters={"label": ours})
+    assert _cluster(a) != _cluster(b)
 
     b.start_worker(b.node_token)
     wait_for(lambda: _node_state(b) == "online", b)  # registered: a worker clears its leftovers then
     time.sleep(1)
 
-    still = docker_client.containers.list(filters={"label": [f"peergrid.job={job_id}"], "status": "running"})
+    still = docker_client.containers.list(filters={"label": ours, "status": "running"})
     assert [c.id for c in still] == [running.id], a.logs()
     body = a.api.wait(job_id, timeout=30)
     assert body["state"] == "succeeded", a.logs()
