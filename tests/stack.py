@@ -51,10 +51,12 @@ class Stack:
         return self
 
     def __exit__(self, kind, error, traceback) -> None:
-        """Stop everything; when setting up failed, first print what each process said."""
+        """Stop everything and remove what this cluster left on the engine; when setting up failed,
+        first print what each process said."""
         if error is not None:
             print(self.logs())
         self.stop()
+        self.remove_containers()
 
     def spawn(self, name: str, *args: str, env: dict | None = None, module: str = "cli") -> subprocess.Popen:
         log = self.root / f"{name}.log"
@@ -142,17 +144,28 @@ class Stack:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
 
-    def job_containers(self, job_id: int, *, running: bool = False) -> list[str]:
-        """The ids of the containers this stack's cluster made for job job_id (another stack on the
-        same engine may have a job of that id too)."""
+    def cluster(self) -> str:
+        """The id its store gave this cluster: what its workers label what they make with."""
         from scheduler.nodes import cluster_id
 
         with self.core.transaction() as session:
-            cluster = cluster_id(session)
+            return cluster_id(session)
+
+    def job_containers(self, job_id: int, *, running: bool = False) -> list[str]:
+        """The ids of the containers this stack's cluster made for job job_id (another stack on the
+        same engine may have a job of that id too)."""
         return subprocess.run(
-            ["docker", "ps", "-q" if running else "-aq", "--filter", f"label=peergrid.cluster={cluster}",
+            ["docker", "ps", "-q" if running else "-aq", "--filter", f"label=peergrid.cluster={self.cluster()}",
              "--filter", f"label=peergrid.job={job_id}"], capture_output=True, text=True,
         ).stdout.split()
+
+    def remove_containers(self) -> None:
+        """Remove what this cluster's workers left on the engine (a killed worker's container, say),
+        and nothing of any other cluster's: other stacks, and other test runs, share the engine."""
+        leftovers = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=peergrid.cluster={self.cluster()}"],
+                                   capture_output=True, text=True).stdout.split()
+        if leftovers:
+            subprocess.run(["docker", "rm", "-f", *leftovers], capture_output=True)
 
     def logs(self) -> str:
         out = []
@@ -205,7 +218,6 @@ def embedded_stack(root: Path, database_url: str, *, worker: bool = False, **env
     """A stack on database_url and the SQL broker: web, scheduler and a node `rig` (its worker
     started when asked), with `node_token` and `api` (a new user's) set; the job containers its
     cluster left are removed afterwards, and nothing of any other cluster's."""
-    from scheduler.nodes import cluster_id
     from tests import factories
 
     with Stack(root, database_url=database_url, broker_url=f"sqla+sqlite:///{root / 'broker.sqlite'}",
@@ -217,10 +229,4 @@ def embedded_stack(root: Path, database_url: str, *, worker: bool = False, **env
             stack.start_worker(stack.node_token)
         _, token = factories.user(stack.core)
         stack.api = Api(stack.url, token)
-        with stack.core.transaction() as session:
-            cluster = cluster_id(session)
         yield stack
-    leftovers = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=peergrid.cluster={cluster}"],
-                               capture_output=True, text=True).stdout.split()
-    if leftovers:
-        subprocess.run(["docker", "rm", "-f", *leftovers], capture_output=True)

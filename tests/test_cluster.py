@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import time
 from datetime import datetime
 
@@ -32,10 +31,6 @@ def cluster(tmp_path, sqlite_url, test_image):
         stack.admin = Api(stack.url, admin_token)
         stack.tokens = {}
         yield stack
-        leftovers = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=peergrid.job"], capture_output=True,
-                                   text=True).stdout.split()
-        if leftovers:
-            subprocess.run(["docker", "rm", "-f", *leftovers], capture_output=True)
 
 
 def add_worker(stack: Stack, name: str, *args: str) -> None:

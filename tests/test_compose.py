@@ -159,8 +159,10 @@ def deployment(tmp_path_factory, docker_client, test_image):
             shutil.copy2(source, folder / name)
     deployment = Deployment(folder, compose, image=test_image)
     yield deployment
-    clusters = {c.labels.get("peergrid.cluster") for c in docker_client.containers.list(all=True, filters={
-        "label": f"com.docker.compose.project={deployment.project}"})}
+    # What its workers made on the engine carries its cluster's id, which they logged on registering.
+    said = subprocess.run(["docker-compose", "logs", "--no-color", "worker"], cwd=deployment.folder, env=deployment.env,
+                          capture_output=True, text=True, timeout=60).stdout
+    clusters = set(re.findall(r"of cluster (\w+)", said))
     deployment.down()
     for cluster in filter(None, clusters):
         for container in docker_client.containers.list(all=True, filters={"label": f"peergrid.cluster={cluster}"}):

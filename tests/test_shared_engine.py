@@ -65,10 +65,7 @@ def clusters(tmp_path, sqlite_template, test_image):
         for stack in (b, a):
             if stack is not None:
                 stack.stop()
-        leftovers = subprocess.run(["docker", "ps", "-aq", "--filter", "label=peergrid.job"], capture_output=True,
-                                   text=True).stdout.split()
-        if leftovers:
-            subprocess.run(["docker", "rm", "-f", *leftovers], capture_output=True)
+                stack.remove_containers()
 
 
 def test_a_worker_starting_leaves_the_other_clusters_running_container_alone(clusters, test_image, docker_client):

@@ -4,7 +4,6 @@ parallel ops on two workers, volumes, stop_if_dependent_stops, and restarts that
 from __future__ import annotations
 
 import io
-import subprocess
 import signal
 import tarfile
 import time
@@ -240,32 +239,26 @@ def test_restarting_web_and_scheduler_mid_workflow_loses_nothing(stack, test_ima
 def test_the_scheduler_times_out_an_op_whose_worker_vanished(tmp_path, sqlite_url, test_image):
     """Given an op with a 3 s limit and one retry, when its worker is killed -9 mid-run, then the
     scheduler fails that attempt after the limit and the retry runs on the other worker."""
-    try:
-        with Stack(tmp_path, database_url=sqlite_url, broker_url=f"sqla+sqlite:///{tmp_path / 'broker.sqlite'}",
-                      extra_env={"PEERGRID_TIMEOUT_GRACE": "2"}) as stack:
-            stack.start_web()
-            stack.start_scheduler()
-            _, doomed, _ = factories.node(stack.core, name="doomed")
-            stack.start_worker(doomed, name="doomed")
-            _, user_token = factories.user(stack.core)
-            api = Api(stack.url, user_token)
-            job_id = api.post("/jobs", job(run_op("op", test_image, "sleep 2; echo finished", timeout=3, retries=1))).json()["id"]
-            deadline = time.monotonic() + 30
-            while api.get(f"/jobs/{job_id}")["state"] != "running" and time.monotonic() < deadline:
-                time.sleep(0.1)
-            stack.kill("doomed")
-            _, survivor, _ = factories.node(stack.core, name="survivor")
-            stack.start_worker(survivor, name="survivor")
+    with Stack(tmp_path, database_url=sqlite_url, broker_url=f"sqla+sqlite:///{tmp_path / 'broker.sqlite'}",
+               extra_env={"PEERGRID_TIMEOUT_GRACE": "2"}) as stack:
+        stack.start_web()
+        stack.start_scheduler()
+        _, doomed, _ = factories.node(stack.core, name="doomed")
+        stack.start_worker(doomed, name="doomed")
+        _, user_token = factories.user(stack.core)
+        api = Api(stack.url, user_token)
+        job_id = api.post("/jobs", job(run_op("op", test_image, "sleep 2; echo finished", timeout=3, retries=1))).json()["id"]
+        deadline = time.monotonic() + 30
+        while api.get(f"/jobs/{job_id}")["state"] != "running" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        stack.kill("doomed")
+        _, survivor, _ = factories.node(stack.core, name="survivor")
+        stack.start_worker(survivor, name="survivor")
 
-            body = api.wait(job_id, timeout=90)
+        body = api.wait(job_id, timeout=90)
 
-            attempts = op_of(body, "op")["attempts"]
-            assert body["state"] == "succeeded", stack.logs()
-            assert [(a["state"], a["node"]["name"]) for a in attempts] == [("failed", "doomed"), ("succeeded", "survivor")]
-            assert "did not report" in attempts[0]["error"]
-            assert any(e["kind"] == "timed_out" for e in body["events"])
-    finally:
-        leftovers = subprocess.run(["docker", "ps", "-aq", "--filter", "label=peergrid.node"],
-                                   capture_output=True, text=True).stdout.split()
-        if leftovers:  # the killed worker's container, which no worker will clean up
-            subprocess.run(["docker", "rm", "-f", *leftovers], capture_output=True)
+        attempts = op_of(body, "op")["attempts"]
+        assert body["state"] == "succeeded", stack.logs()
+        assert [(a["state"], a["node"]["name"]) for a in attempts] == [("failed", "doomed"), ("succeeded", "survivor")]
+        assert "did not report" in attempts[0]["error"]
+        assert any(e["kind"] == "timed_out" for e in body["events"])
