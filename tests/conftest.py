@@ -144,19 +144,37 @@ def database_url(request) -> str:
     return request.getfixturevalue(f"{request.param}_url")
 
 
-@pytest.fixture
-def redis_url():
+@pytest.fixture(scope="session")
+def redis_database():
+    """A Redis database of this test run's own, so that two runs on one Redis (CI's second pytest,
+    or a developer's) never flush or take each other's messages: the first of 1 to 15 that no live
+    run holds (but 13, tests/test_broker_rights.py's own)."""
     import redis
 
     try:
-        client = redis.Redis.from_url(REDIS_URL)
-        client.ping()
+        base = redis.Redis.from_url(REDIS_URL)
+        base.ping()
     except Exception:
-        client = None
-    need(client is not None, f"Redis at {REDIS_URL}")
+        base = None
+    need(base is not None, f"Redis at {REDIS_URL}")
+    for number in (n for n in range(1, 16) if n != 13):
+        client = redis.Redis.from_url(REDIS_URL, db=number)
+        if client.set("peergrid-test:held-by", os.getpid(), nx=True, ex=6 * 3600):
+            break
+    else:
+        pytest.fail(f"every database of the Redis at {REDIS_URL} is held by another test run")
+    yield number, client
     client.flushdb()
-    yield REDIS_URL
+
+
+@pytest.fixture
+def redis_url(redis_database):
+    number, client = redis_database
     client.flushdb()
+    client.set("peergrid-test:held-by", os.getpid(), ex=6 * 3600)
+    yield REDIS_URL.rsplit("/", 1)[0] + f"/{number}"
+    client.flushdb()
+    client.set("peergrid-test:held-by", os.getpid(), ex=6 * 3600)
 
 
 # -- the app -------------------------------------------------------------------------------
