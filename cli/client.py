@@ -17,6 +17,7 @@ import click
 
 from cli import fail, main
 from protocol.gpus import gb_text
+from protocol.names import op_slug
 
 if TYPE_CHECKING:
     from cli.apiclient import ApiClient
@@ -238,7 +239,7 @@ def job_extend(job_id: int, seconds: int) -> None:
 @click.argument("job_id", type=int)
 @click.argument("op")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, allow_dash=True),
-              help="Where to write it, - for stdout [job-ID-OP.tar.gz].")
+              help="Where to write it, - for stdout [job-ID-OP.tar.gz, OP made a safe file name].")
 def job_download(job_id: int, op: str, output: str | None) -> None:
     """Download an op's output folder as a .tar.gz (checked against its SHA-256)."""
     import hashlib
@@ -250,7 +251,7 @@ def job_download(job_id: int, op: str, output: str | None) -> None:
         have = ", ".join(a["op"] for a in listing) or "none"
         fail(f"Op {op!r} of job {job_id} has no output (ops with output: {have}).")
     to_stdout = output == "-"
-    target = Path(output or f"job-{job_id}-{op}.tar.gz")
+    target = Path(output or f"job-{job_id}-{op_slug(op)}.tar.gz")
     digest = hashlib.sha256()
     with client.http.get(client.server + artifact["url"], stream=True, timeout=300) as response:
         if response.status_code >= 400:

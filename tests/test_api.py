@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from kombu import Connection, Exchange, Queue
 from sqlalchemy import select
 
@@ -294,15 +295,19 @@ def test_text_the_store_cannot_keep_is_refused_before_it_gets_there(database_url
         assert client.get("/api/v1/jobs", headers=bearer(token)).json["total"] == 0
 
 
-def test_an_op_id_with_slashes_and_url_characters_keeps_its_output_under_the_data_dir(client, core):
+@pytest.mark.parametrize("key", [
+    "../../../escaped/meta-llama:8b?x=1#top%20", "..", ".", "a/../b", "/lead", "a//b/", "x..y", "gpt-oss:120b",
+    "ünïcode/日本", "x" * 200,
+])
+def test_an_op_id_with_slashes_and_url_characters_keeps_its_output_under_the_data_dir(client, core, key):
     import io
 
+    from protocol.names import op_slug
     from scheduler.artifacts import artifacts_root, store_artifact
     from scheduler.attempts import claim_attempt, finish_attempt, start_attempt
     from scheduler.models import Attempt, Node
     from scheduler.nodes import NodeReport, register
 
-    key = "../../../escaped/meta-llama:8b?x=1#top%20"
     _, token = factories.user(core)
     node_id, _, _ = factories.node(core)
     doc = hello_world("busybox")
@@ -323,7 +328,10 @@ def test_an_op_id_with_slashes_and_url_characters_keeps_its_output_under_the_dat
     download = client.get(listed["url"], headers=bearer(token))
 
     assert listed["op"] == key
+    # A client that folds '.' and '..' segments (browsers, urllib3) still reaches the same op.
+    assert "/." not in listed["url"].replace("%2E", "")
     assert download.status_code == 200 and download.data == b"archive"
+    assert download.headers["Content-Disposition"] == f"attachment; filename=job-{job_id}-{op_slug(key)}.tar.gz"
     root = artifacts_root(core.settings.data_dir).resolve()
     stored = [p for p in core.settings.data_dir.rglob("*.tar.gz")]
     assert stored and all(p.resolve().is_relative_to(root) for p in stored), stored

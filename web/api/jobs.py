@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import current_app, jsonify, request, send_file, url_for
 
+from protocol.names import op_slug
 from scheduler.errors import InvalidDefinition, PeergridError, Problem
 from scheduler.jobs import job_for, job_logs, list_jobs, submit_job, submit_once
 from scheduler.artifacts import artifact_of_op, artifacts_root, job_artifacts
@@ -139,8 +140,8 @@ def job_artifact_list(job_id: int):
     )
 
 
-# An op's id may hold '/' (Nosana allows any text without whitespace).
-@bp.get("/jobs/<int:job_id>/artifacts/<path:op_key>")
+# An op's id may hold '/' and be '..' (Nosana allows any text without whitespace): see web.OpId.
+@bp.get("/jobs/<int:job_id>/artifacts/<op_id:op_key>", merge_slashes=False)
 def job_artifact_download(job_id: int, op_key: str):
     job = job_for(db(), require_user(), job_id)
     artifact = artifact_of_op(db(), job, op_key)
@@ -148,6 +149,6 @@ def job_artifact_download(job_id: int, op_key: str):
         artifacts_root(core().settings.data_dir) / artifact.path,
         mimetype="application/gzip",
         as_attachment=True,
-        download_name=f"job-{job.id}-{op_key}.tar.gz",
+        download_name=f"job-{job.id}-{op_slug(op_key)}.tar.gz",
         etag=artifact.sha256,
     )
