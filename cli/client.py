@@ -77,12 +77,13 @@ def job_validate(file: str, as_json: bool, market: str | None) -> None:
     With PEERGRID_TOKEN set, the server also plans it as a submit would (each op's market, the most
     it can cost, your credits), so a definition that validates is one that submit accepts.
     """
-    from cli.apiclient import ApiError
     from scheduler.credits import credits
 
     document = _read_definition(file)
     plan = None
     if os.environ.get("PEERGRID_TOKEN"):
+        from cli.apiclient import ApiError  # only here: offline, validate loads no HTTP library
+
         try:
             plan = _client().post("/jobs/validate", document, market=market)
         except ApiError as e:
