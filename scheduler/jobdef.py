@@ -182,11 +182,18 @@ def parse_definition(doc: Any, *, max_ops: int | None = None) -> JobDefinition:
     Raises:
         InvalidDefinition: the definition is wrong; `problems` lists each mistake with its JSON path.
     """
+    definition, problems = read_definition(doc, max_ops=max_ops)
+    if problems or definition is None:
+        raise InvalidDefinition(problems)
+    return definition
+
+
+def read_definition(doc: Any, *, max_ops: int | None = None) -> tuple[JobDefinition | None, list[Problem]]:
+    """Read a job definition as far as it can be read: its well-formed ops (None where nothing of it
+    can be read) and every problem found in it; a definition is valid only without problems."""
     checker = _Checker(max_ops=max_ops)
     definition = checker.check(doc)
-    if checker.problems or definition is None:
-        raise InvalidDefinition(checker.problems)
-    return definition
+    return definition, checker.problems
 
 
 class _Checker:

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, defer, selectinload
 
 from scheduler import ledger
 from scheduler.errors import Conflict, InvalidDefinition, NoMarket, NotFound, PeergridError, Problem
-from scheduler.jobdef import JobDefinition, parse_definition
+from scheduler.jobdef import JobDefinition, read_definition
 from scheduler.models import AccountKind, Attempt, Job, LogLine, Market, Op, User
 from scheduler.orchestration import create_job
 from scheduler.placement import PlannedOp, plan_op
@@ -120,15 +120,18 @@ def check_definition(
     Raises:
         InvalidDefinition: listing every problem.
     """
-    try:
-        definition = parse_definition(document, max_ops=max_ops)
-        problems = []
-    except InvalidDefinition as e:
-        definition, problems = None, list(e.problems)
-    problems += missing_secrets(session, owner, document)
+    definition, problems = _read_as_submitted(session, owner, document, max_ops=max_ops)
     if problems or definition is None:
         raise InvalidDefinition(problems)
     return definition
+
+
+def _read_as_submitted(
+    session: Session, owner: User, document: object, *, max_ops: int | None
+) -> tuple[JobDefinition | None, list[Problem]]:
+    """A definition's well-formed part, and its problems with any secret it names that owner lacks."""
+    definition, problems = read_definition(document, max_ops=max_ops)
+    return definition, problems + missing_secrets(session, owner, document)
 
 
 @dataclass(frozen=True)
@@ -160,14 +163,12 @@ def plan_job(
 ) -> JobPlan:
     """Check a definition as submit_job would, and plan it: each op's market and most cost, and
     whether owner has the credits; every problem at once, and nothing stored."""
-    try:
-        definition = check_definition(session, owner, document, max_ops=max_ops)
-    except InvalidDefinition as e:
-        return JobPlan(problems=tuple(e.problems))
-    problems: list[Problem] = []
+    definition, problems = _read_as_submitted(session, owner, document, max_ops=max_ops)
+    if definition is None:
+        return JobPlan(problems=tuple(problems))
     planned: list[PlannedOp] = []
     markets = list(session.scalars(select(Market)))
-    for op_def in definition.ops:
+    for op_def in definition.ops:  # the well-formed ones, so a wrong op hides no other's market
         try:
             planned.append(plan_op(
                 markets, op_def, definition, market_slug=market_slug, default_timeout_s=default_timeout_s

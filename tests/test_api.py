@@ -395,11 +395,13 @@ def test_validate_returns_every_problem_submit_would_refuse_at_once(client, core
     plan = client.post("/api/v1/jobs/validate", json=doc, headers=bearer(token)).json
 
     assert plan["valid"] is False
-    assert {e["path"] for e in plan["errors"]} == {"$.ops[0].args.gpus", "$.ops[2].id"}
+    assert {e["path"] for e in plan["errors"]} == {"$.ops[0].args.gpus", "$.ops[1]", "$.ops[2].id"}
+    assert "No market serves an op that needs 1 GPU with at least 500 GB" in plan["errors"][-1]["message"]
     doc["ops"] = doc["ops"][1:2]
+    doc["ops"][0]["args"]["env"] = {"HF": "%%secrets.HF_TOKEN%%"}
     plan = client.post("/api/v1/jobs/validate", json=doc, headers=bearer(token)).json
-    assert plan["valid"] is False and plan["errors"][0]["path"] == "$.ops[0]"
-    assert "No market serves" in plan["errors"][0]["message"]
+    assert plan["valid"] is False and {e["path"] for e in plan["errors"]} == {"$.ops[0]", "$.ops[0].args.env.HF"}
+    assert client.post("/api/v1/jobs", json=doc, headers=bearer(token)).status_code == 422
     named = client.post("/api/v1/jobs/validate?market=nowhere", json=hello_world("busybox"), headers=bearer(token)).json
     assert not named["valid"] and "no market 'nowhere'" in named["errors"][0]["message"]
 
