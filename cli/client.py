@@ -17,6 +17,7 @@ import click
 
 from cli import fail, main
 from protocol.gpus import gb_text
+from protocol.names import op_slug
 
 if TYPE_CHECKING:
     from cli.apiclient import ApiClient
@@ -68,29 +69,66 @@ def job() -> None:
 
 @job.command("validate")
 @click.argument("file", type=click.Path(dir_okay=False))
-@click.option("--json", "as_json", is_flag=True, help="Print the problems as JSON.")
-def job_validate(file: str, as_json: bool) -> None:
-    """Exit 0 if the definition is valid, else print each problem as `PATH: message`."""
+@click.option("--json", "as_json", is_flag=True, help="Print the problems (and the plan) as JSON.")
+@click.option("--market", help="The market's slug, for ops that name none.")
+def job_validate(file: str, as_json: bool, market: str | None) -> None:
+    """Exit 0 if the definition is valid, else print each problem as `PATH: message`.
+
+    With PEERGRID_TOKEN set, the server also plans it as a submit would (each op's market, the most
+    it can cost, your credits), so a definition that validates is one that submit accepts.
+    """
+    from scheduler.credits import credits
+
+    document = _read_definition(file)
+    plan = None
+    if os.environ.get("PEERGRID_TOKEN"):
+        from cli.apiclient import ApiError  # only here: offline, validate loads no HTTP library
+
+        try:
+            plan = _client().post("/jobs/validate", document, market=market)
+        except ApiError as e:
+            if e.body.get("errors"):
+                plan = {"valid": False, "errors": e.body["errors"], "warnings": [], "ops": []}
+            else:
+                click.echo(f"Could not plan it on the server, so only the definition was checked: {e}", err=True)
+    else:
+        click.echo("Could not plan it without a server (set PEERGRID_TOKEN to check markets, cost and "
+                   "credits too); only the definition was checked.", err=True)
+    if plan is None:
+        plan = _validate_offline(document)
+    if as_json:
+        click.echo(json.dumps(plan, indent=2))
+    else:
+        for problem in plan["errors"]:
+            click.echo(f"{problem['path']}: {problem['message']}")
+        for warning in plan["warnings"]:
+            click.echo(f"warning: {warning['path']}: {warning['message']}", err=True)
+        if plan["valid"]:
+            click.echo(f"{file}: valid, {len(plan['ops'])} op(s): {', '.join(_planned(o) for o in plan['ops'])}")
+            if "max_cost" in plan:
+                click.echo(f"at most {credits(plan['max_cost'])} credits; {credits(plan['available'])} available")
+    if not plan["valid"]:
+        sys.exit(1)
+
+
+def _validate_offline(document) -> dict:
     from scheduler.errors import InvalidDefinition
     from scheduler.jobdef import parse_definition
 
-    document = _read_definition(file)
     try:
         definition = parse_definition(document)
     except InvalidDefinition as e:
-        if as_json:
-            click.echo(json.dumps({"valid": False, "errors": [p.as_dict() for p in e.problems]}, indent=2))
-        else:
-            for problem in e.problems:
-                click.echo(str(problem))
-        sys.exit(1)
-    if as_json:
-        click.echo(json.dumps({"valid": True, "ops": [o.key for o in definition.ops],
-                               "warnings": [w.as_dict() for w in definition.warnings]}, indent=2))
-    else:
-        for warning in definition.warnings:
-            click.echo(f"warning: {warning}", err=True)
-        click.echo(f"{file}: valid, {len(definition.ops)} op(s): {', '.join(o.key for o in definition.ops)}")
+        return {"valid": False, "errors": [p.as_dict() for p in e.problems], "warnings": [], "ops": []}
+    return {"valid": True, "errors": [], "warnings": [w.as_dict() for w in definition.warnings],
+            "ops": [{"id": o.key} for o in definition.ops]}
+
+
+def _planned(op: dict) -> str:
+    from scheduler.credits import credits
+
+    if "market" not in op:
+        return op["id"]
+    return f"{op['id']} (market {op['market']}, at most {credits(op['max_cost'])} credits)"
 
 
 # How many times a submit is sent when the connection breaks before the answer: about 15 s in all.
@@ -238,7 +276,7 @@ def job_extend(job_id: int, seconds: int) -> None:
 @click.argument("job_id", type=int)
 @click.argument("op")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, allow_dash=True),
-              help="Where to write it, - for stdout [job-ID-OP.tar.gz].")
+              help="Where to write it, - for stdout [job-ID-OP.tar.gz, OP made a safe file name].")
 def job_download(job_id: int, op: str, output: str | None) -> None:
     """Download an op's output folder as a .tar.gz (checked against its SHA-256)."""
     import hashlib
@@ -250,7 +288,7 @@ def job_download(job_id: int, op: str, output: str | None) -> None:
         have = ", ".join(a["op"] for a in listing) or "none"
         fail(f"Op {op!r} of job {job_id} has no output (ops with output: {have}).")
     to_stdout = output == "-"
-    target = Path(output or f"job-{job_id}-{op}.tar.gz")
+    target = Path(output or f"job-{job_id}-{op_slug(op)}.tar.gz")
     digest = hashlib.sha256()
     with client.http.get(client.server + artifact["url"], stream=True, timeout=300) as response:
         if response.status_code >= 400:

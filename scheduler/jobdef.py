@@ -2,18 +2,40 @@
 
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from protocol.gpus import mb_from_gb
 from scheduler.errors import InvalidDefinition, PeergridError, Problem
+from scheduler.expose import Exposure, ExposedPort, read_expose
 
 RUN = "container/run"
 CREATE_VOLUME = "container/create-volume"
 OP_TYPES = (RUN, CREATE_VOLUME)
 LOG_TYPES = ("stdout", "stderr", "stdin", "nodeerr", "all")
 RESTART_POLICIES = ("no", "always", "on-failure", "unless-stopped")
+# The fields each part of a definition may have: Nosana's, then ours (README, "Job definitions and
+# workflows"). Anything else is refused at its path, as Nosana's own validator refuses it, so that a
+# misspelt field ("gpus") cannot quietly change what a job asks for.
+TOP_FIELDS = ("version", "type", "meta", "global", "ops", "logistics", "deployment_id")
+OP_FIELDS = ("id", "type", "args", "results", "execution")
+EXECUTION_FIELDS = ("group", "depends_on", "stop_if_dependent_stops", "timeout")
+RUN_FIELDS = (
+    "image", "cmd", "entrypoint", "env", "work_dir", "gpu", "required_vram", "volumes", "output", "expose",
+    "private", "aliases", "restart_policy", "resources", "authentication",
+    "gpu_count", "market", "timeout", "retries",  # ours
+)
+CREATE_VOLUME_FIELDS = ("name",)
+GLOBAL_FIELDS = (*RUN_FIELDS, "variables")
+RESULT_FIELDS = ("regex", "logType")
+VOLUME_FIELDS = ("name", "dest")
+RESTART_POLICY_FIELDS = ("policy", "restart_tries")
+DOCKER_AUTH_FIELDS = ("username", "password", "email", "server")
+LOGISTICS_FIELDS = ("send", "receive")
+# A name other ops of the job reach this one by on its job network: DNS labels, dot-separated.
+_ALIAS = re.compile(r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
 # %%ops.<op>.results.<key>%%, %%global.variables.<name>%%, %%global.<builtin>%%
 LITERAL = re.compile(r"%%([A-Za-z0-9_.:\-]+)%%")
 _JS_NAMED_GROUP = re.compile(r"\(\?<(?![=!])")
@@ -67,6 +89,28 @@ class OpDefinition:
     results: dict[str, ResultRule] = field(default_factory=dict)
     # Nosana's execution.timeout, in seconds.
     execution_timeout: int | None = None
+    # What args.expose names, read; its ports are those a service serves.
+    exposure: Exposure = field(default_factory=Exposure)
+
+    @property
+    def exposed(self) -> tuple[ExposedPort, ...]:
+        """The ports the op serves, each with its service type and health checks."""
+        return self.exposure.ports
+
+    @property
+    def private(self) -> bool:
+        return self.args.get("private") is True
+
+    @property
+    def aliases(self) -> tuple[str, ...]:
+        """The names the op has on its job network besides its id (before literals resolve)."""
+        aliases = self.args.get("aliases") or ()
+        return (aliases,) if isinstance(aliases, str) else tuple(aliases)
+
+    @property
+    def restart_policy(self) -> str:
+        policy = self.args.get("restart_policy") or "no"
+        return policy.get("policy", "no") if isinstance(policy, dict) else policy
 
     @property
     def group_key(self) -> tuple[str, str]:
@@ -138,11 +182,18 @@ def parse_definition(doc: Any, *, max_ops: int | None = None) -> JobDefinition:
     Raises:
         InvalidDefinition: the definition is wrong; `problems` lists each mistake with its JSON path.
     """
+    definition, problems = read_definition(doc, max_ops=max_ops)
+    if problems or definition is None:
+        raise InvalidDefinition(problems)
+    return definition
+
+
+def read_definition(doc: Any, *, max_ops: int | None = None) -> tuple[JobDefinition | None, list[Problem]]:
+    """Read a job definition as far as it can be read: its well-formed ops (None where nothing of it
+    can be read) and every problem found in it; a definition is valid only without problems."""
     checker = _Checker(max_ops=max_ops)
     definition = checker.check(doc)
-    if checker.problems or definition is None:
-        raise InvalidDefinition(checker.problems)
-    return definition
+    return definition, checker.problems
 
 
 class _Checker:
@@ -154,6 +205,19 @@ class _Checker:
     def add(self, path: str, message: str) -> None:
         self.problems.append(Problem(path, message))
 
+    def refuse_unknown(self, path: str, value: dict, known: Iterable[str]) -> None:
+        """Refuse each key of value that is not a known field, naming the nearest known one."""
+        known = tuple(known)
+        for name in value:
+            if name in known:
+                continue
+            where = f"{path}.{name}"
+            nearest = difflib.get_close_matches(str(name), known, n=1, cutoff=0.6)
+            if nearest:
+                self.add(where, f"Unknown field {name!r} (did you mean {nearest[0]!r}?): rename or remove it.")
+            else:
+                self.add(where, f"Unknown field {name!r}: remove it; the fields here are {', '.join(known)}.")
+
     # -- top level -------------------------------------------------------------------------
 
     def check(self, doc: Any) -> JobDefinition | None:
@@ -164,11 +228,24 @@ class _Checker:
         if deep is not None:
             self.add(deep, f"The definition nests deeper than {MAX_DEPTH} levels here; flatten it.")
             return None
+        self.refuse_unknown("$", doc, TOP_FIELDS)
+        logistics = doc.get("logistics")
+        if isinstance(logistics, dict):
+            self.refuse_unknown("$.logistics", logistics, LOGISTICS_FIELDS)
+        elif logistics is not None:
+            self.add("$.logistics", f"logistics must be an object, not {_kind(logistics)}.")
+        deployment = doc.get("deployment_id")
+        if deployment is not None and not isinstance(deployment, str):
+            self.add("$.deployment_id", "deployment_id must be a string.")
         version = doc.get("version")
         if version is None:
             self.add("$.version", 'Missing: add "version": "0.1".')
         elif version != "0.1":
-            self.add("$.version", f'Unsupported version {version!r}: only "0.1" is understood.')
+            self.add(
+                "$.version",
+                f'Unsupported version {version!r}: peergrid reads version "0.1" of the format; rewrite the '
+                'definition for it and set "version": "0.1".',
+            )
         kind = doc.get("type", "container")
         if kind != "container":
             self.add("$.type", f'Unsupported job type {kind!r}: only "container" is understood.')
@@ -185,7 +262,8 @@ class _Checker:
         if not isinstance(variables, dict):
             self.add("$.global.variables", f"variables must be an object, not {_kind(variables)}.")
             variables = {}
-        defaults = {k: v for k, v in global_.items() if k != "variables"}
+        self.refuse_unknown("$.global", global_, GLOBAL_FIELDS)
+        defaults = {k: v for k, v in global_.items() if k != "variables" and k in RUN_FIELDS}
         self._check_args("$.global", defaults, require_image=False)
 
         raw_ops = doc.get("ops")
@@ -215,16 +293,17 @@ class _Checker:
             return None
 
         ops: list[OpDefinition] = []
-        seen: dict[str, int] = {}
+        seen: dict[str, int] = {}  # every op id written, with its first op's place, valid or not
         for i, raw in enumerate(raw_ops):
             op = self._check_op(f"$.ops[{i}]", i, raw, defaults)
-            if op is None:
+            key = raw.get("id") if isinstance(raw, dict) else None
+            if isinstance(key, str) and key in seen:
+                self.add(f"$.ops[{i}].id", f"Duplicate op id {key!r}: op {seen[key]} has it too.")
                 continue
-            if op.key in seen:
-                self.add(f"$.ops[{i}].id", f"Duplicate op id {op.key!r}: op {seen[op.key]} has it too.")
-                continue
-            seen[op.key] = i
-            ops.append(op)
+            if isinstance(key, str):
+                seen[key] = i
+            if op is not None:
+                ops.append(op)
         self._check_graph(ops, seen)
         self._check_volumes(ops, seen)
         self._check_literals(doc, ops, variables)
@@ -255,6 +334,7 @@ class _Checker:
         if not isinstance(raw, dict):
             self.add(path, f"An op must be an object, not {_kind(raw)}.")
             return None
+        self.refuse_unknown(path, raw, OP_FIELDS)
         key = raw.get("id")
         ok = True
         if key is None:
@@ -283,12 +363,16 @@ class _Checker:
             self.add(f"{path}.args", f"args must be an object, not {_kind(args)}.")
             args = {}
             ok = False
+        exposure = Exposure()
         if op_type == CREATE_VOLUME:
+            self.refuse_unknown(f"{path}.args", args, CREATE_VOLUME_FIELDS)
             name = args.get("name")
             if not isinstance(name, str) or not name:
                 self.add(f"{path}.args.name", "A container/create-volume op needs the volume's name.")
                 ok = False
         elif op_type == RUN:
+            self.refuse_unknown(f"{path}.args", args, RUN_FIELDS)
+            args = {k: v for k, v in args.items() if k in RUN_FIELDS}
             merged = {**defaults, **args}
             if isinstance(defaults.get("env"), dict) and isinstance(args.get("env"), dict):
                 merged["env"] = {**defaults["env"], **args["env"]}
@@ -296,6 +380,9 @@ class _Checker:
                 merged["gpu"] = True  # as in Nosana, an op cannot turn off a global gpu
             args = merged
             ok &= self._check_args(f"{path}.args", args, require_image=True)
+            before = len(self.problems)
+            exposure = read_expose(f"{path}.args.expose", args.get("expose"), self.problems, self.refuse_unknown)
+            ok &= len(self.problems) == before
 
         group, depends_on, stop_if, timeout = self._check_execution(f"{path}.execution", raw.get("execution"))
         results = self._check_results(f"{path}.results", raw.get("results"))
@@ -311,6 +398,7 @@ class _Checker:
             stop_if_dependent_stops=stop_if,
             results=results,
             execution_timeout=timeout,
+            exposure=exposure,
         )
 
     def _check_args(self, path: str, args: dict, *, require_image: bool) -> bool:
@@ -373,6 +461,8 @@ class _Checker:
                 self.add(f"{path}.volumes", "volumes must be a list of {\"name\", \"dest\"} objects.")
             else:
                 for i, volume in enumerate(volumes):
+                    if isinstance(volume, dict):
+                        self.refuse_unknown(f"{path}.volumes[{i}]", volume, VOLUME_FIELDS)
                     if not (
                         isinstance(volume, dict)
                         and isinstance(volume.get("name"), str)
@@ -382,9 +472,12 @@ class _Checker:
                     else:
                         for key in ("name", "dest"):
                             self._no_nul(f"{path}.volumes[{i}].{key}", volume[key], f"The volume's {key}")
-        expose = args.get("expose")
-        if expose is not None and not _is_expose(expose):
-            self.add(f"{path}.expose", "expose must be a port number, or a list of ports or port objects.")
+        private = args.get("private")
+        if private is not None and not isinstance(private, bool):
+            self.add(f"{path}.private", "private must be true or false.")
+        aliases = args.get("aliases")
+        if aliases is not None:
+            self._check_aliases(f"{path}.aliases", aliases)
         policy = args.get("restart_policy")
         if policy is not None:
             self._check_restart_policy(f"{path}.restart_policy", policy)
@@ -413,6 +506,7 @@ class _Checker:
         if not isinstance(docker, dict):
             self.add(f"{path}.docker", 'docker must be {"username", "password", "server"}.')
             return
+        self.refuse_unknown(f"{path}.docker", docker, DOCKER_AUTH_FIELDS)
         if not docker.get("username") and not docker.get("password"):
             return  # empty fields mean no login, as in Nosana
         for key in ("username", "password"):
@@ -433,6 +527,7 @@ class _Checker:
         if isinstance(policy, str):
             name = policy
         elif isinstance(policy, dict):
+            self.refuse_unknown(path, policy, RESTART_POLICY_FIELDS)
             name = policy.get("policy")
             tries = policy.get("restart_tries")
             if tries is not None and (not _is_int(tries) or tries < 0):
@@ -443,12 +538,29 @@ class _Checker:
         if name not in RESTART_POLICIES:
             self.add(path, f"Unknown restart policy {name!r}: use one of {', '.join(RESTART_POLICIES)}.")
 
+    def _check_aliases(self, path: str, aliases: Any) -> None:
+        names = [aliases] if isinstance(aliases, str) else aliases
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            self.add(path, "aliases must be a name, or a list of names, like [\"db\", \"cache\"].")
+            return
+        for i, name in enumerate(names):
+            where = path if isinstance(aliases, str) else f"{path}[{i}]"
+            if LITERAL.fullmatch(name):
+                continue  # known once its literal resolves
+            if not _ALIAS.fullmatch(name):
+                self.add(
+                    where,
+                    f"Alias {name!r} is not a host name: use letters, digits and - (not first or last), "
+                    "at most 63 to a label, labels joined by dots.",
+                )
+
     def _check_execution(self, path: str, execution: Any) -> tuple[str | None, tuple[str, ...], bool, int | None]:
         if execution is None:
             return None, (), False, None
         if not isinstance(execution, dict):
             self.add(path, f"execution must be an object, not {_kind(execution)}.")
             return None, (), False, None
+        self.refuse_unknown(path, execution, EXECUTION_FIELDS)
         group = execution.get("group")
         if group is not None and not isinstance(group, str):
             self.add(f"{path}.group", "group must be a string.")
@@ -483,6 +595,7 @@ class _Checker:
             if isinstance(rule, str):
                 regex = rule
             elif isinstance(rule, dict) and isinstance(rule.get("regex"), str):
+                self.refuse_unknown(where, rule, RESULT_FIELDS)
                 regex = rule["regex"]
                 raw = rule.get("logType", "all")
                 names = [raw] if isinstance(raw, str) else raw
@@ -524,7 +637,8 @@ class _Checker:
                         f"Op {op.key!r} depends on {dep!r}, which runs in a later group: "
                         "groups run in order of first appearance.",
                     )
-        graph = {op.key: [d for d in op.depends_on if d in index and d != op.key] for op in ops}
+        valid = {op.key for op in ops}
+        graph = {op.key: [d for d in op.depends_on if d in valid and d != op.key] for op in ops}
         cycle = _find_cycle(graph)
         if cycle:
             where = f"$.ops[{index[cycle[0]]}].execution.depends_on"
@@ -542,7 +656,7 @@ class _Checker:
 
     def _check_literals(self, doc: dict, ops: list[OpDefinition], variables: dict) -> None:
         results = {op.key: set(op.results) for op in ops}
-        exposed = {op.key: exposed_ports(op.args.get("expose")) for op in ops}
+        exposed = {op.key: op.exposure.numbers() for op in ops}
         for path, text in _strings(doc.get("ops", []), "$.ops"):
             for match in LITERAL.finditer(text):
                 parts = match.group(1).split(".")
@@ -612,19 +726,10 @@ class _Checker:
 
 
 def exposed_ports(expose: Any) -> frozenset[int] | None:
-    """The ports an op's `expose` names; None where a literal decides them when the op runs."""
-    if expose is None:
-        return frozenset()
-    items = expose if isinstance(expose, list) else [expose]
-    ports: set[int] = set()
-    for item in items:
-        if isinstance(item, dict):
-            item = item.get("port")
-        if _is_int(item):
-            ports.add(item)
-        elif isinstance(item, str) and LITERAL.search(item):
-            return None
-    return frozenset(ports)
+    """The port numbers an op's `expose` names (a range gives each of its ports); None where a
+    literal decides them when the op runs. expose is read as parse_definition reads it; what it
+    would refuse counts for nothing here."""
+    return read_expose("$", expose, [], lambda *_: None).numbers()
 
 
 def check_name(name: str) -> str:
@@ -743,8 +848,3 @@ def _is_number(value: Any) -> bool:
 def _is_command(value: Any) -> bool:
     return isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value))
 
-
-def _is_expose(value: Any) -> bool:
-    if _is_int(value):
-        return True
-    return isinstance(value, list) and all(_is_int(v) or isinstance(v, dict) for v in value)

@@ -12,10 +12,12 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, defer, selectinload
 
-from scheduler.errors import Conflict, InvalidDefinition, NotFound, PeergridError
-from scheduler.jobdef import JobDefinition, parse_definition
-from scheduler.models import Attempt, Job, LogLine, Op, User
+from scheduler import ledger
+from scheduler.errors import Conflict, InvalidDefinition, NoMarket, NotFound, PeergridError, Problem
+from scheduler.jobdef import JobDefinition, read_definition
+from scheduler.models import AccountKind, Attempt, Job, LogLine, Market, Op, User
 from scheduler.orchestration import create_job
+from scheduler.placement import PlannedOp, plan_op
 from scheduler.secrets import missing_secrets
 from scheduler.states import JobState
 
@@ -118,15 +120,67 @@ def check_definition(
     Raises:
         InvalidDefinition: listing every problem.
     """
-    try:
-        definition = parse_definition(document, max_ops=max_ops)
-        problems = []
-    except InvalidDefinition as e:
-        definition, problems = None, list(e.problems)
-    problems += missing_secrets(session, owner, document)
+    definition, problems = _read_as_submitted(session, owner, document, max_ops=max_ops)
     if problems or definition is None:
         raise InvalidDefinition(problems)
     return definition
+
+
+def _read_as_submitted(
+    session: Session, owner: User, document: object, *, max_ops: int | None
+) -> tuple[JobDefinition | None, list[Problem]]:
+    """A definition's well-formed part, and its problems with any secret it names that owner lacks."""
+    definition, problems = read_definition(document, max_ops=max_ops)
+    return definition, problems + missing_secrets(session, owner, document)
+
+
+@dataclass(frozen=True)
+class JobPlan:
+    """What a submit of a definition would come to, found without storing or reserving anything."""
+
+    problems: tuple[Problem, ...]
+    warnings: tuple[Problem, ...] = ()
+    ops: tuple[PlannedOp, ...] = ()
+    available: int = 0
+
+    @property
+    def valid(self) -> bool:
+        return not self.problems
+
+    @property
+    def max_cost(self) -> int:
+        return sum(op.max_cost for op in self.ops)
+
+
+def plan_job(
+    session: Session,
+    owner: User,
+    document: object,
+    *,
+    market_slug: str | None = None,
+    default_timeout_s: int,
+    max_ops: int | None = None,
+) -> JobPlan:
+    """Check a definition as submit_job would, and plan it: each op's market and most cost, and
+    whether owner has the credits; every problem at once, and nothing stored."""
+    definition, problems = _read_as_submitted(session, owner, document, max_ops=max_ops)
+    if definition is None:
+        return JobPlan(problems=tuple(problems))
+    planned: list[PlannedOp] = []
+    markets = list(session.scalars(select(Market)))
+    for op_def in definition.ops:  # the well-formed ones, so a wrong op hides no other's market
+        try:
+            planned.append(plan_op(
+                markets, op_def, definition, market_slug=market_slug, default_timeout_s=default_timeout_s
+            ))
+        except NoMarket as e:
+            problems.append(Problem(f"$.ops[{op_def.position}]", str(e)))
+    available = ledger.balances(session, owner.id)[AccountKind.AVAILABLE.value]
+    needed = sum(op.max_cost for op in planned)
+    if not problems and needed > available:
+        # as escrow would refuse it, in its words
+        problems.append(Problem("$", str(ledger.InsufficientCredits(needed, available, "This job at its longest"))))
+    return JobPlan(problems=tuple(problems), warnings=definition.warnings, ops=tuple(planned), available=available)
 
 
 def job_for(session: Session, user: User, job_id: int) -> Job:

@@ -124,12 +124,22 @@ def plan_ops(
     Raises:
         NoMarket: an op needs hardware no market serves.
     """
-    planned = []
     markets = list(session.scalars(select(Market)))  # read once: a job may have a thousand ops
-    for op_def in definition.ops:
-        market = choose_market(markets, requirements_for(op_def, definition), op_def.args.get("market") or market_slug)
-        timeout = min(op_def.timeout_s or default_timeout_s, market.max_timeout_s)
-        planned.append(
-            PlannedOp(op_def, market, timeout, most_cost(market, timeout_s=timeout, tries=op_def.max_attempts))
-        )
-    return planned
+    return [
+        plan_op(markets, op_def, definition, market_slug=market_slug, default_timeout_s=default_timeout_s)
+        for op_def in definition.ops
+    ]
+
+
+def plan_op(
+    markets: list[Market], op_def: OpDefinition, definition: JobDefinition, *, market_slug: str | None,
+    default_timeout_s: int,
+) -> PlannedOp:
+    """One op of definition with its market, time limit and most possible cost.
+
+    Raises:
+        NoMarket: the op needs hardware no market of markets serves.
+    """
+    market = choose_market(markets, requirements_for(op_def, definition), op_def.args.get("market") or market_slug)
+    timeout = min(op_def.timeout_s or default_timeout_s, market.max_timeout_s)
+    return PlannedOp(op_def, market, timeout, most_cost(market, timeout_s=timeout, tries=op_def.max_attempts))

@@ -22,7 +22,7 @@ CALLERS = ("anon", "owner", "other", "node", "other_node", "admin", "joiner")
 POLICY = {
     "static": "public", "api.health": "public", "api.openapi": "public", "dashboard.login": "public",
     "account.signup": "public", "metrics.metrics": "public",
-    "api.jobs_index": "api_user", "api.create_job": "api_user", "api.nodes_index": "api_user",
+    "api.jobs_index": "api_user", "api.create_job": "api_user", "api.validate_job": "api_user", "api.nodes_index": "api_user",
     "api.nodes_create": "api_user", "api.markets_index": "api_user", "api.balance": "api_user",
     "api.my_movements": "api_user", "api.payout_request": "api_user", "api.my_payouts": "api_user",
     "api.secrets_index": "api_user", "api.secret_put": "api_user", "api.secret_delete": "api_owned",

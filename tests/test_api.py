@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
 from kombu import Connection, Exchange, Queue
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from tests import factories
 from tests.factories import bearer, hello_world
@@ -294,15 +295,19 @@ def test_text_the_store_cannot_keep_is_refused_before_it_gets_there(database_url
         assert client.get("/api/v1/jobs", headers=bearer(token)).json["total"] == 0
 
 
-def test_an_op_id_with_slashes_and_url_characters_keeps_its_output_under_the_data_dir(client, core):
+@pytest.mark.parametrize("key", [
+    "../../../escaped/meta-llama:8b?x=1#top%20", "..", ".", "a/../b", "/lead", "a//b/", "x..y", "gpt-oss:120b",
+    "ünïcode/日本", "x" * 200,
+])
+def test_an_op_id_with_slashes_and_url_characters_keeps_its_output_under_the_data_dir(client, core, key):
     import io
 
+    from protocol.names import op_slug
     from scheduler.artifacts import artifacts_root, store_artifact
     from scheduler.attempts import claim_attempt, finish_attempt, start_attempt
     from scheduler.models import Attempt, Node
     from scheduler.nodes import NodeReport, register
 
-    key = "../../../escaped/meta-llama:8b?x=1#top%20"
     _, token = factories.user(core)
     node_id, _, _ = factories.node(core)
     doc = hello_world("busybox")
@@ -323,7 +328,10 @@ def test_an_op_id_with_slashes_and_url_characters_keeps_its_output_under_the_dat
     download = client.get(listed["url"], headers=bearer(token))
 
     assert listed["op"] == key
+    # A client that folds '.' and '..' segments (browsers, urllib3) still reaches the same op.
+    assert "/." not in listed["url"].replace("%2E", "")
     assert download.status_code == 200 and download.data == b"archive"
+    assert download.headers["Content-Disposition"] == f"attachment; filename=job-{job_id}-{op_slug(key)}.tar.gz"
     root = artifacts_root(core.settings.data_dir).resolve()
     stored = [p for p in core.settings.data_dir.rglob("*.tar.gz")]
     assert stored and all(p.resolve().is_relative_to(root) for p in stored), stored
@@ -350,3 +358,57 @@ def test_a_nul_anywhere_the_store_would_see_it_is_a_bad_request(database_url, tm
         else:
             assert (signed_in.status_code, granted.status_code, market.status_code) == (401, 404, 201)
         assert client.get("/api/v1/markets", headers=bearer(admin)).status_code == 200
+
+
+def test_validate_plans_a_definition_as_submit_would_and_stores_nothing(client, core):
+    from scheduler.models import Job, LedgerTransaction
+
+    _, token = factories.user(core, credits=1000)
+    doc = hello_world("busybox")
+    doc["ops"].append({"type": "container/run", "id": "gpt-oss:120b", "args": {"image": "x", "gpu": True}})
+
+    answer = client.post("/api/v1/jobs/validate", json=doc, headers=bearer(token))
+
+    assert answer.status_code == 200
+    plan = answer.json
+    assert plan["valid"] is True and plan["errors"] == []
+    assert [(o["id"], o["market"]) for o in plan["ops"]] == [("hello-world", "cpu"), ("gpt-oss:120b", "gpu")]
+    assert plan["max_cost"] == sum(o["max_cost"] for o in plan["ops"]) > 0
+    assert plan["available"] == 1000 * 1_000_000
+    with core.transaction() as session:
+        ledger_rows = session.scalar(select(func.count()).select_from(LedgerTransaction))
+        assert session.scalar(select(func.count()).select_from(Job)) == 0
+    # and submit agrees: the same job, reserving what validate said it would
+    made = client.post("/api/v1/jobs", json=doc, headers=bearer(token))
+    assert made.status_code == 201 and made.json["max_cost"] == plan["max_cost"]
+    with core.transaction() as session:
+        assert session.scalar(select(func.count()).select_from(LedgerTransaction)) == ledger_rows + 1
+
+
+def test_validate_returns_every_problem_submit_would_refuse_at_once(client, core):
+    _, token = factories.user(core, credits=1000)
+    doc = hello_world("busybox")
+    doc["ops"][0]["args"].update(gpus=True)
+    doc["ops"].append({"type": "container/run", "id": "big", "args": {"image": "x", "gpu": True, "required_vram": 500}})
+    doc["ops"].append({"type": "container/run", "id": "big", "args": {"image": "x"}})
+
+    plan = client.post("/api/v1/jobs/validate", json=doc, headers=bearer(token)).json
+
+    assert plan["valid"] is False
+    assert {e["path"] for e in plan["errors"]} == {"$.ops[0].args.gpus", "$.ops[1]", "$.ops[2].id"}
+    assert "No market serves an op that needs 1 GPU with at least 500 GB" in plan["errors"][-1]["message"]
+    doc["ops"] = doc["ops"][1:2]
+    doc["ops"][0]["args"]["env"] = {"HF": "%%secrets.HF_TOKEN%%"}
+    plan = client.post("/api/v1/jobs/validate", json=doc, headers=bearer(token)).json
+    assert plan["valid"] is False and {e["path"] for e in plan["errors"]} == {"$.ops[0]", "$.ops[0].args.env.HF"}
+    assert client.post("/api/v1/jobs", json=doc, headers=bearer(token)).status_code == 422
+    named = client.post("/api/v1/jobs/validate?market=nowhere", json=hello_world("busybox"), headers=bearer(token)).json
+    assert not named["valid"] and "no market 'nowhere'" in named["errors"][0]["message"]
+
+
+def test_validate_says_when_the_credits_would_not_cover_the_job(client, core):
+    _, token = factories.user(core, credits=0)
+    plan = client.post("/api/v1/jobs/validate", json=hello_world("busybox"), headers=bearer(token)).json
+    assert plan["valid"] is False and plan["available"] == 0
+    assert [e["path"] for e in plan["errors"]] == ["$"] and "credits" in plan["errors"][0]["message"]
+    assert client.post("/api/v1/jobs", json=hello_world("busybox"), headers=bearer(token)).status_code == 402

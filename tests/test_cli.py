@@ -138,6 +138,29 @@ def test_validate_prints_one_line_per_problem(tmp_path):
     assert as_json["valid"] is False and len(as_json["errors"]) == 2
 
 
+def test_validate_without_a_server_says_it_could_not_plan(tmp_path):
+    job = tmp_path / "hello.json"
+    job.write_text(json.dumps(factories.hello_world("busybox")))
+    env = {k: v for k, v in os.environ.items() if k != "PEERGRID_TOKEN"}
+    result = peergrid("job", "validate", str(job), env=env)
+    assert result.returncode == 0 and "Could not plan it without a server" in result.stderr
+
+
+def test_validate_with_a_token_plans_on_the_server_as_submit_would(user_env, tmp_path):
+    job = tmp_path / "hello.json"
+    job.write_text(json.dumps(factories.hello_world("busybox")))
+    planned = peergrid("job", "validate", str(job), env=user_env)
+    assert planned.returncode == 0, planned.stderr
+    assert "hello-world (market cpu, at most" in planned.stdout and "available" in planned.stdout
+    as_json = json.loads(peergrid("job", "validate", str(job), "--json", env=user_env).stdout)
+    assert as_json["valid"] and as_json["ops"][0]["market"] == "cpu" and as_json["max_cost"] > 0
+    huge = factories.hello_world("busybox")
+    huge["ops"][0]["args"]["gpu_count"] = 1000
+    job.write_text(json.dumps(huge))
+    refused = peergrid("job", "validate", str(job), env=user_env)
+    assert refused.returncode == 1 and refused.stdout.startswith("$.ops[0]: No market serves"), refused.stdout
+
+
 def test_validate_reports_a_file_that_is_not_json(tmp_path):
     bad = tmp_path / "broken.json"
     bad.write_text("{ nope")

@@ -128,7 +128,75 @@ MISTAKES = [
         cmd="curl %%ops.hello.deployment_endpoint%%")), "$.ops[0].args.cmd"),
     ("endpoint without a port", _with(lambda d: d["ops"][0]["args"].update(
         expose=80, cmd="curl %%ops.hello.endpoint%%")), "$.ops[0].args.cmd"),
+    ("private not a boolean", _with(lambda d: d["ops"][0]["args"].update(private="yes")), "$.ops[0].args.private"),
+    ("alias not a host name", _with(lambda d: d["ops"][0]["args"].update(aliases=["db", "my_db"])),
+     "$.ops[0].args.aliases[1]"),
+    ("aliases not names", _with(lambda d: d["ops"][0]["args"].update(aliases={"db": 1})), "$.ops[0].args.aliases"),
 ]
+
+
+@pytest.mark.parametrize("mutate,path,nearest", [
+    (lambda d: d["ops"][0]["args"].update(gpus=True), "$.ops[0].args.gpus", "gpu"),
+    (lambda d: d["ops"][0]["args"].update(workdir="/app"), "$.ops[0].args.workdir", "work_dir"),
+    (lambda d: d["ops"][0].update(execution={"depend_on": []}), "$.ops[0].execution.depend_on", "depends_on"),
+    (lambda d: d["ops"][0].update(result={}), "$.ops[0].result", "results"),
+    (lambda d: d.update(verison="0.1"), "$.verison", "version"),
+    (lambda d: d.update({"global": {"gpu": True, "imag": "x"}}), "$.global.imag", "image"),
+    (lambda d: d["ops"][0]["args"].update(restart_policy={"policy": "on-failure", "retry_tries": 2}),
+     "$.ops[0].args.restart_policy.retry_tries", "restart_tries"),
+    (lambda d: d["ops"][0]["args"].update(volumes=[{"name": "v", "dest": "/v", "mode": "ro"}]),
+     "$.ops[0].args.volumes[0].mode", None),
+    (lambda d: d["ops"][0]["args"].update(authentication={"docker": {"user": "ann"}}),
+     "$.ops[0].args.authentication.docker.user", None),
+    (lambda d: d["ops"][0].update(results={"r": {"regex": "x", "log_type": ["stdout"]}}),
+     "$.ops[0].results.r.log_type", "logType"),
+    (lambda d: d["ops"].append({"type": "container/create-volume", "id": "v", "args": {"name": "v", "size": 1}}),
+     "$.ops[1].args.size", None),
+])
+def test_an_unknown_field_is_refused_at_its_path_with_the_nearest_known_name(mutate, path, nearest):
+    problems = _problems(_with(mutate))
+    assert path in problems, problems
+    if nearest:
+        assert f"did you mean {nearest!r}" in problems[path]
+    assert problems[path].endswith(".")
+
+
+def test_a_misspelt_gpu_no_longer_makes_a_gpu_job_a_cpu_job():
+    with pytest.raises(InvalidDefinition):
+        parse_definition(_with(lambda d: d["ops"][0]["args"].update(gpus=True)))
+
+
+def test_our_documented_extensions_are_accepted():
+    doc = _with(lambda d: d["ops"][0]["args"].update(gpu_count=2, market="h100", timeout=60, retries=1))
+    doc["ops"][0]["execution"] = {"timeout": 30}
+    doc["meta"] = {"trigger": "cli", "anything": {"goes": "here"}, "system_requirements": {"required_cuda": ["12.2"]}}
+    doc["deployment_id"] = "d-1"
+    assert parse_definition(doc).ops[0].gpu_count == 2
+
+
+def test_private_aliases_and_restart_policies_are_read():
+    def services(d):
+        d["ops"][0]["args"].update(private=True, aliases=["db", "db.local"], restart_policy="unless-stopped", expose=5432)
+        d["ops"].append({"type": "container/run", "id": "b", "args": {
+            "image": "x", "aliases": "%%ops.hello.results.port%%", "restart_policy": {"policy": "always"}}})
+    a, b = parse_definition(_with(services)).ops
+    assert (a.private, a.aliases, a.restart_policy) == (True, ("db", "db.local"), "unless-stopped")
+    assert (b.private, b.aliases, b.restart_policy) == (False, ("%%ops.hello.results.port%%",), "always")
+    for name in ("always", "unless-stopped", "on-failure", "no"):
+        assert parse_definition(_with(lambda d: d["ops"][0]["args"].update(restart_policy=name))).ops[0].restart_policy == name
+
+
+def test_a_wrong_op_still_counts_for_duplicate_ids_and_dependencies():
+    doc = _with(lambda d: d["ops"].extend([
+        {"type": "container/run", "id": "broken", "args": {"cmd": 5}},
+        {"type": "container/run", "id": "broken", "args": {"image": "x"}},
+        {"type": "container/run", "id": "after", "args": {"image": "x"}, "execution": {"depends_on": ["broken", "ghost"]}},
+    ]))
+    problems = _problems(doc)
+    assert "Duplicate op id" in problems["$.ops[2].id"]
+    assert "$.ops[3].execution.depends_on[0]" not in problems  # broken is an op, only a wrong one
+    assert "not an op of this job" in problems["$.ops[3].execution.depends_on[1]"]
+    assert {"$.ops[1].args.image", "$.ops[1].args.cmd"} <= set(problems)
 
 
 def test_twenty_and_more_distinct_mistakes_are_covered():

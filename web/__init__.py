@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from flask import Flask, g, make_response, message_flashed
-from werkzeug.routing import IntegerConverter
+from werkzeug.routing import IntegerConverter, PathConverter
 
 MAX_ID = 2**63 - 1
 
@@ -14,6 +14,23 @@ class StoreId(IntegerConverter):
     def __init__(self, map, *args, **kwargs):
         kwargs.setdefault("max", MAX_ID)
         super().__init__(map, *args, **kwargs)
+
+
+class OpId(PathConverter):
+    """An op id in a URL's path: any text without whitespace, '/' included (Nosana's rule).
+
+    A '.' or '..' segment has its dots encoded, so that no client folds it into the path around it,
+    and an id may start with '/' (its routes keep their slashes: merge_slashes=False).
+    """
+
+    regex = ".+?"
+    part_isolating = False  # it matches across '/'
+
+    def to_url(self, value: str) -> str:
+        return "/".join(
+            "%2E" * len(segment) if segment and set(segment) <= {"."} else super(OpId, self).to_url(segment)
+            for segment in str(value).split("/")
+        )
 
 from protocol.gpus import gb_text
 from scheduler.artifacts import check_artifacts_writable
@@ -42,6 +59,7 @@ def create_app(settings: Settings | None = None, *, core: Core | None = None) ->
     app.extensions["peergrid"] = core or Core.from_settings(settings)
     # Ids in URLs fit the store's 64-bit integers; a longer number is simply not found.
     app.url_map.converters["int"] = StoreId
+    app.url_map.converters["op_id"] = OpId
     # GPU memory on pages, in the one unit it is counted in (protocol.gpus).
     app.add_template_filter(gb_text, "gb")
 

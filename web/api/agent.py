@@ -124,7 +124,7 @@ def attempt_artifact(attempt_id: int):
     return jsonify({"id": artifact.id, "size": artifact.size_bytes, "sha256": artifact.sha256}), 201
 
 
-@bp.get("/node/attempts/<int:attempt_id>/inputs/<path:op_key>")
+@bp.get("/node/attempts/<int:attempt_id>/inputs/<op_id:op_key>", merge_slashes=False)
 def attempt_input(attempt_id: int, op_key: str):
     """A parent op's output, for the node running a dependent attempt."""
     node = require_node()

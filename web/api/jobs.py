@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from flask import current_app, jsonify, request, send_file, url_for
 
+from protocol.names import op_slug
 from scheduler.errors import InvalidDefinition, PeergridError, Problem
-from scheduler.jobs import job_for, job_logs, list_jobs, submit_job, submit_once
+from scheduler.jobs import job_for, job_logs, list_jobs, plan_job, submit_job, submit_once
 from scheduler.artifacts import artifact_of_op, artifacts_root, job_artifacts
 from scheduler.events import job_events
 from scheduler.orchestration import cancel_job, extend_job
@@ -53,6 +54,25 @@ def create_job():
         submission = submit_once(db(), user, document, key=key, **options)
         job, status = submission.job, 200 if submission.repeated else 201
     return jsonify({"id": job.id, "state": job.state.value, "max_cost": job.max_cost}), status
+
+
+@bp.post("/jobs/validate")
+def validate_job():
+    """Check and plan a definition as a submit would; nothing is stored and nothing reserved."""
+    user = require_user()
+    settings = core().settings
+    plan = plan_job(
+        db(), user, json_body(), market_slug=request.args.get("market") or None,
+        default_timeout_s=settings.default_timeout_s, max_ops=settings.max_ops_per_job,
+    )
+    return jsonify({
+        "valid": plan.valid,
+        "errors": [p.as_dict() for p in plan.problems],
+        "warnings": [w.as_dict() for w in plan.warnings],
+        "ops": [{"id": op.definition.key, "market": op.market.slug, "max_cost": op.max_cost} for op in plan.ops],
+        "max_cost": plan.max_cost,
+        "available": plan.available,
+    })
 
 
 @bp.get("/jobs")
@@ -139,8 +159,8 @@ def job_artifact_list(job_id: int):
     )
 
 
-# An op's id may hold '/' (Nosana allows any text without whitespace).
-@bp.get("/jobs/<int:job_id>/artifacts/<path:op_key>")
+# An op's id may hold '/' and be '..' (Nosana allows any text without whitespace): see web.OpId.
+@bp.get("/jobs/<int:job_id>/artifacts/<op_id:op_key>", merge_slashes=False)
 def job_artifact_download(job_id: int, op_key: str):
     job = job_for(db(), require_user(), job_id)
     artifact = artifact_of_op(db(), job, op_key)
@@ -148,6 +168,6 @@ def job_artifact_download(job_id: int, op_key: str):
         artifacts_root(core().settings.data_dir) / artifact.path,
         mimetype="application/gzip",
         as_attachment=True,
-        download_name=f"job-{job.id}-{op_key}.tar.gz",
+        download_name=f"job-{job.id}-{op_slug(op_key)}.tar.gz",
         etag=artifact.sha256,
     )

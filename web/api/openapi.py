@@ -69,6 +69,19 @@ MADE_JOIN_TOKEN = {"allOf": [JOIN_TOKEN, {"type": "object", "required": ["token"
 JOINED = {"type": "object", "required": ["id", "name", "token"], "properties": {
     "id": {"type": "integer"}, "name": {"type": "string"},
     "token": {"type": "string", "description": "The new node's token (pgn_…), shown this once"}}}
+PROBLEM = {"type": "object", "required": ["path", "message"], "properties": {
+    "path": {"type": "string"}, "message": {"type": "string"}}}
+VALIDATION = {
+    "type": "object", "required": ["valid", "errors", "warnings", "ops", "max_cost", "available"],
+    "description": "valid is true when a submit of the definition (to this market, by you, now) would be accepted.",
+    "properties": {
+        "valid": {"type": "boolean"},
+        "errors": {"type": "array", "items": PROBLEM}, "warnings": {"type": "array", "items": PROBLEM},
+        "ops": {"type": "array", "items": {"type": "object", "required": ["id", "market", "max_cost"], "properties": {
+            "id": {"type": "string"}, "market": {"type": "string"}, "max_cost": {"type": "integer"}}}},
+        "max_cost": {"type": "integer"}, "available": {"type": "integer"},
+    },
+}
 REPEATED = "A repeat of an earlier submit's Idempotency-Key: the job that submit made, now"
 
 
@@ -117,6 +130,11 @@ def spec() -> dict:
                             params=[_path("market", {"type": "string"}, "query"), IDEMPOTENCY_KEY],
                             body={"$ref": "#/components/schemas/JobDefinition"}),
             },
+            "/jobs/validate": {"post": _op(
+                "Check and plan a job definition as a submit would, storing and reserving nothing",
+                _json(VALIDATION), 400, 401, 413, 422,
+                params=[_path("market", {"type": "string"}, "query")],
+                body={"$ref": "#/components/schemas/JobDefinition"})},
             "/jobs/{job_id}": {"get": _op("A job with its ops and events", _json(JOB), 401, 404, params=[job_id])},
             "/jobs/{job_id}/logs": {"get": _op("A job's log lines, in order", _json(OBJ), 401, 404, params=[
                 job_id, _path("op", {"type": "string"}, "query"), _path("after", {"type": "integer", "minimum": 0}, "query")])},
