@@ -196,6 +196,25 @@ def job_status(job_id: int, as_json: bool) -> None:
             click.echo(f"    {key} = {value}")
 
 
+@job.command("endpoints")
+@click.argument("job_id", type=int)
+@click.option("--json", "as_json", is_flag=True)
+def job_endpoints(job_id: int, as_json: bool) -> None:
+    """List a job's endpoints: op, port, URL, ready or not."""
+    body = _api(lambda: _client().get(f"/jobs/{job_id}"))
+    rows = [{"op": op["id"], **endpoint} for op in body["ops"] for endpoint in op.get("endpoints") or []]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo(f"job {job_id} has no endpoints: none of its ops exposes a port, or none has started.")
+        return
+    for row in rows:
+        state = "ready" if row["ready"] else ("not ready" if row.get("open", True) else "closed")
+        private = "  private" if row["private"] else ""
+        click.echo(f"{row['op']}  {row['port']}  {row['url']}  {state}{private}")
+
+
 @job.command("logs")
 @click.argument("job_id", type=int)
 @click.option("--op", help="Only this op's lines.")
