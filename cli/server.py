@@ -124,6 +124,29 @@ def scheduler(loglevel: str, health_file: Path | None) -> None:
     )
 
 
+@main.command()
+@click.option("--host", help="Address to bind both servers on [default: PEERGRID_GATEWAY_HOST, else 127.0.0.1].")
+@click.option("--port", type=int, help="HTTP port endpoints are served on [default: PEERGRID_GATEWAY_PORT, else 8080].")
+@click.option("--ssh-port", type=int, help="SSH port workers tunnel to [default: PEERGRID_GATEWAY_SSH_PORT, else 2222].")
+def gateway(host: str | None, port: int | None, ssh_port: int | None) -> None:
+    """Serve endpoints: take workers' SSH tunnels and serve each endpoint's URL through its tunnel."""
+    import os
+
+    from gateway.service import run_gateway
+    from scheduler.errors import PeergridError
+    from scheduler.settings import Settings
+
+    setup_logging()
+    # The options stand for their variables, so that what derives from them (the SSH address
+    # workers dial, the endpoint domain) follows too.
+    given = {"PEERGRID_GATEWAY_HOST": host, "PEERGRID_GATEWAY_PORT": port, "PEERGRID_GATEWAY_SSH_PORT": ssh_port}
+    try:
+        settings = Settings.from_env({**os.environ, **{k: str(v) for k, v in given.items() if v is not None}})
+    except PeergridError as e:
+        fail(str(e))
+    run_gateway(settings)
+
+
 # -- admin ---------------------------------------------------------------------------------
 
 
