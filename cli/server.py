@@ -1,4 +1,4 @@
-"""Commands that run the server's processes or act on its store: up, db, web, scheduler, admin.
+"""Commands that run the server's processes or act on its store: up, db, web, scheduler, gateway, admin.
 
 The server's code and libraries are imported inside the commands that use them, so that
 `peergrid --help` and the commands of other modules start without them.
@@ -59,7 +59,7 @@ def _settings(health_file: Path | None):
 @click.option("--simulate-gpus", metavar="SPEC", help='Give the local worker made-up GPUs, e.g. "NVIDIA GeForce RTX 4090:24x2".')
 @click.option("--no-worker", is_flag=True, help="Do not start a local worker.")
 def up(host: str, port: int, data_dir: str | None, simulate_gpus: str | None, no_worker: bool) -> None:
-    """Run web, scheduler and a local worker together on this machine."""
+    """Run web, scheduler, gateway and a local worker together on this machine."""
     from cli.up import run_up
 
     sys.exit(run_up(host=host, port=port, data_dir=data_dir, simulate_gpus=simulate_gpus, worker=not no_worker))

@@ -87,7 +87,7 @@ def test_up_runs_everything_and_stops_cleanly_on_ctrl_c(tmp_path, test_image):
         assert state == "succeeded"
 
         children = children_of(process.pid)
-        assert len(children) == 3  # web, scheduler, worker
+        assert len(children) == 4  # web, scheduler, gateway, worker
         process.send_signal(signal.SIGINT)
         assert process.wait(60) == 0
         assert "peergrid: stopped." in process.stdout.read()
