@@ -3,6 +3,9 @@ over the worker's SSH tunnel, and gone when the job is cancelled."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 
 import requests
@@ -55,6 +58,15 @@ def test_a_busybox_httpd_service_is_served_at_its_url_until_cancelled(tmp_path, 
         assert answer.status_code == 200, (answer.status_code, answer.text, stack.logs())
         assert answer.text == "hello\n"
         print(f"start to first answer: {time.monotonic() - began:.2f} s")
+        # And `peergrid job endpoints` lists it
+        env = {**stack.env, "PEERGRID_SERVER": stack.url,
+               "PEERGRID_TOKEN": stack.api.http.headers["Authorization"].split()[1]}
+        listed = subprocess.run([sys.executable, "-m", "cli", "job", "endpoints", str(job_id)], env=env,
+                                capture_output=True, text=True, timeout=60)
+        assert listed.returncode == 0 and f"8000  {endpoint['url']}  ready" in listed.stdout, listed
+        as_json = subprocess.run([sys.executable, "-m", "cli", "job", "endpoints", str(job_id), "--json"], env=env,
+                                 capture_output=True, text=True, timeout=60)
+        assert json.loads(as_json.stdout)[0]["url"] == endpoint["url"]
         timings = []
         for _ in range(20):
             t = time.perf_counter()

@@ -240,3 +240,20 @@ def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_the_gateway_travels_in_the_registration_and_endpoints_in_the_work_order_and_old_peers_still_parse():
+    from protocol.messages import EndpointRef, ProtocolError, Registration, WorkOrder
+
+    registration = Registration(cluster_id="c1", node_id=3, node_name="rig", node_state="online", broker_url="b",
+                                heartbeat_interval_s=2, markets=(), gateway_ssh="gw:2222", gateway_host_key="ssh-ed25519 AAAA")
+    assert Registration.from_wire(registration.to_wire()) == registration
+    old = {k: v for k, v in registration.to_wire().items() if k != "gateway"}
+    assert Registration.from_wire(old).gateway_ssh is None
+
+    order = WorkOrder(id=1, number=1, job_id=1, op="serve", timeout_s=60, market="cpu", gpus=(), spec={"image": "x"},
+                      endpoints=(EndpointRef("abcdefghij", 8000),))
+    assert WorkOrder.from_wire(order.to_wire()) == order
+    assert WorkOrder.from_wire({k: v for k, v in order.to_wire().items() if k != "endpoints"}).endpoints == ()
+    with pytest.raises(ProtocolError):
+        EndpointRef.from_wire({"label": "Not.A.Label", "port": 8000})
