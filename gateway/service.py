@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from functools import partial
 from pathlib import Path
@@ -40,10 +41,11 @@ def host_key(folder: Path) -> asyncssh.SSHKey:
         return asyncssh.read_private_key(str(path))
     folder.mkdir(parents=True, exist_ok=True)
     key = asyncssh.generate_private_key("ssh-ed25519")
-    partial_path = path.with_suffix(".new")
-    key.write_private_key(str(partial_path))
-    partial_path.chmod(0o600)
-    partial_path.replace(path)
+    fresh = path.with_suffix(".new")
+    fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(key.export_private_key())
+    fresh.replace(path)
     return key
 
 
@@ -62,6 +64,8 @@ class Gateway:
         self._http: asyncio.Server | None = None
         self._sweeper: asyncio.Task | None = None
         self.key: asyncssh.SSHKey | None = None
+        # Nodes' SSH connections now open; stopping the acceptor leaves them open, so stop() closes them.
+        self.connections: set[asyncssh.SSHServerConnection] = set()
         # Store writes under way, held so the loop does not lose them.
         self._writes: set[asyncio.Task] = set()
 
@@ -88,14 +92,20 @@ class Gateway:
     async def stop(self) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
+        labels = self.forwards.labels()
         if self._http is not None:
             self._http.close()
         if self._ssh is not None:
             self._ssh.close()
             await self._ssh.wait_closed()
+        for connection in list(self.connections):
+            connection.close()
+        for connection in list(self.connections):
+            await connection.wait_closed()
         if self._http is not None:
             await self._http.wait_closed()
-        labels = self.forwards.labels()
+        if self._writes:
+            await asyncio.gather(*self._writes, return_exceptions=True)
         if labels:
             await self._store(lambda s: mark_unforwarded(s, labels, self.name))
 
@@ -166,6 +176,7 @@ class Gateway:
 
     def forget_connection(self, connection) -> None:
         """A node's tunnel closed: every forward it carried goes."""
+        self.connections.discard(connection)
         labels = self.forwards.of(connection)
         for label in labels:
             self.forwards.drop(label, connection)

@@ -257,3 +257,35 @@ def test_the_gateway_travels_in_the_registration_and_endpoints_in_the_work_order
     assert WorkOrder.from_wire({k: v for k, v in order.to_wire().items() if k != "endpoints"}).endpoints == ()
     with pytest.raises(ProtocolError):
         EndpointRef.from_wire({"label": "Not.A.Label", "port": 8000})
+
+
+def test_the_tunnel_comes_back_and_forwards_again_after_the_gateway_restarts(client, core):
+    _, node_id, node_token, _, _ = claimed(client, core, service())
+    with core.transaction() as session:
+        label = session.scalar(select(Endpoint.label))
+
+    async def scenario():
+        first = Gateway(core, ssh_port=0, http_port=0)
+        await first.start()
+        ssh_port, http_port = first.ssh_port, first.http_port
+        tunnel = Tunnel(f"127.0.0.1:{ssh_port}", first.key.export_public_key().decode(), node_id, node_token)
+        await asyncio.get_running_loop().run_in_executor(None, tunnel.start)
+        tunnel.open(label, 8000, _closed_port())
+        second = None
+        try:
+            assert await _until(lambda: _served(first, label))
+            # When the gateway stops, the store no longer says it forwards the endpoint
+            await first.stop()
+            with core.transaction() as session:
+                assert session.scalar(select(Endpoint.forwarded_by)) is None
+            # When it starts again on the same ports (same data dir, so the same host key)
+            second = Gateway(core, ssh_port=ssh_port, http_port=http_port)
+            await second.start()
+            # Then the node's tunnel reconnects and forwards the endpoint again
+            assert await _until(lambda: _served(second, label), timeout=15)
+        finally:
+            await asyncio.get_running_loop().run_in_executor(None, tunnel.stop)
+            if second is not None:
+                await second.stop()
+
+    asyncio.run(scenario())

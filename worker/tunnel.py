@@ -39,6 +39,7 @@ class Tunnel:
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._changed: asyncio.Event | None = None
+        self._stopped: asyncio.Event | None = None
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
@@ -49,6 +50,8 @@ class Tunnel:
     # -- any thread --------------------------------------------------------------------------
 
     def start(self) -> None:
+        # Its INFO lines name every forwarded connection; this module says what matters in one line.
+        logging.getLogger("asyncssh").setLevel(logging.WARNING)
         self._thread = threading.Thread(target=self._run, name="tunnel", daemon=True)
         self._thread.start()
         self._ready.wait(5)
@@ -56,6 +59,8 @@ class Tunnel:
     def stop(self) -> None:
         self._stopping.set()
         self._poke()
+        if self._loop is not None and self._stopped is not None:
+            self._loop.call_soon_threadsafe(self._stopped.set)
         if self._thread is not None:
             self._thread.join(10)
 
@@ -83,6 +88,7 @@ class Tunnel:
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._changed = asyncio.Event()
+        self._stopped = asyncio.Event()
         self._ready.set()
         host, port = parse_address(self.address)
         delay = FIRST_RETRY_S
@@ -107,15 +113,10 @@ class Tunnel:
             if self._stopping.is_set():
                 break
             try:
-                await asyncio.wait_for(self._wait_stop(), delay)
+                await asyncio.wait_for(self._stopped.wait(), delay)
             except asyncio.TimeoutError:
                 pass
             delay = min(delay * 2, LAST_RETRY_S)
-
-    async def _wait_stop(self) -> None:
-        while not self._stopping.is_set():
-            self._changed.clear()
-            await self._changed.wait()
 
     async def _serve(self, conn: asyncssh.SSHClientConnection) -> None:
         """Keep the gateway's forwards in step with what is wanted until the connection ends."""
