@@ -27,10 +27,10 @@ def service(expose=8000, **args) -> dict:
     return doc
 
 
-def claimed(client, core, doc: dict) -> tuple[int, int, str, int, str]:
+def claimed(client, core, doc: dict, *, email: str | None = None) -> tuple[int, int, str, int, str]:
     """Submit doc as a new user, and claim its attempt with a new node: job id, node id, node
     token, attempt id, the owner's API token."""
-    _, token = factories.user(core)
+    _, token = factories.user(core, email=email)
     node_id, node_token, _ = factories.node(core)
     response = client.post("/api/v1/jobs", json=doc, headers=bearer(token))
     assert response.status_code == 201, response.json
@@ -44,7 +44,7 @@ def claimed(client, core, doc: dict) -> tuple[int, int, str, int, str]:
 
 def test_a_claimed_attempt_gets_one_endpoint_per_exposed_port_and_only_its_node_may_forward_it(client, core):
     # Given an op exposing two ports, claimed by a node, and another node
-    job_id, node_id, _, attempt_id, token = claimed(client, core, service(expose=[8000, 9000]))
+    job_id, node_id, _, attempt_id, token = claimed(client, core, service(expose=[8000, 9000]), email="svc@example.com")
     other_id, _, _ = factories.node(core)
     with core.transaction() as session:
         endpoints = list(session.scalars(select(Endpoint).order_by(Endpoint.port)))
@@ -67,6 +67,12 @@ def test_a_claimed_attempt_gets_one_endpoint_per_exposed_port_and_only_its_node_
     (op,) = body["ops"]
     assert [(e["port"], e["ready"], e["private"]) for e in op["endpoints"]] == [(8000, False, False), (9000, False, False)]
     assert op["endpoints"][0]["url"] == f"http://{labels[0]}.localhost:8080/"
+    # And the job page links them
+    from tests.test_dashboard import sign_in
+
+    sign_in(client, "svc@example.com")
+    page = client.get(f"/jobs/{job_id}").get_data(as_text=True)
+    assert f'href="http://{labels[0]}.localhost:8080/"' in page and "state-starting" in page
 
     # When the attempt ends, its endpoints close and no node may forward them
     with core.transaction() as session:
