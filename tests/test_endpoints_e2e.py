@@ -45,10 +45,20 @@ def test_a_busybox_httpd_service_is_served_at_its_url_until_cancelled(tmp_path, 
         doc = hello_world(test_image, cmd=HTTPD)
         doc["ops"][0]["args"]["expose"] = 8000
 
-        # When a job runs busybox httpd exposing port 8000
+        env = {**stack.env, "PEERGRID_SERVER": stack.url,
+               "PEERGRID_TOKEN": stack.api.http.headers["Authorization"].split()[1]}
+        definition = tmp_path / "httpd.json"
+        definition.write_text(json.dumps(doc))
+
+        # When a job runs busybox httpd exposing port 8000, submitted with --wait-ready
         began = time.monotonic()
-        job_id = api.post("/jobs", doc).json()["id"]
+        submitted = subprocess.run([sys.executable, "-m", "cli", "job", "submit", str(definition), "--wait-ready"],
+                                   env=env, capture_output=True, text=True, timeout=120)
+        assert submitted.returncode == 0, (submitted, stack.logs())
+        job_id = int(submitted.stdout.split()[0])
         endpoint = _endpoint(api, job_id, ready=True)
+        # Then the submit printed its URL once ready
+        assert f"hello-world  8000  {endpoint['url']}" in submitted.stdout
 
         # Then its URL, under the gateway's localhost domain, serves what httpd serves
         assert endpoint["url"].endswith(f".localhost:{stack.gateway_port}/") and endpoint["private"] is False
@@ -59,8 +69,6 @@ def test_a_busybox_httpd_service_is_served_at_its_url_until_cancelled(tmp_path, 
         assert answer.text == "hello\n"
         print(f"start to first answer: {time.monotonic() - began:.2f} s")
         # And `peergrid job endpoints` lists it
-        env = {**stack.env, "PEERGRID_SERVER": stack.url,
-               "PEERGRID_TOKEN": stack.api.http.headers["Authorization"].split()[1]}
         listed = subprocess.run([sys.executable, "-m", "cli", "job", "endpoints", str(job_id)], env=env,
                                 capture_output=True, text=True, timeout=60)
         assert listed.returncode == 0 and f"8000  {endpoint['url']}  ready" in listed.stdout, listed
