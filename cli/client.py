@@ -139,10 +139,12 @@ SUBMIT_TRIES = 6
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--market", help="The market's slug, for ops that name none.")
 @click.option("--wait", is_flag=True, help="Wait for the job to end; exit 0 only if it succeeded.")
+@click.option("--wait-ready", is_flag=True,
+              help="Wait until every endpoint of its services is ready, then print their URLs; exit 1 if it ends first.")
 @click.option("--follow", is_flag=True, help="Print its log lines as they arrive, until it ends.")
 @click.option("--idempotency-key", "key", metavar="KEY",
               help="Send this key instead of a new one: a submit that may have been made already answers that job.")
-def job_submit(file: str, market: str | None, wait: bool, follow: bool, key: str | None) -> None:
+def job_submit(file: str, market: str | None, wait: bool, wait_ready: bool, follow: bool, key: str | None) -> None:
     """Submit a job definition and print the job's id.
 
     The submit carries an Idempotency-Key, so when the connection breaks before the answer it is
@@ -174,6 +176,12 @@ def job_submit(file: str, market: str | None, wait: bool, follow: bool, key: str
 
     created = _api(submit)
     click.echo(created["id"])
+    if wait_ready:
+        services = {
+            op.get("id") for op in (document.get("ops") or []) if isinstance(op, dict)
+            and isinstance(op.get("args"), dict) and op["args"].get("expose") not in (None, [], "")
+        }
+        sys.exit(_wait_ready(client, created["id"], services))
     if follow:
         state = _follow_logs(client, created["id"], None)
         sys.exit(0 if state == "succeeded" else 1)
@@ -189,6 +197,25 @@ def _wait(client: ApiClient, job_id: int) -> str:
         state = _api(lambda: client.get(f"/jobs/{job_id}"))["state"]
         if state in FINISHED:
             return state
+        time.sleep(delay)
+        delay = min(delay * 1.5, 2.0)
+
+
+def _wait_ready(client: ApiClient, job_id: int, services: set) -> int:
+    """Wait until each service op's endpoints are all ready and print them; 1 if the job ends first."""
+    delay = 0.2
+    while True:
+        body = _api(lambda: client.get(f"/jobs/{job_id}"))
+        ops = [op for op in body["ops"] if op["id"] in services]
+        if all(op["endpoints"] and all(e["ready"] for e in op["endpoints"]) for op in ops):
+            for op in ops:
+                for endpoint in op["endpoints"]:
+                    click.echo(f"{op['id']}  {endpoint['port']}  {endpoint['url']}")
+            return 0
+        if body["state"] in FINISHED:
+            click.echo(f"job {job_id} {body['state']} before its endpoints were ready; `peergrid job status "
+                       f"{job_id}` says why.", err=True)
+            return 1
         time.sleep(delay)
         delay = min(delay * 1.5, 2.0)
 
@@ -232,6 +259,25 @@ def job_status(job_id: int, as_json: bool) -> None:
         click.echo(f"  {op['id']}: {op['state']}{code} on {node}{note}")
         for key, value in (op.get("results") or {}).items():
             click.echo(f"    {key} = {value}")
+
+
+@job.command("endpoints")
+@click.argument("job_id", type=int)
+@click.option("--json", "as_json", is_flag=True)
+def job_endpoints(job_id: int, as_json: bool) -> None:
+    """List a job's endpoints: op, port, URL, ready or not."""
+    body = _api(lambda: _client().get(f"/jobs/{job_id}"))
+    rows = [{"op": op["id"], **endpoint} for op in body["ops"] for endpoint in op.get("endpoints") or []]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo(f"job {job_id} has no endpoints: none of its ops exposes a port, or none has started.")
+        return
+    for row in rows:
+        state = "ready" if row["ready"] else ("not ready" if row.get("open", True) else "closed")
+        private = "  private" if row["private"] else ""
+        click.echo(f"{row['op']}  {row['port']}  {row['url']}  {state}{private}")
 
 
 @job.command("logs")

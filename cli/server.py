@@ -1,4 +1,4 @@
-"""Commands that run the server's processes or act on its store: up, db, web, scheduler, admin.
+"""Commands that run the server's processes or act on its store: up, db, web, scheduler, gateway, admin.
 
 The server's code and libraries are imported inside the commands that use them, so that
 `peergrid --help` and the commands of other modules start without them.
@@ -59,7 +59,7 @@ def _settings(health_file: Path | None):
 @click.option("--simulate-gpus", metavar="SPEC", help='Give the local worker made-up GPUs, e.g. "NVIDIA GeForce RTX 4090:24x2".')
 @click.option("--no-worker", is_flag=True, help="Do not start a local worker.")
 def up(host: str, port: int, data_dir: str | None, simulate_gpus: str | None, no_worker: bool) -> None:
-    """Run web, scheduler and a local worker together on this machine."""
+    """Run web, scheduler, gateway and a local worker together on this machine."""
     from cli.up import run_up
 
     sys.exit(run_up(host=host, port=port, data_dir=data_dir, simulate_gpus=simulate_gpus, worker=not no_worker))
@@ -122,6 +122,29 @@ def scheduler(loglevel: str, health_file: Path | None) -> None:
     app.worker_main(
         ["worker", "-Q", SCHEDULER_QUEUE, "--pool", "solo", "--loglevel", loglevel, "--without-mingle", "--without-gossip"]
     )
+
+
+@main.command()
+@click.option("--host", help="Address to bind both servers on [default: PEERGRID_GATEWAY_HOST, else 127.0.0.1].")
+@click.option("--port", type=int, help="HTTP port endpoints are served on [default: PEERGRID_GATEWAY_PORT, else 8080].")
+@click.option("--ssh-port", type=int, help="SSH port workers tunnel to [default: PEERGRID_GATEWAY_SSH_PORT, else 2222].")
+def gateway(host: str | None, port: int | None, ssh_port: int | None) -> None:
+    """Serve endpoints: take workers' SSH tunnels and serve each endpoint's URL through its tunnel."""
+    import os
+
+    from gateway.service import run_gateway
+    from scheduler.errors import PeergridError
+    from scheduler.settings import Settings
+
+    setup_logging()
+    # The options stand for their variables, so that what derives from them (the SSH address
+    # workers dial, the endpoint domain) follows too.
+    given = {"PEERGRID_GATEWAY_HOST": host, "PEERGRID_GATEWAY_PORT": port, "PEERGRID_GATEWAY_SSH_PORT": ssh_port}
+    try:
+        settings = Settings.from_env({**os.environ, **{k: str(v) for k, v in given.items() if v is not None}})
+    except PeergridError as e:
+        fail(str(e))
+    run_gateway(settings)
 
 
 # -- admin ---------------------------------------------------------------------------------

@@ -115,6 +115,15 @@ def port_problem(host: str, port: int) -> str | None:
     return None
 
 
+def free_port_near(host: str, wanted: int) -> int:
+    """wanted when it is free on host, else a port the kernel picks."""
+    if port_problem(host, wanted) is None:
+        return wanted
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
 def _die_with_up() -> None:
     """In each child before it starts: the kernel sends it SIGTERM when `up` dies, however `up` dies,
     so no web, scheduler or worker outlives it."""
@@ -138,6 +147,14 @@ def run_up(*, host: str, port: int, data_dir: str | None, simulate_gpus: str | N
         lock.close()
         return 1
     env = {**os.environ, "PEERGRID_DATA_DIR": str(settings.data_dir), "PEERGRID_SECRET_KEY": settings.secret_key}
+    # The gateway's ports, free ones where the usual are taken; the web needs them too, for the
+    # endpoint URLs it shows.
+    reach = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    gateway_port = free_port_near(host, settings.gateway_port)
+    gateway_ssh_port = free_port_near(host, settings.gateway_ssh_port)
+    env.update({"PEERGRID_GATEWAY_PORT": str(gateway_port), "PEERGRID_GATEWAY_SSH_PORT": str(gateway_ssh_port)})
+    if not os.environ.get("PEERGRID_GATEWAY_SSH_ADDRESS"):
+        env["PEERGRID_GATEWAY_SSH_ADDRESS"] = f"{reach}:{gateway_ssh_port}"
     # Each process rewrites its health file whole: sharing one, the three would hide one another's dead loops.
     env.pop("PEERGRID_HEALTH_FILE", None)
     say(f"peergrid: data in {settings.data_dir}")
@@ -174,6 +191,11 @@ def run_up(*, host: str, port: int, data_dir: str | None, simulate_gpus: str | N
             return 1
         return 0
 
+    # Before the worker, which learns the gateway's address and key when it registers.
+    spawn("gateway", "gateway", "--host", host, "--port", str(gateway_port), "--ssh-port", str(gateway_ssh_port))
+    if not _wait_for_port(reach, gateway_port, lambda: stopping or children[-1][1].poll() is not None):
+        say(f"peergrid: the gateway did not start on port {gateway_port}; services' endpoints will not be served.")
+
     problem = docker_problem() if worker else None
     if worker and problem:
         say(f"peergrid: no local worker: {problem}")
@@ -188,6 +210,7 @@ def run_up(*, host: str, port: int, data_dir: str | None, simulate_gpus: str | N
         spawn("worker", *args, extra_env={"PEERGRID_NODE_TOKEN": node_token})
 
     say(f"peergrid is running: {url}/")
+    say(f"  endpoints: http://<endpoint>.localhost:{gateway_port}/ (the gateway; workers tunnel to {reach}:{gateway_ssh_port})")
     if password:
         say(f"  admin login: {ADMIN_EMAIL} / {password}  (also saved in {settings.data_dir / 'admin-password.txt'})")
     say("  Ctrl-C stops everything.")
@@ -231,6 +254,17 @@ def _stop_all(children: list[tuple[str, subprocess.Popen]], grace: float = 20.0)
         if not _wait(process, max(0.1, deadline - time.monotonic())):
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+
+
+def _wait_for_port(host: str, port: int, give_up, timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not give_up():
+        try:
+            with socket.create_connection((host, port), timeout=1):
+                return True
+        except OSError:
+            time.sleep(0.1)
+    return False
 
 
 def _wait(process: subprocess.Popen, timeout: float) -> bool:

@@ -22,6 +22,8 @@ LOG_STREAMS = ("stdout", "stderr", "system")
 MAX_ID = 2**63 - 1
 # What a cluster id may be: it goes into the names of the Docker volumes workers make.
 CLUSTER_ID = re.compile(r"[a-z0-9]{1,32}")
+# What an endpoint's label may be: the first DNS label of its URL.
+ENDPOINT_LABEL = re.compile(r"[a-z0-9]{1,32}")
 _INT32 = 2**31 - 1
 
 
@@ -212,9 +214,13 @@ class Registration:
     heartbeat_interval_s: float
     markets: tuple[MarketSpec, ...]
     protocol: int = 1
+    # The gateway the node tunnels its endpoints to, if any: host:port of its SSH server, and its
+    # public host key (OpenSSH's one-line form), which the node pins.
+    gateway_ssh: str | None = None
+    gateway_host_key: str | None = None
 
     def to_wire(self) -> dict[str, Any]:
-        return {
+        body = {
             "cluster": {"id": self.cluster_id},
             "node": {"id": self.node_id, "name": self.node_name, "state": self.node_state},
             "broker_url": self.broker_url,
@@ -222,6 +228,9 @@ class Registration:
             "markets": [m.to_wire() for m in self.markets],
             "protocol": self.protocol,
         }
+        if self.gateway_ssh and self.gateway_host_key:
+            body["gateway"] = {"ssh": self.gateway_ssh, "host_key": self.gateway_host_key}
+        return body
 
     @classmethod
     def from_wire(cls, body: Any) -> Registration:
@@ -232,6 +241,7 @@ class Registration:
         cluster = _object(body.get("cluster"), "cluster").get("id")
         if not isinstance(cluster, str) or not CLUSTER_ID.fullmatch(cluster):
             raise ProtocolError("cluster.id must be the cluster's id: 1 to 32 lowercase letters and digits.")
+        gateway = _object(body.get("gateway"), "gateway")
         return cls(
             cluster_id=cluster,
             node_id=_whole(node.get("id"), "node.id", low=1),
@@ -241,6 +251,8 @@ class Registration:
             heartbeat_interval_s=float(body.get("heartbeat_interval_s") or 10),
             markets=tuple(MarketSpec.from_wire(m) for m in body.get("markets") or ()),
             protocol=int(body.get("protocol") or 1),
+            gateway_ssh=_text(gateway.get("ssh"), 255),
+            gateway_host_key=_text(gateway.get("host_key"), 16_384),
         )
 
 
@@ -356,6 +368,26 @@ class InputRef:
 
 
 @dataclass(frozen=True)
+class EndpointRef:
+    """An endpoint the node forwards to its gateway while it runs the attempt: the URL's label and
+    the container port behind it."""
+
+    label: str
+    port: int
+
+    def to_wire(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_wire(cls, body: Any) -> EndpointRef:
+        body = _object(body, "An endpoint")
+        label = body.get("label")
+        if not isinstance(label, str) or not ENDPOINT_LABEL.fullmatch(label):
+            raise ProtocolError("An endpoint's label must be 1 to 32 lowercase letters and digits.")
+        return cls(label=label, port=_whole(body.get("port"), "port", low=1, high=65535))
+
+
+@dataclass(frozen=True)
 class WorkOrder:
     """The claim's answer to the node that won it: everything needed to run the attempt.
 
@@ -374,12 +406,15 @@ class WorkOrder:
     inputs: tuple[InputRef, ...] = ()
     # What the node masks as *** in the lines it reports.
     redact: tuple[str, ...] = field(default=(), repr=False)
+    # The URLs its exposed ports get, which the node forwards to its gateway once the container runs.
+    endpoints: tuple[EndpointRef, ...] = ()
 
     def to_wire(self) -> dict[str, Any]:
         return {
             "id": self.id, "number": self.number, "job_id": self.job_id, "op": self.op, "timeout_s": self.timeout_s,
             "market": self.market, "gpus": list(self.gpus), "spec": self.spec,
             "inputs": [i.to_wire() for i in self.inputs], "redact": list(self.redact),
+            "endpoints": [e.to_wire() for e in self.endpoints],
         }
 
     @classmethod
@@ -402,6 +437,7 @@ class WorkOrder:
                 for i in body.get("inputs") or ()
             ),
             redact=tuple(str(r) for r in body.get("redact") or ()),
+            endpoints=tuple(EndpointRef.from_wire(e) for e in body.get("endpoints") or ()),
         )
 
 

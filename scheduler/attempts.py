@@ -16,6 +16,7 @@ from protocol.gpus import gpu_shortfall
 from protocol.messages import (
     LOG_STREAMS,
     ClaimAnswer,
+    EndpointRef,
     FinishedReport,
     InputRef,
     LogRecord,
@@ -25,6 +26,7 @@ from protocol.messages import (
 )
 from scheduler import events
 from scheduler.artifacts import job_artifacts
+from scheduler.endpoints import attempt_endpoints, open_endpoints
 from scheduler.errors import Conflict, NotFound, SecretMissing
 from scheduler.models import Attempt, LogLine, Node
 from scheduler.orchestration import advance, end_attempt, pinned_node_id
@@ -86,6 +88,9 @@ def claim_attempt(
             raise NotFound(f"There is no attempt {attempt_id}.")
         raise Conflict(f"Attempt {attempt_id} is {state.value}, not waiting for a node.")
     attempt = session.get(Attempt, attempt_id, populate_existing=True)
+    # Recorded at the claim, not the start, so the work order carries their labels and the node
+    # can forward them as soon as the container runs; they are the node's as long as it holds it.
+    open_endpoints(session, attempt, now=now)
     events.record(
         session, attempt.op.job_id, "claimed", f"{attempt.op.key}: claimed by node {node.name}.", attempt=attempt, now=now
     )
@@ -158,6 +163,7 @@ def claim_work(
             spec=reveal(op.spec, values),
             inputs=inputs,
             redact=tuple(masks(values.values())),
+            endpoints=tuple(EndpointRef(label=e.label, port=e.port) for e in attempt_endpoints(session, attempt)),
         )
     )
 

@@ -155,6 +155,9 @@ def register(
     lose_attempts(session, node, f"node {node.name} restarted while running it.", now=now)
     node.registered_at = now
     record_report(session, node, report, now=now)
+    from scheduler.endpoints import current_gateway
+
+    gateway = current_gateway(session)
     return Registration(
         cluster_id=cluster_id(session),
         node_id=node.id,
@@ -163,6 +166,8 @@ def register(
         broker_url=broker_url,
         heartbeat_interval_s=heartbeat_interval_s,
         markets=tuple(market_spec(m) for m in session.scalars(select(Market).order_by(Market.id))),
+        gateway_ssh=gateway.ssh_address if gateway else None,
+        gateway_host_key=gateway.host_key if gateway else None,
     )
 
 

@@ -9,6 +9,7 @@ from datetime import datetime
 from sqlalchemy.orm import Session
 
 from scheduler import events, ledger, offers
+from scheduler.endpoints import close_endpoints
 from scheduler.errors import Conflict, PeergridError
 from scheduler.jobdef import CREATE_VOLUME, JobDefinition, OpDefinition, group_ranks
 from scheduler.literals import Scope, UnresolvedLiteral, has_literals, resolve_args
@@ -29,7 +30,9 @@ from scheduler.states import (
 )
 
 # Container spec fields handed to the node that runs an op.
-SPEC_FIELDS = ("image", "cmd", "entrypoint", "env", "work_dir", "output", "volumes", "expose", "authentication")
+SPEC_FIELDS = (
+    "image", "cmd", "entrypoint", "env", "work_dir", "output", "volumes", "expose", "private", "authentication",
+)
 
 
 def create_job(
@@ -308,6 +311,7 @@ def end_attempt(
         error = f"The container exited with code {exit_code}."
     attempt.error = error
     move(attempt, state, now=now)
+    close_endpoints(session, attempt, now=now)
     if ending in _NOT_BILLED:
         attempt.cost_note = _NOT_BILLED[ending]
     elif held:

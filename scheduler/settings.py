@@ -86,6 +86,17 @@ class Settings:
     metrics_token: str | None = field(default=None, repr=False)
     # Where the process writes when its loops last went round, for `peergrid health`; None: nowhere.
     health_file: Path | None = None
+    # The gateway's HTTP port (endpoints are served there) and its SSH port (workers tunnel there).
+    gateway_port: int = 8080
+    gateway_ssh_port: int = 2222
+    # The address a gateway binds both on, and the host:port it tells workers to dial for SSH.
+    gateway_host: str = "127.0.0.1"
+    gateway_ssh_address: str = "127.0.0.1:2222"
+    # A gateway's name in the store; unique per gateway process.
+    gateway_name: str = "gateway"
+    # Endpoint URLs are http://<label>.<endpoint_domain>/; by default localhost:<gateway_port>,
+    # which browsers resolve to loopback.
+    endpoint_domain: str = "localhost:8080"
 
     @property
     def embedded(self) -> bool:
@@ -121,7 +132,15 @@ class Settings:
             allow_signup=env.get("PEERGRID_ALLOW_SIGNUP", "true").strip().lower() not in ("0", "false", "no", "off"),
             metrics_token=env.get("PEERGRID_METRICS_TOKEN") or None,
             health_file=Path(env["PEERGRID_HEALTH_FILE"]) if env.get("PEERGRID_HEALTH_FILE") else None,
+            gateway_port=_int(env, "PEERGRID_GATEWAY_PORT", 8080),
+            gateway_ssh_port=_int(env, "PEERGRID_GATEWAY_SSH_PORT", 2222),
+            gateway_host=env.get("PEERGRID_GATEWAY_HOST") or "127.0.0.1",
+            gateway_name=env.get("PEERGRID_GATEWAY_NAME") or "gateway",
         )
+        values["gateway_ssh_address"] = (
+            env.get("PEERGRID_GATEWAY_SSH_ADDRESS") or f"127.0.0.1:{values['gateway_ssh_port']}"
+        )
+        values["endpoint_domain"] = env.get("PEERGRID_ENDPOINT_DOMAIN") or f"localhost:{values['gateway_port']}"
         embedded = database_url.startswith("sqlite") and broker_url.startswith("sqla+sqlite")
         values["starter_credits"] = _credits(env, "PEERGRID_STARTER_CREDITS", 100_000_000 if embedded else 0)
         values.update(overrides)

@@ -30,6 +30,9 @@ class Stack:
         self.root = root
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        # The gateway's, known before the web starts: the endpoint URLs it shows carry the HTTP one.
+        self.gateway_port = free_port()
+        self.gateway_ssh_port = free_port()
         self.env = {
             **os.environ,
             "PEERGRID_DATA_DIR": str(root),
@@ -40,6 +43,8 @@ class Stack:
             "PEERGRID_REOFFER_AFTER": "5",
             "PEERGRID_HEARTBEAT_INTERVAL": "2",
             "PYTHONUNBUFFERED": "1",
+            "PEERGRID_GATEWAY_PORT": str(self.gateway_port),
+            "PEERGRID_GATEWAY_SSH_PORT": str(self.gateway_ssh_port),
             **(extra_env or {}),
         }
         self.settings = Settings.from_env(self.env)
@@ -87,6 +92,21 @@ class Stack:
             except requests.RequestException:
                 time.sleep(0.1)
         raise AssertionError("the web server did not come up:\n" + self.logs())
+
+    def start_gateway(self) -> None:
+        """Start `peergrid gateway` and wait until it takes connections; start it before the
+        workers that should tunnel to it (they learn it when they register)."""
+        self.spawn("gateway", "gateway")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.gateway_port), timeout=1):
+                    pass
+                with socket.create_connection(("127.0.0.1", self.gateway_ssh_port), timeout=1):
+                    return
+            except OSError:
+                time.sleep(0.1)
+        raise AssertionError("the gateway did not come up:\n" + self.logs())
 
     def start_scheduler(self) -> None:
         self.spawn("scheduler", "scheduler", "--loglevel", "INFO")

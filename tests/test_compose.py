@@ -86,6 +86,9 @@ class Deployment:
             "PATH": f"{bin_dir}:{os.environ['PATH']}",
             "COMPOSE_PROJECT_NAME": self.project,
             "PEERGRID_PORT": str(self.port),
+            # The gateway's published ports, free ones, so the walk takes no fixed port of the machine.
+            "PEERGRID_GATEWAY_PORT": str(_free_port()),
+            "PEERGRID_GATEWAY_SSH_PORT": str(_free_port()),
             "JOB_IMAGE": image,
             # Test containers get no network; these jobs need none.
             "PEERGRID_JOB_NETWORK": "none",

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SHIPPED = ("scheduler", "worker", "web", "protocol", "cli")
+SHIPPED = ("scheduler", "worker", "web", "protocol", "cli", "gateway")
 
 
 def _modules(package: str):
@@ -30,6 +30,8 @@ def _imports(path: Path) -> set[str]:
     ("scheduler", {"web", "worker", "cli", "flask"}),
     ("worker", {"scheduler", "web", "cli", "flask", "sqlalchemy", "alembic", "psycopg"}),
     ("protocol", {"scheduler", "web", "worker", "cli", "flask", "sqlalchemy", "kombu", "requests", "docker"}),
+    # The gateway is a server process beside the web: the store through scheduler, never the web's code.
+    ("gateway", {"web", "worker", "cli", "flask"}),
 ])
 def test_each_layer_imports_only_what_sits_below_it(package, forbidden):
     found = {str(p.relative_to(ROOT)): sorted(_imports(p) & forbidden) for p in _modules(package)}

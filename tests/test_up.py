@@ -61,6 +61,7 @@ def test_up_runs_everything_and_stops_cleanly_on_ctrl_c(tmp_path, test_image):
     try:
         banner = read_until(process, "Ctrl-C stops everything")
         assert f"peergrid is running: http://127.0.0.1:{port}/" in banner
+        assert re.search(r"endpoints: http://<endpoint>\.localhost:\d+/ \(the gateway", banner), banner
         login = re.search(r"admin login: (\S+) / (\S+)", banner)
         assert login, banner
         email, password = login.groups()
@@ -87,7 +88,7 @@ def test_up_runs_everything_and_stops_cleanly_on_ctrl_c(tmp_path, test_image):
         assert state == "succeeded"
 
         children = children_of(process.pid)
-        assert len(children) == 3  # web, scheduler, worker
+        assert len(children) == 4  # web, scheduler, gateway, worker
         process.send_signal(signal.SIGINT)
         assert process.wait(60) == 0
         assert "peergrid: stopped." in process.stdout.read()
@@ -139,7 +140,7 @@ def test_killing_up_outright_takes_its_children_with_it(tmp_path, docker_client)
     try:
         read_until(process, "Ctrl-C stops everything")
         children = children_of(process.pid)
-        assert len(children) == 2  # web, scheduler
+        assert len(children) == 3  # web, scheduler, gateway
         os.killpg(process.pid, signal.SIGKILL)  # the whole process group, as a crash or `kill -9 -PGID` would
         process.wait()
         assert _gone(children), [pid for pid in children if alive(pid)]

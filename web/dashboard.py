@@ -14,6 +14,7 @@ from sqlalchemy.orm import selectinload
 from scheduler import ledger, overview
 from scheduler.accounts import authenticate
 from scheduler.artifacts import job_artifacts
+from scheduler.endpoints import attempt_endpoints
 from scheduler.errors import AuthenticationError, NotFound, PeergridError
 from scheduler.events import job_events
 from scheduler.jobs import job_for, job_logs, list_jobs
@@ -24,6 +25,7 @@ from scheduler.nodes import create_node, remove_node, set_draining
 from scheduler.orchestration import cancel_job, extend_job
 from scheduler.states import ATTEMPT_HELD
 from scheduler.states import JobState
+from web.api.serialize import endpoint_json
 from web.auth import check_csrf, csrf_token, session_user
 from web.ratelimit import Attempts
 from web.db import core, db
@@ -135,6 +137,8 @@ def job(job_id: int):
         events=job_events(db(), job),
         artifacts=[(keys[a.op_id], a) for a in job_artifacts(db(), job)],
         op_keys=keys,
+        endpoints=[(op.key, endpoint_json(e)) for op in job.ops if op.attempts
+                   for e in attempt_endpoints(db(), op.attempts[-1])],
     )
 
 

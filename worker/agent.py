@@ -39,6 +39,7 @@ from worker.logs import MAX_BATCH, LogShipper
 from worker.outbox import Outbox, Outcome
 from worker.runtime import DockerRuntime, Limits, Machine, Owner, container_spec, volume_name
 from worker.settings import WorkerSettings
+from worker.tunnel import Tunnel
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +111,8 @@ class Agent:
         # the server has not answered a heartbeat (time.time(); None while it answers).
         self.liveness = Liveness(settings.health_file)
         self._unanswered_since: float | None = None
+        # The tunnel to the gateway the registration named, which carries this node's endpoints.
+        self.tunnel: Tunnel | None = None
 
     # -- what the node tells the server ------------------------------------------------------
 
@@ -193,10 +196,40 @@ class Agent:
         self._markets = answer.markets
         self.heartbeat_interval_s = answer.heartbeat_interval_s
         log.info("registered as node %s (%s) of cluster %s", answer.node_name, answer.node_id, answer.cluster_id)
+        self._tunnel_to(answer)
         removed = self.runtime.remove_leftovers(self.owner)
         if removed:
             log.info("removed %d container(s) left from an earlier run of this node", removed)
         self._sweep_volumes([])  # volumes an earlier run left are found by their labels
+
+    def _tunnel_to(self, answer: Registration) -> None:
+        """Open the tunnel to the gateway the registration names (with the host key it pins), once."""
+        if not answer.gateway_ssh or not answer.gateway_host_key:
+            if self.settings.job_network != "none":
+                log.info("the server names no endpoint gateway; ops that expose ports run unreachable")
+            return
+        if self.tunnel is not None:
+            if self.tunnel.address == answer.gateway_ssh:
+                return
+            self.tunnel.stop()
+        try:
+            self.tunnel = Tunnel(answer.gateway_ssh, answer.gateway_host_key, answer.node_id, self.credential.token)
+        except ValueError as e:  # asyncssh.KeyImportError, and a bad address
+            log.error("the gateway's host key from the server cannot be read (%s); endpoints will not be served", e)
+            self.tunnel = None
+            return
+        self.tunnel.start()
+
+    def _forward(self, attempt: WorkOrder, published: dict[int, int], shipper: LogShipper) -> None:
+        """Ask the gateway to forward each endpoint of the attempt to where its port is published."""
+        for endpoint in attempt.endpoints:
+            target = published.get(endpoint.port)
+            if target is None:
+                shipper.add("system", f"[peergrid] port {endpoint.port} was not published; its endpoint is not served")
+            elif self.tunnel is None:
+                shipper.add("system", f"[peergrid] no gateway to serve port {endpoint.port} through")
+            else:
+                self.tunnel.open(endpoint.label, endpoint.port, target)
 
     # -- capacity ----------------------------------------------------------------------------
 
@@ -293,9 +326,16 @@ class Agent:
                     shipper.add("system", f"[peergrid] volume {attempt.spec['create_volume']} is ready")
                 self._report(run, shipper, outcome.exit_code, outcome.error)
                 return
+            if attempt.endpoints and self.settings.job_network == "none":
+                raise WorkerError(
+                    "This node runs containers without a network (--job-network none), so it cannot serve the "
+                    "op's exposed ports; submit it again and it runs on another node, or restart this worker "
+                    "with --job-network bridge."
+                )
             spec = container_spec(
                 attempt.spec,
                 network=self.settings.job_network,
+                ports=tuple(e.port for e in attempt.endpoints),
                 cluster=self.owner.cluster,
                 job_id=attempt.job_id,
                 attempt=attempt.number,
@@ -311,6 +351,7 @@ class Agent:
                 time_limit=lambda: run.time_limit,
                 should_stop=lambda: run.cancel.is_set() or shipper.gone.is_set() or self.stopping.is_set(),
                 on_started=started,
+                on_published=lambda published: self._forward(attempt, published, shipper),
                 stop_grace_s=self.settings.stop_grace_s,
                 inputs=inputs,
                 output_archive=scratch / "output.tar.gz",
@@ -328,6 +369,9 @@ class Agent:
             shipper.add("system", f"[peergrid] {message}")
             self._conclude(run, shipper, FinishedReport(exit_code=None, error=message))
         finally:
+            if self.tunnel is not None:
+                for endpoint in attempt.endpoints:
+                    self.tunnel.close(endpoint.label)
             shutil.rmtree(scratch, ignore_errors=True)
             self.capacity.release(attempt_id)
             with self._lock:
@@ -584,6 +628,8 @@ class Agent:
             self._wait_for_runs()
             if self.events is not None:
                 self.events.stop()
+            if self.tunnel is not None:
+                self.tunnel.stop()
 
     def load(self) -> dict:
         """Count the attempts running now and those run to an end, as Celery's worker events name them."""

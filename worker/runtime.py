@@ -63,6 +63,9 @@ class ContainerSpec:
     limits: Limits = field(default_factory=Limits)
     # Ports the op exposes: binding a low port is the one extra capability an op may need.
     exposes_ports: bool = False
+    # Container ports published on the engine's loopback, each on a port the engine picks, which
+    # the node's tunnel connects to (never a container's own address).
+    ports: tuple[int, ...] = ()
     # docker-py's auth_config for pulling the image from a private registry.
     registry_auth: dict[str, str] | None = field(default=None, repr=False)
 
@@ -98,6 +101,7 @@ def container_spec(
     gpus: list[str] | tuple[str, ...] = (),
     simulated_gpus: bool = False,
     limits: Limits | None = None,
+    ports: tuple[int, ...] = (),
 ) -> ContainerSpec:
     """Translate an op's spec (Nosana args) into what Docker is asked to run.
 
@@ -139,6 +143,7 @@ def container_spec(
         simulated_gpus=simulated_gpus,
         limits=limits or Limits(),
         exposes_ports=bool(spec.get("expose")),
+        ports=tuple(sorted(set(ports))),
         registry_auth=registry_auth(spec),
     )
 
@@ -292,11 +297,13 @@ class DockerRuntime:
         time_limit: Callable[[], float | None] = lambda: None,
         should_stop: Callable[[], bool] = lambda: False,
         on_started: Callable[[], None] = lambda: None,
+        on_published: Callable[[dict[int, int]], None] = lambda ports: None,
         stop_grace_s: int = 5,
         inputs: dict[str, Path] | None = None,
         output_archive: Path | None = None,
     ) -> Outcome:
-        """Run a container to its end, handing each output line to on_line as it arrives.
+        """Run a container to its end, handing each output line to on_line as it arrives, and once
+        it runs, the engine's loopback port of each of spec.ports to on_published.
 
         Parents' outputs (inputs) are placed under /inputs/<op id>/ before it starts; its output
         folder, if it has one, is written to output_archive as a .tar.gz when it ends.
@@ -311,7 +318,10 @@ class DockerRuntime:
         except (RuntimeUnavailable, ContainerFailed) as e:
             return Outcome(exit_code=None, error=str(e))
         try:
-            outcome = self._run_created(container, on_line, time_limit, should_stop, on_started, stop_grace_s)
+            outcome = self._run_created(
+                container, on_line, time_limit, should_stop, lambda: self._published(container, spec, on_published, on_started),
+                stop_grace_s,
+            )
             if spec.output and output_archive is not None and outcome.exit_code is not None:
                 outcome = self._collect_output(container, spec.output, output_archive, outcome)
             return outcome
@@ -322,6 +332,23 @@ class DockerRuntime:
                 container.remove(force=True)
             except (DockerException, OSError) as e:
                 log.warning("could not remove container %s: %s", container.id[:12], e)
+
+    def _published(self, container, spec: ContainerSpec, on_published, on_started) -> None:
+        """Tell on_published where the engine publishes the container's ports, then on_started."""
+        if spec.ports:
+            try:
+                container.reload()
+                bound = container.attrs.get("NetworkSettings", {}).get("Ports") or {}
+                ports = {
+                    port: int(binding[0]["HostPort"])
+                    for port in spec.ports
+                    if (binding := bound.get(f"{port}/tcp"))
+                }
+            except (DockerException, OSError, KeyError, ValueError, IndexError) as e:
+                log.warning("could not read where container %s's ports are published: %s", container.id[:12], e)
+                ports = {}
+            on_published(ports)
+        on_started()
 
     def _check_volumes(self, client: docker.DockerClient, spec: ContainerSpec) -> None:
         """Refuse to run with a job's volume that is gone: Docker would make an empty one silently."""
@@ -348,6 +375,7 @@ class DockerRuntime:
                 environment=spec.env,
                 working_dir=spec.work_dir,
                 network_mode=spec.network,
+                ports={f"{port}/tcp": ("127.0.0.1", None) for port in spec.ports} or None,
                 labels={"peergrid": "1", **spec.labels},
                 volumes={name: {"bind": dest, "mode": "rw"} for name, dest in spec.volumes.items()},
                 detach=True,

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from scheduler.models import Attempt, Job, JobEvent, Market, Node, Op
+from sqlalchemy.orm import object_session
+
+from scheduler.endpoints import attempt_endpoints, endpoint_url
+from scheduler.models import Attempt, Endpoint, Job, JobEvent, Market, Node, Op
+from web.db import core
 
 
 def iso(value: datetime | None) -> str | None:
@@ -48,6 +52,18 @@ def op_json(op: Op) -> dict:
         "timeout": op.timeout_s,
         "attempts": [attempt_json(a) for a in op.attempts],
         "last_attempt": last.id if last else None,
+        "endpoints": [endpoint_json(e) for e in attempt_endpoints(object_session(op), last)] if last else [],
+    }
+
+
+def endpoint_json(endpoint: Endpoint) -> dict:
+    return {
+        "port": endpoint.port,
+        "url": endpoint_url(endpoint.label, core().settings.endpoint_domain),
+        # Its tunnel is up at a gateway; health checks come later.
+        "ready": endpoint.closed_at is None and endpoint.forwarded_at is not None,
+        "private": endpoint.private,
+        "open": endpoint.closed_at is None,
     }
 
 

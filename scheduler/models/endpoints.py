@@ -1,0 +1,53 @@
+"""Endpoints: the URLs at which the exposed ports of a running service are served, and the
+gateways that serve them."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import ForeignKey, Index, String, Text
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from scheduler.models.base import Base
+from scheduler.models.jobs import Attempt, Op
+from scheduler.states import utcnow
+
+
+class Endpoint(Base):
+    """One exposed port of one attempt, open while the attempt is held by its node."""
+
+    __tablename__ = "endpoints"
+    __table_args__ = (Index("ix_endpoints_attempt_id", "attempt_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    attempt_id: Mapped[int] = mapped_column(ForeignKey("attempts.id", ondelete="CASCADE"))
+    op_id: Mapped[int] = mapped_column(ForeignKey("ops.id", ondelete="CASCADE"), index=True)
+    # The container port.
+    port: Mapped[int]
+    # The URL's first DNS label: random, lowercase, never reused.
+    label: Mapped[str] = mapped_column(String(32), unique=True)
+    private: Mapped[bool] = mapped_column(default=False)
+    # Set when the claim made it; closed_at when its attempt ended (scheduler.orchestration.end_attempt).
+    opened_at: Mapped[datetime] = mapped_column(default=utcnow)
+    closed_at: Mapped[datetime | None]
+    # Set by the gateway that holds its node's forward of it, cleared when that forward goes.
+    forwarded_by: Mapped[str | None] = mapped_column(String(100))
+    forwarded_at: Mapped[datetime | None]
+
+    attempt: Mapped[Attempt] = relationship()
+    op: Mapped[Op] = relationship()
+
+
+class Gateway(Base):
+    """A gateway process, as it announced itself when it started: where workers reach its SSH
+    server, and the host key they pin."""
+
+    __tablename__ = "gateways"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    # host:port workers dial.
+    ssh_address: Mapped[str] = mapped_column(String(255))
+    # Its public host key, in OpenSSH's one-line form.
+    host_key: Mapped[str] = mapped_column(Text)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)

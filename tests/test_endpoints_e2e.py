@@ -1,0 +1,113 @@
+"""A service's port becomes a URL: a real HTTP server in a container, served through the gateway
+over the worker's SSH tunnel, and gone when the job is cancelled."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import requests
+from sqlalchemy import select
+
+from scheduler.models import Endpoint
+from tests.factories import hello_world
+from tests.stack import embedded_stack
+
+HTTPD = "mkdir -p /www && echo hello > /www/index.html && httpd -f -p 8000 -h /www"
+
+
+def _endpoint(api, job_id: int, *, ready: bool, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = api.get(f"/jobs/{job_id}")
+        endpoints = job["ops"][0]["endpoints"]
+        if endpoints and endpoints[0]["ready"] == ready:
+            return endpoints[0]
+        if job["state"] in ("succeeded", "failed", "cancelled") and ready:
+            raise AssertionError(f"job {job_id} ended ({job['state']}) before its endpoint was ready: {job}")
+        time.sleep(0.1)
+    raise AssertionError(f"the endpoint of job {job_id} never became {'ready' if ready else 'not ready'}: {job}")
+
+
+def _through_gateway(stack, url: str, path: str = "/") -> requests.Response:
+    host = url.removeprefix("http://").rstrip("/")
+    return requests.get(f"http://127.0.0.1:{stack.gateway_port}{path}", headers={"Host": host}, timeout=10)
+
+
+def test_a_busybox_httpd_service_is_served_at_its_url_until_cancelled(tmp_path, sqlite_url, test_image):
+    with embedded_stack(tmp_path, sqlite_url) as stack:
+        # Given a gateway, and a worker whose containers have a network
+        stack.start_gateway()
+        stack.start_worker(stack.node_token, "--job-network", "bridge")
+        api = stack.api
+        doc = hello_world(test_image, cmd=HTTPD)
+        doc["ops"][0]["args"]["expose"] = 8000
+
+        env = {**stack.env, "PEERGRID_SERVER": stack.url,
+               "PEERGRID_TOKEN": stack.api.http.headers["Authorization"].split()[1]}
+        definition = tmp_path / "httpd.json"
+        definition.write_text(json.dumps(doc))
+
+        # When a job runs busybox httpd exposing port 8000, submitted with --wait-ready
+        began = time.monotonic()
+        submitted = subprocess.run([sys.executable, "-m", "cli", "job", "submit", str(definition), "--wait-ready"],
+                                   env=env, capture_output=True, text=True, timeout=120)
+        assert submitted.returncode == 0, (submitted, stack.logs())
+        job_id = int(submitted.stdout.split()[0])
+        endpoint = _endpoint(api, job_id, ready=True)
+        # Then the submit printed its URL once ready
+        assert f"hello-world  8000  {endpoint['url']}" in submitted.stdout
+
+        # Then its URL, under the gateway's localhost domain, serves what httpd serves
+        assert endpoint["url"].endswith(f".localhost:{stack.gateway_port}/") and endpoint["private"] is False
+        deadline = time.monotonic() + 20
+        while (answer := _through_gateway(stack, endpoint["url"])).status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.2)  # the tunnel is up; httpd may still be starting
+        assert answer.status_code == 200, (answer.status_code, answer.text, stack.logs())
+        assert answer.text == "hello\n"
+        print(f"start to first answer: {time.monotonic() - began:.2f} s")
+        # And `peergrid job endpoints` lists it
+        listed = subprocess.run([sys.executable, "-m", "cli", "job", "endpoints", str(job_id)], env=env,
+                                capture_output=True, text=True, timeout=60)
+        assert listed.returncode == 0 and f"8000  {endpoint['url']}  ready" in listed.stdout, listed
+        as_json = subprocess.run([sys.executable, "-m", "cli", "job", "endpoints", str(job_id), "--json"], env=env,
+                                 capture_output=True, text=True, timeout=60)
+        assert json.loads(as_json.stdout)[0]["url"] == endpoint["url"]
+        timings = []
+        for _ in range(20):
+            t = time.perf_counter()
+            assert _through_gateway(stack, endpoint["url"]).text == "hello\n"
+            timings.append(time.perf_counter() - t)
+        print(f"median request through the gateway: {sorted(timings)[10] * 1000:.1f} ms")
+
+        # When the job is cancelled
+        assert api.post(f"/jobs/{job_id}/cancel").status_code == 200
+        api.wait(job_id)
+
+        # Then the URL answers 404 with a sentence, and no forward of it is left
+        deadline = time.monotonic() + 20
+        while (gone := _through_gateway(stack, endpoint["url"])).status_code != 404 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert gone.status_code == 404 and "its op has ended" in gone.text, (gone.status_code, gone.text)
+        with stack.core.transaction() as session:
+            (row,) = session.scalars(select(Endpoint)).all()
+            assert row.closed_at is not None and row.forwarded_by is None
+        assert api.get(f"/jobs/{job_id}")["ops"][0]["endpoints"][0]["ready"] is False
+        # And the worker, once it has stopped the container, cancels its forward too
+        deadline = time.monotonic() + 30
+        while "stopped forwarding endpoint" not in (log := (tmp_path / "worker.log").read_text()):
+            assert time.monotonic() < deadline, log
+            time.sleep(0.2)
+
+
+def test_a_node_without_a_job_network_refuses_a_service_and_says_why(tmp_path, sqlite_url, test_image):
+    with embedded_stack(tmp_path, sqlite_url, worker=True) as stack:
+        doc = hello_world(test_image, cmd=HTTPD)
+        doc["ops"][0]["args"]["expose"] = 8000
+
+        job = stack.api.wait(stack.api.post("/jobs", doc).json()["id"])
+
+        assert job["state"] == "failed"
+        assert "--job-network none" in job["ops"][0]["error"], job
