@@ -85,6 +85,7 @@ class Gateway:
             address = f"{address.rsplit(':', 1)[0]}:{self.ssh_port}"
         public = self.key.export_public_key().decode().strip()
         await self._store(lambda s: announce_gateway(s, self.name, address, public))
+        self.core.liveness.expect("gateway", SWEEP_EVERY_S)
         self._sweeper = asyncio.create_task(self._sweep())
         log.info("gateway %s serves endpoints on http://%s:%s and takes tunnels on %s:%s (workers dial %s)",
                  self.name, host, self.http_port, host, self.ssh_port, address)
@@ -209,9 +210,11 @@ class Gateway:
         return answer(404, "Not Found", "There is no such endpoint, or its op has ended.")
 
     async def _sweep(self) -> None:
-        """Drop the forwards of endpoints that have closed (their attempts ended)."""
+        """Drop the forwards of endpoints that have closed (their attempts ended); each turn beats
+        loop `gateway` in the health file, since it is a turn of the loop that serves everything."""
         while True:
             await asyncio.sleep(SWEEP_EVERY_S)
+            self.core.liveness.beat("gateway", SWEEP_EVERY_S, f"{len(self.forwards.labels())} forward(s)")
             labels = self.forwards.labels()
             if not labels:
                 continue

@@ -55,9 +55,9 @@ def test_the_web_server_command_points_at_a_real_app():
 
 
 def test_every_long_lived_service_has_a_health_check_and_the_web_stays_on_loopback():
-    for name in ("postgres", "redis", "web", "scheduler", "worker"):
+    for name in ("postgres", "redis", "web", "scheduler", "worker", "gateway"):
         assert "healthcheck" in SERVICES[name], name
-    for name in ("web", "scheduler", "worker"):
+    for name in ("web", "scheduler", "worker", "gateway"):
         test = SERVICES[name]["healthcheck"]["test"]
         assert test[:3] == ["CMD", "peergrid", "health"], name
         assert SERVICES[name]["environment"]["PEERGRID_HEALTH_FILE"], name

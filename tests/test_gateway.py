@@ -220,6 +220,29 @@ async def _gone(gateway: Gateway, label: str) -> bool:
     return gateway.forwards.get(label) is None
 
 
+def test_the_gateways_loop_beats_its_health_file(core, tmp_path):
+    from protocol.liveness import Liveness, examine
+
+    core.liveness = Liveness(tmp_path / "health.json", write_every_s=0)
+
+    async def healthy() -> bool:
+        return examine(tmp_path / "health.json").healthy
+
+    async def scenario():
+        gateway = Gateway(core, ssh_port=0, http_port=0)
+        await gateway.start()
+        try:
+            started = examine(tmp_path / "health.json")
+            assert await _until(healthy)
+        finally:
+            await gateway.stop()
+        return started
+
+    started = asyncio.run(scenario())
+    assert not started.healthy and "gateway has not gone round yet" in started.problems[0]
+    assert "gateway" in examine(tmp_path / "health.json").summary()
+
+
 def test_a_private_endpoint_is_refused_for_now(client, core):
     _, node_id, node_token, _, _ = claimed(client, core, service(private=True))
     with core.transaction() as session:
