@@ -144,6 +144,10 @@ def database_url(request) -> str:
     return request.getfixturevalue(f"{request.param}_url")
 
 
+def _redis_database_url(number: int) -> str:
+    return REDIS_URL.rsplit("/", 1)[0] + f"/{number}"
+
+
 @pytest.fixture(scope="session")
 def redis_database():
     """A Redis database of this test run's own, so that two runs on one Redis (CI's second pytest,
@@ -158,7 +162,8 @@ def redis_database():
         base = None
     need(base is not None, f"Redis at {REDIS_URL}")
     for number in (n for n in range(1, 16) if n != 13):
-        client = redis.Redis.from_url(REDIS_URL, db=number)
+        # The number in the URL's path, not db=: a path wins over the keyword in redis-py.
+        client = redis.Redis.from_url(_redis_database_url(number))
         if client.set("peergrid-test:held-by", os.getpid(), nx=True, ex=6 * 3600):
             break
     else:
@@ -172,7 +177,7 @@ def redis_url(redis_database):
     number, client = redis_database
     client.flushdb()
     client.set("peergrid-test:held-by", os.getpid(), ex=6 * 3600)
-    yield REDIS_URL.rsplit("/", 1)[0] + f"/{number}"
+    yield _redis_database_url(number)
     client.flushdb()
     client.set("peergrid-test:held-by", os.getpid(), ex=6 * 3600)
 

@@ -123,6 +123,15 @@ async def _service(reader, writer) -> None:
         writer.close()
 
 
+def in_a_loop_of_its_own(coroutine):
+    """Run coroutine with asyncio.run in a thread of its own: the browser tests' Playwright keeps an
+    event loop running in the main thread for the whole session."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
+
+
 async def _until(check, timeout: float = 10.0):
     deadline = time.monotonic() + timeout
     while True:
@@ -209,7 +218,7 @@ def test_the_gateway_serves_an_endpoint_through_its_nodes_tunnel_and_drops_it_wh
             target.close()
             await gateway.stop()
 
-    asyncio.run(scenario())
+    in_a_loop_of_its_own(scenario())
 
 
 async def _served(gateway: Gateway, label: str) -> bool:
@@ -238,7 +247,7 @@ def test_the_gateways_loop_beats_its_health_file(core, tmp_path):
             await gateway.stop()
         return started
 
-    started = asyncio.run(scenario())
+    started = in_a_loop_of_its_own(scenario())
     assert not started.healthy and "gateway has not gone round yet" in started.problems[0]
     assert "gateway" in examine(tmp_path / "health.json").summary()
 
@@ -262,7 +271,7 @@ def test_a_private_endpoint_is_refused_for_now(client, core):
             await asyncio.get_running_loop().run_in_executor(None, tunnel.stop)
             await gateway.stop()
 
-    asyncio.run(scenario())
+    in_a_loop_of_its_own(scenario())
 
 
 def _closed_port() -> int:
@@ -317,4 +326,4 @@ def test_the_tunnel_comes_back_and_forwards_again_after_the_gateway_restarts(cli
             if second is not None:
                 await second.stop()
 
-    asyncio.run(scenario())
+    in_a_loop_of_its_own(scenario())
