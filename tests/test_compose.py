@@ -216,6 +216,9 @@ def test_operating_at_scale_word_for_word(deployment, docker_client):
     # Hello world, and an output folder that lands in the web's data volume.
     out = run(jobs)
     assert out.splitlines() == ["[hello-world] hello world", "test-output"], out
+    # Nothing the server runs met a file it may not write, nor a control socket it may not make.
+    said = run("docker-compose logs --no-color web scheduler gateway")
+    assert "Permission denied" not in said and "Control server error" not in said, said
 
     # The two workers add capacity: two ops that sleep run at once, one on each node.
     pair = {"version": "0.1", "type": "container", "ops": [

@@ -50,6 +50,9 @@ def test_every_peergrid_command_it_names_exists():
 def test_the_web_server_command_points_at_a_real_app():
     argv = command_of(SERVICES["web"])
     assert argv[0] == "gunicorn"
+    # Idle connections outlive the CLI's 2 s between polls (gunicorn's own default closes them at 2 s),
+    # and no control socket is made.
+    assert int(argv[argv.index("--keep-alive") + 1]) >= 30 and "--no-control-socket" in argv
     module, attribute = argv[-1].split(":")
     assert module == "web.wsgi" and attribute == "app" and (ROOT / "web" / "wsgi.py").exists()
 
