@@ -59,6 +59,22 @@ def attempt_endpoints(session: Session, attempt: Attempt) -> list[Endpoint]:
     return list(session.scalars(select(Endpoint).where(Endpoint.attempt_id == attempt.id).order_by(Endpoint.port)))
 
 
+def endpoint_ready(endpoint: Endpoint) -> bool:
+    """Whether an endpoint is ready: open, and its node's tunnel to a gateway carries it."""
+    return endpoint.closed_at is None and endpoint.forwarded_at is not None
+
+
+def op_ready(session: Session, op) -> bool:
+    """Whether a service op is ready: its attempt now held has endpoints, and every one is ready."""
+    attempt = session.scalar(
+        select(Attempt).where(Attempt.op_id == op.id, Attempt.state.in_(ATTEMPT_HELD)).order_by(Attempt.id.desc()).limit(1)
+    )
+    if attempt is None:
+        return False
+    endpoints = attempt_endpoints(session, attempt)
+    return bool(endpoints) and all(endpoint_ready(e) for e in endpoints)
+
+
 def node_for_login(session: Session, username: str, password: str) -> Node:
     """The node a tunnel's SSH login names: its id as user name, its node token as password.
 

@@ -6,7 +6,7 @@ from datetime import datetime
 
 from sqlalchemy.orm import object_session
 
-from scheduler.endpoints import attempt_endpoints, endpoint_url
+from scheduler.endpoints import attempt_endpoints, endpoint_ready, endpoint_url
 from scheduler.models import Attempt, Endpoint, Job, JobEvent, Market, Node, Op
 from web.db import core
 
@@ -60,8 +60,7 @@ def endpoint_json(endpoint: Endpoint) -> dict:
     return {
         "port": endpoint.port,
         "url": endpoint_url(endpoint.label, core().settings.endpoint_domain),
-        # Its tunnel is up at a gateway; health checks come later.
-        "ready": endpoint.closed_at is None and endpoint.forwarded_at is not None,
+        "ready": endpoint_ready(endpoint),
         "private": endpoint.private,
         "open": endpoint.closed_at is None,
     }
