@@ -26,6 +26,7 @@ from scheduler.endpoints import (
     still_open,
 )
 from scheduler.errors import PeergridError
+from scheduler.services import readiness_changed
 from scheduler.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -157,6 +158,7 @@ class Gateway:
         def check(session):
             endpoint = authorise_forward(session, node_id, label, port)
             mark_forwarded(session, label, self.name)
+            readiness_changed(session, endpoint.op)
             return endpoint.private
 
         try:
