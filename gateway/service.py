@@ -23,7 +23,9 @@ from scheduler.endpoints import (
     mark_unforwarded,
     node_for_login,
     open_endpoint,
+    renew_gateway,
     still_open,
+    withdraw_gateway,
 )
 from scheduler.errors import PeergridError
 from scheduler.services import readiness_changed
@@ -33,6 +35,8 @@ log = logging.getLogger(__name__)
 
 # How often the gateway drops the forwards of endpoints that have closed.
 SWEEP_EVERY_S = 1.0
+# How many times within its lease a gateway renews it.
+RENEWALS_PER_LEASE = 5
 
 
 def host_key(folder: Path) -> asyncssh.SSHKey:
@@ -69,6 +73,10 @@ class Gateway:
         self.connections: set[asyncssh.SSHServerConnection] = set()
         # Store writes under way, held so the loop does not lose them.
         self._writes: set[asyncio.Task] = set()
+        # Its lease in the store (scheduler.endpoints.renew_gateway), and when it was last renewed (loop time).
+        self.lease_s = self.settings.gateway_lease_s
+        self._announce = None
+        self._renewed = 0.0
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -85,7 +93,9 @@ class Gateway:
         if self._ssh_port == 0 or address.endswith(":0"):
             address = f"{address.rsplit(':', 1)[0]}:{self.ssh_port}"
         public = self.key.export_public_key().decode().strip()
-        await self._store(lambda s: announce_gateway(s, self.name, address, public))
+        self._announce = lambda s: announce_gateway(s, self.name, address, public, lease_s=self.lease_s)
+        await self._store(self._announce)
+        self._renewed = asyncio.get_running_loop().time()
         self.core.liveness.expect("gateway", SWEEP_EVERY_S)
         self._sweeper = asyncio.create_task(self._sweep())
         log.info("gateway %s serves endpoints on http://%s:%s and takes tunnels on %s:%s (workers dial %s)",
@@ -110,6 +120,9 @@ class Gateway:
             await asyncio.gather(*self._writes, return_exceptions=True)
         if labels:
             await self._store(lambda s: mark_unforwarded(s, labels, self.name))
+        if self._announce is not None:
+            # Workers stop tunnelling here at their next heartbeat; the forwards it held stop counting now.
+            await self._store(lambda s: withdraw_gateway(s, self.name))
 
     @property
     def ssh_port(self) -> int:
@@ -217,6 +230,7 @@ class Gateway:
         while True:
             await asyncio.sleep(SWEEP_EVERY_S)
             self.core.liveness.beat("gateway", SWEEP_EVERY_S, f"{len(self.forwards.labels())} forward(s)")
+            await self._renew()
             labels = self.forwards.labels()
             if not labels:
                 continue
@@ -228,6 +242,28 @@ class Gateway:
             for label in labels:
                 if label not in live and self.forwards.drop(label):
                     log.info("endpoint %s closed; dropped its forward", label)
+
+
+    async def _renew(self) -> None:
+        """Renew the lease when it is due; announce the gateway again if the store has lost it."""
+        now = asyncio.get_running_loop().time()
+        if now - self._renewed < self.lease_s / RENEWALS_PER_LEASE:
+            return
+        try:
+            if not await self._store(lambda s: renew_gateway(s, self.name, lease_s=self.lease_s)):
+                log.warning("the store no longer knew gateway %s as running; announcing it again", self.name)
+                labels = self.forwards.labels()
+
+                def again(session):
+                    self._announce(session)
+                    for label in labels:
+                        mark_forwarded(session, label, self.name)
+
+                await self._store(again)
+        except Exception as e:  # its lease runs out if this lasts; workers come back when it renews
+            log.warning("could not renew gateway %s's lease: %s", self.name, e)
+            return
+        self._renewed = now
 
 
 def run_gateway(settings: Settings) -> None:

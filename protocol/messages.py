@@ -200,6 +200,40 @@ class MarketSpec:
 
 
 @dataclass(frozen=True)
+class GatewayRef:
+    """A live gateway as a node is told of it: its name, host:port of its SSH server, and its public
+    host key (OpenSSH's one-line form), which the node pins. A node tunnels to every one."""
+
+    name: str
+    ssh: str
+    host_key: str = field(repr=False)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"name": self.name, "ssh": self.ssh, "host_key": self.host_key}
+
+    @classmethod
+    def from_wire(cls, body: Any) -> GatewayRef:
+        body = _object(body, "A gateway")
+        name, ssh, key = _text(body.get("name"), 100), _text(body.get("ssh"), 255), _text(body.get("host_key"), 16_384)
+        if not ssh or not key:
+            raise ProtocolError("A gateway must name its ssh address and its host_key.")
+        return cls(name=name or ssh, ssh=ssh, host_key=key)
+
+
+def _gateways(body: dict[str, Any]) -> tuple[GatewayRef, ...] | None:
+    """The gateways an answer lists; from an older server, the one gateway it names; None if it says nothing."""
+    if "gateways" in body:
+        listed = body["gateways"]
+        if not isinstance(listed, list):
+            raise ProtocolError("gateways must be a list of gateways.")
+        return tuple(GatewayRef.from_wire(g) for g in listed)
+    one = _object(body.get("gateway"), "gateway")
+    if one.get("ssh") and one.get("host_key"):
+        return (GatewayRef.from_wire({"name": "gateway", **one}),)
+    return None
+
+
+@dataclass(frozen=True)
 class Registration:
     """The answer to a node's registration: who it is and in which cluster, where offers come from,
     what markets exist."""
@@ -214,10 +248,9 @@ class Registration:
     heartbeat_interval_s: float
     markets: tuple[MarketSpec, ...]
     protocol: int = 1
-    # The gateway the node tunnels its endpoints to, if any: host:port of its SSH server, and its
-    # public host key (OpenSSH's one-line form), which the node pins.
-    gateway_ssh: str | None = None
-    gateway_host_key: str | None = None
+    # The live gateways the node tunnels its endpoints to (every one of them); later heartbeats
+    # carry the list again as gateways come and go.
+    gateways: tuple[GatewayRef, ...] = ()
 
     def to_wire(self) -> dict[str, Any]:
         body = {
@@ -228,8 +261,9 @@ class Registration:
             "markets": [m.to_wire() for m in self.markets],
             "protocol": self.protocol,
         }
-        if self.gateway_ssh and self.gateway_host_key:
-            body["gateway"] = {"ssh": self.gateway_ssh, "host_key": self.gateway_host_key}
+        body["gateways"] = [g.to_wire() for g in self.gateways]
+        if self.gateways:  # what workers that know one gateway only read
+            body["gateway"] = {"ssh": self.gateways[0].ssh, "host_key": self.gateways[0].host_key}
         return body
 
     @classmethod
@@ -241,7 +275,6 @@ class Registration:
         cluster = _object(body.get("cluster"), "cluster").get("id")
         if not isinstance(cluster, str) or not CLUSTER_ID.fullmatch(cluster):
             raise ProtocolError("cluster.id must be the cluster's id: 1 to 32 lowercase letters and digits.")
-        gateway = _object(body.get("gateway"), "gateway")
         return cls(
             cluster_id=cluster,
             node_id=_whole(node.get("id"), "node.id", low=1),
@@ -251,8 +284,7 @@ class Registration:
             heartbeat_interval_s=float(body.get("heartbeat_interval_s") or 10),
             markets=tuple(MarketSpec.from_wire(m) for m in body.get("markets") or ()),
             protocol=int(body.get("protocol") or 1),
-            gateway_ssh=_text(gateway.get("ssh"), 255),
-            gateway_host_key=_text(gateway.get("host_key"), 16_384),
+            gateways=_gateways(body) or (),
         )
 
 
@@ -303,14 +335,20 @@ class HeartbeatAnswer:
     time_limits: dict[int, int] = field(default_factory=dict)
     # Ended jobs, of those the node asked about, whose volumes it may remove.
     ended_jobs: tuple[int, ...] = ()
+    # The live gateways now, which the node keeps its tunnels in step with; None from a server
+    # that does not say (the node keeps those it has).
+    gateways: tuple[GatewayRef, ...] | None = None
 
     def to_wire(self) -> dict[str, Any]:
-        return {
+        body = {
             "state": self.state,
             "cancel": list(self.cancel),
             "time_limits": {str(k): v for k, v in self.time_limits.items()},
             "ended_jobs": list(self.ended_jobs),
         }
+        if self.gateways is not None:
+            body["gateways"] = [g.to_wire() for g in self.gateways]
+        return body
 
     @classmethod
     def from_wire(cls, body: Any) -> HeartbeatAnswer:
@@ -321,6 +359,7 @@ class HeartbeatAnswer:
             cancel=_ids(body.get("cancel"), "cancel must be a list of attempt ids."),
             time_limits={int(k): _whole(v, f"time_limits.{k}", low=1) for k, v in limits.items()},
             ended_jobs=_ids(body.get("ended_jobs"), "ended_jobs must be a list of job ids."),
+            gateways=_gateways({"gateways": body["gateways"]}) if "gateways" in body else None,
         )
 
 

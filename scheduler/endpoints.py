@@ -6,15 +6,16 @@ from __future__ import annotations
 import base64
 import re
 import secrets
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from scheduler.errors import AuthenticationError, Conflict, NotFound
 from scheduler.jobdef import exposed_ports
-from scheduler.models import Attempt, Endpoint, Gateway, Node
+from scheduler.models import Attempt, Endpoint, EndpointForward, Gateway, Node
 from scheduler.nodes import node_for_token
+from protocol.messages import GatewayRef
 from scheduler.states import ATTEMPT_HELD, utcnow
 
 # What a label is: 10 characters of lowercase base32, 50 random bits, a valid DNS label.
@@ -50,7 +51,12 @@ def close_endpoints(session: Session, attempt: Attempt, *, now: datetime | None 
     session.execute(
         update(Endpoint)
         .where(Endpoint.attempt_id == attempt.id, Endpoint.closed_at.is_(None))
-        .values(closed_at=now or utcnow(), forwarded_by=None, forwarded_at=None)
+        .values(closed_at=now or utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    session.execute(
+        delete(EndpointForward)
+        .where(EndpointForward.endpoint_id.in_(select(Endpoint.id).where(Endpoint.attempt_id == attempt.id)))
         .execution_options(synchronize_session=False)
     )
 
@@ -60,8 +66,14 @@ def attempt_endpoints(session: Session, attempt: Attempt) -> list[Endpoint]:
 
 
 def endpoint_ready(endpoint: Endpoint) -> bool:
-    """Whether an endpoint is ready: open, and its node's tunnel to a gateway carries it."""
-    return endpoint.closed_at is None and endpoint.forwarded_at is not None
+    """Whether an endpoint is ready: open, and its node's tunnel to a live gateway carries it."""
+    return endpoint.closed_at is None and forwarded(endpoint)
+
+
+def forwarded(endpoint: Endpoint, *, now: datetime | None = None) -> bool:
+    """Whether at least one live gateway (its lease not run out) holds the endpoint's forward."""
+    now = now or utcnow()
+    return any(f.gateway.live(now) for f in endpoint.forwards)
 
 
 def op_ready(session: Session, op) -> bool:
@@ -118,46 +130,93 @@ def still_open(session: Session, labels: list[str]) -> set[str]:
 
 def mark_forwarded(session: Session, label: str, gateway: str, *, now: datetime | None = None) -> None:
     """Record that gateway holds the forward of the open endpoint label."""
-    session.execute(
-        update(Endpoint)
-        .where(Endpoint.label == label, Endpoint.closed_at.is_(None))
-        .values(forwarded_by=gateway, forwarded_at=now or utcnow())
-        .execution_options(synchronize_session=False)
-    )
+    now = now or utcnow()
+    endpoint_id = session.scalar(select(Endpoint.id).where(Endpoint.label == label, Endpoint.closed_at.is_(None)))
+    gateway_id = session.scalar(select(Gateway.id).where(Gateway.name == gateway))
+    if endpoint_id is None or gateway_id is None:
+        return
+    held = session.get(EndpointForward, (endpoint_id, gateway_id))
+    if held is None:
+        session.add(EndpointForward(endpoint_id=endpoint_id, gateway_id=gateway_id, forwarded_at=now))
+    else:
+        held.forwarded_at = now
+    session.flush()
 
 
 def mark_unforwarded(session: Session, labels: list[str], gateway: str) -> None:
     """Record that gateway no longer holds the forwards of labels."""
     if labels:
         session.execute(
-            update(Endpoint)
-            .where(Endpoint.label.in_(labels), Endpoint.forwarded_by == gateway)
-            .values(forwarded_by=None, forwarded_at=None)
+            delete(EndpointForward)
+            .where(EndpointForward.gateway_id.in_(select(Gateway.id).where(Gateway.name == gateway)),
+                   EndpointForward.endpoint_id.in_(select(Endpoint.id).where(Endpoint.label.in_(labels))))
             .execution_options(synchronize_session=False)
         )
 
 
-def announce_gateway(session: Session, name: str, ssh_address: str, host_key: str, *, now: datetime | None = None) -> Gateway:
-    """Record a gateway that has started: where workers reach it and the host key they pin. What
-    it held before it started is gone with its old process."""
+def forwarders(session: Session, label: str, *, now: datetime | None = None) -> list[str]:
+    """The names of the live gateways that hold the forward of endpoint label."""
+    now = now or utcnow()
+    return list(session.scalars(
+        select(Gateway.name).join(EndpointForward, EndpointForward.gateway_id == Gateway.id)
+        .join(Endpoint, Endpoint.id == EndpointForward.endpoint_id)
+        .where(Endpoint.label == label, Gateway.expires_at > now).order_by(Gateway.name)
+    ))
+
+
+# -- gateways ------------------------------------------------------------------------------
+
+
+def announce_gateway(session: Session, name: str, ssh_address: str, host_key: str, *, lease_s: float,
+                     now: datetime | None = None) -> Gateway:
+    """Record a gateway that has started: where workers reach it, the host key they pin, and its
+    first lease. What it held before it started is gone with its old process."""
     now = now or utcnow()
     gateway = session.scalar(select(Gateway).where(Gateway.name == name))
     if gateway is None:
         gateway = Gateway(name=name, ssh_address=ssh_address, host_key=host_key, started_at=now)
         session.add(gateway)
+        session.flush()
     else:
         gateway.ssh_address, gateway.host_key, gateway.started_at = ssh_address, host_key, now
-    session.execute(
-        update(Endpoint).where(Endpoint.forwarded_by == name).values(forwarded_by=None, forwarded_at=None)
-        .execution_options(synchronize_session=False)
-    )
+        session.execute(delete(EndpointForward).where(EndpointForward.gateway_id == gateway.id)
+                        .execution_options(synchronize_session=False))
+    gateway.seen_at, gateway.expires_at = now, now + timedelta(seconds=lease_s)
     session.flush()
     return gateway
 
 
-def current_gateway(session: Session) -> Gateway | None:
-    """The gateway workers are told to tunnel to: the one started last."""
-    return session.scalar(select(Gateway).order_by(Gateway.started_at.desc(), Gateway.id.desc()).limit(1))
+def renew_gateway(session: Session, name: str, *, lease_s: float, now: datetime | None = None) -> bool:
+    """Renew a running gateway's lease; False if the store no longer knows it (it must announce itself again)."""
+    now = now or utcnow()
+    renewed = session.execute(
+        update(Gateway).where(Gateway.name == name, Gateway.expires_at.is_not(None))
+        .values(seen_at=now, expires_at=now + timedelta(seconds=lease_s))
+        .execution_options(synchronize_session=False)
+    )
+    return renewed.rowcount > 0
+
+
+def withdraw_gateway(session: Session, name: str, *, now: datetime | None = None) -> None:
+    """Record that a gateway has stopped: workers are no longer sent to it, and it forwards nothing."""
+    gateway = session.scalar(select(Gateway).where(Gateway.name == name))
+    if gateway is None:
+        return
+    session.execute(delete(EndpointForward).where(EndpointForward.gateway_id == gateway.id)
+                    .execution_options(synchronize_session=False))
+    gateway.seen_at, gateway.expires_at = now or utcnow(), None
+    session.flush()
+
+
+def live_gateways(session: Session, *, now: datetime | None = None) -> list[Gateway]:
+    """The gateways whose lease has not run out, by name: every one of them is handed to every node."""
+    now = now or utcnow()
+    return list(session.scalars(select(Gateway).where(Gateway.expires_at > now).order_by(Gateway.name)))
+
+
+def gateway_refs(session: Session, *, now: datetime | None = None) -> tuple[GatewayRef, ...]:
+    """The live gateways as a node is told of them: name, SSH address, host key."""
+    return tuple(GatewayRef(g.name, g.ssh_address, g.host_key) for g in live_gateways(session, now=now))
 
 
 def require_label(label: str) -> str:

@@ -155,9 +155,8 @@ def register(
     lose_attempts(session, node, f"node {node.name} restarted while running it.", now=now)
     node.registered_at = now
     record_report(session, node, report, now=now)
-    from scheduler.endpoints import current_gateway
+    from scheduler.endpoints import gateway_refs
 
-    gateway = current_gateway(session)
     return Registration(
         cluster_id=cluster_id(session),
         node_id=node.id,
@@ -166,8 +165,7 @@ def register(
         broker_url=broker_url,
         heartbeat_interval_s=heartbeat_interval_s,
         markets=tuple(market_spec(m) for m in session.scalars(select(Market).order_by(Market.id))),
-        gateway_ssh=gateway.ssh_address if gateway else None,
-        gateway_host_key=gateway.host_key if gateway else None,
+        gateways=gateway_refs(session, now=now),
     )
 
 
@@ -199,12 +197,15 @@ def heartbeat(
         lose_forgotten(session, node, forgotten, now=now)
     held = {a: timeout for a, timeout, _ in rows if a not in forgotten}
     record_report(session, node, report, holds=bool(held), now=now)
+    from scheduler.endpoints import gateway_refs
+
     return HeartbeatAnswer(
         state=node.state.value,
         # Attempts the node runs that are no longer its own (cancelled, or given to another node).
         cancel=tuple(sorted(set(report.running) - set(held))),
         time_limits=held,
         ended_jobs=tuple(ended_jobs(session, node, report.volume_jobs)),
+        gateways=gateway_refs(session, now=now),
     )
 
 

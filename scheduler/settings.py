@@ -94,6 +94,9 @@ class Settings:
     gateway_ssh_address: str = "127.0.0.1:2222"
     # A gateway's name in the store; unique per gateway process.
     gateway_name: str = "gateway"
+    # How long a gateway's lease in the store runs; it renews it several times within. A gateway
+    # killed without stopping is no longer handed to workers, nor counts as forwarding, once it runs out.
+    gateway_lease_s: float = 15.0
     # Endpoint URLs are http://<label>.<endpoint_domain>/; by default localhost:<gateway_port>,
     # which browsers resolve to loopback.
     endpoint_domain: str = "localhost:8080"
@@ -136,6 +139,7 @@ class Settings:
             gateway_ssh_port=_int(env, "PEERGRID_GATEWAY_SSH_PORT", 2222),
             gateway_host=env.get("PEERGRID_GATEWAY_HOST") or "127.0.0.1",
             gateway_name=env.get("PEERGRID_GATEWAY_NAME") or "gateway",
+            gateway_lease_s=_float(env, "PEERGRID_GATEWAY_LEASE", 15.0),
         )
         values["gateway_ssh_address"] = (
             env.get("PEERGRID_GATEWAY_SSH_ADDRESS") or f"127.0.0.1:{values['gateway_ssh_port']}"

@@ -93,7 +93,7 @@ def test_a_busybox_httpd_service_is_served_at_its_url_until_cancelled(tmp_path, 
         assert gone.status_code == 404 and "its op has ended" in gone.text, (gone.status_code, gone.text)
         with stack.core.transaction() as session:
             (row,) = session.scalars(select(Endpoint)).all()
-            assert row.closed_at is not None and row.forwarded_by is None
+            assert row.closed_at is not None and row.forwards == []
         assert api.get(f"/jobs/{job_id}")["ops"][0]["endpoints"][0]["ready"] is False
         # And the worker, once it has stopped the container, cancels its forward too
         deadline = time.monotonic() + 30

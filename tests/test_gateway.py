@@ -14,7 +14,7 @@ from gateway.service import Gateway
 from scheduler.attempts import claim_attempt, finish_attempt, start_attempt
 from scheduler.endpoints import authorise_forward
 from scheduler.errors import Conflict, NotFound
-from scheduler.models import Attempt, Endpoint, Node
+from scheduler.models import Attempt, Endpoint, EndpointForward, Node
 from scheduler.nodes import NodeReport, register
 from tests import factories
 from tests.factories import bearer, hello_world
@@ -280,14 +280,25 @@ def _closed_port() -> int:
         return s.getsockname()[1]
 
 
-def test_the_gateway_travels_in_the_registration_and_endpoints_in_the_work_order_and_old_peers_still_parse():
-    from protocol.messages import EndpointRef, ProtocolError, Registration, WorkOrder
+def test_the_gateways_travel_in_the_registration_and_heartbeat_and_endpoints_in_the_work_order_and_old_peers_still_parse():
+    from protocol.messages import EndpointRef, GatewayRef, HeartbeatAnswer, ProtocolError, Registration, WorkOrder
 
+    gateways = (GatewayRef("a", "gw-a:2222", "ssh-ed25519 AAAA"), GatewayRef("b", "gw-b:2222", "ssh-ed25519 BBBB"))
     registration = Registration(cluster_id="c1", node_id=3, node_name="rig", node_state="online", broker_url="b",
-                                heartbeat_interval_s=2, markets=(), gateway_ssh="gw:2222", gateway_host_key="ssh-ed25519 AAAA")
+                                heartbeat_interval_s=2, markets=(), gateways=gateways)
     assert Registration.from_wire(registration.to_wire()) == registration
-    old = {k: v for k, v in registration.to_wire().items() if k != "gateway"}
-    assert Registration.from_wire(old).gateway_ssh is None
+    # A worker that knows one gateway only finds the first; a server that knows one only is understood
+    assert registration.to_wire()["gateway"] == {"ssh": "gw-a:2222", "host_key": "ssh-ed25519 AAAA"}
+    old = {k: v for k, v in registration.to_wire().items() if k != "gateways"}
+    assert Registration.from_wire(old).gateways == (GatewayRef("gateway", "gw-a:2222", "ssh-ed25519 AAAA"),)
+    older = {k: v for k, v in old.items() if k != "gateway"}
+    assert Registration.from_wire(older).gateways == ()
+    beat = HeartbeatAnswer(state="online", gateways=gateways[1:])
+    assert HeartbeatAnswer.from_wire(beat.to_wire()) == beat
+    assert HeartbeatAnswer.from_wire(HeartbeatAnswer(state="online", gateways=()).to_wire()).gateways == ()
+    assert HeartbeatAnswer.from_wire({"state": "online"}).gateways is None  # an older server: keep what it has
+    with pytest.raises(ProtocolError):
+        HeartbeatAnswer.from_wire({"state": "online", "gateways": [{"name": "a", "ssh": "gw-a:2222"}]})
 
     order = WorkOrder(id=1, number=1, job_id=1, op="serve", timeout_s=60, market="cpu", gpus=(), spec={"image": "x"},
                       endpoints=(EndpointRef("abcdefghij", 8000),))
@@ -315,7 +326,7 @@ def test_the_tunnel_comes_back_and_forwards_again_after_the_gateway_restarts(cli
             # When the gateway stops, the store no longer says it forwards the endpoint
             await first.stop()
             with core.transaction() as session:
-                assert session.scalar(select(Endpoint.forwarded_by)) is None
+                assert session.scalars(select(EndpointForward)).all() == []
             # When it starts again on the same ports (same data dir, so the same host key)
             second = Gateway(core, ssh_port=ssh_port, http_port=http_port)
             await second.start()

@@ -39,7 +39,7 @@ from worker.logs import MAX_BATCH, LogShipper
 from worker.outbox import Outbox, Outcome
 from worker.runtime import DockerRuntime, Limits, Machine, Owner, container_spec, volume_name
 from worker.settings import WorkerSettings
-from worker.tunnel import Tunnel
+from worker.gateways import Gateways
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +111,9 @@ class Agent:
         # the server has not answered a heartbeat (time.time(); None while it answers).
         self.liveness = Liveness(settings.health_file)
         self._unanswered_since: float | None = None
-        # The tunnel to the gateway the registration named, which carries this node's endpoints.
-        self.tunnel: Tunnel | None = None
+        # The tunnels to every live gateway, which carry this node's endpoints; the registration and
+        # each heartbeat answer name the gateways.
+        self.gateways: Gateways | None = None
 
     # -- what the node tells the server ------------------------------------------------------
 
@@ -203,22 +204,12 @@ class Agent:
         self._sweep_volumes([])  # volumes an earlier run left are found by their labels
 
     def _tunnel_to(self, answer: Registration) -> None:
-        """Open the tunnel to the gateway the registration names (with the host key it pins), once."""
-        if not answer.gateway_ssh or not answer.gateway_host_key:
-            if self.settings.job_network != "none":
-                log.info("the server names no endpoint gateway; ops that expose ports run unreachable")
-            return
-        if self.tunnel is not None:
-            if self.tunnel.address == answer.gateway_ssh:
-                return
-            self.tunnel.stop()
-        try:
-            self.tunnel = Tunnel(answer.gateway_ssh, answer.gateway_host_key, answer.node_id, self.credential.token)
-        except ValueError as e:  # asyncssh.KeyImportError, and a bad address
-            log.error("the gateway's host key from the server cannot be read (%s); endpoints will not be served", e)
-            self.tunnel = None
-            return
-        self.tunnel.start()
+        """Open a tunnel to each gateway the registration names (pinning the host key it gives)."""
+        if self.gateways is None:
+            self.gateways = Gateways(answer.node_id, self.credential.token)
+        if not answer.gateways and self.settings.job_network != "none":
+            log.info("the server names no endpoint gateway yet; ops that expose ports are unreachable until one starts")
+        self.gateways.follow(answer.gateways)
 
     def _forward(self, attempt: WorkOrder, published: dict[int, int], shipper: LogShipper) -> None:
         """Ask the gateway to forward each endpoint of the attempt to where its port is published."""
@@ -226,10 +217,8 @@ class Agent:
             target = published.get(endpoint.port)
             if target is None:
                 shipper.add("system", f"[peergrid] port {endpoint.port} was not published; its endpoint is not served")
-            elif self.tunnel is None:
-                shipper.add("system", f"[peergrid] no gateway to serve port {endpoint.port} through")
-            else:
-                self.tunnel.open(endpoint.label, endpoint.port, target)
+            elif self.gateways is None or not self.gateways.open(endpoint.label, endpoint.port, target):
+                shipper.add("system", f"[peergrid] no gateway to serve port {endpoint.port} through yet")
 
     # -- capacity ----------------------------------------------------------------------------
 
@@ -369,9 +358,9 @@ class Agent:
             shipper.add("system", f"[peergrid] {message}")
             self._conclude(run, shipper, FinishedReport(exit_code=None, error=message))
         finally:
-            if self.tunnel is not None:
+            if self.gateways is not None:
                 for endpoint in attempt.endpoints:
-                    self.tunnel.close(endpoint.label)
+                    self.gateways.close(endpoint.label)
             shutil.rmtree(scratch, ignore_errors=True)
             self.capacity.release(attempt_id)
             with self._lock:
@@ -569,6 +558,8 @@ class Agent:
             if run is not None:
                 log.info("server cancelled attempt %s; stopping its container", attempt_id)
                 run.cancel.set()
+        if answer.gateways is not None and self.gateways is not None:
+            self.gateways.follow(answer.gateways)
         # Aside from the heartbeats, so an engine slow to answer cannot make the node look silent.
         ended = list(answer.ended_jobs)
         threading.Thread(target=self._sweep_volumes, args=(ended,), name="volumes", daemon=True).start()
@@ -628,8 +619,8 @@ class Agent:
             self._wait_for_runs()
             if self.events is not None:
                 self.events.stop()
-            if self.tunnel is not None:
-                self.tunnel.stop()
+            if self.gateways is not None:
+                self.gateways.stop()
 
     def load(self) -> dict:
         """Count the attempts running now and those run to an end, as Celery's worker events name them."""

@@ -4,7 +4,7 @@ from scheduler.models.accounts import ApiToken, User
 from scheduler.models.artifacts import Artifact
 from scheduler.models.base import Base
 from scheduler.models.cluster import Cluster
-from scheduler.models.endpoints import Endpoint, Gateway
+from scheduler.models.endpoints import Endpoint, EndpointForward, Gateway
 from scheduler.models.events import JobEvent
 from scheduler.models.jobs import Attempt, Job, LogLine, Op
 from scheduler.models.joining import JoinToken
@@ -26,4 +26,4 @@ __all__ = [
     "Lease",
     "Listener",
     "Artifact",
-    "Attempt", "Base", "Endpoint", "Gateway", "Cluster", "Job", "JobEvent", "LogLine", "Market", "Node", "NodeGpu", "Op", "Secret", "User"]
+    "Attempt", "Base", "Endpoint", "EndpointForward", "Gateway", "Cluster", "Job", "JobEvent", "LogLine", "Market", "Node", "NodeGpu", "Op", "Secret", "User"]

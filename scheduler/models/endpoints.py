@@ -30,17 +30,17 @@ class Endpoint(Base):
     # Set when the claim made it; closed_at when its attempt ended (scheduler.orchestration.end_attempt).
     opened_at: Mapped[datetime] = mapped_column(default=utcnow)
     closed_at: Mapped[datetime | None]
-    # Set by the gateway that holds its node's forward of it, cleared when that forward goes.
-    forwarded_by: Mapped[str | None] = mapped_column(String(100))
-    forwarded_at: Mapped[datetime | None]
 
     attempt: Mapped[Attempt] = relationship()
     op: Mapped[Op] = relationship()
+    # The gateways that hold its node's forward of it now (each node tunnels to every live gateway).
+    forwards: Mapped[list["EndpointForward"]] = relationship(back_populates="endpoint", passive_deletes=True)
 
 
 class Gateway(Base):
     """A gateway process, as it announced itself when it started: where workers reach its SSH
-    server, and the host key they pin."""
+    server, and the host key they pin. It renews a lease while it runs; one whose lease has run out
+    (killed, or cut off from the store) is not handed to workers and its forwards do not count."""
 
     __tablename__ = "gateways"
 
@@ -51,3 +51,24 @@ class Gateway(Base):
     # Its public host key, in OpenSSH's one-line form.
     host_key: Mapped[str] = mapped_column(Text)
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # When it last renewed its lease, and until when that lease runs; None once it has stopped.
+    seen_at: Mapped[datetime | None]
+    expires_at: Mapped[datetime | None]
+
+    def live(self, now: datetime) -> bool:
+        return self.expires_at is not None and self.expires_at > now
+
+
+class EndpointForward(Base):
+    """One gateway holding one endpoint's forward: made when the gateway accepts the node's
+    forward, removed when that forward goes, the endpoint closes or the gateway stops."""
+
+    __tablename__ = "endpoint_forwards"
+    __table_args__ = (Index("ix_endpoint_forwards_gateway_id", "gateway_id"),)
+
+    endpoint_id: Mapped[int] = mapped_column(ForeignKey("endpoints.id", ondelete="CASCADE"), primary_key=True)
+    gateway_id: Mapped[int] = mapped_column(ForeignKey("gateways.id", ondelete="CASCADE"), primary_key=True)
+    forwarded_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    endpoint: Mapped[Endpoint] = relationship(back_populates="forwards")
+    gateway: Mapped[Gateway] = relationship()
