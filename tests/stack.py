@@ -93,20 +93,28 @@ class Stack:
                 time.sleep(0.1)
         raise AssertionError("the web server did not come up:\n" + self.logs())
 
-    def start_gateway(self) -> None:
-        """Start `peergrid gateway` and wait until it takes connections; start it before the
-        workers that should tunnel to it (they learn it when they register)."""
-        self.spawn("gateway", "gateway")
+    def start_gateway(self, name: str = "gateway") -> int:
+        """Start `peergrid gateway` and wait until it takes connections; return its HTTP port. The
+        first (named gateway) has the stack's gateway ports; another name gets a name and ports of
+        its own. Workers learn of gateways when they register and at each heartbeat."""
+        http, ssh, env = self.gateway_port, self.gateway_ssh_port, {}
+        if name != "gateway":
+            http, ssh = free_port(), free_port()
+            env = {"PEERGRID_GATEWAY_NAME": name, "PEERGRID_GATEWAY_PORT": str(http),
+                   "PEERGRID_GATEWAY_SSH_PORT": str(ssh), "PEERGRID_GATEWAY_SSH_ADDRESS": f"127.0.0.1:{ssh}",
+                   # Gateways behind one name serve one domain: the URLs the web shows.
+                   "PEERGRID_ENDPOINT_DOMAIN": self.settings.endpoint_domain}
+        self.spawn(name, "gateway", env=env)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
-                with socket.create_connection(("127.0.0.1", self.gateway_port), timeout=1):
+                with socket.create_connection(("127.0.0.1", http), timeout=1):
                     pass
-                with socket.create_connection(("127.0.0.1", self.gateway_ssh_port), timeout=1):
-                    return
+                with socket.create_connection(("127.0.0.1", ssh), timeout=1):
+                    return http
             except OSError:
                 time.sleep(0.1)
-        raise AssertionError("the gateway did not come up:\n" + self.logs())
+        raise AssertionError(f"the gateway {name} did not come up:\n" + self.logs())
 
     def start_scheduler(self) -> None:
         self.spawn("scheduler", "scheduler", "--loglevel", "INFO")

@@ -1,5 +1,6 @@
 """A service's port becomes a URL: a real HTTP server in a container, served through the gateway
-over the worker's SSH tunnel, and gone when the job is cancelled."""
+over the worker's SSH tunnel, gone when the job is cancelled, and placed again (at a new URL)
+when its worker is killed; on the embedded set-up and on the scaled one."""
 
 from __future__ import annotations
 
@@ -8,12 +9,14 @@ import subprocess
 import sys
 import time
 
+import pytest
 import requests
 from sqlalchemy import select
 
 from scheduler.models import Endpoint
+from tests import factories
 from tests.factories import hello_world
-from tests.stack import embedded_stack
+from tests.stack import Api, Stack, embedded_stack
 
 HTTPD = "mkdir -p /www && echo hello > /www/index.html && httpd -f -p 8000 -h /www"
 
@@ -31,9 +34,17 @@ def _endpoint(api, job_id: int, *, ready: bool, timeout: float = 60) -> dict:
     raise AssertionError(f"the endpoint of job {job_id} never became {'ready' if ready else 'not ready'}: {job}")
 
 
-def _through_gateway(stack, url: str, path: str = "/") -> requests.Response:
+def _through_gateway(stack, url: str, path: str = "/", *, port: int | None = None) -> requests.Response:
     host = url.removeprefix("http://").rstrip("/")
-    return requests.get(f"http://127.0.0.1:{stack.gateway_port}{path}", headers={"Host": host}, timeout=10)
+    return requests.get(f"http://127.0.0.1:{port or stack.gateway_port}{path}", headers={"Host": host}, timeout=10)
+
+
+def _answers(stack, url: str, status: int, *, port: int | None = None, timeout: float = 30) -> requests.Response:
+    """The gateway's answer for url once it is status (or the last one, for the assertion to show)."""
+    deadline = time.monotonic() + timeout
+    while (answer := _through_gateway(stack, url, port=port)).status_code != status and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return answer
 
 
 def test_a_busybox_httpd_service_is_served_at_its_url_until_cancelled(tmp_path, sqlite_url, test_image):
@@ -111,3 +122,69 @@ def test_a_node_without_a_job_network_refuses_a_service_and_says_why(tmp_path, s
 
         assert job["state"] == "failed"
         assert "--job-network none" in job["ops"][0]["error"], job
+
+
+@pytest.fixture(params=["embedded", "scaled"])
+def setup(request, tmp_path, sqlite_url) -> Stack:
+    """A stack with web, scheduler and the node `rig` (its worker not started): on SQLite and the
+    embedded broker, or on PostgreSQL and Redis; the web, scheduler, gateways and worker are
+    processes of their own either way."""
+    if request.param == "embedded":
+        database_url, broker_url = sqlite_url, f"sqla+sqlite:///{tmp_path / 'broker.sqlite'}"
+    else:
+        database_url, broker_url = request.getfixturevalue("postgres_url"), request.getfixturevalue("redis_url")
+    with Stack(tmp_path, database_url=database_url, broker_url=broker_url) as stack:
+        stack.scaled = request.param == "scaled"
+        stack.start_web()
+        stack.start_scheduler()
+        _, stack.node_token, _ = factories.node(stack.core, name="rig")
+        _, token = factories.user(stack.core)
+        stack.api = Api(stack.url, token)
+        yield stack
+
+
+def test_killing_the_worker_under_a_service_takes_its_endpoint_away_and_places_the_op_again(setup, test_image):
+    stack = setup
+    # Given a gateway and a worker; on the scaled set-up, a second gateway that starts after the
+    # worker registered, which the worker learns of from its heartbeats
+    stack.start_gateway()
+    stack.start_worker(stack.node_token, "--job-network", "bridge")
+    gateways = [stack.gateway_port]
+    if stack.scaled:
+        gateways.append(stack.start_gateway("second"))
+    doc = hello_world(test_image, cmd=HTTPD)
+    doc["ops"][0]["args"]["expose"] = 8000
+    job_id = stack.api.post("/jobs", doc).json()["id"]
+    first = _endpoint(stack.api, job_id, ready=True)
+    for port in gateways:
+        answer = _answers(stack, first["url"], 200, port=port)
+        assert (answer.status_code, answer.text) == (200, "hello\n"), (port, answer.text, stack.logs())
+
+    # When the worker is killed -9 under the running service
+    stack.kill("worker")
+
+    # Then its URL no longer reaches the old container, which still runs: each gateway answers 503
+    # with a sentence while the attempt is held
+    for port in gateways:
+        down = _answers(stack, first["url"], 503, port=port)
+        assert down.status_code == 503 and "tunnel is down" in down.text, (port, down.status_code, down.text)
+    assert len(stack.job_containers(job_id, running=True)) == 1
+
+    # When the worker comes back (the same node restarted)
+    stack.start_worker(stack.node_token, "--job-network", "bridge")
+
+    # Then the lost attempt's URL answers 404 with a sentence, and the op runs again at a new URL
+    gone = _answers(stack, first["url"], 404)
+    assert gone.status_code == 404 and "its op has ended" in gone.text, (gone.status_code, gone.text)
+    second = _endpoint(stack.api, job_id, ready=True)
+    assert second["url"] != first["url"]
+    for port in gateways:
+        answer = _answers(stack, second["url"], 200, port=port)
+        assert (answer.status_code, answer.text) == (200, "hello\n"), (port, answer.text, stack.logs())
+    attempts = stack.api.get(f"/jobs/{job_id}")["ops"][0]["attempts"]
+    assert [a["state"] for a in attempts] == ["lost", "running"], attempts
+    # And the killed worker's container was removed when the node came back
+    assert len(stack.job_containers(job_id, running=True)) == 1
+
+    assert stack.api.post(f"/jobs/{job_id}/cancel").status_code == 200
+    assert stack.api.wait(job_id)["state"] == "cancelled"
