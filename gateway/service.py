@@ -104,7 +104,6 @@ class Gateway:
     async def stop(self) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
-        labels = self.forwards.labels()
         if self._http is not None:
             self._http.close()
         if self._ssh is not None:
@@ -118,10 +117,8 @@ class Gateway:
             await self._http.wait_closed()
         if self._writes:
             await asyncio.gather(*self._writes, return_exceptions=True)
-        if labels:
-            await self._store(lambda s: mark_unforwarded(s, labels, self.name))
         if self._announce is not None:
-            # Workers stop tunnelling here at their next heartbeat; the forwards it held stop counting now.
+            # Its forwards stop counting now, and workers stop tunnelling here at their next heartbeat.
             await self._store(lambda s: withdraw_gateway(s, self.name))
 
     @property
@@ -178,6 +175,9 @@ class Gateway:
             private = await self._store(check)
         except PeergridError as e:
             log.info("refused node %s a forward of %s:%s: %s", node_id, label, port, e)
+            return None
+        except Exception as e:  # the store is unreachable, or a race; the node asks again shortly
+            log.warning("could not accept node %s's forward of %s:%s just now: %s", node_id, label, port, e)
             return None
         forward = Forward(label=label, port=port, node_id=node_id, private=private, connection=connection)
         self.forwards.add(forward)
@@ -250,7 +250,8 @@ class Gateway:
         if now - self._renewed < self.lease_s / RENEWALS_PER_LEASE:
             return
         try:
-            if not await self._store(lambda s: renew_gateway(s, self.name, lease_s=self.lease_s)):
+            held = self.forwards.labels()
+            if not await self._store(lambda s: renew_gateway(s, self.name, held, lease_s=self.lease_s)):
                 log.warning("the store no longer knew gateway %s as running; announcing it again", self.name)
                 labels = self.forwards.labels()
 

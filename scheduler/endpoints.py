@@ -4,6 +4,7 @@ accept for a node, and the gateways workers tunnel to."""
 from __future__ import annotations
 
 import base64
+from collections.abc import Iterable
 import re
 import secrets
 from datetime import datetime, timedelta
@@ -186,15 +187,30 @@ def announce_gateway(session: Session, name: str, ssh_address: str, host_key: st
     return gateway
 
 
-def renew_gateway(session: Session, name: str, *, lease_s: float, now: datetime | None = None) -> bool:
-    """Renew a running gateway's lease; False if the store no longer knows it (it must announce itself again)."""
-    now = now or utcnow()
-    renewed = session.execute(
-        update(Gateway).where(Gateway.name == name, Gateway.expires_at.is_not(None))
-        .values(seen_at=now, expires_at=now + timedelta(seconds=lease_s))
-        .execution_options(synchronize_session=False)
-    )
-    return renewed.rowcount > 0
+def renew_gateway(session: Session, name: str, held: Iterable[str], *, lease_s: float, now: datetime | None = None) -> bool:
+    """Renew a running gateway's lease, and set its forwards in the store to the labels it holds
+    (mending what a race between a node's old and new connection left); False if the store no
+    longer knows it as running (it must announce itself again)."""
+    now, held = now or utcnow(), set(held)
+    gateway = session.scalar(select(Gateway).where(Gateway.name == name, Gateway.expires_at.is_not(None)))
+    if gateway is None:
+        return False
+    gateway.seen_at, gateway.expires_at = now, now + timedelta(seconds=lease_s)
+    recorded = dict(session.execute(
+        select(Endpoint.label, Endpoint.id).join(EndpointForward, EndpointForward.endpoint_id == Endpoint.id)
+        .where(EndpointForward.gateway_id == gateway.id)
+    ).all())
+    extra = [endpoint_id for label, endpoint_id in recorded.items() if label not in held]
+    if extra:
+        session.execute(delete(EndpointForward)
+                        .where(EndpointForward.gateway_id == gateway.id, EndpointForward.endpoint_id.in_(extra))
+                        .execution_options(synchronize_session=False))
+    missing = [label for label in held if label not in recorded]
+    if missing:
+        for endpoint_id in session.scalars(select(Endpoint.id).where(Endpoint.label.in_(missing), Endpoint.closed_at.is_(None))):
+            session.add(EndpointForward(endpoint_id=endpoint_id, gateway_id=gateway.id, forwarded_at=now))
+    session.flush()
+    return True
 
 
 def withdraw_gateway(session: Session, name: str, *, now: datetime | None = None) -> None:

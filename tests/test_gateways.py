@@ -130,3 +130,37 @@ async def _held(gateway: Gateway, label: str) -> bool:
 
 async def _forwarded_by(store, label: str, names: list[str]) -> bool:
     return await asyncio.get_running_loop().run_in_executor(None, store, lambda s: forwarders(s, label)) == names
+
+
+def test_a_gateways_renewal_mends_its_forwards_in_the_store_and_a_lapsed_lease_is_not_handed_out(client, core):
+    from datetime import timedelta
+
+    from scheduler.endpoints import announce_gateway, gateway_refs, mark_forwarded, renew_gateway, withdraw_gateway
+    from scheduler.states import utcnow
+
+    claimed(client, core, service())
+    now = utcnow()
+    with core.transaction() as session:
+        label = session.scalar(select(Endpoint.label))
+        announce_gateway(session, "a", "127.0.0.1:1", "ssh-ed25519 AAAA", lease_s=10, now=now)
+        mark_forwarded(session, label, "a", now=now)
+        assert forwarders(session, label, now=now) == ["a"]
+        # When a node's old connection closing removed the row of the forward its new one holds
+        session.execute(EndpointForward.__table__.delete())
+        assert forwarders(session, label, now=now) == []
+        # Then the gateway's next renewal puts it back; and removes one it no longer holds
+        assert renew_gateway(session, "a", [label], lease_s=10, now=now)
+        assert forwarders(session, label, now=now) == ["a"]
+        assert renew_gateway(session, "a", [], lease_s=10, now=now)
+        assert forwarders(session, label, now=now) == []
+        # And a lease that ran out is neither handed to nodes nor counted; a renewed one is again
+        mark_forwarded(session, label, "a", now=now)
+        later = now + timedelta(seconds=11)
+        assert gateway_refs(session, now=later) == () and forwarders(session, label, now=later) == []
+        assert renew_gateway(session, "a", [label], lease_s=10, now=later)
+        assert [g.name for g in gateway_refs(session, now=later)] == ["a"]
+        assert forwarders(session, label, now=later) == ["a"]
+        # And one that stopped is not renewed: it must announce itself again
+        withdraw_gateway(session, "a", now=later)
+        assert not renew_gateway(session, "a", [label], lease_s=10, now=later)
+        assert gateway_refs(session, now=later) == ()
