@@ -187,7 +187,8 @@ def announce_gateway(session: Session, name: str, ssh_address: str, host_key: st
     return gateway
 
 
-def renew_gateway(session: Session, name: str, held: Iterable[str], *, lease_s: float, now: datetime | None = None) -> bool:
+def renew_gateway(session: Session, name: str, held: Iterable[str], *, lease_s: float,
+                  now: datetime | None = None) -> bool:
     """Renew a running gateway's lease, and set its forwards in the store to the labels it holds
     (mending what a race between a node's old and new connection left); False if the store no
     longer knows it as running (it must announce itself again)."""
@@ -207,7 +208,8 @@ def renew_gateway(session: Session, name: str, held: Iterable[str], *, lease_s: 
                         .execution_options(synchronize_session=False))
     missing = [label for label in held if label not in recorded]
     if missing:
-        for endpoint_id in session.scalars(select(Endpoint.id).where(Endpoint.label.in_(missing), Endpoint.closed_at.is_(None))):
+        still = select(Endpoint.id).where(Endpoint.label.in_(missing), Endpoint.closed_at.is_(None))
+        for endpoint_id in session.scalars(still):
             session.add(EndpointForward(endpoint_id=endpoint_id, gateway_id=gateway.id, forwarded_at=now))
     session.flush()
     return True
