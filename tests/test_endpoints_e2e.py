@@ -125,7 +125,7 @@ def test_a_node_without_a_job_network_refuses_a_service_and_says_why(tmp_path, s
 
 
 @pytest.fixture(params=["embedded", "scaled"])
-def setup(request, tmp_path, sqlite_url) -> Stack:
+def set_up(request, tmp_path, sqlite_url) -> Stack:
     """A stack with web, scheduler and the node `rig` (its worker not started): on SQLite and the
     embedded broker, or on PostgreSQL and Redis; the web, scheduler, gateways and worker are
     processes of their own either way."""
@@ -143,8 +143,8 @@ def setup(request, tmp_path, sqlite_url) -> Stack:
         yield stack
 
 
-def test_killing_the_worker_under_a_service_takes_its_endpoint_away_and_places_the_op_again(setup, test_image):
-    stack = setup
+def test_killing_the_worker_under_a_service_takes_its_endpoint_away_and_places_the_op_again(set_up, test_image):
+    stack = set_up
     # Given a gateway and a worker; on the scaled set-up, a second gateway that starts after the
     # worker registered, which the worker learns of from its heartbeats
     stack.start_gateway()
