@@ -13,7 +13,7 @@ import pytest
 import requests
 from sqlalchemy import select
 
-from scheduler.models import Endpoint
+from scheduler.models import Endpoint, Node
 from tests import factories
 from tests.factories import hello_world
 from tests.stack import Api, Stack, embedded_stack
@@ -124,6 +124,16 @@ def test_a_node_without_a_job_network_refuses_a_service_and_says_why(tmp_path, s
         assert "--job-network none" in job["ops"][0]["error"], job
 
 
+def _registered(stack, name: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        with stack.core.transaction() as session:
+            if session.scalar(select(Node.registered_at).where(Node.name == name)) is not None:
+                return
+        assert time.monotonic() < deadline, stack.logs()
+        time.sleep(0.1)
+
+
 @pytest.fixture(params=["embedded", "scaled"])
 def set_up(request, tmp_path, sqlite_url) -> Stack:
     """A stack with web, scheduler and the node `rig` (its worker not started): on SQLite and the
@@ -151,6 +161,7 @@ def test_killing_the_worker_under_a_service_takes_its_endpoint_away_and_places_t
     stack.start_worker(stack.node_token, "--job-network", "bridge")
     gateways = [stack.gateway_port]
     if stack.scaled:
+        _registered(stack, "rig")
         gateways.append(stack.start_gateway("second"))
     doc = hello_world(test_image, cmd=HTTPD)
     doc["ops"][0]["args"]["expose"] = 8000
