@@ -1,14 +1,16 @@
 """Private endpoints at the gateway: every request on a connection is read with h11, its caller
 checked (the job's owner, by API token or by the access cookie a dashboard hop set), and the
-peergrid credentials taken out of it before it goes on to the service.
+peergrid credentials taken out of it before it goes on to the service. A connection to a public
+endpoint whose first request carries peergrid credentials is read the same way, unchecked, so that
+someone else's service never sees them.
 
 h11 rather than a parser of our own: it is the well-kept sans-I/O HTTP/1.1 state machine (httpcore
 and uvicorn build on it), so keep-alive, pipelining, chunked and Content-Length bodies, HEAD,
 100-continue and protocol switches are framed by code that has met real clients. One h11 connection
 faces the client (we are its server) and one faces the service (we are its client); events pass
 from one to the other as they arrive, so streamed answers are not buffered. After a 101 (a
-WebSocket upgrade) both sides switch to piping bytes. Public endpoints do not come here: their
-bytes are piped unread (gateway/front.py)."""
+WebSocket upgrade) both sides switch to piping bytes. Other connections to public endpoints do not
+come here: their bytes are piped unread (gateway/front.py)."""
 
 from __future__ import annotations
 
@@ -170,12 +172,28 @@ def _host_label(request: h11.Request) -> str:
     return host.split(".", 1)[0].split(":", 1)[0]
 
 
-class PrivateConnection:
-    """One client connection to a private endpoint, for as long as it stays open."""
+def carries_credentials(head: bytes) -> bool:
+    """Whether a request head carries a peergrid token or the gateway's access cookie."""
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        name, value = name.strip().lower(), value.strip()
+        if name == b"authorization":
+            scheme, _, credential = value.partition(b" ")
+            if scheme.lower() == b"bearer" and is_peergrid_token(credential.strip().decode("latin-1")):
+                return True
+        elif name == b"cookie" and _COOKIE + b"=" in value:
+            return True
+    return False
+
+
+class ReadConnection:
+    """One client connection whose requests the gateway reads, for as long as it stays open: to a
+    private endpoint (each request's caller checked), or to a public one (credentials only stripped)."""
 
     def __init__(self, gateway: "Gateway", forward: "Forward", reader: asyncio.StreamReader,
-                 writer: asyncio.StreamWriter, peer):
+                 writer: asyncio.StreamWriter, peer, *, private: bool):
         self.gateway, self.forward, self.reader, self.writer, self.peer = gateway, forward, reader, writer, peer
+        self.private = private
         self.client = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
         self.service: h11.Connection | None = None
         self.up_reader = self.up_writer = None
@@ -191,6 +209,8 @@ class PrivateConnection:
             wait = await self._from_client()
             if wait and self._answering is not None:
                 await self._answering
+        except (h11.ProtocolError, asyncssh.Error) as e:  # the other side broke off; the connection ends
+            log.info("a connection to endpoint %s ended: %s", self.forward.label, e)
         finally:
             self._ended = True
             if self._answering is not None and not self._answering.done():
@@ -244,11 +264,12 @@ class PrivateConnection:
             await self._answer(421, "This connection is to another endpoint; open a new one for this host.", close=True)
             return False
         target = urlsplit(request.target.decode("latin-1"))
-        if target.path == HOP_PATH:
+        if self.private and target.path == HOP_PATH:
             return await self._hop(request, parse_qs(target.query).get("pass", [""])[0])
         stripped, token, cookies = take_credentials(request)
         try:
-            await self.gateway.access.admit(label, token, cookies)
+            if self.private:
+                await self.gateway.access.admit(label, token, cookies)
         except AccessRefused as e:
             await self._refuse(request, str(e))
             return False
@@ -423,6 +444,6 @@ class PrivateConnection:
             self.writer.write_eof()
 
 
-async def serve_private(gateway: "Gateway", forward: "Forward", reader, writer, head: bytes, peer) -> None:
-    """Serve one client connection to a private endpoint."""
-    await PrivateConnection(gateway, forward, reader, writer, peer).run(head)
+async def serve_read(gateway: "Gateway", forward: "Forward", reader, writer, head: bytes, peer, *, private: bool) -> None:
+    """Serve one client connection, reading its requests; checking their callers if private."""
+    await ReadConnection(gateway, forward, reader, writer, peer, private=private).run(head)

@@ -3,7 +3,10 @@ Host header, and pipe the connection's bytes both ways through a channel of the 
 
 For a public endpoint bytes are piped, not requests: keep-alive, chunked and streamed answers, and
 WebSocket upgrades pass as they are, and nothing is buffered beyond one read. A private endpoint's
-connections go to gateway.access, which reads each request to check its caller."""
+connections go to gateway.access, which reads each request to check its caller; so does a public
+endpoint's connection whose first request carries peergrid credentials, which it takes out. (A
+later request on a public endpoint's piped connection is not read: a client that sends its API
+token to someone else's public service on some requests only is not protected from itself.)"""
 
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import asyncssh
 
-from gateway.access import serve_private
+from gateway.access import carries_credentials, serve_read
 from gateway.pipes import MAX_HEAD, pipe
 
 if TYPE_CHECKING:
@@ -61,8 +64,9 @@ async def serve(gateway: "Gateway", reader: asyncio.StreamReader, writer: asynci
             writer.write(await gateway.refusal(label))
             await writer.drain()
             return
-        if forward.private or gateway.settings.private_endpoints:
-            await serve_private(gateway, forward, reader, writer, head, peer)
+        private = forward.private or gateway.settings.private_endpoints
+        if private or carries_credentials(head):
+            await serve_read(gateway, forward, reader, writer, head, peer, private=private)
             return
         try:
             up_reader, up_writer = await forward.connection.open_connection(

@@ -38,7 +38,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-async def _service(reader, writer) -> None:
+async def stand_in_service(reader, writer) -> None:
     """A stand-in for a container's web app: each answer's body is the request head it got, so a
     test can see what reached the service; / answers a small page for the browser; a WebSocket
     upgrade is accepted and then every byte is echoed back."""
@@ -150,7 +150,7 @@ def world(tmp_path_factory, sqlite_template):
     loop = LoopThread()
     gateway = Gateway(core, ssh_port=0, http_port=port)
     loop.run(gateway.start())
-    target = loop.run(asyncio.start_server(_service, "127.0.0.1", 0))
+    target = loop.run(asyncio.start_server(stand_in_service, "127.0.0.1", 0))
     tunnel = Tunnel(f"127.0.0.1:{gateway.ssh_port}", gateway.key.export_public_key().decode(), node_id, node_token)
     tunnel.start()
     for label in labels.values():
@@ -331,10 +331,17 @@ def test_a_request_for_another_host_on_a_private_endpoints_connection_is_refused
     assert received.count(b"HTTP/1.1 200") == 1 and b"HTTP/1.1 421" in received
 
 
-def test_a_public_endpoint_opens_for_anyone_with_its_url(world):
-    for headers in ({}, bearer(world.tokens["other"]), bearer("pg_not-a-token-of-anyone")):
+def test_a_public_endpoint_opens_for_anyone_with_its_url_and_its_service_sees_no_peergrid_token(world):
+    for headers in ({}, bearer(world.tokens["other"]), bearer("pg_not-a-token-of-anyone"), {"Cookie": "theme=dark"}):
         status, _, body = request(world, "public", headers=headers)
-        assert status == 200 and b"GET / HTTP/1.1" in body
+        assert status == 200 and b"GET / HTTP/1.1" in body, (headers, status, body)
+        assert b"Bearer pg_" not in body, "a public endpoint's service saw a caller's API token"
+    # A token the service itself takes passes, to a public endpoint and to a private one
+    status, _, body = request(world, "public", headers=bearer("sk-the-services-own"))
+    assert status == 200 and b"Authorization: Bearer sk-the-services-own" in body
+    cookie = _cookie_for(world, "private")
+    status, _, body = request(world, "private", headers={**bearer("sk-the-services-own"), "Cookie": cookie})
+    assert status == 200 and b"Authorization: Bearer sk-the-services-own" in body and COOKIE.encode() not in body
 
 
 def test_a_revoked_token_stops_opening_the_endpoint(world, monkeypatch):
@@ -369,6 +376,8 @@ def test_a_cookie_stops_opening_the_endpoint_when_its_user_no_longer_owns_the_jo
     finally:
         with world.core.transaction() as session:
             session.get(Job, world.jobs["private"]).owner_id = owner
+    # And once the job is theirs again, the same cookie opens it again (and the gateway remembers that)
+    assert request(world, "private", headers={"Cookie": cookie})[0] == 200
 
 
 def test_the_admin_setting_makes_every_endpoint_private(tmp_path, sqlite_url):
@@ -405,7 +414,7 @@ def test_the_admin_setting_makes_every_endpoint_private(tmp_path, sqlite_url):
     async def scenario():
         gateway = Gateway(core, ssh_port=0, http_port=0)
         await gateway.start()
-        target = await asyncio.start_server(_service, "127.0.0.1", 0)
+        target = await asyncio.start_server(stand_in_service, "127.0.0.1", 0)
         tunnel = Tunnel(f"127.0.0.1:{gateway.ssh_port}", gateway.key.export_public_key().decode(), node_id, node_token)
         loop = asyncio.get_running_loop()
         try:
@@ -414,7 +423,8 @@ def test_the_admin_setting_makes_every_endpoint_private(tmp_path, sqlite_url):
             deadline = time.monotonic() + 10
             while gateway.forwards.get(label) is None and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
-            assert not gateway.forwards.get(label).private
+            forward = gateway.forwards.get(label)
+            assert forward is not None and not forward.private, "the gateway never took the forward"
 
             def get(headers):
                 conn = http.client.HTTPConnection("127.0.0.1", gateway.http_port, timeout=10)
@@ -434,7 +444,8 @@ def test_the_admin_setting_makes_every_endpoint_private(tmp_path, sqlite_url):
         (anon, _), (other, _), (owner, body) = in_a_loop_of_its_own(scenario())
     finally:
         core.close()
-    assert (anon, other, owner) == (403, 403, 200) and b"authorization" not in body.lower()
+    assert (anon, other, owner) == (403, 403, 200), (anon, other, owner, body)
+    assert b"authorization" not in body.lower()
 
 
 # -- in a browser ----------------------------------------------------------------------------
