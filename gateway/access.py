@@ -117,8 +117,9 @@ class Access:
         self._used_hops = {nonce: until for nonce, until in self._used_hops.items() if until >= now}
         if held.nonce in self._used_hops:
             raise AccessRefused("This pass was used already; open the endpoint from its job's page again.")
-        await self._gateway._store(lambda s: owner_by_pass(s, label, held.user_id))
+        # Spent before the store is asked, so two requests racing with one pass cannot both win.
         self._used_hops[held.nonce] = held.expires
+        await self._gateway._store(lambda s: owner_by_pass(s, label, held.user_id))
         return sign_pass(self._secret, PASS_COOKIE, label, held.user_id, COOKIE_TTL_S)
 
     async def holder(self, label: str) -> Holder | None:

@@ -485,6 +485,8 @@ def test_in_chromium_the_owner_opens_a_private_endpoint_from_the_job_page_and_an
     page.goto(f"{dashboard}/jobs/{job_id}")
     link = page.locator(f"#endpoints a[href$='/endpoints/{label}']")
     assert link.inner_text() == f"http://{world.host('private')}/"
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / "private-endpoint-job-page.png"), full_page=True)
 
     # When they click the private endpoint's link (it opens in a new tab)
     with context.expect_page() as opened:
@@ -496,7 +498,6 @@ def test_in_chromium_the_owner_opens_a_private_endpoint_from_the_job_page_and_an
     assert "GET / HTTP/1.1" in service.content()
     service.goto(f"http://{world.host('private')}/page")
     assert service.locator("h1").inner_text() == "Hello from the service"
-    SHOTS.mkdir(parents=True, exist_ok=True)
     service.screenshot(path=str(SHOTS / "private-endpoint-owner.png"))
     # And the cookie the gateway set is HttpOnly, bound to the endpoint's host
     (cookie,) = [c for c in context.cookies() if c["name"] == COOKIE]
@@ -521,3 +522,12 @@ def test_the_api_says_which_endpoints_are_private(world):
     assert body["ops"][0]["endpoints"][0]["private"] is True
     body = client.get(f"/api/v1/jobs/{world.jobs['public']}", headers=bearer(world.tokens["owner"])).json
     assert json.dumps(body["ops"][0]["endpoints"][0]["private"]) == "false"
+
+
+def test_the_private_endpoints_setting_is_true_or_false_and_says_so():
+    from scheduler.errors import ConfigurationError
+
+    assert Settings.from_env({"PEERGRID_SECRET_KEY": "s"}, data_dir="/tmp").private_endpoints is False
+    assert Settings.from_env({"PEERGRID_SECRET_KEY": "s", "PEERGRID_PRIVATE_ENDPOINTS": "yes"}, data_dir="/tmp").private_endpoints
+    with pytest.raises(ConfigurationError, match="PEERGRID_PRIVATE_ENDPOINTS must be true or false"):
+        Settings.from_env({"PEERGRID_SECRET_KEY": "s", "PEERGRID_PRIVATE_ENDPOINTS": "sometimes"}, data_dir="/tmp")
