@@ -47,7 +47,12 @@ async def stand_in_service(reader, writer) -> None:
             head = await reader.readuntil(b"\r\n\r\n")
             lowered = head.lower()
             length = re.search(rb"content-length: *(\d+)", lowered)
-            body = await reader.readexactly(int(length.group(1))) if length else b""
+            if length:
+                body = await reader.readexactly(int(length.group(1)))
+            elif b"transfer-encoding: chunked" in lowered:
+                body = await reader.readuntil(b"\r\n0\r\n\r\n")
+            else:
+                body = b""
             if b"upgrade: websocket" in lowered:
                 writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
                 while data := await reader.read(65536):
@@ -253,6 +258,24 @@ def test_the_owner_hops_from_the_dashboard_and_the_cookie_opens_the_endpoint_on_
     streamed = conn.getresponse()
     assert streamed.status == 200 and streamed.read() == b"0\n1\n2\n"
     conn.close()
+
+
+def test_a_chunked_upload_passes_and_the_next_request_on_its_connection_is_checked_and_stripped_too(world):
+    cookie = _cookie_for(world, "private")
+    with socket.create_connection(("127.0.0.1", world.port), timeout=10) as s:
+        host = world.host("private")
+        s.sendall(f"POST /upload HTTP/1.1\r\nHost: {host}\r\nCookie: {cookie}\r\nTransfer-Encoding: chunked\r\n\r\n"
+                  "5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n".encode())
+        s.sendall(f"GET /after HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {world.tokens['owner']}\r\n"
+                  f"Cookie: {cookie}\r\nConnection: close\r\n\r\n".encode())
+        received = b""
+        while chunk := s.recv(65536):
+            received += chunk
+    # Then both reached the service, the upload's chunks as sent, and neither head carried a credential
+    assert received.count(b"HTTP/1.1 200") == 2, received
+    assert b"POST /upload" in received and b"hello\r\n6\r\n world" in received and b"GET /after" in received
+    assert COOKIE.encode() + b"=" not in received.split(b"\r\n\r\n", 1)[1]
+    assert world.tokens["owner"].encode() not in received and b"authorization" not in received.lower()
 
 
 def test_a_websocket_upgrade_passes_and_then_bytes_flow_both_ways(world):
