@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import asyncssh
 
 from gateway.access import carries_credentials, serve_read
-from gateway.pipes import MAX_HEAD, pipe
+from gateway.pipes import MAX_HEAD, pipe  # noqa: F401 (MAX_HEAD: the read limit gateway.service sets)
 
 if TYPE_CHECKING:
     from gateway.service import Gateway
