@@ -180,9 +180,11 @@ def run_up(*, host: str, port: int, data_dir: str | None, simulate_gpus: str | N
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
 
+    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+    # A private endpoint's sign-in page links to its job's page on this dashboard.
+    env.setdefault("PEERGRID_DASHBOARD_URL", url)
     spawn("web", "web", "--host", host, "--port", str(port))
     spawn("scheduler", "scheduler", "--loglevel", "WARNING")
-    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
     if not _wait_for(url + "/api/v1/health", lambda: stopping or children[0][1].poll() is not None):
         code = children[0][1].poll()
         _stop_all(children)

@@ -1,8 +1,12 @@
 """The gateway's HTTP front: read a request's head, find its endpoint by the first label of its
 Host header, and pipe the connection's bytes both ways through a channel of the node's tunnel.
 
-Bytes are piped, not requests: keep-alive, chunked and streamed answers, and WebSocket upgrades
-pass as they are, and nothing is buffered beyond one read."""
+For a public endpoint bytes are piped, not requests: keep-alive, chunked and streamed answers, and
+WebSocket upgrades pass as they are, and nothing is buffered beyond one read. A private endpoint's
+connections go to gateway.access, which reads each request to check its caller; so does a public
+endpoint's connection whose first request carries peergrid credentials, which it takes out. (A
+later request on a public endpoint's piped connection is not read: a client that sends its API
+token to someone else's public service on some requests only is not protected from itself.)"""
 
 from __future__ import annotations
 
@@ -12,16 +16,16 @@ from typing import TYPE_CHECKING
 
 import asyncssh
 
+from gateway.access import carries_credentials, serve_read
+from gateway.pipes import MAX_HEAD, pipe  # noqa: F401 (MAX_HEAD: the read limit gateway.service sets)
+
 if TYPE_CHECKING:
     from gateway.service import Gateway
 
 log = logging.getLogger(__name__)
 
-# The most a request's head may hold before the gateway gives up on it.
-MAX_HEAD = 64 * 1024
 # How long a client may take to send its request's head.
 HEAD_TIMEOUT_S = 30.0
-CHUNK = 64 * 1024
 
 
 def host_label(head: bytes) -> str | None:
@@ -46,21 +50,6 @@ def answer(status: int, reason: str, sentence: str) -> bytes:
     ).encode() + body
 
 
-async def _pipe(reader, writer) -> None:
-    """Copy reader to writer until end of file, then pass the end of file on."""
-    try:
-        while True:
-            data = await reader.read(CHUNK)
-            if not data:
-                break
-            writer.write(data)
-            await writer.drain()
-        if writer.can_write_eof():
-            writer.write_eof()
-    except (ConnectionError, asyncssh.Error, OSError):
-        pass
-
-
 async def serve(gateway: "Gateway", reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     """Serve one client connection."""
     peer = writer.get_extra_info("peername") or ("?", 0)
@@ -75,12 +64,9 @@ async def serve(gateway: "Gateway", reader: asyncio.StreamReader, writer: asynci
             writer.write(await gateway.refusal(label))
             await writer.drain()
             return
-        if forward.private:
-            writer.write(answer(
-                403, "Forbidden",
-                "This endpoint is private: it opens only for its job's owner, which this gateway cannot check yet.",
-            ))
-            await writer.drain()
+        private = forward.private or gateway.settings.private_endpoints
+        if private or carries_credentials(head):
+            await serve_read(gateway, forward, reader, writer, head, peer, private=private)
             return
         try:
             up_reader, up_writer = await forward.connection.open_connection(
@@ -92,7 +78,7 @@ async def serve(gateway: "Gateway", reader: asyncio.StreamReader, writer: asynci
             await writer.drain()
             return
         up_writer.write(head)
-        await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
         up_writer.close()
     except (ConnectionError, OSError) as e:
         log.info("a connection from %s:%s to the gateway dropped: %s", peer[0], peer[1], e)

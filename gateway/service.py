@@ -12,6 +12,7 @@ from pathlib import Path
 
 import asyncssh
 
+from gateway.access import Access
 from gateway.front import MAX_HEAD, answer, serve
 from gateway.tunnels import Forward, Forwards, NodeLogin
 from scheduler.core import Core
@@ -65,6 +66,7 @@ class Gateway:
         self._ssh_port = self.settings.gateway_ssh_port if ssh_port is None else ssh_port
         self._http_port = self.settings.gateway_port if http_port is None else http_port
         self.forwards = Forwards()
+        self.access = Access(self)
         self._ssh: asyncssh.SSHAcceptor | None = None
         self._http: asyncio.Server | None = None
         self._sweeper: asyncio.Task | None = None

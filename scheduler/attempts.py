@@ -53,7 +53,8 @@ class LogLimits:
 
 
 def claim_attempt(
-    session: Session, node: Node, attempt_id: int, *, gpus: list[str] | None = None, now: datetime | None = None
+    session: Session, node: Node, attempt_id: int, *, gpus: list[str] | None = None, now: datetime | None = None,
+    all_private: bool = False,
 ) -> Attempt:
     """Give a queued attempt to node, on the GPUs it names; exactly one of any number of
     concurrent callers wins.
@@ -90,7 +91,7 @@ def claim_attempt(
     attempt = session.get(Attempt, attempt_id, populate_existing=True)
     # Recorded at the claim, not the start, so the work order carries their labels and the node
     # can forward them as soon as the container runs; they are the node's as long as it holds it.
-    open_endpoints(session, attempt, now=now)
+    open_endpoints(session, attempt, now=now, all_private=all_private)
     events.record(
         session, attempt.op.job_id, "claimed", f"{attempt.op.key}: claimed by node {node.name}.", attempt=attempt, now=now
     )
@@ -128,7 +129,8 @@ def check_capacity(session: Session, node: Node, market, gpus: list[str]) -> Non
 
 
 def claim_work(
-    session: Session, node: Node, attempt_id: int, *, gpus: list[str] | None = None, now: datetime | None = None
+    session: Session, node: Node, attempt_id: int, *, gpus: list[str] | None = None, now: datetime | None = None,
+    all_private: bool = False,
 ) -> ClaimAnswer:
     """Claim an attempt for node and hand over what it needs to run it: its spec with the secret
     values it uses, its parents' outputs, and what to mask. When a secret it needs has gone since
@@ -137,7 +139,7 @@ def claim_work(
     Raises:
         NotFound, Conflict: as claim_attempt.
     """
-    attempt = claim_attempt(session, node, attempt_id, gpus=gpus, now=now)
+    attempt = claim_attempt(session, node, attempt_id, gpus=gpus, now=now, all_private=all_private)
     op = attempt.op
     try:
         values = op_secret_values(session, op)

@@ -33,13 +33,17 @@ def endpoint_url(label: str, domain: str) -> str:
     return f"http://{label}.{domain}/"
 
 
-def open_endpoints(session: Session, attempt: Attempt, *, now: datetime | None = None) -> list[Endpoint]:
-    """Record one endpoint for each port the attempt's op exposes (none if it exposes none)."""
+def open_endpoints(
+    session: Session, attempt: Attempt, *, now: datetime | None = None, all_private: bool = False
+) -> list[Endpoint]:
+    """Record one endpoint for each port the attempt's op exposes (none if it exposes none);
+    private as the op says, or all of them when the cluster makes every endpoint private."""
     now = now or utcnow()
     op = attempt.op
     ports = exposed_ports(op.spec.get("expose")) or frozenset()
+    private = all_private or bool(op.spec.get("private"))
     made = [
-        Endpoint(attempt=attempt, op=op, port=port, label=new_label(), private=bool(op.spec.get("private")), opened_at=now)
+        Endpoint(attempt=attempt, op=op, port=port, label=new_label(), private=private, opened_at=now)
         for port in sorted(ports)
     ]
     session.add_all(made)

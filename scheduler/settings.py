@@ -32,6 +32,17 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         raise ConfigurationError(f"{name} must be a number, not {raw!r}.") from None
 
 
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = (env.get(name) or "").strip().lower()
+    if raw == "":
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigurationError(f"{name} must be true or false, not {raw!r}.")
+
+
 def _credits(env: Mapping[str, str], name: str, default: int) -> int:
     """A setting written in credits ("2.5"), as micro-credits, exactly."""
     raw = env.get(name)
@@ -100,6 +111,10 @@ class Settings:
     # Endpoint URLs are http://<label>.<endpoint_domain>/; by default localhost:<gateway_port>,
     # which browsers resolve to loopback.
     endpoint_domain: str = "localhost:8080"
+    # Whether every endpoint is private, whatever its op says (an admin's choice for the cluster).
+    private_endpoints: bool = False
+    # The dashboard's address, for the gateway's sign-in page of a private endpoint; None: no link.
+    dashboard_url: str | None = None
 
     @property
     def embedded(self) -> bool:
@@ -140,6 +155,8 @@ class Settings:
             gateway_host=env.get("PEERGRID_GATEWAY_HOST") or "127.0.0.1",
             gateway_name=env.get("PEERGRID_GATEWAY_NAME") or "gateway",
             gateway_lease_s=_float(env, "PEERGRID_GATEWAY_LEASE", 15.0),
+            private_endpoints=_bool(env, "PEERGRID_PRIVATE_ENDPOINTS", False),
+            dashboard_url=(env.get("PEERGRID_DASHBOARD_URL") or "").rstrip("/") or None,
         )
         values["gateway_ssh_address"] = (
             env.get("PEERGRID_GATEWAY_SSH_ADDRESS") or f"127.0.0.1:{values['gateway_ssh_port']}"

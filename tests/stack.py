@@ -45,6 +45,7 @@ class Stack:
             "PYTHONUNBUFFERED": "1",
             "PEERGRID_GATEWAY_PORT": str(self.gateway_port),
             "PEERGRID_GATEWAY_SSH_PORT": str(self.gateway_ssh_port),
+            "PEERGRID_DASHBOARD_URL": self.url,
             **(extra_env or {}),
         }
         self.settings = Settings.from_env(self.env)

@@ -1,16 +1,21 @@
 """Every route, called by every kind of caller: anonymous, the owner, another user, the owner's
-node, another node, and an admin. Each route declares its policy here; a new route without one fails."""
+node, another node, and an admin. Each route declares its policy here; a new route without one fails.
+The gateway is a route too: each caller, by API token and by the dashboard's hop, against a private
+and a public endpoint."""
 
 from __future__ import annotations
 
+import asyncio
 import re
+import time
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import pytest
 
 from scheduler import ledger
 from scheduler.attempts import claim_attempt
-from scheduler.models import Attempt, Node, User
+from scheduler.models import Attempt, Endpoint, Node, Op, User
 from scheduler.nodes import NodeReport, register
 from scheduler.secrets import set_secret
 from tests import factories
@@ -44,6 +49,7 @@ POLICY = {
     "dashboard.logout": "page_user", "account.account": "page_user", "account.token_create": "page_user",
     "account.secret_set": "page_user", "account.secret_delete": "page_owned",
     "submit.submit_page": "page_user", "submit.submit_post": "page_user", "submit.submit_check": "page_user",
+    "dashboard.endpoint_open": "page_owner",
     "dashboard.job": "page_owned", "dashboard.job_cancel": "page_owned", "dashboard.job_extend": "page_owned",
     "dashboard.join_token_create": "page_user", "dashboard.join_token_revoke": "page_owned",
     "dashboard.node_drain": "page_owned", "dashboard.node_remove": "page_owned", "account.token_revoke": "page_owned",
@@ -78,8 +84,10 @@ def expected(policy: str, caller: str) -> str:
         return "denied"
     if policy == "page_admin":
         return "ok" if caller == "admin" else "denied"
-    if policy == "page_owned" and caller == "other":
+    if policy in ("page_owned", "page_owner") and caller == "other":
         return "hidden"
+    if policy == "page_owner" and caller == "admin":  # an admin sees the job, but only its owner opens its endpoint
+        return "denied"
     return "ok"
 
 
@@ -90,6 +98,12 @@ class World:
     ids: dict
 
 
+def _service(*, private: bool) -> dict:
+    doc = hello_world("busybox", cmd="httpd -f -p 8000")
+    doc["ops"][0]["args"].update(expose=8000, private=private)
+    return doc
+
+
 def build_world(core) -> World:
     owner_id, owner_token = factories.user(core, email="owner@example.com")
     other_id, other_token = factories.user(core, email="other@example.com")
@@ -98,7 +112,8 @@ def build_world(core) -> World:
     client = app.test_client()
     # The owner's join token is join token 1, as its API token is API token 1.
     join_token = client.post("/api/v1/join-tokens", json={"name": "rack"}, headers=bearer(owner_token)).json["token"]
-    job_id = client.post("/api/v1/jobs", json=hello_world("busybox"), headers=bearer(owner_token)).json["id"]
+    # A service with a private endpoint, so the hop route has one to open.
+    job_id = client.post("/api/v1/jobs", json=_service(private=True), headers=bearer(owner_token)).json["id"]
     node_token = client.post("/api/v1/nodes", json={"name": "owners-node"}, headers=bearer(owner_token)).json["token"]
     other_node_token = client.post("/api/v1/nodes", json={"name": "others-node"}, headers=bearer(other_token)).json["token"]
     with core.transaction() as session:
@@ -109,13 +124,14 @@ def build_world(core) -> World:
         register(session, other_node, NodeReport())
         attempt = session.query(Attempt).one()
         claim_attempt(session, node, attempt.id)
+        label = session.query(Endpoint).one().label
         ledger.post(session, "test:earn", "settle", [(ledger.account(session, ledger.K.ISSUANCE), -5_000_000),
                                                      (ledger.account(session, ledger.K.EARNINGS, owner.id), 5_000_000)])
         payout = ledger.request_payout(session, owner, 2_000_000, minimum=1)
         set_secret(session, owner, "TOKEN", "owners-secret-value")
         ids = {"job_id": job_id, "attempt_id": attempt.id, "node_id": node.id, "payout_id": payout.id,
                "user_id": other_id, "slug": "cpu", "op_key": "hello-world", "filename": "peergrid.css",
-               "name": "TOKEN"}
+               "name": "TOKEN", "label": label}
     tokens = {"owner": owner_token, "other": other_token, "admin": admin_token,
               "node": node_token, "other_node": other_node_token, "joiner": join_token}
     ids["token_id"] = 1  # the owner's first API token, made by the factory
@@ -187,3 +203,99 @@ def test_each_caller_gets_what_the_policy_says(core, endpoint):
                 raise AssertionError(f"{where} leaked the owner's data")
             if "owners-secret-value" in body:  # the job uses no secret, so not even its claim shows one
                 raise AssertionError(f"{where} showed a secret's value")
+
+
+# -- the gateway -------------------------------------------------------------------------------
+
+# What each caller gets from the gateway: the service ('ok') or a 403 ('denied').
+GATEWAY_POLICY = {"private": "owner", "public": "public"}
+
+
+def gateway_expected(policy: str, caller: str) -> str:
+    return "ok" if policy == "public" or caller == "owner" else "denied"
+
+
+def test_the_gateway_answers_each_caller_as_the_policy_says(core):
+    """Every caller against the world's private endpoint and a public one: by bearer token (each
+    caller's own), and as a signed-in person following the dashboard's hop route to the endpoint."""
+    import http.client
+
+    from gateway.service import Gateway
+    from scheduler.attempts import claim_attempt
+    from tests.test_dashboard import sign_in
+    from tests.test_endpoint_access import LoopThread, stand_in_service
+    from worker.tunnel import Tunnel
+
+    world = build_world(core)
+    public_job = world.app.test_client().post("/api/v1/jobs", json=_service(private=False),
+                                              headers=bearer(world.tokens["owner"])).json["id"]
+    with core.transaction() as session:
+        node = session.get(Node, world.ids["node_id"])
+        node.slots = 2
+        attempt = session.query(Attempt).join(Op).filter(Op.job_id == public_job).one()
+        claim_attempt(session, node, attempt.id)
+        labels = {"private": world.ids["label"], "public": session.query(Endpoint).filter_by(attempt_id=attempt.id).one().label}
+        jobs = {"private": world.ids["job_id"], "public": public_job}
+
+    loop = LoopThread()
+    gateway = Gateway(core, ssh_port=0, http_port=0)
+    loop.run(gateway.start())
+    target = loop.run(asyncio.start_server(stand_in_service, "127.0.0.1", 0))
+    tunnel = Tunnel(f"127.0.0.1:{gateway.ssh_port}", gateway.key.export_public_key().decode(), world.ids["node_id"],
+                    world.tokens["node"])
+    tunnel.start()
+
+    def get(label: str, path: str = "/", headers: dict | None = None):
+        conn = http.client.HTTPConnection("127.0.0.1", gateway.http_port, timeout=10)
+        try:
+            conn.request("GET", path, headers={"Host": f"{label}.localhost:{gateway.http_port}", **(headers or {})})
+            response = conn.getresponse()
+            return response.status, response.headers, response.read()
+        finally:
+            conn.close()
+
+    try:
+        for label in labels.values():
+            tunnel.open(label, 8000, target.sockets[0].getsockname()[1])
+        deadline = time.monotonic() + 10
+        while any(gateway.forwards.get(label) is None for label in labels.values()):
+            assert time.monotonic() < deadline, "the gateway never took the tunnel's forwards"
+            time.sleep(0.05)
+        for endpoint, policy in GATEWAY_POLICY.items():
+            label = labels[endpoint]
+            for caller in CALLERS:
+                # By bearer token (none for anon)
+                headers = {} if caller == "anon" else bearer(world.tokens[caller])
+                status, _, body = get(label, headers=headers)
+                where = f"the gateway's {endpoint} endpoint, {caller} by token: {status}"
+                if gateway_expected(policy, caller) == "ok":
+                    assert status == 200 and b"GET / HTTP/1.1" in body, where
+                    assert b"authorization" not in body.lower(), f"{where}: the service saw the token"
+                else:
+                    assert status == 403 and b"GET / HTTP/1.1" not in body, where
+                # As a person signed in to the dashboard, following the job page's link to it
+                if caller not in ("owner", "other", "admin"):
+                    continue
+                client = world.app.test_client()
+                sign_in(client, f"{caller}@example.com")
+                hop = client.get(f"/jobs/{jobs[endpoint]}/endpoints/{label}")
+                cookie = None
+                if hop.status_code == 302 and "/__peergrid/hop?" in hop.headers["Location"]:
+                    hop_to = urlsplit(hop.headers["Location"])
+                    assert hop_to.hostname == f"{label}.localhost", hop.headers
+                    status, answer_headers, _ = get(label, f"{hop_to.path}?{hop_to.query}")
+                    if status == 303:
+                        cookie = answer_headers["Set-Cookie"].split(";", 1)[0]
+                elif hop.status_code == 302:  # a public endpoint: straight to its URL
+                    assert urlsplit(hop.headers["Location"]).hostname == f"{label}.localhost", hop.headers
+                status, _, body = get(label, headers={"Cookie": cookie} if cookie else {})
+                where = f"the gateway's {endpoint} endpoint, {caller} by the dashboard's hop: {status}"
+                if gateway_expected(policy, caller) == "ok":
+                    assert status == 200 and b"GET / HTTP/1.1" in body and b"peergrid_endpoint" not in body, where
+                else:
+                    assert status == 403 and b"GET / HTTP/1.1" not in body, where
+    finally:
+        tunnel.stop()
+        target.close()
+        loop.run(gateway.stop())
+        loop.stop()

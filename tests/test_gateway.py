@@ -252,7 +252,7 @@ def test_the_gateways_loop_beats_its_health_file(core, tmp_path):
     assert "gateway" in examine(tmp_path / "health.json").summary()
 
 
-def test_a_private_endpoint_is_refused_for_now(client, core):
+def test_a_private_endpoint_refuses_an_anonymous_caller(client, core):
     _, node_id, node_token, _, _ = claimed(client, core, service(private=True))
     with core.transaction() as session:
         label = session.scalar(select(Endpoint.label))

@@ -7,20 +7,21 @@ from urllib.parse import urlparse
 
 import secrets
 
-from flask import Blueprint, flash, redirect, render_template, request, session, url_for
+from flask import Blueprint, abort, flash, redirect, render_template, request, session, url_for
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
 from scheduler import ledger, overview
 from scheduler.accounts import authenticate
 from scheduler.artifacts import job_artifacts
-from scheduler.endpoints import attempt_endpoints
+from scheduler.endpoint_access import hop_url
+from scheduler.endpoints import attempt_endpoints, endpoint_url
 from scheduler.errors import AuthenticationError, NotFound, PeergridError
 from scheduler.events import job_events
 from scheduler.jobs import job_for, job_logs, list_jobs
 from scheduler.joining import create_join_token, join_tokens_of, revoke_join_token
 from scheduler.ledger_views import earnings_by_node, movements, payouts
-from scheduler.models import Attempt, Job, Node, Op
+from scheduler.models import Attempt, Endpoint, Job, Node, Op
 from scheduler.nodes import create_node, remove_node, set_draining
 from scheduler.orchestration import cancel_job, extend_job
 from scheduler.states import ATTEMPT_HELD
@@ -137,9 +138,40 @@ def job(job_id: int):
         events=job_events(db(), job),
         artifacts=[(keys[a.op_id], a) for a in job_artifacts(db(), job)],
         op_keys=keys,
-        endpoints=[(op.key, endpoint_json(e)) for op in job.ops if op.attempts
+        endpoints=[(op.key, _with_link(job, e)) for op in job.ops if op.attempts
                    for e in attempt_endpoints(db(), op.attempts[-1])],
     )
+
+
+def _with_link(job: Job, endpoint: Endpoint) -> dict:
+    """An endpoint as the job page shows it: a private one's link goes through the dashboard's hop."""
+    shown = endpoint_json(endpoint)
+    shown["href"] = url_for("dashboard.endpoint_open", job_id=job.id, label=endpoint.label) if shown["private"] else shown["url"]
+    return shown
+
+
+@bp.get("/jobs/<int:job_id>/endpoints/<label>")
+@login_required
+def endpoint_open(job_id: int, label: str):
+    """Send a job's owner on to one of its endpoints; a private one through the gateway's hop,
+    with a pass good for a minute that names the endpoint and the owner."""
+    user = session_user()
+    job = job_for(db(), user, job_id)
+    endpoint = db().scalar(
+        select(Endpoint).join(Op, Op.id == Endpoint.op_id)
+        .where(Op.job_id == job.id, Endpoint.label == label, Endpoint.closed_at.is_(None))
+    )
+    if endpoint is None:
+        raise NotFound(f"Job {job_id} has no open endpoint {label[:20]}; its op may have ended.")
+    settings = core().settings
+    if not (endpoint.private or settings.private_endpoints):
+        return redirect(endpoint_url(label, settings.endpoint_domain))
+    if job.owner_id != user.id:
+        abort(403, "This endpoint is private: it opens only for its job's owner.")
+    response = redirect(hop_url(settings.secret_key, settings.endpoint_domain, label, user.id))
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    return response
 
 
 @bp.get("/nodes")

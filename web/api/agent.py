@@ -65,7 +65,8 @@ def attempt_claim(attempt_id: int):
     gpus = _body().get("gpus") or []
     if not isinstance(gpus, list) or not all(isinstance(g, str) for g in gpus):
         raise PeergridError("gpus must be a list of GPU UUIDs.")
-    return jsonify(claim_work(db(), node, attempt_id, gpus=gpus).to_wire())
+    answer = claim_work(db(), node, attempt_id, gpus=gpus, all_private=core().settings.private_endpoints)
+    return jsonify(answer.to_wire())
 
 
 @bp.post("/node/attempts/<int:attempt_id>/started")

@@ -61,7 +61,7 @@ def endpoint_json(endpoint: Endpoint) -> dict:
         "port": endpoint.port,
         "url": endpoint_url(endpoint.label, core().settings.endpoint_domain),
         "ready": endpoint_ready(endpoint),
-        "private": endpoint.private,
+        "private": endpoint.private or core().settings.private_endpoints,
         "open": endpoint.closed_at is None,
     }
 
