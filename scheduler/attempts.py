@@ -32,6 +32,7 @@ from scheduler.models import Attempt, LogLine, Node
 from scheduler.orchestration import advance, end_attempt, pinned_node_id
 from scheduler.results import extract
 from scheduler.secrets import job_masks, masks, op_secret_values, redact, reveal
+from scheduler.services import local_addresses
 from scheduler.states import (
     ATTEMPT_HELD,
     AttemptState,
@@ -72,6 +73,11 @@ def claim_attempt(
         pinned = pinned_node_id(pending.op)
         if pinned is not None and pinned != node.id:
             raise Conflict(f"Attempt {attempt_id} must run on the node that holds its volumes.")
+        if pending.op.spec.get("expose") and not node.serves_endpoints:
+            raise Conflict(
+                f"Node {node.name} runs containers without a network (--job-network none), so it cannot serve "
+                f"the ports op {pending.op.key} exposes; a node with a job network takes it."
+            )
         check_capacity(session, node, pending.op.market, gpus)
     if not can_move(AttemptState.QUEUED, AttemptState.CLAIMED):  # the table and this update must agree
         raise Conflict(f"Attempt {attempt_id} cannot be claimed: queued attempts may not move to claimed.")
@@ -160,7 +166,7 @@ def claim_work(
             market=op.market.slug,
             gpus=tuple(attempt.gpus or ()),
             # The only place secret values leave the store: to the node that won the claim.
-            spec=reveal(op.spec, values),
+            spec=local_addresses(session, attempt, reveal(op.spec, values)) if node.serves_endpoints else reveal(op.spec, values),
             inputs=inputs,
             redact=tuple(masks(values.values())),
             endpoints=tuple(EndpointRef(label=e.label, port=e.port) for e in attempt_endpoints(session, attempt)),
