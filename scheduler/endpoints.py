@@ -114,7 +114,11 @@ def op_ready(session: Session, op) -> bool:
     )
     if attempt is None:
         return False
-    endpoints = attempt_endpoints(session, attempt)
+    # Read afresh: what marks an endpoint forwarded (mark_forwarded) updates the table, not the
+    # rows this session may hold already.
+    endpoints = list(session.scalars(
+        select(Endpoint).where(Endpoint.attempt_id == attempt.id).execution_options(populate_existing=True)
+    ))
     return bool(endpoints) and all(endpoint_ready(e) for e in endpoints)
 
 

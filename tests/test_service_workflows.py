@@ -35,15 +35,16 @@ class Services(Flow):
 
     def ready(self, job_id: int, key: str, *, ready: bool = True) -> None:
         with self.core.transaction() as session:
+            # As the gateway does: the endpoint rows are in the session when they are marked
             target = self._op(session, job_id, key)
-            labels = [e.label for e in session.scalars(select(Endpoint).where(Endpoint.op_id == target.id))]
+            rows = list(session.scalars(select(Endpoint).where(Endpoint.op_id == target.id)))
+            labels = [e.label for e in rows]
             for label in labels:
                 if ready:
                     mark_forwarded(session, label, "gw-test")
                 else:
                     mark_unforwarded(session, labels, "gw-test")
-            session.expire_all()
-            readiness_changed(session, self._op(session, job_id, key))
+            readiness_changed(session, rows[0].op)
 
     def spec(self, job_id: int, key: str) -> dict:
         with self.core.transaction() as session:
