@@ -6,7 +6,9 @@ a server and a client on real containers."""
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select
@@ -336,3 +338,29 @@ def test_a_worker_without_a_job_network_takes_no_offers_of_services(tmp_path):
 
     assert queues("bridge") == ["market.cpu", "market.cpu.services", "node.7"]
     assert queues("none") == ["market.cpu", "node.7"]
+
+
+# -- Nosana's own definitions -------------------------------------------------------------------
+
+COMPAT = Path(__file__).resolve().parents[2] / "shared" / "compat" / "nosana"
+
+
+@pytest.mark.parametrize("name", ["worker.json", "worker2.json", "grpc.json", "server.json"])
+def test_nosanas_definitions_that_name_other_ops_resolve_what_they_can_at_once(flow, name):
+    if not COMPAT.is_dir():
+        pytest.skip("the compat definitions are not beside this checkout")
+    document = json.loads((COMPAT / name).read_text())
+    with flow.core.transaction() as session:
+        from scheduler.jobs import submit_job
+        from scheduler.models import User
+
+        job = submit_job(session, session.get(User, flow.user_id), document, default_timeout_s=600)
+        offered = {o.key: json.dumps(o.spec) for o in job.ops if o.state.value == "queued"}
+        failed = {o.key: o.error for o in job.ops if o.state.value == "failed"}
+    # Every op whose turn has come is offered with its endpoint and host literals resolved
+    assert offered and not failed, failed
+    for key, spec in offered.items():
+        assert "%%ops." not in spec, (key, spec)
+    if name == "worker.json":
+        # The lobby of the first group hands on the URL the proxy of the next group will have
+        assert f".{flow.core.settings.endpoint_domain}/" in offered["lobby"]
