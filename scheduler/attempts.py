@@ -156,6 +156,10 @@ def claim_work(
         for a in {a.op_id: a for a in job_artifacts(session, op.job)}.values()
         if keys[a.op_id] in op.depends_on
     )
+    # The only place secret values leave the store: to the node that won the claim.
+    spec = reveal(op.spec, values)
+    if node.serves_endpoints:
+        spec = local_addresses(session, attempt, spec)
     return ClaimAnswer(
         order=WorkOrder(
             id=attempt.id,
@@ -165,8 +169,7 @@ def claim_work(
             timeout_s=op.timeout_s,
             market=op.market.slug,
             gpus=tuple(attempt.gpus or ()),
-            # The only place secret values leave the store: to the node that won the claim.
-            spec=local_addresses(session, attempt, reveal(op.spec, values)) if node.serves_endpoints else reveal(op.spec, values),
+            spec=spec,
             inputs=inputs,
             redact=tuple(masks(values.values())),
             endpoints=tuple(EndpointRef(label=e.label, port=e.port) for e in attempt_endpoints(session, attempt)),

@@ -364,3 +364,13 @@ def test_nosanas_definitions_that_name_other_ops_resolve_what_they_can_at_once(f
     if name == "worker.json":
         # The lobby of the first group hands on the URL the proxy of the next group will have
         assert f".{flow.core.settings.endpoint_domain}/" in offered["lobby"]
+
+
+def test_an_ops_container_answers_to_its_op_id_as_a_host_name_and_to_its_aliases():
+    from protocol.names import op_slug
+    from worker.networks import network_aliases
+
+    assert network_aliases("server", "db") == ("server", "db")
+    # A Nosana op id that is no host name answers to its slug, which %%ops.ID.host%% names; an alias
+    # a literal made into something that is no host name is dropped
+    assert network_aliases("gpt-oss:120b", ["web", "not a name", "a.b-c"]) == (op_slug("gpt-oss:120b"), "web", "a.b-c")

@@ -21,7 +21,8 @@ from worker.errors import ContainerFailed, RuntimeUnavailable, docker_reason
 log = logging.getLogger(__name__)
 
 # What a network alias may be: a host name, dot-separated DNS labels.
-_HOST_NAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOST_NAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*")
 
 
 def job_network_name(cluster: str, job_id: int) -> str:
