@@ -111,7 +111,12 @@ class JobNetworks:
         except RuntimeUnavailable as e:
             raise ContainerFailed(str(e)) from e
         except (DockerException, OSError) as e:
-            raise ContainerFailed(f"Docker could not make the job's network {name}: {docker_reason(e)}") from e
+            reason = docker_reason(e)
+            if "address pool" in reason:
+                # Docker's default pools hold about 30 networks: one per job running on this node.
+                reason += (" (the engine has no address range left for another network: give it more in "
+                           "default-address-pools of /etc/docker/daemon.json, or run fewer jobs at once)")
+            raise ContainerFailed(f"Docker could not make the job's network {name}: {reason}") from e
 
     def _remove(self, name: str) -> None:
         try:
