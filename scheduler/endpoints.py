@@ -72,6 +72,8 @@ def open_endpoints(session: Session, attempt: Attempt, *, now: datetime | None =
     now = now or utcnow()
     op = attempt.op
     ports = exposed_ports(op.spec.get("expose")) or frozenset()
+    if not ports:
+        return []
     kept = {e.port: e for e in session.scalars(select(Endpoint).where(Endpoint.op_id == op.id))}
     opened = []
     for port in sorted(ports):
