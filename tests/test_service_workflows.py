@@ -64,8 +64,9 @@ class Services(Flow):
 
 
 @pytest.fixture
-def flow(core) -> Services:
-    return Services(core)
+def flow(store_core) -> Services:
+    """On SQLite, then PostgreSQL: readiness is read from rows another statement updated."""
+    return Services(store_core)
 
 
 def second_node(core, *, serves_endpoints: bool = True) -> int:
@@ -97,10 +98,10 @@ def test_an_op_that_depends_on_a_service_starts_when_the_service_is_ready_not_wh
     assert flow.states(job) == {"job": "running", "server": "running", "client": "succeeded"}
 
 
-def test_a_service_that_fails_before_it_is_ready_skips_what_depends_on_it(flow, core):
+def test_a_service_that_fails_before_it_is_ready_skips_what_depends_on_it(flow):
     job = flow.submit(service("server"), op("client", depends_on=["server"]))
     server = flow.start(job, "server")
-    with core.transaction() as session:
+    with flow.core.transaction() as session:
         from scheduler.attempts import finish_attempt
 
         finish_attempt(session, session.get(Node, flow.node_id), server, exit_code=1)
@@ -118,7 +119,7 @@ def test_a_later_group_starts_once_the_services_of_the_groups_before_it_are_read
     assert flow.states(job)["client"] == "queued"
 
 
-def test_a_service_whose_results_a_later_op_reads_must_end_before_that_op_starts(flow, core):
+def test_a_service_whose_results_a_later_op_reads_must_end_before_that_op_starts(flow):
     # Given a lobby that exposes a port and hands a result to a later group (Nosana's server.json)
     lobby = {**service("lobby", group="lobby"), "results": {"worker": "worker=(.*)"}}
     job = flow.submit(lobby, op("user", group="run", env={"WORKER": "%%ops.lobby.results.worker%%"}))
@@ -126,48 +127,48 @@ def test_a_service_whose_results_a_later_op_reads_must_end_before_that_op_starts
     flow.ready(job, "lobby")
     # Then being ready is not enough: its results exist only once it ends
     assert flow.states(job)["user"] == "pending"
-    with core.transaction() as session:
+    with flow.core.transaction() as session:
         from scheduler.attempts import finish_attempt
 
         finish_attempt(session, session.get(Node, flow.node_id), lobby, exit_code=0)
     assert flow.states(job)["user"] == "queued"
 
 
-def test_a_sidecar_of_a_service_starts_with_it_and_stops_when_it_is_cancelled(flow, core):
+def test_a_sidecar_of_a_service_starts_with_it_and_stops_when_it_is_cancelled(flow):
     job = flow.submit(service("server"), op("sidecar", depends_on=["server"], stop_if=True))
     flow.start(job, "server")
     assert flow.states(job)["sidecar"] == "queued"  # started is enough for a sidecar
-    with core.transaction() as session:
+    with flow.core.transaction() as session:
         cancel_job(session, session.get(Job, job))
     assert flow.states(job) == {"job": "cancelled", "server": "cancelled", "sidecar": "cancelled"}
 
 
-def test_a_service_placed_again_keeps_its_url_and_what_depends_on_it_runs_on(flow, core):
+def test_a_service_placed_again_keeps_its_url_and_what_depends_on_it_runs_on(flow):
     # Given a ready server and its client running
     job = flow.submit(service("server"), op("client", "wget -O- %%ops.server.endpoint.8000%%", depends_on=["server"]))
     flow.start(job, "server")
     url = flow.url(job, "server")
     flow.ready(job, "server")
-    other = second_node(core)
+    other = second_node(flow.core)
     client = flow.waiting(job, "client")
-    with core.transaction() as session:
+    with flow.core.transaction() as session:
         node = session.get(Node, other)
         claim_attempt(session, node, client)
         start_attempt(session, node, client)
 
     # When the server's node is lost
-    with core.transaction() as session:
+    with flow.core.transaction() as session:
         lose_attempts(session, session.get(Node, flow.node_id), "the test pulled its plug.")
 
     # Then the server is offered again and the client keeps running
     assert flow.states(job) == {"job": "running", "server": "queued", "client": "running"}
-    with core.transaction() as session:
+    with flow.core.transaction() as session:
         (row,) = session.scalars(select(Endpoint)).all()
         assert row.closed_at is not None and row.forwarded_at is None
     # And once placed again, the server answers at the URL it had, the one the client was given
     flow.start(job, "server")
     assert flow.url(job, "server") == url and url in flow.spec(job, "client")["cmd"]
-    with core.transaction() as session:
+    with flow.core.transaction() as session:
         (row,) = session.scalars(select(Endpoint)).all()
         assert row.closed_at is None and row.attempt.number == 2
 
@@ -210,7 +211,7 @@ def test_an_endpoint_literal_resolves_before_its_service_runs_and_names_the_url_
     assert flow.url(job, "proxy") == announced == flow.spec(job, "proxy")["cmd"].split()[1]
 
 
-def test_a_client_on_its_services_node_gets_the_job_network_address_and_elsewhere_the_url(flow, core):
+def test_a_client_on_its_services_node_gets_the_job_network_address_and_elsewhere_the_url(flow):
     job = flow.submit(
         service("server"),
         op("near", "wget %%ops.server.endpoint.8000%%index.html", depends_on=["server"]),
@@ -219,8 +220,8 @@ def test_a_client_on_its_services_node_gets_the_job_network_address_and_elsewher
     flow.start(job, "server")
     flow.ready(job, "server")
     url = flow.url(job, "server")
-    other = second_node(core)
-    with core.transaction() as session:
+    other = second_node(flow.core)
+    with flow.core.transaction() as session:
         near = claim_work(session, session.get(Node, flow.node_id), flow.waiting(job, "near")).order
         far = claim_work(session, session.get(Node, other), flow.waiting(job, "far")).order
     # On the server's own node the URL becomes its name on the job network, on its own port
@@ -233,7 +234,7 @@ def test_a_client_on_its_services_node_gets_the_job_network_address_and_elsewher
 # -- ending and billing -------------------------------------------------------------------------
 
 
-def test_a_job_of_services_runs_until_cancelled_and_is_billed_per_second_while_they_ran(flow, core):
+def test_a_job_of_services_runs_until_cancelled_and_is_billed_per_second_while_they_ran(flow):
     # Given a ready server whose client has ended: only the service remains
     job = flow.submit(service("server"), op("client", depends_on=["server"]))
     server = flow.start(job, "server")  # started ten seconds ago
@@ -242,7 +243,7 @@ def test_a_job_of_services_runs_until_cancelled_and_is_billed_per_second_while_t
     assert flow.states(job)["job"] == "running"
 
     # When its owner cancels it
-    with core.transaction() as session:
+    with flow.core.transaction() as session:
         cancel_job(session, session.get(Job, job))
         attempt = session.get(Attempt, server)
         price = attempt.op.market.price_per_second
@@ -257,30 +258,30 @@ def test_a_job_of_services_runs_until_cancelled_and_is_billed_per_second_while_t
     assert books.balanced, books.problems
 
 
-def test_extending_a_job_of_services_gives_the_running_service_more_time_and_reserves_it(flow, core):
+def test_extending_a_job_of_services_gives_the_running_service_more_time_and_reserves_it(flow):
     job = flow.submit(service("server", timeout=60))
     server = flow.start(job, "server")
-    with core.transaction() as session:
+    with flow.core.transaction() as session:
         before = session.get(Job, job).max_cost
         gained = extend_job(session, session.get(Job, job), 120)
         row = session.get(Job, job)
         assert gained == 120 and row.max_cost > before
         assert session.get(Attempt, server).op.timeout_s == 180
     # And a node that vanished is caught only past the new limit
-    with core.transaction() as session:
+    with flow.core.transaction() as session:
         assert expire_overdue(session, grace_s=1, now=utcnow() + timedelta(seconds=100)) == []
-    with core.transaction() as session:
+    with flow.core.transaction() as session:
         (expired,) = expire_overdue(session, grace_s=1, now=utcnow() + timedelta(seconds=300))
         assert expired.id == server
     assert flow.states(job) == {"job": "failed", "server": "failed"}
 
 
-def test_a_service_that_times_out_on_its_node_ends_its_job_billed_for_its_time(flow, core):
+def test_a_service_that_times_out_on_its_node_ends_its_job_billed_for_its_time(flow):
     from scheduler.attempts import finish_attempt
 
     job = flow.submit(service("server", timeout=10))
     server = flow.start(job, "server")
-    with core.transaction() as session:
+    with flow.core.transaction() as session:
         finish_attempt(session, session.get(Node, flow.node_id), server, exit_code=143,
                        error="The container timed out after 10 seconds and was stopped.")
         attempt = session.get(Attempt, server)
@@ -291,26 +292,26 @@ def test_a_service_that_times_out_on_its_node_ends_its_job_billed_for_its_time(f
 # -- only nodes with a job network get services -------------------------------------------------
 
 
-def test_a_service_is_offered_where_only_nodes_that_serve_endpoints_take_it(flow, core):
+def test_a_service_is_offered_where_only_nodes_that_serve_endpoints_take_it(flow):
     job = flow.submit(service("server"), op("plain"))
-    with core.transaction() as session:
+    with flow.core.transaction() as session:
         offers = {a.op.key: offer_for(a) for a in session.scalars(select(Attempt))}
     assert offers["server"].queue == "market.cpu.services" and offers["plain"].queue == "market.cpu"
 
 
-def test_a_node_without_a_job_network_is_refused_a_service_and_takes_other_work(flow, core):
+def test_a_node_without_a_job_network_is_refused_a_service_and_takes_other_work(flow):
     # Given a node that reported it cannot serve endpoints
-    bare = second_node(core, serves_endpoints=False)
-    with core.transaction() as session:
+    bare = second_node(flow.core, serves_endpoints=False)
+    with flow.core.transaction() as session:
         assert session.get(Node, bare).serves_endpoints is False
     job = flow.submit(service("server"), op("plain"))
 
     # When it tries to claim the service, it is refused with why; a plain op it may take
-    with core.transaction() as session:
+    with flow.core.transaction() as session:
         node = session.get(Node, bare)
         with pytest.raises(Conflict, match="--job-network none"):
             claim_attempt(session, node, flow.waiting(job, "server"))
-    with core.transaction() as session:
+    with flow.core.transaction() as session:
         claim_attempt(session, session.get(Node, bare), flow.waiting(job, "plain"))
     # And the service waits for a node that can serve it
     flow.start(job, "server")
