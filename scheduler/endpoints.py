@@ -15,7 +15,7 @@ from scheduler.errors import AuthenticationError, Conflict, NotFound
 from scheduler.jobdef import exposed_ports
 from scheduler.models import Attempt, Endpoint, Gateway, Node, Op
 from scheduler.nodes import node_for_token
-from scheduler.states import ATTEMPT_HELD, utcnow
+from scheduler.states import ATTEMPT_HELD, NodeState, utcnow
 
 # What a label is: 10 characters of lowercase base32, 50 random bits, a valid DNS label.
 LABEL = re.compile(r"[a-z2-7]{10}")
@@ -122,6 +122,16 @@ def op_ready(session: Session, op) -> bool:
         select(Endpoint).where(Endpoint.attempt_id == attempt.id).execution_options(populate_existing=True)
     ))
     return bool(endpoints) and all(endpoint_ready(e) for e in endpoints)
+
+
+def any_node_serves_endpoints(session: Session) -> bool:
+    """Whether a node that is up and takes work can serve endpoints (has a job network)."""
+    return session.scalar(
+        select(Node.id).where(
+            Node.serves_endpoints.is_(True), Node.state.in_((NodeState.ONLINE, NodeState.BUSY)),
+            Node.banned_at.is_(None), Node.removed_at.is_(None),
+        ).limit(1)
+    ) is not None
 
 
 def node_for_login(session: Session, username: str, password: str) -> Node:

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from protocol.names import op_slug
 from scheduler import events, ledger, offers
-from scheduler.endpoints import close_endpoints, op_endpoint_url, op_ready
+from scheduler.endpoints import any_node_serves_endpoints, close_endpoints, op_endpoint_url, op_ready
 from scheduler.errors import Conflict, PeergridError
 from scheduler.jobdef import CREATE_VOLUME, LITERAL, JobDefinition, OpDefinition, group_ranks
 from scheduler.literals import Scope, UnresolvedLiteral, has_literals, resolve_args
@@ -299,6 +299,7 @@ def new_attempts(session: Session, ops: list[Op], *, now: datetime | None = None
         attempts = [Attempt(op=op, number=len(op.attempts) + 1, created_at=now, offered_at=now) for op in ops]
     session.add_all(attempts)
     session.flush()
+    servable: bool | None = None  # whether any node can serve endpoints now, asked once
     for attempt in attempts:
         op = attempt.op
         offers.stage(session, attempt, now=now, node_id=pinned_node_id(op))
@@ -307,6 +308,15 @@ def new_attempts(session: Session, ops: list[Op], *, now: datetime | None = None
             f"{op.key}: attempt {attempt.number} of {op.max_attempts} offered on market {op.market.slug}.",
             attempt=attempt, now=now,
         )
+        if is_service(op):
+            servable = any_node_serves_endpoints(session) if servable is None else servable
+            if not servable:
+                events.record(
+                    session, op.job, "waiting",
+                    f"{op.key}: no node up now can serve the ports it exposes (each runs its containers without "
+                    "a network, --job-network none); it waits for one that can.",
+                    attempt=attempt, now=now,
+                )
     return attempts
 
 

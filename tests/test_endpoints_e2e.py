@@ -166,5 +166,6 @@ def test_a_node_without_a_job_network_leaves_services_to_other_nodes_and_says_wh
         assert plain["state"] == "succeeded", (plain, stack.logs())
         job = stack.api.get(f"/jobs/{service}")
         assert job["state"] == "queued" and job["ops"][0]["attempts"][0]["state"] == "queued", job
+        assert any(e["kind"] == "waiting" and "--job-network none" in e["message"] for e in job["events"]), job
         log = (tmp_path / "worker.log").read_text()
         assert "this node cannot serve endpoints" in log and "--job-network none" in log, log

@@ -318,6 +318,18 @@ def test_a_node_without_a_job_network_is_refused_a_service_and_takes_other_work(
     assert flow.states(job)["server"] == "running"
 
 
+def test_a_service_no_node_can_serve_now_says_on_its_job_why_it_waits(flow):
+    with flow.core.transaction() as session:
+        register(session, session.get(Node, flow.node_id), NodeReport(slots=8, serves_endpoints=False))
+    job = flow.submit(service("server"), op("plain"))
+    with flow.core.transaction() as session:
+        from scheduler.events import job_events
+
+        said = [e.message for e in job_events(session, session.get(Job, job)) if e.kind == "waiting"]
+    assert said == ["server: no node up now can serve the ports it exposes (each runs its containers without a "
+                    "network, --job-network none); it waits for one that can."]
+
+
 def test_a_node_report_says_whether_the_node_serves_endpoints_and_old_workers_do():
     assert NodeReport.from_wire(NodeReport(serves_endpoints=False).to_wire()).serves_endpoints is False
     assert NodeReport.from_wire({}).serves_endpoints is True
