@@ -41,6 +41,12 @@ def market_queue(slug: str) -> str:
     return f"market.{slug}"
 
 
+def service_queue(queue: str) -> str:
+    """The queue beside a market's queue for its ops that expose ports, which only nodes that can
+    serve endpoints take (a slug has no dot, so no market's own queue ends so)."""
+    return f"{queue}.services"
+
+
 # -- checks ----------------------------------------------------------------------------------
 
 
@@ -131,6 +137,8 @@ class NodeReport:
     undelivered: tuple[int, ...] = ()
     # Jobs whose named volumes the node still keeps (at most MAX_VOLUME_JOBS).
     volume_jobs: tuple[int, ...] = ()
+    # False when its containers run without a network (--job-network none): it cannot serve endpoints.
+    serves_endpoints: bool = True
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -162,6 +170,7 @@ class NodeReport:
                 body.get("volume_jobs"), f"volume_jobs must be a list of at most {MAX_VOLUME_JOBS} job ids.",
                 most=MAX_VOLUME_JOBS,
             ),
+            serves_endpoints=body.get("serves_endpoints", True) is not False,
         )
 
 

@@ -32,6 +32,7 @@ from scheduler.models import Attempt, LogLine, Node
 from scheduler.orchestration import advance, end_attempt, pinned_node_id
 from scheduler.results import extract
 from scheduler.secrets import job_masks, masks, op_secret_values, redact, reveal
+from scheduler.services import local_addresses
 from scheduler.states import (
     ATTEMPT_HELD,
     AttemptState,
@@ -73,6 +74,11 @@ def claim_attempt(
         pinned = pinned_node_id(pending.op)
         if pinned is not None and pinned != node.id:
             raise Conflict(f"Attempt {attempt_id} must run on the node that holds its volumes.")
+        if pending.op.spec.get("expose") and not node.serves_endpoints:
+            raise Conflict(
+                f"Node {node.name} runs containers without a network (--job-network none), so it cannot serve "
+                f"the ports op {pending.op.key} exposes; a node with a job network takes it."
+            )
         check_capacity(session, node, pending.op.market, gpus)
     if not can_move(AttemptState.QUEUED, AttemptState.CLAIMED):  # the table and this update must agree
         raise Conflict(f"Attempt {attempt_id} cannot be claimed: queued attempts may not move to claimed.")
@@ -152,6 +158,10 @@ def claim_work(
         for a in {a.op_id: a for a in job_artifacts(session, op.job)}.values()
         if keys[a.op_id] in op.depends_on
     )
+    # The only place secret values leave the store: to the node that won the claim.
+    spec = reveal(op.spec, values)
+    if node.serves_endpoints:
+        spec = local_addresses(session, attempt, spec)
     return ClaimAnswer(
         order=WorkOrder(
             id=attempt.id,
@@ -161,8 +171,7 @@ def claim_work(
             timeout_s=op.timeout_s,
             market=op.market.slug,
             gpus=tuple(attempt.gpus or ()),
-            # The only place secret values leave the store: to the node that won the claim.
-            spec=reveal(op.spec, values),
+            spec=spec,
             inputs=inputs,
             redact=tuple(masks(values.values())),
             endpoints=tuple(EndpointRef(label=e.label, port=e.port) for e in attempt_endpoints(session, attempt)),

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from protocol.liveness import Liveness
 from scheduler import offers
 from scheduler.db import make_engine, make_sessionmaker
+from scheduler.endpoints import ENDPOINT_DOMAIN
 from scheduler.offers import OfferPublisher
 from scheduler.settings import Settings
 
@@ -28,9 +29,9 @@ class Core:
     @classmethod
     def from_settings(cls, settings: Settings) -> "Core":
         engine = make_engine(settings.database_url)
-        return cls(
-            settings, engine, make_sessionmaker(engine), OfferPublisher(settings.broker_url), Liveness(settings.health_file)
-        )
+        # Endpoint URLs are resolved into ops' literals wherever a job advances: its sessions know the domain.
+        sessions = make_sessionmaker(engine, info={ENDPOINT_DOMAIN: settings.endpoint_domain})
+        return cls(settings, engine, sessions, OfferPublisher(settings.broker_url), Liveness(settings.health_file))
 
     def commit(self, session: Session) -> None:
         """Commit, then publish the offers the transaction staged (never before)."""

@@ -40,5 +40,6 @@ def make_engine(url: str, **kwargs) -> Engine:
     return create_engine(url, **kwargs)
 
 
-def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
-    return sessionmaker(bind=engine, expire_on_commit=False)
+def make_sessionmaker(engine: Engine, *, info: dict | None = None) -> sessionmaker[Session]:
+    """Sessions on engine; each starts with a copy of info in its Session.info."""
+    return sessionmaker(bind=engine, expire_on_commit=False, info=dict(info or {}))

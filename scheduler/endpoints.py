@@ -14,13 +14,16 @@ from sqlalchemy.orm import Session
 
 from scheduler.errors import AuthenticationError, Conflict, NotFound
 from scheduler.jobdef import exposed_ports
-from scheduler.models import Attempt, Endpoint, EndpointForward, Gateway, Node
+from scheduler.models import Attempt, Endpoint, EndpointForward, Gateway, Node, Op
 from scheduler.nodes import node_for_token
 from protocol.messages import GatewayRef
-from scheduler.states import ATTEMPT_HELD, utcnow
+from scheduler.states import ATTEMPT_HELD, NodeState, utcnow
 
 # What a label is: 10 characters of lowercase base32, 50 random bits, a valid DNS label.
 LABEL = re.compile(r"[a-z2-7]{10}")
+# Where a session keeps the endpoint domain (scheduler.core), and what it is when none was given.
+ENDPOINT_DOMAIN = "peergrid.endpoint_domain"
+DEFAULT_DOMAIN = "localhost:8080"
 
 
 def new_label() -> str:
@@ -33,22 +36,62 @@ def endpoint_url(label: str, domain: str) -> str:
     return f"http://{label}.{domain}/"
 
 
+def endpoint_domain(session: Session) -> str:
+    """The domain endpoint URLs are under, as the process's settings say (scheduler.core puts it
+    on every session it makes)."""
+    return session.info.get(ENDPOINT_DOMAIN) or DEFAULT_DOMAIN
+
+
+def endpoint_label(op: Op, port: int) -> str:
+    """The label of the URL of op's port: chosen the first time it is asked for, and then kept, so
+    the URL is known before the op runs and stays the same when the op is placed again."""
+    labels = dict(op.endpoint_labels or {})
+    if str(port) not in labels:
+        labels[str(port)] = new_label()
+        op.endpoint_labels = labels  # a new dict: JSON columns see only reassignment
+    return labels[str(port)]
+
+
+def op_endpoint_url(session: Session, op: Op, port: int | None = None) -> str | None:
+    """The URL of op's port (its first exposed port if None), or None when it exposes no such port
+    that is known now (ports a literal decides are known once it resolves)."""
+    ports = exposed_ports(op.spec.get("expose"))
+    if port is None:
+        if not ports:
+            return None
+        port = min(ports)
+    elif ports is not None and port not in ports:
+        return None
+    return endpoint_url(endpoint_label(op, port), endpoint_domain(session))
+
+
 def open_endpoints(
     session: Session, attempt: Attempt, *, now: datetime | None = None, all_private: bool = False
 ) -> list[Endpoint]:
-    """Record one endpoint for each port the attempt's op exposes (none if it exposes none);
-    private as the op says, or all of them when the cluster makes every endpoint private."""
+    """Open one endpoint for each port the attempt's op exposes (none if it exposes none).
+
+    Each port of an op has one endpoint row and one label for good: a later attempt takes the
+    rows over, so its URL is the one the op had. Private as the op says, or all of them when the
+    cluster makes every endpoint private.
+    """
     now = now or utcnow()
     op = attempt.op
     ports = exposed_ports(op.spec.get("expose")) or frozenset()
-    private = all_private or bool(op.spec.get("private"))
-    made = [
-        Endpoint(attempt=attempt, op=op, port=port, label=new_label(), private=private, opened_at=now)
-        for port in sorted(ports)
-    ]
-    session.add_all(made)
+    if not ports:
+        return []
+    kept = {e.port: e for e in session.scalars(select(Endpoint).where(Endpoint.op_id == op.id))}
+    opened = []
+    for port in sorted(ports):
+        endpoint = kept.get(port)
+        if endpoint is None:
+            endpoint = Endpoint(op=op, port=port, label=endpoint_label(op, port))
+            session.add(endpoint)
+        endpoint.attempt = attempt
+        endpoint.private = all_private or bool(op.spec.get("private"))
+        endpoint.opened_at, endpoint.closed_at = now, None
+        opened.append(endpoint)
     session.flush()
-    return made
+    return opened
 
 
 def close_endpoints(session: Session, attempt: Attempt, *, now: datetime | None = None) -> None:
@@ -88,8 +131,22 @@ def op_ready(session: Session, op) -> bool:
     )
     if attempt is None:
         return False
-    endpoints = attempt_endpoints(session, attempt)
+    # Read afresh: what marks an endpoint forwarded (mark_forwarded) updates the table, not the
+    # rows this session may hold already.
+    endpoints = list(session.scalars(
+        select(Endpoint).where(Endpoint.attempt_id == attempt.id).execution_options(populate_existing=True)
+    ))
     return bool(endpoints) and all(endpoint_ready(e) for e in endpoints)
+
+
+def any_node_serves_endpoints(session: Session) -> bool:
+    """Whether a node that is up and takes work can serve endpoints (has a job network)."""
+    return session.scalar(
+        select(Node.id).where(
+            Node.serves_endpoints.is_(True), Node.state.in_((NodeState.ONLINE, NodeState.BUSY)),
+            Node.banned_at.is_(None), Node.removed_at.is_(None),
+        ).limit(1)
+    ) is not None
 
 
 def node_for_login(session: Session, username: str, password: str) -> Node:

@@ -1,15 +1,21 @@
 """Resolving literals in an op's args before it is offered, as Nosana does.
 
-`%%ops.<id>.results.<key>%%`, `%%ops.<id>.host%%`, `%%global.variables.<name>%%` and the builtins
-`%%global.job%%`, `%%global.host%%`, `%%global.version%%`; then the collection markers
-`__spread__` and `__remove-if-empty__`; then every env value becomes a string.
+`%%ops.<id>.results.<key>%%`, `%%ops.<id>.host%%`, `%%ops.<id>.endpoint.<port>%%`,
+`%%ops.<id>.deployment_endpoint%%`, `%%global.variables.<name>%%` and the builtins `%%global.job%%`,
+`%%global.host%%`, `%%global.version%%`; then the collection markers `__spread__` and
+`__remove-if-empty__`; then every env value becomes a string.
+
+An endpoint's URL is known before its op runs (as in Nosana, where an op of an earlier group may
+hand on the URL of a service of a later one, and a service its own), so an endpoint literal resolves
+at once: an op that must wait for the service to answer says so with depends_on, which waits for it
+to be ready.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from scheduler.errors import PeergridError
 from scheduler.jobdef import LITERAL
@@ -24,11 +30,16 @@ class UnresolvedLiteral(PeergridError):
 
 @dataclass(frozen=True)
 class Scope:
-    """What literals can read: finished ops' results, the job's variables, and builtins."""
+    """What literals can read: finished ops' results, ops' host names and endpoint URLs, the job's
+    variables, and builtins."""
 
     job_id: int
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Each op's name on its job network.
     hosts: dict[str, str] = field(default_factory=dict)
+    # (op id, port) → the URL of that port of that op, or None when it exposes no such port; a
+    # port of None asks for its first port (Nosana's deployment_endpoint).
+    endpoints: Callable[[str, int | None], str | None] = lambda key, port: None
     variables: dict[str, Any] = field(default_factory=dict)
     version: str = "0.1"
 
@@ -45,6 +56,10 @@ class Scope:
             return op_results[parts[3]]
         if head == "ops" and len(parts) == 3 and parts[2] == "host" and parts[1] in self.hosts:
             return self.hosts[parts[1]]
+        if head == "ops" and len(parts) == 4 and parts[2] == "endpoint" and parts[3].isdigit():
+            return self._endpoint(name, parts[1], int(parts[3]))
+        if head == "ops" and len(parts) == 3 and parts[2] == "deployment_endpoint":
+            return self._endpoint(name, parts[1], None)
         if head in ("global", "globals") and len(parts) == 3 and parts[1] == "variables":
             if parts[2] not in self.variables:
                 raise UnresolvedLiteral(f"Unresolved literal %%{name}%%: global.variables has no {parts[2]!r}.")
@@ -54,6 +69,13 @@ class Scope:
             if parts[1] in builtins:
                 return builtins[parts[1]]
         raise UnresolvedLiteral(f"Unresolved literal %%{name}%%.")
+
+    def _endpoint(self, name: str, key: str, port: int | None) -> str:
+        url = self.endpoints(key, port) if key in self.hosts else None
+        if url is None:
+            what = f"port {port}" if port is not None else "any port"
+            raise UnresolvedLiteral(f"Unresolved literal %%{name}%%: op {key!r} does not expose {what}.")
+        return url
 
 
 def _as_text(value: Any) -> str:

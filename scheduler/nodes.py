@@ -125,6 +125,7 @@ def record_report(
     node.cpu_count = report.cpu_count
     node.memory_mb = report.memory_mb
     node.slots = max(1, report.slots)
+    node.serves_endpoints = report.serves_endpoints
     node.last_heartbeat_at = now
     _replace_gpus(node, report.gpus)
     if node.drain_requested:

@@ -10,7 +10,7 @@ from kombu import Connection, Exchange, Queue
 from sqlalchemy import create_engine, inspect, select, text
 from sqlalchemy.orm import Session
 
-from protocol.messages import OFFER_EXCHANGE, OFFER_EXCHANGE_TYPE, Offer, node_queue
+from protocol.messages import OFFER_EXCHANGE, OFFER_EXCHANGE_TYPE, Offer, node_queue, service_queue
 from scheduler.models import Attempt
 from scheduler.states import AttemptState, utcnow
 
@@ -21,14 +21,21 @@ OFFERS = Exchange(OFFER_EXCHANGE, type=OFFER_EXCHANGE_TYPE)
 
 
 def offer_for(attempt: Attempt, *, node_id: int | None = None) -> Offer:
+    """The offer of attempt: on the node's own queue when it must run there; else on its market's
+    queue, or for an op that exposes ports the market's services queue, which only nodes that can
+    serve endpoints take."""
     op = attempt.op
     market = op.market
+    if node_id is not None:
+        queue = node_queue(node_id)
+    else:
+        queue = service_queue(market.queue) if op.spec.get("expose") else market.queue
     return Offer(
         attempt_id=attempt.id,
         job_id=op.job_id,
         op=op.key,
         market=market.slug,
-        queue=node_queue(node_id) if node_id is not None else market.queue,
+        queue=queue,
         gpu_count=market.gpu_count,
         min_vram_mb=market.min_vram_mb,
     )

@@ -3,15 +3,18 @@ what follows from each end, and deriving the job's state."""
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict, deque
 from datetime import datetime
+from typing import Callable
 
 from sqlalchemy.orm import Session
 
+from protocol.names import op_slug
 from scheduler import events, ledger, offers
-from scheduler.endpoints import close_endpoints
+from scheduler.endpoints import any_node_serves_endpoints, close_endpoints, op_endpoint_url, op_ready
 from scheduler.errors import Conflict, PeergridError
-from scheduler.jobdef import CREATE_VOLUME, JobDefinition, OpDefinition, group_ranks
+from scheduler.jobdef import CREATE_VOLUME, LITERAL, JobDefinition, OpDefinition, group_ranks
 from scheduler.literals import Scope, UnresolvedLiteral, has_literals, resolve_args
 from scheduler.models import Attempt, Job, Op, User
 from scheduler.placement import most_cost, plan_ops
@@ -31,7 +34,8 @@ from scheduler.states import (
 
 # Container spec fields handed to the node that runs an op.
 SPEC_FIELDS = (
-    "image", "cmd", "entrypoint", "env", "work_dir", "output", "volumes", "expose", "private", "authentication",
+    "image", "cmd", "entrypoint", "env", "work_dir", "output", "volumes", "expose", "private", "aliases",
+    "authentication",
 )
 
 
@@ -113,9 +117,15 @@ def _started(op: Op) -> bool:
     return op.started_at is not None
 
 
-def _readiness(op: Op, by_key: dict[str, Op]) -> tuple[bool, str | None]:
+def is_service(op: Op) -> bool:
+    """Whether op is a service: it exposes ports, so it runs until stopped rather than to an end."""
+    return bool(op.spec.get("expose"))
+
+
+def _readiness(op: Op, by_key: dict[str, Op], serving: Callable[[Op], bool]) -> tuple[bool, str | None]:
     """Whether a pending op whose group's turn has come can be offered now, or why it never will
-    (the second value)."""
+    (the second value). What it depends on must have succeeded, or be a service that is serving
+    (ready: every endpoint of it is up), since a service does not end of itself."""
     deps = [by_key[k] for k in op.depends_on if k in by_key]
     if op.stop_if_dependent_stops:
         # It serves alongside what it depends on: it starts once they have started.
@@ -126,7 +136,36 @@ def _readiness(op: Op, by_key: dict[str, Op]) -> tuple[bool, str | None]:
     failed = next((d for d in deps if d.state in OP_FINISHED and d.state not in OP_FINE), None)
     if failed is not None:
         return False, f"{failed.key!r}, which it depends on, did not succeed ({failed.state.value})."
-    return all(d.state in OP_FINE for d in deps), None
+    return all(d.state in OP_FINE or serving(d) for d in deps), None
+
+
+def _results_read(ops: list[Op]) -> set[str]:
+    """The ops whose results a pending op's literals read: those must end before it starts."""
+    read = set()
+    for op in ops:
+        if op.state == OpState.PENDING:
+            for name in LITERAL.findall(json.dumps(op.spec)):
+                parts = name.split(".")
+                if len(parts) == 4 and parts[0] == "ops" and parts[2] == "results":
+                    read.add(parts[1])
+    return read
+
+
+def _serving(session: Session, ops: list[Op]) -> Callable[[Op], bool]:
+    """A test of whether an op is a service that serves now (running and ready), asked of the store
+    once per op; a service whose results a pending op reads counts as serving only once it ends."""
+    services = [op for op in ops if is_service(op)]
+    read = _results_read(ops) if services else set()
+    known: dict[str, bool] = {}
+
+    def serving(op: Op) -> bool:
+        if op.key not in known:
+            known[op.key] = (
+                op.key not in read and op.state == OpState.RUNNING and is_service(op) and op_ready(session, op)
+            )
+        return known[op.key]
+
+    return serving
 
 
 def advance(session: Session, job: Job, *, now: datetime | None = None) -> list[Attempt]:
@@ -138,15 +177,18 @@ def advance(session: Session, job: Job, *, now: datetime | None = None) -> list[
     ops = job.ops
     by_key = {op.key: op for op in ops}
     # Groups run in order of first appearance: an op's turn comes once every op of the groups
-    # before its own has ended. `turn` is the first group with an op still to end.
+    # before its own has ended, or is a service that serves (it would never end of itself). `turn`
+    # is the first group with an op still to end.
+    serving = _serving(session, ops)
     rank = group_ranks((op.key, op.group) for op in ops)
     groups = max(rank.values(), default=-1) + 1
     unfinished = [0] * groups
+    settled = {op.key for op in ops if op.state in OP_FINISHED or serving(op)}
     members: list[list[Op]] = [[] for _ in range(groups)]
     dependents: dict[str, list[Op]] = defaultdict(list)
     for op in ops:
         members[rank[op.key]].append(op)
-        unfinished[rank[op.key]] += op.state not in OP_FINISHED
+        unfinished[rank[op.key]] += op.key not in settled
         for key in op.depends_on:
             dependents[key].append(op)
     turn = next((r for r in range(groups) if unfinished[r]), groups)
@@ -169,14 +211,14 @@ def advance(session: Session, job: Job, *, now: datetime | None = None) -> list[
         waiting.discard(op.key)
         before = op.state
         if op.state == OpState.PENDING and rank[op.key] == turn:
-            ready, never = _readiness(op, by_key)
+            ready, never = _readiness(op, by_key, serving)
             if never:
                 move(op, OpState.SKIPPED, now=now)
                 op.error = f"Skipped: {never}"
                 events.record(session, job, "skipped", f"{op.key}: {op.error}", op=op, now=now)
             elif ready:
                 if has_literals(op.spec):
-                    scope = scope or _scope(job)
+                    scope = scope or _scope(session, job)
                     resolved = _resolve(session, job, op, scope, now=now)
                 else:
                     resolved = True
@@ -190,7 +232,8 @@ def advance(session: Session, job: Job, *, now: datetime | None = None) -> list[
         if op.state == before:
             continue
         look_again(dependents.get(op.key, []))
-        if op.state in OP_FINISHED:
+        if op.state in OP_FINISHED and op.key not in settled:
+            settled.add(op.key)
             unfinished[rank[op.key]] -= 1
             if rank[op.key] == turn and not unfinished[turn]:
                 while turn < groups and not unfinished[turn]:
@@ -203,13 +246,16 @@ def advance(session: Session, job: Job, *, now: datetime | None = None) -> list[
     return created
 
 
-def _scope(job: Job) -> Scope:
+def _scope(session: Session, job: Job) -> Scope:
     """What the literals of job's ops can read now."""
     definition = job.definition
+    by_key = {o.key: o for o in job.ops}
     return Scope(
         job_id=job.id,
         results={o.key: o.results for o in job.ops if o.results is not None},
-        hosts={o.key: f"peergrid-job-{job.id}-{o.position}" for o in job.ops},
+        # The name each op has on its job network (worker.networks gives its container that alias).
+        hosts={o.key: op_slug(o.key) for o in job.ops},
+        endpoints=lambda key, port: op_endpoint_url(session, by_key[key], port),
         variables=((definition.get("global") or {}).get("variables") or {}),
         version=str(definition.get("version", "0.1")),
     )
@@ -249,9 +295,11 @@ def new_attempt(session: Session, op: Op, *, now: datetime | None = None) -> Att
 def new_attempts(session: Session, ops: list[Op], *, now: datetime | None = None) -> list[Attempt]:
     """Create each op's next attempt, written in one flush, and stage their offers for after the commit."""
     now = now or utcnow()
-    attempts = [Attempt(op=op, number=len(op.attempts) + 1, created_at=now, offered_at=now) for op in ops]
+    with session.no_autoflush:  # reading one op's attempts must not flush the attempt just made for another
+        attempts = [Attempt(op=op, number=len(op.attempts) + 1, created_at=now, offered_at=now) for op in ops]
     session.add_all(attempts)
     session.flush()
+    servable: bool | None = None  # whether any node can serve endpoints now, asked once
     for attempt in attempts:
         op = attempt.op
         offers.stage(session, attempt, now=now, node_id=pinned_node_id(op))
@@ -260,6 +308,15 @@ def new_attempts(session: Session, ops: list[Op], *, now: datetime | None = None
             f"{op.key}: attempt {attempt.number} of {op.max_attempts} offered on market {op.market.slug}.",
             attempt=attempt, now=now,
         )
+        if is_service(op):
+            servable = any_node_serves_endpoints(session) if servable is None else servable
+            if not servable:
+                events.record(
+                    session, op.job, "waiting",
+                    f"{op.key}: no node up now can serve the ports it exposes (each runs its containers without "
+                    "a network, --job-network none); it waits for one that can.",
+                    attempt=attempt, now=now,
+                )
     return attempts
 
 

@@ -195,6 +195,12 @@ class Stack:
                                    capture_output=True, text=True).stdout.split()
         if leftovers:
             subprocess.run(["docker", "rm", "-f", *leftovers], capture_output=True)
+        networks = subprocess.run(
+            ["docker", "network", "ls", "-q", "--filter", f"label=peergrid.cluster={self.cluster()}"],
+            capture_output=True, text=True,
+        ).stdout.split()
+        if networks:
+            subprocess.run(["docker", "network", "rm", *networks], capture_output=True)
 
     def logs(self) -> str:
         out = []

@@ -113,15 +113,73 @@ def test_a_busybox_httpd_service_is_served_at_its_url_until_cancelled(tmp_path, 
             time.sleep(0.2)
 
 
-def test_a_node_without_a_job_network_refuses_a_service_and_says_why(tmp_path, sqlite_url, test_image):
+def test_a_client_reaches_its_server_by_op_id_alias_and_endpoint_literal(tmp_path, sqlite_url, test_image):
+    with embedded_stack(tmp_path, sqlite_url) as stack:
+        # Given a gateway and a worker whose containers have a network, with room for two ops
+        stack.start_gateway()
+        stack.start_worker(stack.node_token, "--job-network", "bridge", "--slots", "2")
+        # And a workflow: busybox httpd as a service, and a client that starts once it is ready and
+        # fetches from it by its op id, by its alias, and by its endpoint literal
+        server = {"type": "container/run", "id": "server",
+                  "args": {"image": test_image, "cmd": HTTPD, "expose": 8000, "aliases": ["web"]}}
+        client = {"type": "container/run", "id": "client", "execution": {"depends_on": ["server"]}, "args": {
+            "image": test_image,
+            "env": {"URL": "%%ops.server.endpoint.8000%%", "HOST": "%%ops.server.host%%"},
+            "cmd": 'echo "by-id $(wget -q -O- http://$HOST:8000/)"; echo "by-alias $(wget -q -O- http://web:8000/)"; '
+                   'echo "by-literal $URL $(wget -q -O- ${URL}index.html)"',
+        }}
+        api = stack.api
+        job_id = api.post("/jobs", {"version": "0.1", "type": "container", "ops": [server, client]}).json()["id"]
+
+        # When the client has run
+        deadline = time.monotonic() + 90
+        while (job := api.get(f"/jobs/{job_id}"))["ops"][1]["state"] not in ("succeeded", "failed", "skipped"):
+            assert time.monotonic() < deadline, (job, stack.logs())
+            time.sleep(0.2)
+
+        # Then it got the server's page all three ways, while the server ran on
+        lines = [line["text"] for line in api.get(f"/jobs/{job_id}/logs", op="client")["lines"]]
+        assert job["ops"][1]["state"] == "succeeded", (job, lines, stack.logs())
+        assert "by-id hello" in lines and "by-alias hello" in lines, lines
+        # On the server's own node its endpoint literal is its address on the job network: the
+        # gateway's localhost URL is the host's loopback, which no container reaches.
+        assert "by-literal http://server:8000/ hello" in lines, lines
+        assert job["ops"][0]["state"] == "running" and job["state"] == "running"
+        # And that literal is the URL at which the gateway serves the server to everyone else
+        url = job["ops"][0]["endpoints"][0]["url"]
+        assert _through_gateway(stack, url, "/index.html").text == "hello\n"
+        # And the job's network is there while its server runs, and gone once the job is cancelled
+        network = f"peergrid-{stack.cluster()}-job-{job_id}"
+        assert _networks(network) == [network]
+        assert api.post(f"/jobs/{job_id}/cancel").status_code == 200
+        deadline = time.monotonic() + 30
+        while _networks(network) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _networks(network) == [], stack.logs()
+
+
+def _networks(name: str) -> list[str]:
+    listed = subprocess.run(["docker", "network", "ls", "--format", "{{.Name}}", "--filter", f"name=^{name}$"],
+                            capture_output=True, text=True, check=True)
+    return listed.stdout.split()
+
+
+def test_a_node_without_a_job_network_leaves_services_to_other_nodes_and_says_why(tmp_path, sqlite_url, test_image):
     with embedded_stack(tmp_path, sqlite_url, worker=True) as stack:
+        # Given a node whose containers run without a network, and a service job and a plain one
         doc = hello_world(test_image, cmd=HTTPD)
         doc["ops"][0]["args"]["expose"] = 8000
+        service = stack.api.post("/jobs", doc).json()["id"]
+        plain = stack.api.wait(stack.api.post("/jobs", hello_world(test_image)).json()["id"])
 
-        job = stack.api.wait(stack.api.post("/jobs", doc).json()["id"])
-
-        assert job["state"] == "failed"
-        assert "--job-network none" in job["ops"][0]["error"], job
+        # Then it runs the plain job, leaves the service waiting for a node that can serve it,
+        # and says in its log why
+        assert plain["state"] == "succeeded", (plain, stack.logs())
+        job = stack.api.get(f"/jobs/{service}")
+        assert job["state"] == "queued" and job["ops"][0]["attempts"][0]["state"] == "queued", job
+        assert any(e["kind"] == "waiting" and "--job-network none" in e["message"] for e in job["events"]), job
+        log = (tmp_path / "worker.log").read_text()
+        assert "this node cannot serve endpoints" in log and "--job-network none" in log, log
 
 
 def _registered(stack, name: str, timeout: float = 30) -> None:
@@ -184,11 +242,9 @@ def test_killing_the_worker_under_a_service_takes_its_endpoint_away_and_places_t
     # When the worker comes back (the same node restarted)
     stack.start_worker(stack.node_token, "--job-network", "bridge")
 
-    # Then the lost attempt's URL answers 404 with a sentence, and the op runs again at a new URL
-    gone = _answers(stack, first["url"], 404)
-    assert gone.status_code == 404 and "its op has ended" in gone.text, (gone.status_code, gone.text)
+    # Then the op runs again, at the URL it had: an op's port keeps its endpoint across attempts
     second = _endpoint(stack.api, job_id, ready=True)
-    assert second["url"] != first["url"]
+    assert second["url"] == first["url"]
     for port in gateways:
         answer = _answers(stack, second["url"], 200, port=port)
         assert (answer.status_code, answer.text) == (200, "hello\n"), (port, answer.text, stack.logs())

@@ -24,6 +24,7 @@ from protocol.messages import (
     ReleaseReport,
     WorkOrder,
     node_queue,
+    service_queue,
 )
 from worker import __version__
 from worker.broker import connect, consume_offers
@@ -36,6 +37,7 @@ from worker.gpus import Inventory, probe, simulated_inventory
 from worker.images import PrivateImages
 from worker.joining import NodeToken, node_token
 from worker.logs import MAX_BATCH, LogShipper
+from worker.networks import JobNetworks, network_aliases
 from worker.outbox import Outbox, Outcome
 from worker.runtime import DockerRuntime, Limits, Machine, Owner, container_spec, volume_name
 from worker.settings import WorkerSettings
@@ -114,6 +116,8 @@ class Agent:
         # The tunnels to every live gateway, which carry this node's endpoints; the registration and
         # each heartbeat answer name the gateways.
         self.gateways: Gateways | None = None
+        # The networks the ops of one job share here; none with --job-network none.
+        self.networks = JobNetworks(lambda: self.runtime.client(), lambda: self.owner.labels())
 
     # -- what the node tells the server ------------------------------------------------------
 
@@ -154,7 +158,13 @@ class Agent:
             undelivered=tuple(undelivered),
             # The rest wait for later heartbeats.
             volume_jobs=tuple(self._volume_jobs[:MAX_VOLUME_JOBS]),
+            serves_endpoints=self.serves_endpoints,
         )
+
+    @property
+    def serves_endpoints(self) -> bool:
+        """Whether this node's containers have a network, so the ports they expose can be served."""
+        return self.settings.job_network != "none"
 
     def authenticate(self) -> bool:
         """Settle the node token: the one given, the one an earlier join saved, or a new one got by
@@ -201,6 +211,12 @@ class Agent:
         removed = self.runtime.remove_leftovers(self.owner)
         if removed:
             log.info("removed %d container(s) left from an earlier run of this node", removed)
+        if self.settings.job_network == "bridge" and (removed := self.networks.remove_leftovers()):
+            log.info("removed %d job network(s) left from an earlier run of this node", removed)
+        if not self.serves_endpoints:
+            log.info("this node cannot serve endpoints: its containers run without a network (--job-network none), "
+                     "so ops that expose ports are placed on other nodes; restart it with --job-network bridge to "
+                     "serve them")
         self._sweep_volumes([])  # volumes an earlier run left are found by their labels
 
     def _tunnel_to(self, answer: Registration) -> None:
@@ -237,7 +253,8 @@ class Agent:
         markets = self.servable()
         if not markets:
             return []
-        return sorted([node_queue(self.node_id), *(m.queue for m in markets)])
+        services = [service_queue(m.queue) for m in markets] if self.serves_endpoints else []
+        return sorted([node_queue(self.node_id), *(m.queue for m in markets), *services])
 
     # -- offers and runs ---------------------------------------------------------------------
 
@@ -305,6 +322,7 @@ class Agent:
                 log.warning("could not report attempt %s started: %s", attempt_id, e)
 
         scratch = Path(tempfile.mkdtemp(prefix=f"peergrid-{attempt_id}-"))
+        job_network: str | None = None
         try:
             labels = {**self.owner.labels(), "peergrid.attempt": str(attempt_id), "peergrid.job": str(attempt.job_id)}
             if "create_volume" in attempt.spec:
@@ -321,9 +339,14 @@ class Agent:
                     "op's exposed ports; submit it again and it runs on another node, or restart this worker "
                     "with --job-network bridge."
                 )
+            network = self.settings.job_network
+            if network == "bridge":
+                # The job's own network here, where its ops reach each other by op id and aliases.
+                network = job_network = self.networks.acquire(self.owner.cluster, attempt.job_id)
             spec = container_spec(
                 attempt.spec,
-                network=self.settings.job_network,
+                network=network,
+                aliases=network_aliases(attempt.op, attempt.spec.get("aliases")) if network != "none" else (),
                 ports=tuple(e.port for e in attempt.endpoints),
                 cluster=self.owner.cluster,
                 job_id=attempt.job_id,
@@ -358,6 +381,8 @@ class Agent:
             shipper.add("system", f"[peergrid] {message}")
             self._conclude(run, shipper, FinishedReport(exit_code=None, error=message))
         finally:
+            if job_network is not None:
+                self.networks.release(job_network)  # its container is gone by now
             if self.gateways is not None:
                 for endpoint in attempt.endpoints:
                     self.gateways.close(endpoint.label)

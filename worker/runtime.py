@@ -52,6 +52,8 @@ class ContainerSpec:
     env: dict[str, str] = field(default_factory=dict, repr=False)
     work_dir: str | None = None
     network: str = "none"
+    # The names the container answers to on its network (its job network: worker.networks).
+    aliases: tuple[str, ...] = ()
     labels: dict[str, str] = field(default_factory=dict)
     # The folder whose contents are collected when the container ends.
     output: str | None = None
@@ -102,6 +104,7 @@ def container_spec(
     simulated_gpus: bool = False,
     limits: Limits | None = None,
     ports: tuple[int, ...] = (),
+    aliases: tuple[str, ...] = (),
 ) -> ContainerSpec:
     """Translate an op's spec (Nosana args) into what Docker is asked to run.
 
@@ -136,6 +139,7 @@ def container_spec(
         env=env,
         work_dir=spec.get("work_dir") or None,
         network=network,
+        aliases=tuple(aliases),
         labels=labels or {},
         output=spec.get("output") or None,
         volumes=volumes,
@@ -367,6 +371,11 @@ class DockerRuntime:
         if spec.gpus and not spec.simulated_gpus:
             # Each GPU is bound by UUID, so the container sees exactly the GPUs its op holds.
             devices = [docker.types.DeviceRequest(device_ids=list(spec.gpus), capabilities=[["gpu"]])]
+        if spec.aliases:
+            network = {"network": spec.network, "networking_config": {
+                spec.network: client.api.create_endpoint_config(aliases=list(spec.aliases))}}
+        else:
+            network = {"network_mode": spec.network}
         try:
             return client.containers.create(
                 spec.image,
@@ -374,7 +383,7 @@ class DockerRuntime:
                 entrypoint=spec.entrypoint,
                 environment=spec.env,
                 working_dir=spec.work_dir,
-                network_mode=spec.network,
+                **network,
                 ports={f"{port}/tcp": ("127.0.0.1", None) for port in spec.ports} or None,
                 labels={"peergrid": "1", **spec.labels},
                 volumes={name: {"bind": dest, "mode": "rw"} for name, dest in spec.volumes.items()},

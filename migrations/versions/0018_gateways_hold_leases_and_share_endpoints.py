@@ -15,7 +15,7 @@ import scheduler.models.base
 
 
 revision = '0018'
-down_revision = '0016'
+down_revision = '0017'
 branch_labels = None
 depends_on = None
 

@@ -14,7 +14,8 @@ from scheduler.states import utcnow
 
 
 class Endpoint(Base):
-    """One exposed port of one attempt, open while the attempt is held by its node."""
+    """One exposed port of an op, open while an attempt of it is held by its node: the op's later
+    attempts take the row over (scheduler.endpoints.open_endpoints), so its URL stays the same."""
 
     __tablename__ = "endpoints"
     __table_args__ = (Index("ix_endpoints_attempt_id", "attempt_id"),)
@@ -24,7 +25,7 @@ class Endpoint(Base):
     op_id: Mapped[int] = mapped_column(ForeignKey("ops.id", ondelete="CASCADE"), index=True)
     # The container port.
     port: Mapped[int]
-    # The URL's first DNS label: random, lowercase, never reused.
+    # The URL's first DNS label: random, lowercase, the op's port's for good (Op.endpoint_labels).
     label: Mapped[str] = mapped_column(String(32), unique=True)
     private: Mapped[bool] = mapped_column(default=False)
     # Set when the claim made it; closed_at when its attempt ended (scheduler.orchestration.end_attempt).

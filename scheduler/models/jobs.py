@@ -78,6 +78,9 @@ class Op(Base):
     exit_code: Mapped[int | None]
     error: Mapped[str | None] = mapped_column(Text)
     results: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # The label of each exposed port's URL, by port: chosen once, so the URL is known before the op
+    # runs (%%ops.ID.endpoint.PORT%% resolves to it) and stays the same when the op is placed again.
+    endpoint_labels: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
 

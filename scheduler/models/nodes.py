@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, String, UniqueConstraint, false
+from sqlalchemy import ForeignKey, String, UniqueConstraint, false, true
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from scheduler.models.base import Base, state_column
@@ -30,6 +30,8 @@ class Node(Base):
     memory_mb: Mapped[int] = mapped_column(default=0)
     # CPU ops it runs at once.
     slots: Mapped[int] = mapped_column(default=1)
+    # Whether its containers have a network (not --job-network none), so it can serve endpoints.
+    serves_endpoints: Mapped[bool] = mapped_column(default=True, server_default=true())
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     registered_at: Mapped[datetime | None]
     last_heartbeat_at: Mapped[datetime | None]
