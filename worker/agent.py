@@ -37,7 +37,8 @@ from worker.images import PrivateImages
 from worker.joining import NodeToken, node_token
 from worker.logs import MAX_BATCH, LogShipper
 from worker.outbox import Outbox, Outcome
-from worker.runtime import DockerRuntime, Limits, Machine, Owner, container_spec, volume_name
+from worker.health import HealthMonitor
+from worker.runtime import DockerRuntime, Limits, Machine, Owner, container_spec, restart_policy, volume_name
 from worker.settings import WorkerSettings
 from worker.tunnel import Tunnel
 
@@ -231,6 +232,26 @@ class Agent:
             else:
                 self.tunnel.open(endpoint.label, endpoint.port, target)
 
+    def _monitor(self, attempt: WorkOrder, shipper: LogShipper) -> HealthMonitor | None:
+        """The health checks of a service attempt's exposed ports, started; None for an op exposing none."""
+        if not attempt.endpoints:
+            return None
+        monitor = HealthMonitor(
+            [e.port for e in attempt.endpoints], attempt.spec.get("expose"),
+            lambda report: self.client.health(attempt.id, report),
+            interval_s=self.settings.health_interval_s, failures=self.settings.health_failures,
+            note=lambda text: shipper.add("system", text), name=f"health-{attempt.id}",
+        )
+        monitor.start()
+        return monitor
+
+    def _published(self, attempt: WorkOrder, published: dict[int, int], shipper: LogShipper,
+                   monitor: HealthMonitor | None) -> None:
+        """The container runs (again) with its ports published: forward them, and check their health."""
+        self._forward(attempt, published, shipper)
+        if monitor is not None:
+            monitor.watch(published)
+
     # -- capacity ----------------------------------------------------------------------------
 
     def servable(self) -> list[MarketSpec]:
@@ -316,6 +337,7 @@ class Agent:
                 log.warning("could not report attempt %s started: %s", attempt_id, e)
 
         scratch = Path(tempfile.mkdtemp(prefix=f"peergrid-{attempt_id}-"))
+        monitor: HealthMonitor | None = None
         try:
             labels = {**self.owner.labels(), "peergrid.attempt": str(attempt_id), "peergrid.job": str(attempt.job_id)}
             if "create_volume" in attempt.spec:
@@ -345,16 +367,20 @@ class Agent:
                 limits=self._limits(len(attempt.gpus)),
             )
             inputs = self._fetch_inputs(attempt, scratch, shipper)
+            monitor = self._monitor(attempt, shipper)
             outcome = self.runtime.run(
                 spec,
                 shipper.add,
                 time_limit=lambda: run.time_limit,
                 should_stop=lambda: run.cancel.is_set() or shipper.gone.is_set() or self.stopping.is_set(),
                 on_started=started,
-                on_published=lambda published: self._forward(attempt, published, shipper),
+                on_published=lambda published: self._published(attempt, published, shipper, monitor),
                 stop_grace_s=self.settings.stop_grace_s,
                 inputs=inputs,
                 output_archive=scratch / "output.tar.gz",
+                restart=restart_policy(attempt.spec),
+                should_restart=monitor.restart_wanted if monitor else lambda: None,
+                on_restarting=monitor.restarting if monitor else lambda count, reason: None,
             )
             if outcome.stopped and self.stopping.is_set() and not (run.cancel.is_set() or shipper.gone.is_set()):
                 self._give_back(run, shipper)
@@ -369,6 +395,8 @@ class Agent:
             shipper.add("system", f"[peergrid] {message}")
             self._conclude(run, shipper, FinishedReport(exit_code=None, error=message))
         finally:
+            if monitor is not None:
+                monitor.stop()
             if self.tunnel is not None:
                 for endpoint in attempt.endpoints:
                     self.tunnel.close(endpoint.label)

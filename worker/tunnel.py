@@ -121,6 +121,8 @@ class Tunnel:
     async def _serve(self, conn: asyncssh.SSHClientConnection) -> None:
         """Keep the gateway's forwards in step with what is wanted until the connection ends."""
         held: dict[str, asyncssh.SSHListener] = {}
+        # Where each held forward leads: a container restarted in place is published on a new port.
+        targets: dict[str, tuple[int, int]] = {}
         refused: set[str] = set()
         closed = asyncio.ensure_future(conn.wait_closed())
         try:
@@ -128,8 +130,9 @@ class Tunnel:
                 self._changed.clear()
                 with self._lock:
                     wanted = dict(self._wanted)
-                for label in [label for label in held if label not in wanted]:
+                for label in [label for label in held if wanted.get(label) != targets[label]]:
                     held.pop(label).close()
+                    targets.pop(label)
                     self.forwarded.discard(label)
                     log.info("stopped forwarding endpoint %s", label)
                 for label, (port, target) in wanted.items():
@@ -137,6 +140,7 @@ class Tunnel:
                         continue
                     try:
                         held[label] = await conn.forward_remote_port(label, port, "127.0.0.1", target)
+                        targets[label] = (port, target)
                     except asyncssh.ChannelListenError as e:
                         if label not in refused:
                             log.warning("the gateway refused to forward endpoint %s: %s", label, e)
