@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 from scheduler.errors import AuthenticationError, Conflict, NotFound
 from scheduler.jobdef import exposed_ports
 from scheduler.models import Attempt, Endpoint, Gateway, Node
+from scheduler.models.endpoints import Health
 from scheduler.nodes import node_for_token
 from scheduler.states import ATTEMPT_HELD, utcnow
 
@@ -60,15 +61,21 @@ def attempt_endpoints(session: Session, attempt: Attempt) -> list[Endpoint]:
 
 
 def endpoint_ready(endpoint: Endpoint) -> bool:
-    """Whether an endpoint is ready: open, and its node's tunnel to a gateway carries it."""
-    return endpoint.closed_at is None and endpoint.forwarded_at is not None
+    """Whether an endpoint is ready: open, its node's tunnel to a gateway carries it, and its node
+    reports its port healthy (scheduler.health)."""
+    return endpoint.closed_at is None and endpoint.forwarded_at is not None and endpoint.health == Health.HEALTHY
+
+
+def held_service_attempt(session: Session, op) -> Attempt | None:
+    """The op's attempt a node holds now, if any (the latest)."""
+    return session.scalar(
+        select(Attempt).where(Attempt.op_id == op.id, Attempt.state.in_(ATTEMPT_HELD)).order_by(Attempt.id.desc()).limit(1)
+    )
 
 
 def op_ready(session: Session, op) -> bool:
     """Whether a service op is ready: its attempt now held has endpoints, and every one is ready."""
-    attempt = session.scalar(
-        select(Attempt).where(Attempt.op_id == op.id, Attempt.state.in_(ATTEMPT_HELD)).order_by(Attempt.id.desc()).limit(1)
-    )
+    attempt = held_service_attempt(session, op)
     if attempt is None:
         return False
     endpoints = attempt_endpoints(session, attempt)

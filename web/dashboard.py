@@ -139,6 +139,8 @@ def job(job_id: int):
         op_keys=keys,
         endpoints=[(op.key, endpoint_json(e)) for op in job.ops if op.attempts
                    for e in attempt_endpoints(db(), op.attempts[-1])],
+        # Each op's last attempt, whose restarts the endpoints table shows.
+        services={op.key: op.attempts[-1] for op in job.ops if op.attempts},
     )
 
 
