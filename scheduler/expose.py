@@ -12,8 +12,7 @@ SERVICE_TYPES = ("web", "api", "webapi", "websocket", "none")
 HEALTH_CHECK_TYPES = ("http", "websocket")
 HTTP_METHODS = ("GET", "POST", "PUT", "DELETE")
 # The fields of each kind of check, as Nosana's types name them.
-HTTP_CHECK_FIELDS = ("type", "path", "method", "expected_status", "headers", "body", "continuous",
-                     "expected_response")  # ours: text the answer's body must contain
+HTTP_CHECK_FIELDS = ("type", "path", "method", "expected_status", "headers", "body", "continuous")
 WEBSOCKET_CHECK_FIELDS = ("type", "expected_response", "continuous")
 PORT_FIELDS = ("port", "type", "health_checks")
 # "8000-8010", the older SDK's way of exposing a range of ports.
@@ -194,16 +193,7 @@ def _read_http_check(where: str, check: dict, problems: list[Problem], refuse_un
         expected_status=status if isinstance(status, int) else None,
         headers=tuple(headers.items()),
         body=check.get("body"),
-        expected_response=_read_expected(where, check, problems),
     )
-
-
-def _read_expected(where: str, check: dict, problems: list[Problem]) -> str | None:
-    expected = check.get("expected_response")
-    if expected is not None and not isinstance(expected, str):
-        problems.append(Problem(f"{where}.expected_response", "expected_response must be a string the answer contains."))
-        return None
-    return expected
 
 
 def _read_websocket_check(where: str, check: dict, problems: list[Problem], refuse_unknown: Callable) -> HealthCheck:

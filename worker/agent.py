@@ -16,6 +16,7 @@ from protocol.liveness import Liveness
 from protocol.messages import (
     MAX_VOLUME_JOBS,
     FinishedReport,
+    HealthReport,
     MarketSpec,
     NodeReport,
     Offer,
@@ -245,6 +246,13 @@ class Agent:
         monitor.start()
         return monitor
 
+    def _restarted(self, attempt: WorkOrder, count: int, reason: str) -> None:
+        """Tell the server an op with no endpoints was restarted in place (a service's monitor does that)."""
+        try:
+            self.client.health(attempt.id, HealthReport(restarts=count, reason=reason))
+        except ServerError as e:
+            log.warning("could not report that attempt %s restarted: %s", attempt.id, e)
+
     def _published(self, attempt: WorkOrder, published: dict[int, int], shipper: LogShipper,
                    monitor: HealthMonitor | None) -> None:
         """The container runs (again) with its ports published: forward them, and check their health."""
@@ -380,7 +388,7 @@ class Agent:
                 output_archive=scratch / "output.tar.gz",
                 restart=restart_policy(attempt.spec),
                 should_restart=monitor.restart_wanted if monitor else lambda: None,
-                on_restarting=monitor.restarting if monitor else lambda count, reason: None,
+                on_restarting=monitor.restarting if monitor else lambda count, why: self._restarted(attempt, count, why),
             )
             if outcome.stopped and self.stopping.is_set() and not (run.cancel.is_set() or shipper.gone.is_set()):
                 self._give_back(run, shipper)

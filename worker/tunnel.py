@@ -118,11 +118,20 @@ class Tunnel:
                 pass
             delay = min(delay * 2, LAST_RETRY_S)
 
+    def _dialler(self, conn: asyncssh.SSHClientConnection, label: str):
+        """What a forwarded connection of label dials: where its container port is published now,
+        which a container restarted in place changes while the gateway's forward stays."""
+
+        def session_factory(_orig_host: str, _orig_port: int):
+            with self._lock:
+                _, target = self._wanted.get(label, (0, 0))
+            return conn.forward_connection("127.0.0.1", target)
+
+        return session_factory
+
     async def _serve(self, conn: asyncssh.SSHClientConnection) -> None:
         """Keep the gateway's forwards in step with what is wanted until the connection ends."""
         held: dict[str, asyncssh.SSHListener] = {}
-        # Where each held forward leads: a container restarted in place is published on a new port.
-        targets: dict[str, tuple[int, int]] = {}
         refused: set[str] = set()
         closed = asyncio.ensure_future(conn.wait_closed())
         try:
@@ -130,17 +139,15 @@ class Tunnel:
                 self._changed.clear()
                 with self._lock:
                     wanted = dict(self._wanted)
-                for label in [label for label in held if wanted.get(label) != targets[label]]:
+                for label in [label for label in held if label not in wanted]:
                     held.pop(label).close()
-                    targets.pop(label)
                     self.forwarded.discard(label)
                     log.info("stopped forwarding endpoint %s", label)
                 for label, (port, target) in wanted.items():
                     if label in held:
                         continue
                     try:
-                        held[label] = await conn.forward_remote_port(label, port, "127.0.0.1", target)
-                        targets[label] = (port, target)
+                        held[label] = await conn.create_server(self._dialler(conn, label), label, port)
                     except asyncssh.ChannelListenError as e:
                         if label not in refused:
                             log.warning("the gateway refused to forward endpoint %s: %s", label, e)
