@@ -78,7 +78,10 @@ def op_ready(session: Session, op) -> bool:
     attempt = held_service_attempt(session, op)
     if attempt is None:
         return False
-    endpoints = attempt_endpoints(session, attempt)
+    # Read afresh: mark_forwarded and mark_unforwarded update the rows behind the session's back.
+    endpoints = list(session.scalars(
+        select(Endpoint).where(Endpoint.attempt_id == attempt.id).execution_options(populate_existing=True)
+    ))
     return bool(endpoints) and all(endpoint_ready(e) for e in endpoints)
 
 

@@ -32,6 +32,7 @@ from scheduler.states import (
 # Container spec fields handed to the node that runs an op.
 SPEC_FIELDS = (
     "image", "cmd", "entrypoint", "env", "work_dir", "output", "volumes", "expose", "private", "authentication",
+    "restart_policy",  # the worker restarts the container in place as it says
 )
 
 
