@@ -265,7 +265,7 @@ def test_the_monitor_sends_again_what_the_server_did_not_take(service):
     ("always", 0, 0, True),
     ("unless-stopped", 0, 5, True),
     ("on-failure", 0, 0, False),
-    ("on-failure", 2, 0, True),
+    ("on-failure", 2, 0, False),  # the server tries it again as a new attempt
     ({"policy": "always", "restart_tries": 2}, 0, 1, True),
     ({"policy": "always", "restart_tries": 2}, 0, 2, False),
     ({"policy": "on-failure", "restart_tries": 1}, 1, 1, False),

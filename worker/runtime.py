@@ -159,9 +159,11 @@ def registry_auth(spec: dict) -> dict[str, str] | None:
 
 @dataclass(frozen=True)
 class RestartPolicy:
-    """When the container is restarted in place, as Docker's restart policies say (Nosana's
-    restart_policy): `always` and `unless-stopped` after any exit, `on-failure` after a non-zero
-    one; any but `no` when a continuous health check keeps failing; at most `tries` times if set."""
+    """When the container is restarted in place (Nosana's restart_policy, as Docker reads it):
+    `always` and `unless-stopped` after it exits; any but `no` when a continuous health check keeps
+    failing; at most `tries` times if set. An `on-failure` op that exits non-zero is not restarted
+    here: the server tries it again as a new attempt (scheduler.jobdef max_attempts), so its
+    restart_tries are not counted twice."""
 
     name: str = "no"
     tries: int | None = None
@@ -170,7 +172,7 @@ class RestartPolicy:
         return self.name != "no" and (self.tries is None or restarts < self.tries)
 
     def after_exit(self, exit_code: int, restarts: int) -> bool:
-        return self._allows(restarts) and (self.name in ("always", "unless-stopped") or exit_code != 0)
+        return self._allows(restarts) and self.name in ("always", "unless-stopped")
 
     def after_unhealthy(self, restarts: int) -> bool:
         return self._allows(restarts)
