@@ -257,6 +257,11 @@ def job_status(job_id: int, as_json: bool) -> None:
         code = "" if op["exit_code"] is None else f" exit {op['exit_code']}"
         note = f"  ({op['error']})" if op["error"] else ""
         click.echo(f"  {op['id']}: {op['state']}{code} on {node}{note}")
+        for endpoint in op.get("endpoints") or []:
+            if endpoint.get("open", True):
+                again = f", restarts {op['restarts']}" if op.get("restarts") else ""
+                detail = f" ({endpoint['health_detail']})" if endpoint.get("health_detail") else ""
+                click.echo(f"    port {endpoint['port']}: {_endpoint_state(endpoint, op)}{again}{detail}")
         for key, value in (op.get("results") or {}).items():
             click.echo(f"    {key} = {value}")
 
@@ -274,10 +279,25 @@ def job_endpoints(job_id: int, as_json: bool) -> None:
     if not rows:
         click.echo(f"job {job_id} has no endpoints: none of its ops exposes a port, or none has started.")
         return
+    services = {op["id"]: op for op in body["ops"]}
     for row in rows:
-        state = "ready" if row["ready"] else ("not ready" if row.get("open", True) else "closed")
+        state = _endpoint_state(row, services[row["op"]])
         private = "  private" if row["private"] else ""
-        click.echo(f"{row['op']}  {row['port']}  {row['url']}  {state}{private}")
+        restarts = services[row["op"]].get("restarts") or 0
+        again = f"  restarts {restarts}" if restarts else ""
+        detail = f"  ({row['health_detail']})" if row.get("health_detail") and row.get("open", True) else ""
+        click.echo(f"{row['op']}  {row['port']}  {row['url']}  {state}{private}{again}{detail}")
+
+
+def _endpoint_state(endpoint: dict, op: dict) -> str:
+    """ready, starting, unhealthy, restarting or closed: how an endpoint stands, in a word or two."""
+    if not endpoint.get("open", True):
+        return "closed"
+    if op.get("restarting"):
+        return "restarting"
+    if endpoint["ready"]:
+        return "ready"
+    return "unhealthy" if endpoint.get("health") == "unhealthy" else "not ready"
 
 
 @job.command("logs")

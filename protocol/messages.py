@@ -616,3 +616,62 @@ class LogsAnswer:
     def from_wire(cls, body: Any) -> LogsAnswer:
         body = _object(body, "The logs answer")
         return cls(stored=int(body.get("stored") or 0), full=bool(body.get("log_full")))
+
+
+# -- what a node says about a service's health -----------------------------------------------
+
+# How an exposed port's checks stand: not passed yet (the service is starting), passing, or failing
+# after they had passed.
+PORT_HEALTH = ("starting", "healthy", "unhealthy")
+MAX_PORTS = 1000
+
+
+@dataclass(frozen=True)
+class PortHealth:
+    """How one exposed port's health checks stand, with a short sentence on the last failure."""
+
+    port: int
+    state: str
+    detail: str | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"port": self.port, "state": self.state, "detail": self.detail}
+
+    @classmethod
+    def from_wire(cls, body: Any) -> PortHealth:
+        body = _object(body, "A port's health")
+        state = body.get("state")
+        if state not in PORT_HEALTH:
+            raise ProtocolError(f"A port's health state must be one of {', '.join(PORT_HEALTH)}.")
+        return cls(port=_whole(body.get("port"), "port", low=1, high=65535), state=state,
+                   detail=_text(body.get("detail"), 500))
+
+
+@dataclass(frozen=True)
+class HealthReport:
+    """A service attempt's health on its node: each exposed port's checks, and how often its
+    container was restarted in place (and whether it is restarting now, and why it last was)."""
+
+    ports: tuple[PortHealth, ...] = ()
+    restarts: int = 0
+    restarting: bool = False
+    reason: str | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"ports": [p.to_wire() for p in self.ports], "restarts": self.restarts,
+                "restarting": self.restarting, "reason": self.reason}
+
+    @classmethod
+    def from_wire(cls, body: Any) -> HealthReport:
+        body = _object(body, "The health report")
+        ports = body.get("ports") or []
+        if not isinstance(ports, list) or len(ports) > MAX_PORTS:
+            raise ProtocolError(f'ports must be a list of at most {MAX_PORTS} {{"port", "state", "detail"}}.')
+        restarting = body.get("restarting", False)
+        if not isinstance(restarting, bool):
+            raise ProtocolError("restarting must be true or false.")
+        read = tuple(PortHealth.from_wire(p) for p in ports)
+        if len({p.port for p in read}) != len(read):
+            raise ProtocolError("Each port's health is sent once.")
+        return cls(ports=read, restarts=_whole(body.get("restarts"), "restarts", high=2**31 - 1, default=0),
+                   restarting=restarting, reason=_text(body.get("reason"), 500))

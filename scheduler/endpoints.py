@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from scheduler.errors import AuthenticationError, Conflict, NotFound
 from scheduler.jobdef import exposed_ports
 from scheduler.models import Attempt, Endpoint, EndpointForward, Gateway, Node, Op
+from scheduler.models.endpoints import Health
 from scheduler.nodes import node_for_token
 from protocol.messages import GatewayRef
 from scheduler.states import ATTEMPT_HELD, NodeState, utcnow
@@ -114,8 +115,9 @@ def attempt_endpoints(session: Session, attempt: Attempt) -> list[Endpoint]:
 
 
 def endpoint_ready(endpoint: Endpoint) -> bool:
-    """Whether an endpoint is ready: open, and its node's tunnel to a live gateway carries it."""
-    return endpoint.closed_at is None and forwarded(endpoint)
+    """Whether an endpoint is ready: open, its node's tunnel to a live gateway carries it, and its
+    node reports its port healthy (scheduler.health)."""
+    return endpoint.closed_at is None and endpoint.health == Health.HEALTHY and forwarded(endpoint)
 
 
 def forwarded(endpoint: Endpoint, *, now: datetime | None = None) -> bool:
@@ -124,15 +126,19 @@ def forwarded(endpoint: Endpoint, *, now: datetime | None = None) -> bool:
     return any(f.gateway.live(now) for f in endpoint.forwards)
 
 
-def op_ready(session: Session, op) -> bool:
-    """Whether a service op is ready: its attempt now held has endpoints, and every one is ready."""
-    attempt = session.scalar(
+def held_service_attempt(session: Session, op) -> Attempt | None:
+    """The op's attempt a node holds now, if any (the latest)."""
+    return session.scalar(
         select(Attempt).where(Attempt.op_id == op.id, Attempt.state.in_(ATTEMPT_HELD)).order_by(Attempt.id.desc()).limit(1)
     )
+
+
+def op_ready(session: Session, op) -> bool:
+    """Whether a service op is ready: its attempt now held has endpoints, and every one is ready."""
+    attempt = held_service_attempt(session, op)
     if attempt is None:
         return False
-    # Read afresh: what marks an endpoint forwarded (mark_forwarded) updates the table, not the
-    # rows this session may hold already.
+    # Read afresh: mark_forwarded and mark_unforwarded update the rows behind the session's back.
     endpoints = list(session.scalars(
         select(Endpoint).where(Endpoint.attempt_id == attempt.id).execution_options(populate_existing=True)
     ))

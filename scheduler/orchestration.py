@@ -36,6 +36,7 @@ from scheduler.states import (
 SPEC_FIELDS = (
     "image", "cmd", "entrypoint", "env", "work_dir", "output", "volumes", "expose", "private", "aliases",
     "authentication",
+    "restart_policy",  # the worker restarts the container in place as it says
 )
 
 

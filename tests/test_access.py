@@ -43,6 +43,7 @@ POLICY = {
     "api.node_register": "node_any", "api.node_heartbeat": "node_any",
     "api.attempt_claim": "node_owned", "api.attempt_started": "node_owned", "api.attempt_logs": "node_owned",
     "api.attempt_finished": "node_owned", "api.attempt_release": "node_owned", "api.attempt_artifact": "node_owned",
+    "api.attempt_health": "node_owned",
     "api.attempt_input": "node_owned",
     "dashboard.home": "page_user", "dashboard.jobs": "page_user", "dashboard.nodes": "page_user",
     "dashboard.node_create": "page_user", "dashboard.credits_page": "page_user", "dashboard.payout_request": "page_user",

@@ -195,7 +195,12 @@ def test_the_gateway_serves_an_endpoint_through_its_nodes_tunnel_and_drops_it_wh
             await asyncio.wait_for(reader.readuntil(b"0\r\n\r\n"), 5)
             assert first < 0.5 < time.monotonic() - began, (first, time.monotonic() - began)
             writer.close()
-            # And the store says it is ready
+            # And the store says it is ready once its node also reports it healthy
+            body = client.get(f"/api/v1/jobs/{job_id}", headers=bearer(token)).json
+            assert body["ops"][0]["endpoints"][0]["ready"] is False
+            healthy = {"ports": [{"port": 8000, "state": "healthy"}]}
+            assert client.post(f"/api/v1/node/attempts/{attempt_id}/health", json=healthy,
+                               headers=bearer(node_token)).status_code == 200
             body = client.get(f"/api/v1/jobs/{job_id}", headers=bearer(token)).json
             assert body["ops"][0]["endpoints"][0]["ready"] is True
 

@@ -43,6 +43,10 @@ def test_two_gateways_serve_one_endpoint_and_a_node_follows_them_as_they_come_an
     job_id, node_id, node_token, attempt_id, token = claimed(client, core, service())
     with core.transaction() as session:
         label = session.scalar(select(Endpoint.label))
+    # (its node reports the port healthy: readiness turns on the gateways alone from here)
+    healthy = {"ports": [{"port": 8000, "state": "healthy"}]}
+    assert client.post(f"/api/v1/node/attempts/{attempt_id}/health", json=healthy,
+                       headers=bearer(node_token)).status_code == 200
 
     def beat():
         """One heartbeat of the node, as the server answers it: the gateways it should tunnel to."""

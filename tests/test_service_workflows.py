@@ -15,10 +15,11 @@ from sqlalchemy import select
 
 from protocol.messages import NodeReport
 from scheduler.attempts import claim_attempt, claim_work, expire_overdue, lose_attempts, start_attempt
-from scheduler.endpoints import endpoint_url, mark_forwarded, mark_unforwarded
+from scheduler.endpoints import announce_gateway, endpoint_url, mark_forwarded, mark_unforwarded
 from scheduler.errors import Conflict
 from scheduler.ledger import check_books
 from scheduler.models import Attempt, Endpoint, Job, Node, Op
+from scheduler.models.endpoints import Health
 from scheduler.nodes import register
 from scheduler.offers import offer_for
 from scheduler.orchestration import cancel_job, extend_job
@@ -41,6 +42,10 @@ class Services(Flow):
             target = self._op(session, job_id, key)
             rows = list(session.scalars(select(Endpoint).where(Endpoint.op_id == target.id)))
             labels = [e.label for e in rows]
+            announce_gateway(session, "gw-test", "127.0.0.1:1", "ssh-ed25519 AAAA", lease_s=3600)
+            for row in rows:
+                # and as its node does when the port passes its health checks
+                row.health = Health.HEALTHY if ready else Health.UNHEALTHY
             for label in labels:
                 if ready:
                     mark_forwarded(session, label, "gw-test")
@@ -164,7 +169,7 @@ def test_a_service_placed_again_keeps_its_url_and_what_depends_on_it_runs_on(flo
     assert flow.states(job) == {"job": "running", "server": "queued", "client": "running"}
     with flow.core.transaction() as session:
         (row,) = session.scalars(select(Endpoint)).all()
-        assert row.closed_at is not None and row.forwarded_at is None
+        assert row.closed_at is not None and not row.forwards
     # And once placed again, the server answers at the URL it had, the one the client was given
     flow.start(job, "server")
     assert flow.url(job, "server") == url and url in flow.spec(job, "client")["cmd"]

@@ -140,6 +140,8 @@ def job(job_id: int):
         op_keys=keys,
         endpoints=[(op.key, _with_link(job, e)) for op in job.ops if op.attempts
                    for e in attempt_endpoints(db(), op.attempts[-1])],
+        # Each op's last attempt, whose restarts the endpoints table shows.
+        services={op.key: op.attempts[-1] for op in job.ops if op.attempts},
     )
 
 

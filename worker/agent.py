@@ -16,6 +16,7 @@ from protocol.liveness import Liveness
 from protocol.messages import (
     MAX_VOLUME_JOBS,
     FinishedReport,
+    HealthReport,
     MarketSpec,
     NodeReport,
     Offer,
@@ -39,7 +40,8 @@ from worker.joining import NodeToken, node_token
 from worker.logs import MAX_BATCH, LogShipper
 from worker.networks import JobNetworks, network_aliases
 from worker.outbox import Outbox, Outcome
-from worker.runtime import DockerRuntime, Limits, Machine, Owner, container_spec, volume_name
+from worker.health import HealthMonitor
+from worker.runtime import DockerRuntime, Limits, Machine, Owner, container_spec, restart_policy, volume_name
 from worker.settings import WorkerSettings
 from worker.gateways import Gateways
 
@@ -236,6 +238,33 @@ class Agent:
             elif self.gateways is None or not self.gateways.open(endpoint.label, endpoint.port, target):
                 shipper.add("system", f"[peergrid] no gateway to serve port {endpoint.port} through yet")
 
+    def _monitor(self, attempt: WorkOrder, shipper: LogShipper) -> HealthMonitor | None:
+        """The health checks of a service attempt's exposed ports, started; None for an op exposing none."""
+        if not attempt.endpoints:
+            return None
+        monitor = HealthMonitor(
+            [e.port for e in attempt.endpoints], attempt.spec.get("expose"),
+            lambda report: self.client.health(attempt.id, report),
+            interval_s=self.settings.health_interval_s, failures=self.settings.health_failures,
+            note=lambda text: shipper.add("system", text), name=f"health-{attempt.id}",
+        )
+        monitor.start()
+        return monitor
+
+    def _restarted(self, attempt: WorkOrder, count: int, reason: str) -> None:
+        """Tell the server an op with no endpoints was restarted in place (a service's monitor does that)."""
+        try:
+            self.client.health(attempt.id, HealthReport(restarts=count, reason=reason))
+        except ServerError as e:
+            log.warning("could not report that attempt %s restarted: %s", attempt.id, e)
+
+    def _published(self, attempt: WorkOrder, published: dict[int, int], shipper: LogShipper,
+                   monitor: HealthMonitor | None) -> None:
+        """The container runs (again) with its ports published: forward them, and check their health."""
+        self._forward(attempt, published, shipper)
+        if monitor is not None:
+            monitor.watch(published)
+
     # -- capacity ----------------------------------------------------------------------------
 
     def servable(self) -> list[MarketSpec]:
@@ -323,6 +352,7 @@ class Agent:
 
         scratch = Path(tempfile.mkdtemp(prefix=f"peergrid-{attempt_id}-"))
         job_network: str | None = None
+        monitor: HealthMonitor | None = None
         try:
             labels = {**self.owner.labels(), "peergrid.attempt": str(attempt_id), "peergrid.job": str(attempt.job_id)}
             if "create_volume" in attempt.spec:
@@ -357,16 +387,20 @@ class Agent:
                 limits=self._limits(len(attempt.gpus)),
             )
             inputs = self._fetch_inputs(attempt, scratch, shipper)
+            monitor = self._monitor(attempt, shipper)
             outcome = self.runtime.run(
                 spec,
                 shipper.add,
                 time_limit=lambda: run.time_limit,
                 should_stop=lambda: run.cancel.is_set() or shipper.gone.is_set() or self.stopping.is_set(),
                 on_started=started,
-                on_published=lambda published: self._forward(attempt, published, shipper),
+                on_published=lambda published: self._published(attempt, published, shipper, monitor),
                 stop_grace_s=self.settings.stop_grace_s,
                 inputs=inputs,
                 output_archive=scratch / "output.tar.gz",
+                restart=restart_policy(attempt.spec),
+                should_restart=monitor.restart_wanted if monitor else lambda: None,
+                on_restarting=monitor.restarting if monitor else lambda count, why: self._restarted(attempt, count, why),
             )
             if outcome.stopped and self.stopping.is_set() and not (run.cancel.is_set() or shipper.gone.is_set()):
                 self._give_back(run, shipper)
@@ -381,6 +415,8 @@ class Agent:
             shipper.add("system", f"[peergrid] {message}")
             self._conclude(run, shipper, FinishedReport(exit_code=None, error=message))
         finally:
+            if monitor is not None:
+                monitor.stop()
             if job_network is not None:
                 self.networks.release(job_network)  # its container is gone by now
             if self.gateways is not None:

@@ -13,6 +13,7 @@ from protocol import VERSION
 from protocol.messages import (
     ClaimAnswer,
     FinishedReport,
+    HealthReport,
     HeartbeatAnswer,
     Joined,
     JoinRequest,
@@ -95,6 +96,10 @@ class NodeClient:
     def release(self, attempt_id: int, report: ReleaseReport, *, retries: int = 3) -> None:
         """Give an attempt back unfinished, with the log lines not sent yet: the worker is stopping."""
         self._post(f"/attempts/{attempt_id}/release", report.to_wire(), retries=retries)
+
+    def health(self, attempt_id: int, report: HealthReport, *, retries: int = 1) -> None:
+        """Report a service attempt's health checks and restarts, which changed."""
+        self._post(f"/attempts/{attempt_id}/health", report.to_wire(), retries=retries)
 
     def upload_artifact(self, attempt_id: int, archive, sha256: str, *, retries: int = 3) -> None:
         """PUT the output archive; retried on connection failures and 5xx like other reports."""

@@ -162,6 +162,41 @@ def registry_auth(spec: dict) -> dict[str, str] | None:
 
 
 @dataclass(frozen=True)
+class RestartPolicy:
+    """When the container is restarted in place (Nosana's restart_policy, as Docker reads it):
+    `always` and `unless-stopped` after it exits; any but `no` when a continuous health check keeps
+    failing; at most `tries` times if set. An `on-failure` op that exits non-zero is not restarted
+    here: the server tries it again as a new attempt (scheduler.jobdef max_attempts), so its
+    restart_tries are not counted twice."""
+
+    name: str = "no"
+    tries: int | None = None
+
+    def _allows(self, restarts: int) -> bool:
+        return self.name != "no" and (self.tries is None or restarts < self.tries)
+
+    def after_exit(self, exit_code: int, restarts: int) -> bool:
+        return self._allows(restarts) and self.name in ("always", "unless-stopped")
+
+    def after_unhealthy(self, restarts: int) -> bool:
+        return self._allows(restarts)
+
+
+def restart_policy(spec: dict) -> RestartPolicy:
+    """An op's restart_policy: a name, or {"policy", "restart_tries"}."""
+    policy = spec.get("restart_policy") or "no"
+    if isinstance(policy, dict):
+        tries = policy.get("restart_tries")
+        return RestartPolicy(str(policy.get("policy") or "no"), int(tries) if tries is not None else None)
+    return RestartPolicy(str(policy))
+
+
+def restart_delay_s(restarts: int) -> float:
+    """How long to wait before the restarts-th restart: doubling from half a second, at most 30 s."""
+    return min(0.5 * 2 ** (restarts - 1), 30.0)
+
+
+@dataclass(frozen=True)
 class Outcome:
     """How a run ended: an exit code, or an error sentence when the container could not run."""
 
@@ -305,9 +340,17 @@ class DockerRuntime:
         stop_grace_s: int = 5,
         inputs: dict[str, Path] | None = None,
         output_archive: Path | None = None,
+        restart: RestartPolicy = RestartPolicy(),
+        should_restart: Callable[[], str | None] = lambda: None,
+        on_restarting: Callable[[int, str], None] = lambda count, reason: None,
     ) -> Outcome:
         """Run a container to its end, handing each output line to on_line as it arrives, and once
         it runs, the engine's loopback port of each of spec.ports to on_published.
+
+        As restart allows, the same container is restarted in place (so it keeps its GPUs) when it
+        exits, or when should_restart() gives a reason (a failing health check); on_restarting(count,
+        reason) is told first, and on_published again once it runs. A stop or the time limit, which
+        spans the restarts, still ends it.
 
         Parents' outputs (inputs) are placed under /inputs/<op id>/ before it starts; its output
         folder, if it has one, is written to output_archive as a .tar.gz when it ends.
@@ -324,7 +367,8 @@ class DockerRuntime:
         try:
             outcome = self._run_created(
                 container, on_line, time_limit, should_stop, lambda: self._published(container, spec, on_published, on_started),
-                stop_grace_s,
+                stop_grace_s, restart=restart, should_restart=should_restart, on_restarting=on_restarting,
+                on_restarted=lambda: self._published(container, spec, on_published, lambda: None),
             )
             if spec.output and output_archive is not None and outcome.exit_code is not None:
                 outcome = self._collect_output(container, spec.output, output_archive, outcome)
@@ -424,10 +468,57 @@ class DockerRuntime:
             return replace(outcome, error=outcome.error or f"Could not read the output folder {folder}: {docker_reason(e)}")
         return replace(outcome, artifact=dest)
 
-    def _run_created(self, container, on_line, time_limit, should_stop, on_started, stop_grace_s) -> Outcome:
+    def _run_created(
+        self, container, on_line, time_limit, should_stop, on_started, stop_grace_s, *,
+        restart: RestartPolicy = RestartPolicy(), should_restart=lambda: None, on_restarting=lambda count, reason: None,
+        on_restarted=lambda: None,
+    ) -> Outcome:
         out, err = LineSplitter("stdout", on_line), LineSplitter("stderr", on_line)
-        # Attach before starting so no early output is missed.
-        stream = container.attach(stdout=True, stderr=True, stream=True, logs=True, demux=True)
+        began: float | None = None
+        restarts = 0
+        while True:
+            # Attach before starting so no early output is missed (a restart's from then on).
+            stream, reader = self._attach(container, out, err, logs=restarts == 0)
+            try:
+                container.start()
+            except APIError as e:
+                stream.close()
+                return Outcome(exit_code=None, error=f"The container could not start: {docker_reason(e)}")
+            if began is None:
+                began = time.monotonic()
+                on_started()
+            else:
+                on_restarted()
+            stopped_because, restart_why = self._watch(
+                container, reader, began, time_limit, should_stop, stop_grace_s,
+                should_restart if restart.after_unhealthy(restarts) else lambda: None,
+            )
+            result = container.wait(timeout=60)
+            reader.join(5)
+            code = int(result.get("StatusCode", -1))
+            if stopped_because is None and restart_why is None and restart.after_exit(code, restarts):
+                restart_why = f"it exited with code {code}"
+            if stopped_because is not None or restart_why is None:
+                break
+            restarts += 1
+            on_line("system", f"[peergrid] restarting the container in place (restart {restarts}): {restart_why}")
+            on_restarting(restarts, restart_why)
+            deadline = time.monotonic() + restart_delay_s(restarts)
+            while time.monotonic() < deadline and not should_stop():
+                time.sleep(0.1)
+            if should_stop():
+                return Outcome(exit_code=code, stopped=True)
+        if stopped_because == "stopped":
+            return Outcome(exit_code=code, stopped=True)
+        if stopped_because:
+            return Outcome(exit_code=code, error=f"The container {stopped_because} and was stopped.")
+        if result.get("Error") and result["Error"].get("Message"):
+            return Outcome(exit_code=code, error=result["Error"]["Message"])
+        return Outcome(exit_code=code)
+
+    def _attach(self, container, out: LineSplitter, err: LineSplitter, *, logs: bool):
+        """Attach to the container's output and pump it into out and err in a thread, until it stops."""
+        stream = container.attach(stdout=True, stderr=True, stream=True, logs=logs, demux=True)
 
         def pump() -> None:
             try:
@@ -444,14 +535,13 @@ class DockerRuntime:
 
         reader = threading.Thread(target=pump, name=f"output-{container.id[:12]}", daemon=True)
         reader.start()
-        try:
-            container.start()
-        except APIError as e:
-            stream.close()
-            return Outcome(exit_code=None, error=f"The container could not start: {docker_reason(e)}")
-        on_started()
-        began = time.monotonic()
+        return stream, reader
+
+    def _watch(self, container, reader, began, time_limit, should_stop, stop_grace_s, should_restart):
+        """Wait for the container to stop, stopping it when told to, when it runs out of time, or
+        when should_restart() gives a reason. Returns why it was stopped (or None), and that reason."""
         stopped_because: str | None = None
+        restart_why: str | None = None
         while reader.is_alive():
             reader.join(0.2)
             if stopped_because is None:
@@ -459,21 +549,18 @@ class DockerRuntime:
                     stopped_because = "stopped"
                 elif (limit := time_limit()) is not None and time.monotonic() - began > limit:
                     stopped_because = f"timed out after {limit:g} seconds"
+                elif restart_why is None and (restart_why := should_restart()) is not None:
+                    self._stop(container, stop_grace_s)
                 if stopped_because:
-                    try:
-                        container.stop(timeout=stop_grace_s)
-                    except NotFound:
-                        pass
-        result = container.wait(timeout=60)
-        reader.join(5)
-        code = int(result.get("StatusCode", -1))
-        if stopped_because == "stopped":
-            return Outcome(exit_code=code, stopped=True)
-        if stopped_because:
-            return Outcome(exit_code=code, error=f"The container {stopped_because} and was stopped.")
-        if result.get("Error") and result["Error"].get("Message"):
-            return Outcome(exit_code=code, error=result["Error"]["Message"])
-        return Outcome(exit_code=code)
+                    self._stop(container, stop_grace_s)
+        return stopped_because, restart_why
+
+    @staticmethod
+    def _stop(container, stop_grace_s: int) -> None:
+        try:
+            container.stop(timeout=stop_grace_s)
+        except NotFound:
+            pass
 
 
 def _having(labels: dict[str, str]) -> dict[str, list[str]]:

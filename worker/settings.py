@@ -45,8 +45,14 @@ class WorkerSettings:
     data_dir: Path | None = None
     # Where the agent writes when its loops last went round, for `peergrid health`; None: nowhere.
     health_file: Path | None = None
+    # Seconds between a service's continuous health checks (PEERGRID_HEALTH_INTERVAL), and how many
+    # failures in a row restart its container, as its restart_policy allows (PEERGRID_HEALTH_FAILURES).
+    health_interval_s: float = 10.0
+    health_failures: int = 3
 
     def __post_init__(self) -> None:
+        if self.health_interval_s <= 0 or self.health_failures < 1:
+            raise WorkerError("PEERGRID_HEALTH_INTERVAL must be more than 0 seconds and PEERGRID_HEALTH_FAILURES 1 or more.")
         if self.job_network in ("host",) or self.job_network.startswith("container:"):
             raise WorkerError(
                 f"--job-network {self.job_network} would give jobs the host's (or another container's) network; "
@@ -71,6 +77,10 @@ class WorkerSettings:
             values["memory_limit_mb"] = int(env["PEERGRID_JOB_MEMORY_MB"])
         if env.get("PEERGRID_JOB_CPUS"):
             values["cpu_limit"] = float(env["PEERGRID_JOB_CPUS"])
+        if env.get("PEERGRID_HEALTH_INTERVAL"):
+            values["health_interval_s"] = float(env["PEERGRID_HEALTH_INTERVAL"])
+        if env.get("PEERGRID_HEALTH_FAILURES"):
+            values["health_failures"] = int(env["PEERGRID_HEALTH_FAILURES"])
         if env.get("PEERGRID_DRAIN_TIMEOUT"):
             values["drain_timeout_s"] = float(env["PEERGRID_DRAIN_TIMEOUT"])
         values.update({k: v for k, v in given.items() if v is not None})

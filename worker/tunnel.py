@@ -118,6 +118,17 @@ class Tunnel:
                 pass
             delay = min(delay * 2, LAST_RETRY_S)
 
+    def _dialler(self, conn: asyncssh.SSHClientConnection, label: str):
+        """What a forwarded connection of label dials: where its container port is published now,
+        which a container restarted in place changes while the gateway's forward stays."""
+
+        def session_factory(_orig_host: str, _orig_port: int):
+            with self._lock:
+                _, target = self._wanted.get(label, (0, 0))
+            return conn.forward_connection("127.0.0.1", target)
+
+        return session_factory
+
     async def _serve(self, conn: asyncssh.SSHClientConnection) -> None:
         """Keep the gateway's forwards in step with what is wanted until the connection ends."""
         held: dict[str, asyncssh.SSHListener] = {}
@@ -136,7 +147,7 @@ class Tunnel:
                     if label in held:
                         continue
                     try:
-                        held[label] = await conn.forward_remote_port(label, port, "127.0.0.1", target)
+                        held[label] = await conn.create_server(self._dialler(conn, label), label, port)
                     except asyncssh.ChannelListenError as e:
                         if label not in refused:
                             log.warning("the gateway refused to forward endpoint %s: %s", label, e)

@@ -3,14 +3,23 @@ gateways that serve them."""
 
 from __future__ import annotations
 
+import enum
 from datetime import datetime
 
 from sqlalchemy import ForeignKey, Index, String, Text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from scheduler.models.base import Base
+from scheduler.models.base import Base, state_column
 from scheduler.models.jobs import Attempt, Op
 from scheduler.states import utcnow
+
+
+class Health(str, enum.Enum):
+    """How an endpoint's health checks stand, as its node last reported (protocol PORT_HEALTH)."""
+
+    STARTING = "starting"  # set when its container (re)starts; no check has passed since
+    HEALTHY = "healthy"  # set when every check of its port passed
+    UNHEALTHY = "unhealthy"  # set when a continuous check failed after they had passed
 
 
 class Endpoint(Base):
@@ -31,6 +40,11 @@ class Endpoint(Base):
     # Set when the claim made it; closed_at when its attempt ended (scheduler.orchestration.end_attempt).
     opened_at: Mapped[datetime] = mapped_column(default=utcnow)
     closed_at: Mapped[datetime | None]
+    # What its node last reported of its health checks (scheduler.health), with the last failure's
+    # sentence and when it was reported.
+    health: Mapped[Health] = mapped_column(state_column(Health), default=Health.STARTING)
+    health_detail: Mapped[str | None] = mapped_column(Text)
+    health_at: Mapped[datetime | None]
 
     attempt: Mapped[Attempt] = relationship()
     op: Mapped[Op] = relationship()

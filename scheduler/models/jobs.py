@@ -127,6 +127,11 @@ class Attempt(Base):
     log_bytes: Mapped[int] = mapped_column(default=0)
     # Set once its log reached that limit: later lines are discarded.
     log_full: Mapped[bool] = mapped_column(default=False)
+    # How often its node restarted its container in place (restart_policy), and whether it is now.
+    restarts: Mapped[int] = mapped_column(default=0)
+    restarting: Mapped[bool] = mapped_column(default=False)
+    # Since when it is ready (a service: every endpoint open, forwarded and healthy); None while not.
+    ready_at: Mapped[datetime | None]
 
     op: Mapped[Op] = relationship(back_populates="attempts")
     node: Mapped[Node | None] = relationship()

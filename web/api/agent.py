@@ -9,7 +9,7 @@ from typing import Any
 
 from flask import jsonify, request, send_file
 
-from protocol.messages import FinishedReport, NodeReport, ReleaseReport, log_records
+from protocol.messages import FinishedReport, HealthReport, NodeReport, ReleaseReport, log_records
 from scheduler.artifacts import ArtifactTooLarge, artifacts_root, input_for, store_artifact
 from scheduler.attempts import (
     LogLimits,
@@ -21,6 +21,7 @@ from scheduler.attempts import (
     start_attempt,
 )
 from scheduler.errors import PeergridError
+from scheduler.health import report_health
 from scheduler.nodes import heartbeat, register
 from web.api import bp
 from web.auth import require_node
@@ -98,6 +99,13 @@ def attempt_release(attempt_id: int):
     report = ReleaseReport.from_wire(_body(), most_lines=core().settings.max_log_batch_lines)
     attempt = release_attempt(db(), node, attempt_id, report, limits=_log_limits())
     return jsonify({"id": attempt.id, "state": attempt.state.value})
+
+
+@bp.post("/node/attempts/<int:attempt_id>/health")
+def attempt_health(attempt_id: int):
+    """A service attempt's health checks and in-place restarts, sent by its node when they change."""
+    attempt = report_health(db(), require_node(), attempt_id, HealthReport.from_wire(_body()))
+    return jsonify({"id": attempt.id, "restarts": attempt.restarts, "ready": attempt.ready_at is not None})
 
 
 @bp.put("/node/attempts/<int:attempt_id>/artifact")

@@ -227,6 +227,15 @@ def spec() -> dict:
                 "Give an attempt back unfinished, the worker stopping: it is offered again at once, not billed, "
                 "not counted as a try", _json(OBJ), 400, 401, 403, 404, 409, security=NODE, params=[attempt_id],
                 body={"type": "object", "properties": {"reason": {"type": "string"}, "lines": {"type": "array"}}})},
+            "/node/attempts/{attempt_id}/health": {"post": _op(
+                "A service attempt's health checks and in-place restarts, when they change", _json(OBJ), 400, 401, 403, 404, 409,
+                security=NODE, params=[attempt_id],
+                body={"type": "object", "properties": {
+                    "ports": {"type": "array", "items": {"type": "object", "required": ["port", "state"], "properties": {
+                        "port": {"type": "integer"}, "state": {"type": "string", "enum": ["starting", "healthy", "unhealthy"]},
+                        "detail": {"type": "string", "nullable": True}}}},
+                    "restarts": {"type": "integer"}, "restarting": {"type": "boolean"},
+                    "reason": {"type": "string", "nullable": True}}})},
         },
     }
 

@@ -32,6 +32,10 @@ def attempt_json(attempt: Attempt) -> dict:
         "error": attempt.error,
         "cost": attempt.cost,
         "cost_note": attempt.cost_note,
+        # A service's: restarts in place so far, whether it is restarting now, since when it is ready.
+        "restarts": attempt.restarts,
+        "restarting": attempt.restarting,
+        "ready_at": iso(attempt.ready_at),
     }
 
 
@@ -53,6 +57,9 @@ def op_json(op: Op) -> dict:
         "attempts": [attempt_json(a) for a in op.attempts],
         "last_attempt": last.id if last else None,
         "endpoints": [endpoint_json(e) for e in attempt_endpoints(object_session(op), last)] if last else [],
+        # Of its last attempt: how often its container was restarted in place, and whether it is now.
+        "restarts": last.restarts if last else 0,
+        "restarting": last.restarting if last else False,
     }
 
 
@@ -63,6 +70,11 @@ def endpoint_json(endpoint: Endpoint) -> dict:
         "ready": endpoint_ready(endpoint),
         "private": endpoint.private or core().settings.private_endpoints,
         "open": endpoint.closed_at is None,
+        # Its port's health checks as its node reports them: starting, healthy or unhealthy, with
+        # the last failure's sentence.
+        "health": endpoint.health.value,
+        "health_detail": endpoint.health_detail,
+        "health_at": iso(endpoint.health_at),
     }
 
 
