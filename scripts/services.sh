@@ -89,6 +89,33 @@ ensure_test_image() {
   say "built test image $image"
 }
 
+ensure_websocketd_image() {
+  # peergrid-test/websocketd:latest: the busybox test image with Debian's websocketd and the
+  # libraries it links copied in; nothing is pulled.
+  local image="${PEERGRID_TEST_WEBSOCKETD_IMAGE:-peergrid-test/websocketd:latest}"
+  local base="${PEERGRID_TEST_IMAGE:-peergrid-test/busybox:latest}"
+  docker image inspect "$image" >/dev/null 2>&1 && return 0
+  command -v websocketd >/dev/null 2>&1 || apt_install websocketd || return 1
+  local binary root container
+  binary="$(command -v websocketd)"
+  root="$(mktemp -d)"
+  mkdir -p "$root/bin"
+  cp "$binary" "$root/bin/websocketd"
+  # Copy each shared library ldd names (and the loader) at its own path, symlinks resolved.
+  for lib in $(ldd "$binary" | grep -o '/[^ ]*'); do
+    mkdir -p "$root$(dirname "$lib")"
+    cp -L "$lib" "$root$lib"
+  done
+  container="$(docker create "$base" /bin/true)" || { rm -rf "$root"; return 1; }
+  docker cp "$root/." "$container:/" >/dev/null &&
+    docker commit -c 'ENV PATH=/bin' -c 'CMD ["/bin/websocketd", "--port=8080", "/bin/cat"]' "$container" "$image" >/dev/null
+  local rc=$?
+  docker rm "$container" >/dev/null
+  rm -rf "$root"
+  [ "$rc" = 0 ] && say "built test image $image"
+  return "$rc"
+}
+
 REDIS_PORT="${PEERGRID_TEST_REDIS_PORT:-6390}"
 
 ensure_redis() {

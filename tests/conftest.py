@@ -60,6 +60,23 @@ def test_image(docker_client) -> str:
     return TEST_IMAGE
 
 
+WEBSOCKETD_IMAGE = os.environ.get("PEERGRID_TEST_WEBSOCKETD_IMAGE", "peergrid-test/websocketd:latest")
+
+
+@pytest.fixture(scope="session")
+def websocketd_image(docker_client) -> str:
+    """The busybox test image with Debian's websocketd in it; its command serves /bin/cat on port 8080."""
+    from docker.errors import ImageNotFound
+
+    try:
+        docker_client.images.get(WEBSOCKETD_IMAGE)
+        found = True
+    except ImageNotFound:
+        found = False
+    need(found, f"The test image {WEBSOCKETD_IMAGE}")
+    return WEBSOCKETD_IMAGE
+
+
 # -- browser -------------------------------------------------------------------------------
 
 CHROMIUM = os.environ.get("PEERGRID_TEST_CHROMIUM", "/usr/bin/chromium")

@@ -68,3 +68,13 @@ def test_planning_runs_against_its_baseline():
         (shape, n) for shape in ("sequence", "group", "chain") for n in ("100", "20")
     ], out
     assert "per op × base" in out and not any("failed" in line for line in out.splitlines())
+
+
+@pytest.mark.usefixtures("docker_client", "test_image")
+def test_endpoints_runs_through_the_gateway_against_direct():
+    out = bench("bench.endpoints", "--seconds", "0.2", "--clients", "1,2", "--chunks", "3", "--spacing-ms", "10",
+                "--work-us", "100")
+    assert out.count("× the direct request rate") == 6, out
+    assert [line.split()[0] for line in out.splitlines() if line.startswith(("direct ", "gateway "))] == \
+        ["direct", "gateway"] * 7, out  # 3 services × 2 client counts, and the stream
+    assert "buffered: " in out
