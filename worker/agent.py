@@ -37,6 +37,7 @@ from worker.images import PrivateImages
 from worker.joining import NodeToken, node_token
 from worker.logs import MAX_BATCH, LogShipper
 from worker.outbox import Outbox, Outcome
+from worker.reach import LOOPBACK, Reach, jobs_network
 from worker.runtime import DockerRuntime, Limits, Machine, Owner, container_spec, volume_name
 from worker.settings import WorkerSettings
 from worker.tunnel import Tunnel
@@ -74,7 +75,10 @@ class Agent:
         self.runtime = runtime or DockerRuntime(
             settings.docker_host,
             private_images=PrivateImages(settings.data_dir / "private-images.json" if settings.data_dir else None),
+            reach=Reach.of(settings.job_reach, settings.worker_container),
         )
+        # The network job containers run on, settled once the node is known (worker.reach).
+        self._jobs_network: str | None = None
         self.inventory = inventory or (
             simulated_inventory(settings.simulate_gpus, seed=settings.name or settings.token[-8:] or platform.node())
             if settings.simulate_gpus
@@ -220,8 +224,8 @@ class Agent:
             return
         self.tunnel.start()
 
-    def _forward(self, attempt: WorkOrder, published: dict[int, int], shipper: LogShipper) -> None:
-        """Ask the gateway to forward each endpoint of the attempt to where its port is published."""
+    def _forward(self, attempt: WorkOrder, published: dict[int, tuple[str, int]], shipper: LogShipper) -> None:
+        """Ask the gateway to forward each endpoint of the attempt to where this worker dials its port."""
         for endpoint in attempt.endpoints:
             target = published.get(endpoint.port)
             if target is None:
@@ -229,7 +233,19 @@ class Agent:
             elif self.tunnel is None:
                 shipper.add("system", f"[peergrid] no gateway to serve port {endpoint.port} through")
             else:
-                self.tunnel.open(endpoint.label, endpoint.port, target)
+                self.tunnel.open(endpoint.label, endpoint.port, target[1], host=target[0])
+
+    def _network(self) -> str:
+        """The network job containers run on: the one asked for, or, for a worker in a container, one
+        it shares with them (worker.reach); settled on first use, once the node is known."""
+        if self.runtime.reach.mode == LOOPBACK:
+            return self.settings.job_network
+        if self._jobs_network is None:
+            self._jobs_network = jobs_network(
+                self.runtime.client(), self.runtime.reach, self.settings.job_network,
+                cluster=self.owner.cluster, node=self.owner.node,
+            )
+        return self._jobs_network
 
     # -- capacity ----------------------------------------------------------------------------
 
@@ -334,7 +350,7 @@ class Agent:
                 )
             spec = container_spec(
                 attempt.spec,
-                network=self.settings.job_network,
+                network=self._network(),
                 ports=tuple(e.port for e in attempt.endpoints),
                 cluster=self.owner.cluster,
                 job_id=attempt.job_id,

@@ -34,8 +34,8 @@ class Tunnel:
         self._host_key = asyncssh.import_public_key(host_key)
         self._username = str(node_id)
         self._token = token
-        # label → (container port, loopback port the engine publishes it on); what should be forwarded.
-        self._wanted: dict[str, tuple[int, int]] = {}
+        # label → (container port, port and host it is dialled at); what should be forwarded.
+        self._wanted: dict[str, tuple[int, int, str]] = {}
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._changed: asyncio.Event | None = None
@@ -64,10 +64,11 @@ class Tunnel:
         if self._thread is not None:
             self._thread.join(10)
 
-    def open(self, label: str, port: int, target_port: int) -> None:
-        """Forward endpoint label (container port `port`) to the engine's loopback port target_port."""
+    def open(self, label: str, port: int, target_port: int, host: str = "127.0.0.1") -> None:
+        """Forward endpoint label (container port `port`) to target_port on host: the engine's
+        loopback port it is published on, or the container itself (worker.reach.dial_target)."""
         with self._lock:
-            self._wanted[label] = (port, target_port)
+            self._wanted[label] = (port, target_port, host)
         self._poke()
 
     def close(self, label: str) -> None:
@@ -132,11 +133,11 @@ class Tunnel:
                     held.pop(label).close()
                     self.forwarded.discard(label)
                     log.info("stopped forwarding endpoint %s", label)
-                for label, (port, target) in wanted.items():
+                for label, (port, target, target_host) in wanted.items():
                     if label in held:
                         continue
                     try:
-                        held[label] = await conn.forward_remote_port(label, port, "127.0.0.1", target)
+                        held[label] = await conn.forward_remote_port(label, port, target_host, target)
                     except asyncssh.ChannelListenError as e:
                         if label not in refused:
                             log.warning("the gateway refused to forward endpoint %s: %s", label, e)
@@ -144,7 +145,7 @@ class Tunnel:
                         continue
                     refused.discard(label)
                     self.forwarded.add(label)
-                    log.info("forwarding endpoint %s (port %s) from the gateway to 127.0.0.1:%s", label, port, target)
+                    log.info("forwarding endpoint %s (port %s) from the gateway to %s:%s", label, port, target_host, target)
                 changed = asyncio.ensure_future(self._changed.wait())
                 await asyncio.wait({changed, closed}, timeout=RETRY_REFUSED_S if refused else None,
                                    return_when=asyncio.FIRST_COMPLETED)
