@@ -30,7 +30,8 @@ from tests.outages import wait_until
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 # The parts of "Operating at scale" that are a walk to run, in order.
-WALK = ("From an empty folder to a succeeded job", "Workers and GPUs", "Restarts and a second scheduler")
+WALK = ("From an empty folder to a succeeded job", "Workers and GPUs", "Services behind compose",
+        "Restarts and a second scheduler")
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(1500)]
 
@@ -49,7 +50,7 @@ def test_the_walk_is_all_there():
     for step in ("docker-compose build", "admin create-user", "admin create-token", "admin grant",
                  "node join-token", "--scale worker=2", "job submit hello-world.json --wait",
                  "job submit output.json --wait", "PEERGRID_SIMULATE_GPUS", "restart scheduler",
-                 "--scale scheduler=2"):
+                 "--scale scheduler=2", "--wait-ready", "curl -s"):
         assert step in text, step
     # Debian packages Compose v1 only: the README's commands are the ones it has.
     assert "docker compose " not in text
@@ -75,6 +76,7 @@ class Deployment:
         self.folder = folder
         self.project = f"pgwalk{uuid.uuid4().hex[:8]}"
         self.port = _free_port()
+        self.gateway_port = _free_port()
         bin_dir = folder.parent / "bin"
         bin_dir.mkdir()
         if compose != ["docker-compose"]:  # the v2 plugin answers to the README's docker-compose
@@ -87,11 +89,11 @@ class Deployment:
             "COMPOSE_PROJECT_NAME": self.project,
             "PEERGRID_PORT": str(self.port),
             # The gateway's published ports, free ones, so the walk takes no fixed port of the machine.
-            "PEERGRID_GATEWAY_PORT": str(_free_port()),
+            "PEERGRID_GATEWAY_PORT": str(self.gateway_port),
             "PEERGRID_GATEWAY_SSH_PORT": str(_free_port()),
             "JOB_IMAGE": image,
-            # Test containers get no network; these jobs need none.
-            "PEERGRID_JOB_NETWORK": "none",
+            # Its endpoint URLs name the gateway's port, as the README says to set it when that moves.
+            "PEERGRID_ENDPOINT_DOMAIN": f"localhost:{self.gateway_port}",
         }
         for name in ("PEERGRID_TOKEN", "PEERGRID_SERVER", "COMPOSE_FILE", "DOCKER_BUILDKIT"):
             self.env.pop(name, None)
@@ -172,6 +174,8 @@ def deployment(tmp_path_factory, docker_client, test_image):
             container.remove(force=True)
         for volume in docker_client.volumes.list(filters={"label": f"peergrid.cluster={cluster}"}):
             volume.remove(force=True)
+        for network in docker_client.networks.list(filters={"label": f"peergrid.cluster={cluster}"}):
+            network.remove()
     if os.environ.get("PEERGRID_COMPOSE_TRANSCRIPT"):
         Path(os.environ["PEERGRID_COMPOSE_TRANSCRIPT"]).write_text("\n".join(deployment.transcript))
 
@@ -189,7 +193,8 @@ def test_operating_at_scale_word_for_word(deployment, docker_client):
     run = deployment.sh
     server, accounts, workers, jobs = readme_blocks(WALK[0])
     (simulated,) = readme_blocks(WALK[1])
-    (restarts,) = readme_blocks(WALK[2])
+    (service,) = readme_blocks(WALK[2])
+    (restarts,) = readme_blocks(WALK[3])
 
     # Given an empty folder, when the server block runs, then the web answers and every
     # long-lived service's loops go round.
@@ -244,6 +249,13 @@ def test_operating_at_scale_word_for_word(deployment, docker_client):
     job = deployment.api("POST", "/jobs", json=gpu_job)["id"]
     wait_until(lambda: deployment.api("GET", f"/jobs/{job}")["state"] == "succeeded", 120, f"job {job} did not succeed")
     assert deployment.api("GET", f"/jobs/{job}")["ops"][0]["attempts"][0]["gpus"]
+
+    # A service's URL, fetched with curl on the host's loopback through the gateway, from a job
+    # container that a worker in a container reaches on a network they share; then cancelled.
+    out = run(service)
+    assert re.fullmatch(r"hello from a service\njob \d+: cancelled\n", out), out
+    url = (deployment.folder / "service.txt").read_text().splitlines()[1].split()[2]
+    assert url.endswith(f".localhost:{deployment.gateway_port}/"), url
 
     # Work queued across a scheduler restart is not lost; a second scheduler stands by.
     out = run(restarts)

@@ -198,7 +198,7 @@ def test_the_monitor_reports_healthy_then_unhealthy_and_wants_a_restart_after_fa
     monitor.start()
     try:
         # When the service's port is published and it answers 200
-        monitor.watch({80: service.address[1]})
+        monitor.watch({80: ("127.0.0.1", service.address[1])})
         wait_for(lambda: sent and sent[-1].ports[0].state == "healthy")
         assert monitor.restart_wanted() is None
         # When it starts answering 500: unhealthy at once, and a restart wanted after three failures
@@ -212,7 +212,7 @@ def test_the_monitor_reports_healthy_then_unhealthy_and_wants_a_restart_after_fa
         wait_for(lambda: sent[-1].restarting)
         assert (sent[-1].restarts, sent[-1].ports[0].state, monitor.restart_wanted()) == (1, "starting", None)
         service.status = 200
-        monitor.watch({80: service.address[1]})
+        monitor.watch({80: ("127.0.0.1", service.address[1])})
         wait_for(lambda: not sent[-1].restarting and sent[-1].ports[0].state == "healthy")
         assert sent[-1].restarts == 1 and sent[-1].reason == reason
     finally:
@@ -226,7 +226,7 @@ def test_a_check_that_is_not_continuous_runs_until_it_passes_and_not_after(servi
     service.status = 404
     monitor.start()
     try:
-        monitor.watch({80: service.address[1]})
+        monitor.watch({80: ("127.0.0.1", service.address[1])})
         wait_for(lambda: sent and sent[-1].ports[0].detail == "GET /ready answered 404, not 200")
         assert sent[-1].ports[0].state == "starting"
         service.status = 200
@@ -251,7 +251,7 @@ def test_the_monitor_sends_again_what_the_server_did_not_take(service):
     with socket.create_server(("127.0.0.1", 0)) as listening:
         monitor.start()
         try:
-            monitor.watch({80: listening.getsockname()[1]})
+            monitor.watch({80: ("127.0.0.1", listening.getsockname()[1])})
             wait_for(lambda: len(tries) >= 2 and tries[-1].ports[0].state == "healthy", timeout=15)
         finally:
             monitor.stop()

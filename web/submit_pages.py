@@ -1,5 +1,6 @@
-"""Submitting from the dashboard: a gallery of templates, a JSON editor checked as you type,
-the cost estimate and balance before confirming."""
+"""Submitting from the dashboard: a gallery of templates, each labelled with what it needs (GPUs,
+GPU memory, image, the ports it serves), a JSON editor checked as you type, the cost estimate and
+balance before confirming."""
 
 from __future__ import annotations
 
@@ -8,11 +9,15 @@ from functools import lru_cache
 from pathlib import Path
 
 from flask import Blueprint, jsonify, redirect, render_template, request, url_for
+from sqlalchemy import select
 
+from protocol.gpus import gb_text
 from scheduler import ledger
 from scheduler.errors import InvalidDefinition, NoMarket, PeergridError, Problem
+from scheduler.jobdef import parse_definition
 from scheduler.jobs import check_definition, submit_job
-from scheduler.placement import plan_ops
+from scheduler.models import Market
+from scheduler.placement import choose_market, plan_ops, requirements_for
 from web.auth import check_csrf, session_user
 from web.dashboard import login_required
 from web.db import core, db
@@ -26,8 +31,41 @@ def gallery() -> list[dict]:
     entries = json.loads((GALLERY / "index.json").read_text())
     for entry in entries:
         entry["slug"] = entry["file"].removesuffix(".json")
-        entry["text"] = json.dumps(json.loads((GALLERY / entry["file"]).read_text()), indent=2)
+        document = json.loads((GALLERY / entry["file"]).read_text())
+        entry["text"] = json.dumps(document, indent=2)
+        entry["needs"] = needs(document)
     return entries
+
+
+def needs(document: dict) -> dict:
+    """What a template asks of the machine that runs it, read from its definition as the scheduler
+    reads it: the most GPUs and GPU memory any op needs, its images, and the ports it serves."""
+    definition = parse_definition(document)
+    wants = [requirements_for(op, definition) for op in definition.ops]
+    gpus = max((w.gpu_count for w in wants), default=0)
+    vram_mb = max((w.min_vram_mb for w in wants), default=0)
+    ports = sorted({p.port for op in definition.ops for p in op.exposed})
+    images = list(dict.fromkeys(op.image for op in definition.ops if op.image))
+    return {"gpus": gpus, "vram_mb": vram_mb, "vram_gb": gb_text(vram_mb) if vram_mb else None,
+            "images": images, "ports": ports, "service": bool(ports)}
+
+
+def market_for(entry: dict, markets: list) -> Market | None:
+    """The market the template's GPU op goes to here (the one that sets the GPU memory it gets)."""
+    definition = parse_definition(json.loads(entry["text"]))
+    gpu_ops = [op for op in definition.ops if op.gpu_count]
+    if not gpu_ops:
+        return None
+    try:
+        return choose_market(markets, requirements_for(gpu_ops[0], definition))
+    except NoMarket:
+        return None
+
+
+def labelled() -> list[dict]:
+    """The gallery, each entry with the market its GPU op would go to on this server."""
+    markets = list(db().scalars(select(Market)))
+    return [{**entry, "market": market_for(entry, markets)} for entry in gallery()]
 
 
 def check(text: str, market: str | None) -> dict:
@@ -65,8 +103,9 @@ def check(text: str, market: str | None) -> dict:
 @login_required
 def submit_page():
     chosen = request.args.get("template") or "nosana-hello-world"
-    entry = next((g for g in gallery() if g["slug"] == chosen), gallery()[0])
-    return render_template("submit.html", gallery=gallery(), chosen=entry, text=entry["text"], result=None)
+    entries = labelled()
+    entry = next((g for g in entries if g["slug"] == chosen), entries[0])
+    return render_template("submit.html", gallery=entries, chosen=entry, text=entry["text"], result=None)
 
 
 @bp.post("/submit/check")
@@ -97,4 +136,4 @@ def submit_post():
             result = {**result, "valid": False, "errors": [p.as_dict() for p in problems]}
         else:
             return redirect(url_for("dashboard.job", job_id=job.id))
-    return render_template("submit.html", gallery=gallery(), chosen=None, text=text, result=result), 422
+    return render_template("submit.html", gallery=labelled(), chosen=None, text=text, result=result), 422

@@ -41,6 +41,7 @@ from worker.logs import MAX_BATCH, LogShipper
 from worker.networks import JobNetworks, network_aliases
 from worker.outbox import Outbox, Outcome
 from worker.health import HealthMonitor
+from worker.reach import LOOPBACK, Reach, jobs_network
 from worker.runtime import DockerRuntime, Limits, Machine, Owner, container_spec, restart_policy, volume_name
 from worker.settings import WorkerSettings
 from worker.gateways import Gateways
@@ -78,7 +79,10 @@ class Agent:
         self.runtime = runtime or DockerRuntime(
             settings.docker_host,
             private_images=PrivateImages(settings.data_dir / "private-images.json" if settings.data_dir else None),
+            reach=Reach.of(settings.job_reach, settings.worker_container),
         )
+        # The network job containers run on, settled once the node is known (worker.reach).
+        self._jobs_network: str | None = None
         self.inventory = inventory or (
             simulated_inventory(settings.simulate_gpus, seed=settings.name or settings.token[-8:] or platform.node())
             if settings.simulate_gpus
@@ -119,7 +123,8 @@ class Agent:
         # each heartbeat answer name the gateways.
         self.gateways: Gateways | None = None
         # The networks the ops of one job share here; none with --job-network none.
-        self.networks = JobNetworks(lambda: self.runtime.client(), lambda: self.owner.labels())
+        self.networks = JobNetworks(lambda: self.runtime.client(), lambda: self.owner.labels(),
+                                    lambda: self.runtime.reach.container)
 
     # -- what the node tells the server ------------------------------------------------------
 
@@ -229,13 +234,13 @@ class Agent:
             log.info("the server names no endpoint gateway yet; ops that expose ports are unreachable until one starts")
         self.gateways.follow(answer.gateways)
 
-    def _forward(self, attempt: WorkOrder, published: dict[int, int], shipper: LogShipper) -> None:
-        """Ask the gateway to forward each endpoint of the attempt to where its port is published."""
+    def _forward(self, attempt: WorkOrder, published: dict[int, tuple[str, int]], shipper: LogShipper) -> None:
+        """Ask the gateway to forward each endpoint of the attempt to where this worker dials its port."""
         for endpoint in attempt.endpoints:
             target = published.get(endpoint.port)
             if target is None:
                 shipper.add("system", f"[peergrid] port {endpoint.port} was not published; its endpoint is not served")
-            elif self.gateways is None or not self.gateways.open(endpoint.label, endpoint.port, target):
+            elif self.gateways is None or not self.gateways.open(endpoint.label, endpoint.port, target[1], host=target[0]):
                 shipper.add("system", f"[peergrid] no gateway to serve port {endpoint.port} through yet")
 
     def _monitor(self, attempt: WorkOrder, shipper: LogShipper) -> HealthMonitor | None:
@@ -258,12 +263,21 @@ class Agent:
         except ServerError as e:
             log.warning("could not report that attempt %s restarted: %s", attempt.id, e)
 
-    def _published(self, attempt: WorkOrder, published: dict[int, int], shipper: LogShipper,
+    def _published(self, attempt: WorkOrder, published: dict[int, tuple[str, int]], shipper: LogShipper,
                    monitor: HealthMonitor | None) -> None:
-        """The container runs (again) with its ports published: forward them, and check their health."""
+        """The container runs (again), its ports reached at published: forward them, and check their health."""
         self._forward(attempt, published, shipper)
         if monitor is not None:
             monitor.watch(published)
+
+    def _network(self) -> str:
+        """The network job containers run on, as asked; for a worker in a container, a network of the
+        operator's is joined first (worker.reach); settled on first use."""
+        if self.runtime.reach.mode == LOOPBACK:
+            return self.settings.job_network
+        if self._jobs_network is None:
+            self._jobs_network = jobs_network(self.runtime.client(), self.runtime.reach, self.settings.job_network)
+        return self._jobs_network
 
     # -- capacity ----------------------------------------------------------------------------
 
@@ -369,7 +383,7 @@ class Agent:
                     "op's exposed ports; submit it again and it runs on another node, or restart this worker "
                     "with --job-network bridge."
                 )
-            network = self.settings.job_network
+            network = self._network()
             if network == "bridge":
                 # The job's own network here, where its ops reach each other by op id and aliases.
                 network = job_network = self.networks.acquire(self.owner.cluster, attempt.job_id)

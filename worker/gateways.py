@@ -24,7 +24,7 @@ class Gateways:
         # name → (what the server said of it, the tunnel to it).
         self._tunnels: dict[str, tuple[GatewayRef, Tunnel]] = {}
         # label → (container port, loopback port the engine publishes it on): what every tunnel forwards.
-        self._wanted: dict[str, tuple[int, int]] = {}
+        self._wanted: dict[str, tuple[int, int, str]] = {}
 
     def follow(self, gateways: tuple[GatewayRef, ...]) -> None:
         """Tunnel to exactly these gateways: open tunnels to new ones (forwarding every endpoint
@@ -45,8 +45,8 @@ class Gateways:
                     log.error("the host key of gateway %s from the server cannot be read (%s); it will not serve "
                               "this node's endpoints", name, e)
                     continue
-                for label, (port, target) in self._wanted.items():
-                    tunnel.open(label, port, target)
+                for label, (port, target, host) in self._wanted.items():
+                    tunnel.open(label, port, target, host=host)
                 self._tunnels[name] = (ref, tunnel)
                 started.append((ref, tunnel))
         for ref, tunnel in started:
@@ -57,14 +57,15 @@ class Gateways:
             # A tunnel waiting on an unreachable gateway may take a while to stop; the caller does not wait.
             threading.Thread(target=tunnel.stop, name=f"tunnel-stop-{ref.name}", daemon=True).start()
 
-    def open(self, label: str, port: int, target_port: int) -> bool:
-        """Forward endpoint label (container port `port`) to target_port through every gateway;
-        False if there is no gateway to forward it through (it is forwarded when one appears)."""
+    def open(self, label: str, port: int, target_port: int, host: str = "127.0.0.1") -> bool:
+        """Forward endpoint label (container port `port`) to target_port on host (where this worker
+        dials it: worker.reach) through every gateway; False if there is no gateway to forward it
+        through (it is forwarded when one appears)."""
         with self._lock:
-            self._wanted[label] = (port, target_port)
+            self._wanted[label] = (port, target_port, host)
             tunnels = [tunnel for _, tunnel in self._tunnels.values()]
         for tunnel in tunnels:
-            tunnel.open(label, port, target_port)
+            tunnel.open(label, port, target_port, host=host)
         return bool(tunnels)
 
     def close(self, label: str) -> None:

@@ -1,6 +1,6 @@
 """A service's health checks, run by the worker against its container while it runs.
 
-Each exposed port is checked through the port the engine publishes it on (dial_address): with the
+Each exposed port is checked where the worker dials it (worker.reach.dial_target, as its tunnel does): with the
 op's `health_checks` (Nosana's fields: HTTP method, path, headers, body, expected_status, and here
 also expected_response; WebSocket expected_response), or, without any, by whether it accepts
 connections. A port is healthy once every check passed; an op is ready when every port is. Checks
@@ -33,11 +33,6 @@ ACCEPTED_AFTER_S = 0.3
 STARTING_DETAIL_EVERY_S = 5.0
 # How long the monitor waits before sending a report the server did not take.
 RESEND_AFTER_S = 2.0
-
-
-def dial_address(published_port: int) -> tuple[str, int]:
-    """Where the worker reaches a container port the engine publishes on published_port."""
-    return ("127.0.0.1", published_port)
 
 
 @dataclass(frozen=True)
@@ -238,10 +233,11 @@ class HealthMonitor:
 
     # -- what the run loop tells it ---------------------------------------------------------------
 
-    def watch(self, published: dict[int, int]) -> None:
-        """The container runs (again) with its ports published there: check them from the start."""
+    def watch(self, published: dict[int, tuple[str, int]]) -> None:
+        """The container runs (again), its ports reached there (host, port: worker.reach.dial_target):
+        check them from the start."""
         with self._lock:
-            self._targets = {port: dial_address(host_port) for port, host_port in published.items()}
+            self._targets = dict(published)
             for port in self.ports:
                 port.state, port.failures, port.due = "starting", 0, 0.0
                 port.detail = None if port.port in published else f"port {port.port} was not published"

@@ -45,9 +45,13 @@ class JobNetworks:
     node's own (worker.runtime.Owner.labels).
     """
 
-    def __init__(self, client: Callable[[], object], labels: Callable[[], dict[str, str]]):
+    def __init__(self, client: Callable[[], object], labels: Callable[[], dict[str, str]],
+                 member: Callable[[], str | None] = lambda: None):
         self._client = client
         self._labels = labels
+        # The worker's own container, when it runs in one and joins its jobs' networks (worker.reach):
+        # it leaves a network before the network is removed, which the engine refuses while it is on it.
+        self._member = member
         self._lock = threading.Lock()
         self._users: dict[str, int] = {}
 
@@ -88,7 +92,7 @@ class JobNetworks:
                 if self._users.get(network.name):
                     continue
                 try:
-                    network.remove()
+                    self._drop(network)
                     removed += 1
                 except (DockerException, OSError) as e:
                     log.warning("could not remove the job network %s: %s", network.name, docker_reason(e))
@@ -118,9 +122,17 @@ class JobNetworks:
                            "default-address-pools of /etc/docker/daemon.json, or run fewer jobs at once)")
             raise ContainerFailed(f"Docker could not make the job's network {name}: {reason}") from e
 
+    def _drop(self, network) -> None:
+        if (member := self._member()) is not None:
+            try:
+                network.disconnect(member, force=True)
+            except APIError:
+                pass  # it never joined this one
+        network.remove()
+
     def _remove(self, name: str) -> None:
         try:
-            self._client().networks.get(name).remove()
+            self._drop(self._client().networks.get(name))
         except NotFound:
             pass
         except (RuntimeUnavailable, DockerException, OSError) as e:

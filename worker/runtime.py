@@ -15,6 +15,7 @@ from docker.errors import APIError, DockerException, NotFound
 from worker.archives import folders_tar, inputs_tar, write_gzip
 from worker.errors import ContainerFailed, RuntimeUnavailable, docker_reason
 from worker.images import PrivateImages, image_to_run
+from worker.reach import LOOPBACK, Reach, dial_target
 
 log = logging.getLogger(__name__)
 
@@ -229,8 +230,11 @@ class LineSplitter:
 
 
 class DockerRuntime:
-    def __init__(self, docker_host: str | None = None, *, private_images: PrivateImages | None = None):
+    def __init__(self, docker_host: str | None = None, *, private_images: PrivateImages | None = None,
+                 reach: Reach | None = None):
         self.docker_host = docker_host
+        # How this worker dials its containers' ports (worker.reach).
+        self.reach = reach or Reach()
         self.private_images = private_images or PrivateImages()
         self._client: docker.DockerClient | None = None
 
@@ -336,7 +340,7 @@ class DockerRuntime:
         time_limit: Callable[[], float | None] = lambda: None,
         should_stop: Callable[[], bool] = lambda: False,
         on_started: Callable[[], None] = lambda: None,
-        on_published: Callable[[dict[int, int]], None] = lambda ports: None,
+        on_published: Callable[[dict[int, tuple[str, int]]], None] = lambda ports: None,
         stop_grace_s: int = 5,
         inputs: dict[str, Path] | None = None,
         output_archive: Path | None = None,
@@ -345,7 +349,7 @@ class DockerRuntime:
         on_restarting: Callable[[int, str], None] = lambda count, reason: None,
     ) -> Outcome:
         """Run a container to its end, handing each output line to on_line as it arrives, and once
-        it runs, the engine's loopback port of each of spec.ports to on_published.
+        it runs, where this worker dials each of spec.ports (host, port: worker.reach) to on_published.
 
         As restart allows, the same container is restarted in place (so it keeps its GPUs) when it
         exits, or when should_restart() gives a reason (a failing health check); on_restarting(count,
@@ -382,18 +386,13 @@ class DockerRuntime:
                 log.warning("could not remove container %s: %s", container.id[:12], e)
 
     def _published(self, container, spec: ContainerSpec, on_published, on_started) -> None:
-        """Tell on_published where the engine publishes the container's ports, then on_started."""
+        """Tell on_published where this worker dials each of the container's ports, then on_started."""
         if spec.ports:
             try:
                 container.reload()
-                bound = container.attrs.get("NetworkSettings", {}).get("Ports") or {}
-                ports = {
-                    port: int(binding[0]["HostPort"])
-                    for port in spec.ports
-                    if (binding := bound.get(f"{port}/tcp"))
-                }
+                ports = {port: target for port in spec.ports if (target := dial_target(container, port, self.reach))}
             except (DockerException, OSError, KeyError, ValueError, IndexError) as e:
-                log.warning("could not read where container %s's ports are published: %s", container.id[:12], e)
+                log.warning("could not read where container %s's ports are reached: %s", container.id[:12], e)
                 ports = {}
             on_published(ports)
         on_started()
@@ -428,7 +427,10 @@ class DockerRuntime:
                 environment=spec.env,
                 working_dir=spec.work_dir,
                 **network,
-                ports={f"{port}/tcp": ("127.0.0.1", None) for port in spec.ports} or None,
+                # Published on the host's loopback for a worker there; one in a container dials the
+                # container on a network they share, so nothing is published (worker.reach).
+                ports=({f"{port}/tcp": ("127.0.0.1", None) for port in spec.ports} or None)
+                if self.reach.mode == LOOPBACK else None,
                 labels={"peergrid": "1", **spec.labels},
                 volumes={name: {"bind": dest, "mode": "rw"} for name, dest in spec.volumes.items()},
                 detach=True,

@@ -24,6 +24,13 @@ class WorkerSettings:
     slots: int = 1
     # Network for job containers: "none" (no network) or a Docker network name such as "bridge".
     job_network: str = "bridge"
+    # How the worker reaches its job containers' ports (worker.reach): "loopback", where the engine
+    # publishes them (a worker on the engine's host), or "network", by name on a Docker network it
+    # shares with them (a worker in a container, as compose.yaml runs it).
+    job_reach: str = "loopback"
+    # In network mode, the worker's own container (name or id); None: its hostname, which Docker
+    # sets to the container's id unless told otherwise.
+    worker_container: str | None = None
     # Seconds between log batches sent while a container runs.
     log_interval_s: float = 0.25
     # Seconds between broker polls on transports that poll (the embedded SQL broker).
@@ -58,6 +65,9 @@ class WorkerSettings:
                 f"--job-network {self.job_network} would give jobs the host's (or another container's) network; "
                 'use "none", "bridge" or a network of your own.'
             )
+        if self.job_reach not in ("loopback", "network"):
+            raise WorkerError(f"PEERGRID_JOB_REACH is {self.job_reach!r}; use \"loopback\" (a worker on the Docker "
+                              'engine\'s host) or "network" (a worker in a container).')
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **given) -> "WorkerSettings":
@@ -68,6 +78,8 @@ class WorkerSettings:
             "join_token": env.get("PEERGRID_JOIN_TOKEN") or None,
             "name": env.get("PEERGRID_NODE_NAME") or None,
             "job_network": env.get("PEERGRID_JOB_NETWORK", "bridge"),
+            "job_reach": env.get("PEERGRID_JOB_REACH") or "loopback",
+            "worker_container": env.get("PEERGRID_WORKER_CONTAINER") or None,
             "docker_host": env.get("PEERGRID_DOCKER_HOST") or env.get("DOCKER_HOST") or None,
             "events": env.get("PEERGRID_WORKER_EVENTS", "true").strip().lower() not in {"0", "false", "no", "off"},
             "data_dir": Path(env.get("PEERGRID_WORKER_DATA_DIR") or _state_home(env) / "peergrid-worker"),

@@ -38,8 +38,8 @@ class Tunnel:
         self._host_key = asyncssh.import_public_key(host_key)
         self._username = str(node_id)
         self._token = token
-        # label → (container port, loopback port the engine publishes it on); what should be forwarded.
-        self._wanted: dict[str, tuple[int, int]] = {}
+        # label → (container port, port and host it is dialled at); what should be forwarded.
+        self._wanted: dict[str, tuple[int, int, str]] = {}
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._changed: asyncio.Event | None = None
@@ -68,10 +68,11 @@ class Tunnel:
         if self._thread is not None:
             self._thread.join(10)
 
-    def open(self, label: str, port: int, target_port: int) -> None:
-        """Forward endpoint label (container port `port`) to the engine's loopback port target_port."""
+    def open(self, label: str, port: int, target_port: int, host: str = "127.0.0.1") -> None:
+        """Forward endpoint label (container port `port`) to target_port on host: the engine's
+        loopback port it is published on, or the container itself (worker.reach.dial_target)."""
         with self._lock:
-            self._wanted[label] = (port, target_port)
+            self._wanted[label] = (port, target_port, host)
         self._poke()
 
     def close(self, label: str) -> None:
@@ -128,8 +129,8 @@ class Tunnel:
 
         def session_factory(_orig_host: str, _orig_port: int):
             with self._lock:
-                _, target = self._wanted.get(label, (0, 0))
-            return conn.forward_connection("127.0.0.1", target)
+                _, target, host = self._wanted.get(label, (0, 0, "127.0.0.1"))
+            return conn.forward_connection(host, target)
 
         return session_factory
 
@@ -147,7 +148,7 @@ class Tunnel:
                     held.pop(label).close()
                     self.forwarded.discard(label)
                     log.info("stopped forwarding endpoint %s", label)
-                for label, (port, target) in wanted.items():
+                for label, (port, target, target_host) in wanted.items():
                     if label in held:
                         continue
                     try:
@@ -159,7 +160,7 @@ class Tunnel:
                         continue
                     refused.discard(label)
                     self.forwarded.add(label)
-                    log.info("forwarding endpoint %s (port %s) from the gateway to 127.0.0.1:%s", label, port, target)
+                    log.info("forwarding endpoint %s (port %s) from the gateway to %s:%s", label, port, target_host, target)
                 changed = asyncio.ensure_future(self._changed.wait())
                 await asyncio.wait({changed, closed}, timeout=RETRY_REFUSED_S if refused else None,
                                    return_when=asyncio.FIRST_COMPLETED)
