@@ -9,7 +9,6 @@ import uuid
 
 import pytest
 import requests
-
 from docker.errors import NotFound
 
 from worker.errors import WorkerError
