@@ -11,6 +11,9 @@ from typing import Iterator
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from worker.errors import RuntimeUnavailable
+from worker.reach import Reach
+
 REDIS = os.environ.get("PEERGRID_TEST_REDIS_URL", "redis://127.0.0.1:6390/0")
 POSTGRES = os.environ.get("PEERGRID_TEST_POSTGRES_URL", "postgresql+psycopg://peergrid:peergrid@127.0.0.1:5432/postgres")
 
@@ -56,6 +59,12 @@ def print_timings(title: str, rows: list[tuple[str, list[float]]]) -> None:
 
 class FakeRuntime:
     """A container runtime for control-plane benchmarks: no Docker, nothing left behind."""
+
+    # Its containers' ports, had it any, are dialled on the host's loopback.
+    reach = Reach()
+
+    def client(self):
+        raise RuntimeUnavailable("The benchmark's runtime has no Docker engine.")
 
     def check(self):
         return None

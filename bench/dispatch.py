@@ -76,7 +76,8 @@ def celery_baseline(broker_url: str, count: int) -> float:
 def peergrid_run(stack: Stack, count: int) -> float:
     _, node_token, _ = factories.node(stack.core, name="bench-node")
     agent = Agent(
-        WorkerSettings(server=stack.url, token=node_token, slots=SLOTS, log_interval_s=0.05),
+        WorkerSettings(server=stack.url, token=node_token, slots=SLOTS, log_interval_s=0.05,
+                       job_network="none"),
         runtime=InstantRuntime(),
         inventory=Inventory(gpus=(), message="bench"),
     )
@@ -89,8 +90,11 @@ def peergrid_run(stack: Stack, count: int) -> float:
     for _ in range(count):
         response = api.post("/jobs", factories.hello_world("instant"))
         assert response.status_code == 201, (response.status_code, response.text[:300], stack.logs()[-2000:])
+    deadline = time.monotonic() + 60 + count
     with engine.connect() as conn:
         while conn.execute(select(func.count()).select_from(Job).where(Job.state == JobState.SUCCEEDED)).scalar() < count:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"not every job succeeded within {60 + count} s:\n{stack.logs()[-3000:]}")
             time.sleep(0.05)
         elapsed = time.monotonic() - began
         settled = conn.execute(text("SELECT count(*) FROM ledger_transactions WHERE kind = 'settle'")).scalar()

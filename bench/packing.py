@@ -59,7 +59,7 @@ def main() -> None:
             stack.start_web()
             for name, spec in NODES.items():
                 _, token, _ = factories.node(stack.core, name=name)
-                agent = Agent(WorkerSettings(server=stack.url, token=token, slots=1, log_interval_s=0.05),
+                agent = Agent(WorkerSettings(server=stack.url, token=token, slots=1, log_interval_s=0.05, job_network="none"),
                               runtime=SleepRuntime(), inventory=simulated_inventory(spec, seed=name))
                 threading.Thread(target=agent.run, daemon=True).start()
                 agents.append(agent)
