@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from protocol.health_checks import HealthCheck
 from scheduler.errors import Problem
 
 SERVICE_TYPES = ("web", "api", "webapi", "websocket", "none")
@@ -20,20 +21,6 @@ _RANGE = re.compile(r"^([0-9]+)-([0-9]+)$")
 # A whole-string literal, resolved when the op is offered: %%ops.ID.results.KEY%% or %%global.…%%.
 _LITERAL = re.compile(r"^%%(ops|global)\.[^%]+%%$")
 LOWEST_PORT, HIGHEST_PORT = 1, 65535
-
-
-@dataclass(frozen=True)
-class HealthCheck:
-    """One check of an exposed port: an HTTP request, or a WebSocket that must answer."""
-
-    type: str
-    continuous: bool = False
-    path: str = "/"
-    method: str = "GET"
-    expected_status: int | None = None
-    headers: tuple[tuple[str, str], ...] = ()
-    body: Any = None
-    expected_response: str | None = None
 
 
 @dataclass(frozen=True)

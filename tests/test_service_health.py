@@ -13,9 +13,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from websockets.sync.server import serve
 
+from protocol.health_checks import HealthCheck
 from protocol.messages import HealthReport, PortHealth, ProtocolError
 from worker.health import (
-    Check,
     HealthMonitor,
     accepts_connections,
     http_check,
@@ -84,7 +84,7 @@ def closed_port() -> tuple[str, int]:
 
 
 def test_an_http_check_sends_its_method_path_headers_and_json_body(service):
-    check = Check(type="http", method="POST", path="/v1/ready?deep=1", expected_status=200,
+    check = HealthCheck(type="http", method="POST", path="/v1/ready?deep=1", expected_status=200,
                   headers=(("X-Probe", "peergrid"),), body={"prompt": "hi"})
 
     assert http_check(check, service.address) is None
@@ -98,19 +98,19 @@ def test_an_http_check_sends_its_method_path_headers_and_json_body(service):
 def test_an_http_check_fails_on_another_status_and_says_which(service):
     service.status = 503
 
-    detail = http_check(Check(type="http", path="/health", expected_status=200), service.address)
+    detail = http_check(HealthCheck(type="http", path="/health", expected_status=200), service.address)
 
     assert detail == "GET /health answered 503, not 200"
 
 
 def test_an_http_check_with_an_expected_response_needs_it_in_the_body(service):
-    assert http_check(Check(type="http", expected_status=200, expected_response="good"), service.address) is None
-    detail = http_check(Check(type="http", expected_status=200, expected_response="ok: true"), service.address)
+    assert http_check(HealthCheck(type="http", expected_status=200, expected_response="good"), service.address) is None
+    detail = http_check(HealthCheck(type="http", expected_status=200, expected_response="ok: true"), service.address)
     assert detail == "GET / answered without 'ok: true'"
 
 
 def test_an_http_check_of_a_port_nothing_listens_on_says_it_did_not_answer():
-    detail = http_check(Check(type="http", expected_status=200), closed_port(), timeout=1)
+    detail = http_check(HealthCheck(type="http", expected_status=200), closed_port(), timeout=1)
     assert detail.startswith("GET / did not answer (")
 
 
@@ -126,16 +126,16 @@ def websocket_server():
 
 
 def test_a_websocket_check_passes_when_the_first_message_is_the_expected_one(websocket_server):
-    assert websocket_check(Check(type="websocket", expected_response="pong"), websocket_server) is None
+    assert websocket_check(HealthCheck(type="websocket", expected_response="pong"), websocket_server) is None
 
 
 def test_a_websocket_check_fails_on_another_message_and_says_what_came(websocket_server):
-    detail = websocket_check(Check(type="websocket", expected_response="ready"), websocket_server)
+    detail = websocket_check(HealthCheck(type="websocket", expected_response="ready"), websocket_server)
     assert detail == "the WebSocket at / sent 'pong', not 'ready'"
 
 
 def test_a_websocket_check_of_an_http_server_says_it_did_not_open(service):
-    detail = websocket_check(Check(type="websocket", expected_response="pong"), service.address, timeout=2)
+    detail = websocket_check(HealthCheck(type="websocket", expected_response="pong"), service.address, timeout=2)
     assert detail.startswith("the WebSocket at / did not open (")
 
 

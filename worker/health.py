@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from protocol.health_checks import HealthCheck
 from protocol.messages import HealthReport, PortHealth
 
 log = logging.getLogger(__name__)
@@ -35,29 +36,11 @@ STARTING_DETAIL_EVERY_S = 5.0
 RESEND_AFTER_S = 2.0
 
 
-@dataclass(frozen=True)
-class Check:
-    """One health check of a port, as Nosana writes it (read from an already validated `expose`)."""
-
-    type: str  # "http" or "websocket"
-    continuous: bool = False
-    path: str = "/"
-    method: str = "GET"
-    expected_status: int | None = None
-    headers: tuple[tuple[str, str], ...] = ()
-    body: Any = None
-    # HTTP: text the answer's body must contain; WebSocket: the first message it must send.
-    expected_response: str | None = None
-
-    def describe(self) -> str:
-        return f"{self.method} {self.path}" if self.type == "http" else "the WebSocket at /"
-
-
-def port_checks(expose: Any) -> dict[int, tuple[Check, ...]]:
+def port_checks(expose: Any) -> dict[int, tuple[HealthCheck, ...]]:
     """Each exposed port's checks, from an op's `expose` as the server validated it (a range's
     checks apply to each of its ports); ports without checks are absent."""
     items = expose if isinstance(expose, list) else [expose]
-    found: dict[int, tuple[Check, ...]] = {}
+    found: dict[int, tuple[HealthCheck, ...]] = {}
     for item in items:
         if not isinstance(item, dict) or not isinstance(item.get("health_checks"), list):
             continue
@@ -74,9 +57,9 @@ def port_checks(expose: Any) -> dict[int, tuple[Check, ...]]:
     return found
 
 
-def _check(raw: dict) -> Check:
+def _check(raw: dict) -> HealthCheck:
     headers = raw.get("headers") or {}
-    return Check(
+    return HealthCheck(
         type=str(raw.get("type", "http")),
         continuous=raw.get("continuous") is True,
         path=str(raw.get("path") or "/"),
@@ -91,14 +74,14 @@ def _check(raw: dict) -> Check:
 # -- one check -----------------------------------------------------------------------------------
 
 
-def run_check(check: Check, address: tuple[str, int], *, timeout: float = CHECK_TIMEOUT_S) -> str | None:
+def run_check(check: HealthCheck, address: tuple[str, int], *, timeout: float = CHECK_TIMEOUT_S) -> str | None:
     """Run one check against address: None when it passed, else a short sentence saying how it failed."""
     if check.type == "websocket":
         return websocket_check(check, address, timeout=timeout)
     return http_check(check, address, timeout=timeout)
 
 
-def http_check(check: Check, address: tuple[str, int], *, timeout: float = CHECK_TIMEOUT_S) -> str | None:
+def http_check(check: HealthCheck, address: tuple[str, int], *, timeout: float = CHECK_TIMEOUT_S) -> str | None:
     headers = dict(check.headers)
     body = check.body
     if body is not None and not isinstance(body, (str, bytes)):
@@ -120,7 +103,7 @@ def http_check(check: Check, address: tuple[str, int], *, timeout: float = CHECK
     return None
 
 
-def websocket_check(check: Check, address: tuple[str, int], *, timeout: float = CHECK_TIMEOUT_S) -> str | None:
+def websocket_check(check: HealthCheck, address: tuple[str, int], *, timeout: float = CHECK_TIMEOUT_S) -> str | None:
     """Open a WebSocket at / and read its first message, which must be expected_response."""
     from websockets.exceptions import WebSocketException
     from websockets.sync.client import connect
@@ -171,7 +154,7 @@ def _short(text: str, most: int = 60) -> str:
 @dataclass
 class _Port:
     port: int
-    checks: tuple[Check, ...]
+    checks: tuple[HealthCheck, ...]
     state: str = "starting"
     detail: str | None = None
     due: float = 0.0
@@ -179,7 +162,7 @@ class _Port:
     detail_sent_at: float = 0.0
 
     @property
-    def continuous(self) -> tuple[Check, ...]:
+    def continuous(self) -> tuple[HealthCheck, ...]:
         return tuple(c for c in self.checks if c.continuous)
 
 
@@ -315,7 +298,7 @@ class HealthMonitor:
                     return  # restarted meanwhile: this result is of the container before
                 self._settle(port, detail)
 
-    def _first_failure(self, checks: tuple[Check, ...], address: tuple[str, int]) -> str | None:
+    def _first_failure(self, checks: tuple[HealthCheck, ...], address: tuple[str, int]) -> str | None:
         timeout = min(CHECK_TIMEOUT_S, self.interval_s)
         if not checks:
             return accepts_connections(address, timeout=timeout)
