@@ -1,9 +1,10 @@
 """The messages of the node API and the broker, with their wire form and its checks.
 
 Each message is a frozen dataclass with `to_wire()` (a JSON-ready dict) and, where the other side
-sends it, `from_wire(body)`, which checks what arrived and raises ProtocolError with a sentence
-naming the field. The server reads reports with these and answers with these; the worker does the
-reverse; neither writes a field name or a queue name of its own.
+sends it, `from_wire(body)`, which checks what arrived and raises ProtocolError (protocol.wire) with
+a sentence naming the field. The server reads reports with these and answers with these; the worker
+does the reverse; neither writes a field name or a queue name of its own. The messages about
+services (gateways, endpoints, a service's health) are in protocol.services.
 """
 
 from __future__ import annotations
@@ -12,6 +13,9 @@ import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from protocol.services import EndpointRef, GatewayRef
+from protocol.wire import ProtocolError, read_ids, read_object, read_text, read_whole
+
 # Offers travel on the broker's default exchange, routed by queue name.
 OFFER_EXCHANGE = ""
 OFFER_EXCHANGE_TYPE = "direct"
@@ -19,16 +23,9 @@ OFFER_EXCHANGE_TYPE = "direct"
 MAX_VOLUME_JOBS = 1000
 # What a log line's stream may be: the container's two, or what peergrid itself says about the run.
 LOG_STREAMS = ("stdout", "stderr", "system")
-MAX_ID = 2**63 - 1
 # What a cluster id may be: it goes into the names of the Docker volumes workers make.
 CLUSTER_ID = re.compile(r"[a-z0-9]{1,32}")
-# What an endpoint's label may be: the first DNS label of its URL.
-ENDPOINT_LABEL = re.compile(r"[a-z0-9]{1,32}")
 _INT32 = 2**31 - 1
-
-
-class ProtocolError(ValueError):
-    """Raised when a message does not have the form its side of the protocol expects."""
 
 
 def node_queue(node_id: int) -> str:
@@ -45,40 +42,6 @@ def service_queue(queue: str) -> str:
     """The queue beside a market's queue for its ops that expose ports, which only nodes that can
     serve endpoints take (a slug has no dot, so no market's own queue ends so)."""
     return f"{queue}.services"
-
-
-# -- checks ----------------------------------------------------------------------------------
-
-
-def _object(body: Any, what: str) -> dict[str, Any]:
-    if body is None:
-        return {}
-    if not isinstance(body, dict):
-        raise ProtocolError(f"{what} must be a JSON object.")
-    return body
-
-
-def _whole(value: Any, name: str, *, low: int = 0, high: int = MAX_ID, default: int | None = None) -> int:
-    if value is None and default is not None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ProtocolError(f"{name} must be a whole number from {low} to {high}.")
-    return value
-
-
-def _ids(value: Any, problem: str, *, most: int | None = None) -> tuple[int, ...]:
-    value = value or []
-    if (
-        not isinstance(value, list)
-        or (most is not None and len(value) > most)
-        or not all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_ID for v in value)
-    ):
-        raise ProtocolError(problem)
-    return tuple(value)
-
-
-def _text(value: Any, limit: int) -> str | None:
-    return str(value)[:limit] if value not in (None, "") else None
 
 
 # -- what a node says about itself ---------------------------------------------------------
@@ -112,7 +75,7 @@ class GpuReport:
         values: dict[str, Any] = {}
         for name in cls._INTS:
             if body.get(name) is not None:
-                values[name] = _whole(body[name], f"{where}.{name}", high=_INT32)
+                values[name] = read_whole(body[name], f"{where}.{name}", high=_INT32)
         for name, limit in cls._TEXTS.items():
             if body.get(name) is not None:
                 values[name] = str(body[name])[:limit]
@@ -151,22 +114,22 @@ class NodeReport:
 
     @classmethod
     def from_wire(cls, body: Any) -> NodeReport:
-        body = _object(body, "A node report")
+        body = read_object(body, "A node report")
         gpus = body.get("gpus") or []
         if not isinstance(gpus, list):
             raise ProtocolError("gpus must be a list.")
         return cls(
             gpus=tuple(GpuReport.from_wire(g, f"gpus[{i}]") for i, g in enumerate(gpus)),
             simulated=bool(body.get("simulated", False)),
-            gpu_message=_text(body.get("gpu_message"), 500),
-            agent_version=_text(body.get("agent_version"), 50),
-            hostname=_text(body.get("hostname"), 255),
-            cpu_count=_whole(body.get("cpu_count"), "cpu_count", high=1_000_000, default=0),
-            memory_mb=_whole(body.get("memory_mb"), "memory_mb", high=2**40, default=0),
-            slots=_whole(body.get("slots"), "slots", low=1, high=1024, default=1),
-            running=_ids(body.get("running"), "running must be a list of attempt ids."),
-            undelivered=_ids(body.get("undelivered"), "undelivered must be a list of attempt ids."),
-            volume_jobs=_ids(
+            gpu_message=read_text(body.get("gpu_message"), 500),
+            agent_version=read_text(body.get("agent_version"), 50),
+            hostname=read_text(body.get("hostname"), 255),
+            cpu_count=read_whole(body.get("cpu_count"), "cpu_count", high=1_000_000, default=0),
+            memory_mb=read_whole(body.get("memory_mb"), "memory_mb", high=2**40, default=0),
+            slots=read_whole(body.get("slots"), "slots", low=1, high=1024, default=1),
+            running=read_ids(body.get("running"), "running must be a list of attempt ids."),
+            undelivered=read_ids(body.get("undelivered"), "undelivered must be a list of attempt ids."),
+            volume_jobs=read_ids(
                 body.get("volume_jobs"), f"volume_jobs must be a list of at most {MAX_VOLUME_JOBS} job ids.",
                 most=MAX_VOLUME_JOBS,
             ),
@@ -194,39 +157,18 @@ class MarketSpec:
 
     @classmethod
     def from_wire(cls, body: Any) -> MarketSpec:
-        body = _object(body, "A market")
+        body = read_object(body, "A market")
         if not isinstance(body.get("slug"), str) or not isinstance(body.get("queue"), str):
             raise ProtocolError("A market needs its slug and queue.")
         return cls(
             slug=body["slug"],
             queue=body["queue"],
-            gpu_count=_whole(body.get("gpu_count"), "gpu_count", high=1024, default=0),
-            min_vram_mb=_whole(body.get("min_vram_mb"), "min_vram_mb", default=0),
+            gpu_count=read_whole(body.get("gpu_count"), "gpu_count", high=1024, default=0),
+            min_vram_mb=read_whole(body.get("min_vram_mb"), "min_vram_mb", default=0),
             gpu_models=tuple(str(m) for m in body.get("gpu_models") or ()),
             min_compute_capability=body.get("min_compute_capability"),
             min_cuda_version=body.get("min_cuda_version"),
         )
-
-
-@dataclass(frozen=True)
-class GatewayRef:
-    """A live gateway as a node is told of it: its name, host:port of its SSH server, and its public
-    host key (OpenSSH's one-line form), which the node pins. A node tunnels to every one."""
-
-    name: str
-    ssh: str
-    host_key: str = field(repr=False)
-
-    def to_wire(self) -> dict[str, Any]:
-        return {"name": self.name, "ssh": self.ssh, "host_key": self.host_key}
-
-    @classmethod
-    def from_wire(cls, body: Any) -> GatewayRef:
-        body = _object(body, "A gateway")
-        name, ssh, key = _text(body.get("name"), 100), _text(body.get("ssh"), 255), _text(body.get("host_key"), 16_384)
-        if not ssh or not key:
-            raise ProtocolError("A gateway must name its ssh address and its host_key.")
-        return cls(name=name or ssh, ssh=ssh, host_key=key)
 
 
 def _gateways(body: dict[str, Any]) -> tuple[GatewayRef, ...] | None:
@@ -236,7 +178,7 @@ def _gateways(body: dict[str, Any]) -> tuple[GatewayRef, ...] | None:
         if not isinstance(listed, list):
             raise ProtocolError("gateways must be a list of gateways.")
         return tuple(GatewayRef.from_wire(g) for g in listed)
-    one = _object(body.get("gateway"), "gateway")
+    one = read_object(body.get("gateway"), "gateway")
     if one.get("ssh") and one.get("host_key"):
         return (GatewayRef.from_wire({"name": "gateway", **one}),)
     return None
@@ -277,16 +219,16 @@ class Registration:
 
     @classmethod
     def from_wire(cls, body: Any) -> Registration:
-        body = _object(body, "The registration answer")
-        node = _object(body.get("node"), "node")
+        body = read_object(body, "The registration answer")
+        node = read_object(body.get("node"), "node")
         if not isinstance(body.get("broker_url"), str):
             raise ProtocolError("The registration answer names no broker.")
-        cluster = _object(body.get("cluster"), "cluster").get("id")
+        cluster = read_object(body.get("cluster"), "cluster").get("id")
         if not isinstance(cluster, str) or not CLUSTER_ID.fullmatch(cluster):
             raise ProtocolError("cluster.id must be the cluster's id: 1 to 32 lowercase letters and digits.")
         return cls(
             cluster_id=cluster,
-            node_id=_whole(node.get("id"), "node.id", low=1),
+            node_id=read_whole(node.get("id"), "node.id", low=1),
             node_name=str(node.get("name", "")),
             node_state=str(node.get("state", "online")),
             broker_url=body["broker_url"],
@@ -326,10 +268,10 @@ class Joined:
 
     @classmethod
     def from_wire(cls, body: Any) -> Joined:
-        body = _object(body, "The join answer")
+        body = read_object(body, "The join answer")
         if not isinstance(body.get("token"), str) or not body["token"]:
             raise ProtocolError("The join answer carries no node token.")
-        return cls(node_id=_whole(body.get("id"), "id", low=1), node_name=str(body.get("name", "")),
+        return cls(node_id=read_whole(body.get("id"), "id", low=1), node_name=str(body.get("name", "")),
                    token=body["token"])
 
 
@@ -361,13 +303,13 @@ class HeartbeatAnswer:
 
     @classmethod
     def from_wire(cls, body: Any) -> HeartbeatAnswer:
-        body = _object(body, "The heartbeat answer")
-        limits = _object(body.get("time_limits"), "time_limits")
+        body = read_object(body, "The heartbeat answer")
+        limits = read_object(body.get("time_limits"), "time_limits")
         return cls(
             state=str(body.get("state", "online")),
-            cancel=_ids(body.get("cancel"), "cancel must be a list of attempt ids."),
-            time_limits={int(k): _whole(v, f"time_limits.{k}", low=1) for k, v in limits.items()},
-            ended_jobs=_ids(body.get("ended_jobs"), "ended_jobs must be a list of job ids."),
+            cancel=read_ids(body.get("cancel"), "cancel must be a list of attempt ids."),
+            time_limits={int(k): read_whole(v, f"time_limits.{k}", low=1) for k, v in limits.items()},
+            ended_jobs=read_ids(body.get("ended_jobs"), "ended_jobs must be a list of job ids."),
             gateways=_gateways({"gateways": body["gateways"]}) if "gateways" in body else None,
         )
 
@@ -389,17 +331,17 @@ class Offer:
 
     @classmethod
     def from_wire(cls, body: Any) -> Offer:
-        body = _object(body, "An offer")
+        body = read_object(body, "An offer")
         if not isinstance(body.get("market"), str) or not isinstance(body.get("op"), str):
             raise ProtocolError("An offer needs its market and op.")
         return cls(
-            attempt_id=_whole(body.get("attempt_id"), "attempt_id", low=1),
-            job_id=_whole(body.get("job_id"), "job_id", low=1),
+            attempt_id=read_whole(body.get("attempt_id"), "attempt_id", low=1),
+            job_id=read_whole(body.get("job_id"), "job_id", low=1),
             op=body["op"],
             market=body["market"],
             queue=str(body.get("queue", "")),
-            gpu_count=_whole(body.get("gpu_count"), "gpu_count", default=0),
-            min_vram_mb=_whole(body.get("min_vram_mb"), "min_vram_mb", default=0),
+            gpu_count=read_whole(body.get("gpu_count"), "gpu_count", default=0),
+            min_vram_mb=read_whole(body.get("min_vram_mb"), "min_vram_mb", default=0),
         )
 
 
@@ -413,26 +355,6 @@ class InputRef:
 
     def to_wire(self) -> dict[str, Any]:
         return asdict(self)
-
-
-@dataclass(frozen=True)
-class EndpointRef:
-    """An endpoint the node forwards to its gateway while it runs the attempt: the URL's label and
-    the container port behind it."""
-
-    label: str
-    port: int
-
-    def to_wire(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_wire(cls, body: Any) -> EndpointRef:
-        body = _object(body, "An endpoint")
-        label = body.get("label")
-        if not isinstance(label, str) or not ENDPOINT_LABEL.fullmatch(label):
-            raise ProtocolError("An endpoint's label must be 1 to 32 lowercase letters and digits.")
-        return cls(label=label, port=_whole(body.get("port"), "port", low=1, high=65535))
 
 
 @dataclass(frozen=True)
@@ -467,16 +389,16 @@ class WorkOrder:
 
     @classmethod
     def from_wire(cls, body: Any) -> WorkOrder:
-        body = _object(body, "A work order")
+        body = read_object(body, "A work order")
         spec = body.get("spec")
         if not isinstance(spec, dict) or not isinstance(body.get("op"), str):
             raise ProtocolError("A work order needs its op and spec.")
         return cls(
-            id=_whole(body.get("id"), "id", low=1),
-            number=_whole(body.get("number"), "number", low=1, default=1),
-            job_id=_whole(body.get("job_id"), "job_id", low=1),
+            id=read_whole(body.get("id"), "id", low=1),
+            number=read_whole(body.get("number"), "number", low=1, default=1),
+            job_id=read_whole(body.get("job_id"), "job_id", low=1),
             op=body["op"],
-            timeout_s=_whole(body.get("timeout_s"), "timeout_s", low=1),
+            timeout_s=read_whole(body.get("timeout_s"), "timeout_s", low=1),
             market=str(body.get("market", "")),
             gpus=tuple(str(g) for g in body.get("gpus") or ()),
             spec=spec,
@@ -504,7 +426,7 @@ class ClaimAnswer:
 
     @classmethod
     def from_wire(cls, body: Any) -> ClaimAnswer:
-        body = _object(body, "The claim answer")
+        body = read_object(body, "The claim answer")
         order = body.get("attempt")
         return cls(order=WorkOrder.from_wire(order) if order is not None else None, error=body.get("error"))
 
@@ -537,7 +459,7 @@ def log_records(lines: Any, *, most: int) -> list[LogRecord]:
         stream = str(line.get("stream", "stdout"))
         records.append(
             LogRecord(
-                seq=_whole(line.get("seq"), f"lines[{i}].seq", low=1),
+                seq=read_whole(line.get("seq"), f"lines[{i}].seq", low=1),
                 stream=stream if stream in LOG_STREAMS else "stdout",
                 text=line["text"],
             )
@@ -562,10 +484,10 @@ class FinishedReport:
 
     @classmethod
     def from_wire(cls, body: Any, *, most_lines: int) -> FinishedReport:
-        body = _object(body, "The finished report")
+        body = read_object(body, "The finished report")
         exit_code = body.get("exit_code")
         if exit_code is not None:
-            exit_code = _whole(exit_code, "exit_code", low=-(2**31), high=_INT32)
+            exit_code = read_whole(exit_code, "exit_code", low=-(2**31), high=_INT32)
         error = body.get("error")
         if error is not None:
             error = str(error)[:2000]
@@ -593,11 +515,11 @@ class ReleaseReport:
 
     @classmethod
     def from_wire(cls, body: Any, *, most_lines: int) -> ReleaseReport:
-        body = _object(body, "The release report")
+        body = read_object(body, "The release report")
         lines = body.get("lines") or []
         if not isinstance(lines, list):
             raise ProtocolError('lines must be a list of {"seq", "stream", "text"}.')
-        reason = _text(body.get("reason"), 500) or "its worker was stopped"
+        reason = read_text(body.get("reason"), 500) or "its worker was stopped"
         return cls(reason=reason, lines=tuple(log_records(lines, most=most_lines)))
 
 
@@ -614,64 +536,5 @@ class LogsAnswer:
 
     @classmethod
     def from_wire(cls, body: Any) -> LogsAnswer:
-        body = _object(body, "The logs answer")
+        body = read_object(body, "The logs answer")
         return cls(stored=int(body.get("stored") or 0), full=bool(body.get("log_full")))
-
-
-# -- what a node says about a service's health -----------------------------------------------
-
-# How an exposed port's checks stand: not passed yet (the service is starting), passing, or failing
-# after they had passed.
-PORT_HEALTH = ("starting", "healthy", "unhealthy")
-MAX_PORTS = 1000
-
-
-@dataclass(frozen=True)
-class PortHealth:
-    """How one exposed port's health checks stand, with a short sentence on the last failure."""
-
-    port: int
-    state: str
-    detail: str | None = None
-
-    def to_wire(self) -> dict[str, Any]:
-        return {"port": self.port, "state": self.state, "detail": self.detail}
-
-    @classmethod
-    def from_wire(cls, body: Any) -> PortHealth:
-        body = _object(body, "A port's health")
-        state = body.get("state")
-        if state not in PORT_HEALTH:
-            raise ProtocolError(f"A port's health state must be one of {', '.join(PORT_HEALTH)}.")
-        return cls(port=_whole(body.get("port"), "port", low=1, high=65535), state=state,
-                   detail=_text(body.get("detail"), 500))
-
-
-@dataclass(frozen=True)
-class HealthReport:
-    """A service attempt's health on its node: each exposed port's checks, and how often its
-    container was restarted in place (and whether it is restarting now, and why it last was)."""
-
-    ports: tuple[PortHealth, ...] = ()
-    restarts: int = 0
-    restarting: bool = False
-    reason: str | None = None
-
-    def to_wire(self) -> dict[str, Any]:
-        return {"ports": [p.to_wire() for p in self.ports], "restarts": self.restarts,
-                "restarting": self.restarting, "reason": self.reason}
-
-    @classmethod
-    def from_wire(cls, body: Any) -> HealthReport:
-        body = _object(body, "The health report")
-        ports = body.get("ports") or []
-        if not isinstance(ports, list) or len(ports) > MAX_PORTS:
-            raise ProtocolError(f'ports must be a list of at most {MAX_PORTS} {{"port", "state", "detail"}}.')
-        restarting = body.get("restarting", False)
-        if not isinstance(restarting, bool):
-            raise ProtocolError("restarting must be true or false.")
-        read = tuple(PortHealth.from_wire(p) for p in ports)
-        if len({p.port for p in read}) != len(read):
-            raise ProtocolError("Each port's health is sent once.")
-        return cls(ports=read, restarts=_whole(body.get("restarts"), "restarts", high=2**31 - 1, default=0),
-                   restarting=restarting, reason=_text(body.get("reason"), 500))

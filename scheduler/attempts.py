@@ -16,7 +16,6 @@ from protocol.gpus import gpu_shortfall
 from protocol.messages import (
     LOG_STREAMS,
     ClaimAnswer,
-    EndpointRef,
     FinishedReport,
     InputRef,
     LogRecord,
@@ -24,6 +23,7 @@ from protocol.messages import (
     ReleaseReport,
     WorkOrder,
 )
+from protocol.services import EndpointRef
 from scheduler import events
 from scheduler.artifacts import job_artifacts
 from scheduler.endpoints import attempt_endpoints, open_endpoints

@@ -17,7 +17,7 @@ from scheduler.jobdef import exposed_ports
 from scheduler.models import Attempt, Endpoint, EndpointForward, Gateway, Node, Op
 from scheduler.models.endpoints import Health
 from scheduler.nodes import node_for_token
-from protocol.messages import GatewayRef
+from protocol.services import GatewayRef
 from scheduler.states import ATTEMPT_HELD, NodeState, utcnow
 
 # What a label is: 10 characters of lowercase base32, 50 random bits, a valid DNS label.

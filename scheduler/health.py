@@ -7,7 +7,7 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
-from protocol.messages import HealthReport
+from protocol.services import HealthReport
 from scheduler import events
 from scheduler.attempts import held_attempt
 from scheduler.endpoints import attempt_endpoints

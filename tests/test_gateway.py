@@ -272,7 +272,9 @@ def _closed_port() -> int:
 
 
 def test_the_gateways_travel_in_the_registration_and_heartbeat_and_endpoints_in_the_work_order_and_old_peers_still_parse():
-    from protocol.messages import EndpointRef, GatewayRef, HeartbeatAnswer, ProtocolError, Registration, WorkOrder
+    from protocol.messages import HeartbeatAnswer, Registration, WorkOrder
+    from protocol.services import EndpointRef, GatewayRef
+    from protocol.wire import ProtocolError
 
     gateways = (GatewayRef("a", "gw-a:2222", "ssh-ed25519 AAAA"), GatewayRef("b", "gw-b:2222", "ssh-ed25519 BBBB"))
     registration = Registration(cluster_id="c1", node_id=3, node_name="rig", node_state="online", broker_url="b",

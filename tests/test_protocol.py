@@ -19,11 +19,11 @@ from protocol.messages import (
     MarketSpec,
     NodeReport,
     Offer,
-    ProtocolError,
     Registration,
     ReleaseReport,
     WorkOrder,
 )
+from protocol.wire import ProtocolError
 from scheduler.markets import create_market
 from tests import factories
 from tests.factories import bearer, hello_world

@@ -14,7 +14,8 @@ import pytest
 from websockets.sync.server import serve
 
 from protocol.health_checks import HealthCheck
-from protocol.messages import HealthReport, PortHealth, ProtocolError
+from protocol.services import HealthReport, PortHealth
+from protocol.wire import ProtocolError
 from worker.health import (
     HealthMonitor,
     accepts_connections,

@@ -6,7 +6,7 @@ from flask import Flask, g, jsonify, make_response, render_template, request
 from sqlalchemy.exc import DataError, DisconnectionError, InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException
 
-from protocol.messages import ProtocolError
+from protocol.wire import ProtocolError
 from scheduler.artifacts import ArtifactTooLarge
 from scheduler.ledger import InsufficientCredits
 from scheduler.errors import (

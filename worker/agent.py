@@ -16,17 +16,17 @@ from protocol.liveness import Liveness
 from protocol.messages import (
     MAX_VOLUME_JOBS,
     FinishedReport,
-    HealthReport,
     MarketSpec,
     NodeReport,
     Offer,
-    ProtocolError,
     Registration,
     ReleaseReport,
     WorkOrder,
     node_queue,
     service_queue,
 )
+from protocol.services import HealthReport
+from protocol.wire import ProtocolError
 from worker import __version__
 from worker.broker import connect, consume_offers
 from worker.client import CLAIM_RETRIES, HEARTBEAT_RETRIES, NodeClient

@@ -13,17 +13,17 @@ from protocol import VERSION
 from protocol.messages import (
     ClaimAnswer,
     FinishedReport,
-    HealthReport,
     HeartbeatAnswer,
     Joined,
     JoinRequest,
     LogRecord,
     LogsAnswer,
     NodeReport,
-    ProtocolError,
     Registration,
     ReleaseReport,
 )
+from protocol.services import HealthReport
+from protocol.wire import ProtocolError
 from worker.errors import AttemptGone, ServerError
 
 log = logging.getLogger(__name__)

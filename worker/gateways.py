@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from protocol.messages import GatewayRef
+from protocol.services import GatewayRef
 from worker.tunnel import Tunnel
 
 log = logging.getLogger(__name__)

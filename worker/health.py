@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from protocol.health_checks import HealthCheck
-from protocol.messages import HealthReport, PortHealth
+from protocol.services import HealthReport, PortHealth
 
 log = logging.getLogger(__name__)
 

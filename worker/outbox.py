@@ -18,7 +18,8 @@ import tempfile
 import threading
 from pathlib import Path
 
-from protocol.messages import FinishedReport, ProtocolError, ReleaseReport
+from protocol.messages import FinishedReport, ReleaseReport
+from protocol.wire import ProtocolError
 from worker.errors import WorkerError
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,7 @@
 """The node API: what worker agents call, authenticated by their node token.
 
-Each route reads the message (protocol.messages), calls one scheduler function, and sends its answer.
+Each route reads the message (protocol.messages, protocol.services), calls one scheduler function, and
+sends its answer.
 """
 
 from __future__ import annotations
@@ -9,7 +10,8 @@ from typing import Any
 
 from flask import jsonify, request, send_file
 
-from protocol.messages import FinishedReport, HealthReport, NodeReport, ReleaseReport, log_records
+from protocol.messages import FinishedReport, NodeReport, ReleaseReport, log_records
+from protocol.services import HealthReport
 from scheduler.artifacts import ArtifactTooLarge, artifacts_root, input_for, store_artifact
 from scheduler.attempts import (
     LogLimits,
