@@ -508,7 +508,7 @@ def secret_set(name: str) -> None:
     Never on the command line, where the shell history and `ps` would keep it.
     """
     from scheduler.errors import PeergridError
-    from scheduler.jobdef import check_name
+    from scheduler.references import check_name
 
     try:
         check_name(name)

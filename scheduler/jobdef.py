@@ -8,14 +8,16 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from protocol.gpus import mb_from_gb
-from scheduler.errors import InvalidDefinition, PeergridError, Problem
+from scheduler.errors import InvalidDefinition, Problem
 from scheduler.expose import Exposure, ExposedPort, read_expose
+from scheduler.json_kinds import is_int, is_number, kind_of
+from scheduler.references import check_references, check_secret_references
+from scheduler.run_args import check_run_args
 
 RUN = "container/run"
 CREATE_VOLUME = "container/create-volume"
 OP_TYPES = (RUN, CREATE_VOLUME)
 LOG_TYPES = ("stdout", "stderr", "stdin", "nodeerr", "all")
-RESTART_POLICIES = ("no", "always", "on-failure", "unless-stopped")
 # The fields each part of a definition may have: Nosana's, then ours (README, "Job definitions and
 # workflows"). Anything else is refused at its path, as Nosana's own validator refuses it, so that a
 # misspelt field ("gpus") cannot quietly change what a job asks for.
@@ -30,34 +32,16 @@ RUN_FIELDS = (
 CREATE_VOLUME_FIELDS = ("name",)
 GLOBAL_FIELDS = (*RUN_FIELDS, "variables")
 RESULT_FIELDS = ("regex", "logType")
-VOLUME_FIELDS = ("name", "dest")
-RESTART_POLICY_FIELDS = ("policy", "restart_tries")
-DOCKER_AUTH_FIELDS = ("username", "password", "email", "server")
 LOGISTICS_FIELDS = ("send", "receive")
-# A name other ops of the job reach this one by on its job network: DNS labels, dot-separated.
-_ALIAS = re.compile(r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
-# %%ops.<op>.results.<key>%%, %%global.variables.<name>%%, %%global.<builtin>%%
-LITERAL = re.compile(r"%%([A-Za-z0-9_.:\-]+)%%")
 _JS_NAMED_GROUP = re.compile(r"\(\?<(?![=!])")
 # As in Nosana, an op id is any text without whitespace (`gpt-oss:120b`); control characters,
 # which no log line or page shows faithfully, are refused too.
 _ID = re.compile(r"[^\s\x00-\x1f\x7f-\x9f]{1,200}")
 # A group's name is kept as the op's (200 characters in the store, which cannot hold a NUL).
 _GROUP = re.compile(r"[^\x00-\x1f\x7f-\x9f]{0,200}")
-GLOBAL_BUILTINS = ("job", "host", "version")
 # How deep objects and lists may nest in a definition (Nosana's own reach 8): what is walked
 # again when the job is stored, resolved and run stays far from Python's recursion limit.
 MAX_DEPTH = 32
-# What %%ops.<id>.X%% may name besides results: the op's host name on its job network, the URL of one
-# of its exposed ports, and (Nosana's deployments) the URL its first port keeps across a deployment.
-OP_ADDRESS_LITERALS = ("host", "endpoint", "deployment_endpoint")
-# %%secrets.NAME%%: a value its submitter keeps on the server, handed only to the node that runs the op.
-SECRET_NAME = re.compile(r"^[A-Z_][A-Z0-9_]{0,99}$")
-# Where a secret may be used: values that reach only the container's environment or the registry
-# login, never a page or an API answer.
-_SECRET_PLACE = re.compile(
-    r"^\$\.(?:ops\[\d+\]\.args|global)\.(?:env\..+|authentication\.docker\.(?:username|password))$"
-)
 
 
 def compile_result_regex(pattern: str) -> re.Pattern[str]:
@@ -222,7 +206,7 @@ class _Checker:
 
     def check(self, doc: Any) -> JobDefinition | None:
         if not isinstance(doc, dict):
-            self.add("$", f"A job definition must be a JSON object, not {_kind(doc)}.")
+            self.add("$", f"A job definition must be a JSON object, not {kind_of(doc)}.")
             return None
         deep = _too_deep(doc)
         if deep is not None:
@@ -233,7 +217,7 @@ class _Checker:
         if isinstance(logistics, dict):
             self.refuse_unknown("$.logistics", logistics, LOGISTICS_FIELDS)
         elif logistics is not None:
-            self.add("$.logistics", f"logistics must be an object, not {_kind(logistics)}.")
+            self.add("$.logistics", f"logistics must be an object, not {kind_of(logistics)}.")
         deployment = doc.get("deployment_id")
         if deployment is not None and not isinstance(deployment, str):
             self.add("$.deployment_id", "deployment_id must be a string.")
@@ -251,27 +235,27 @@ class _Checker:
             self.add("$.type", f'Unsupported job type {kind!r}: only "container" is understood.')
         meta = doc.get("meta", {})
         if not isinstance(meta, dict):
-            self.add("$.meta", f"meta must be an object, not {_kind(meta)}.")
+            self.add("$.meta", f"meta must be an object, not {kind_of(meta)}.")
             meta = {}
         self._check_system_requirements(meta.get("system_requirements"))
         global_ = doc.get("global", {})
         if not isinstance(global_, dict):
-            self.add("$.global", f"global must be an object, not {_kind(global_)}.")
+            self.add("$.global", f"global must be an object, not {kind_of(global_)}.")
             global_ = {}
         variables = global_.get("variables", {})
         if not isinstance(variables, dict):
-            self.add("$.global.variables", f"variables must be an object, not {_kind(variables)}.")
+            self.add("$.global.variables", f"variables must be an object, not {kind_of(variables)}.")
             variables = {}
         self.refuse_unknown("$.global", global_, GLOBAL_FIELDS)
         defaults = {k: v for k, v in global_.items() if k != "variables" and k in RUN_FIELDS}
-        self._check_args("$.global", defaults, require_image=False)
+        check_run_args("$.global", defaults, require_image=False, problems=self.problems, refuse_unknown=self.refuse_unknown)
 
         raw_ops = doc.get("ops")
         if raw_ops is None:
             self.add("$.ops", "Missing: a job needs a list of ops.")
             return None
         if not isinstance(raw_ops, list):
-            self.add("$.ops", f"ops must be a list, not {_kind(raw_ops)}.")
+            self.add("$.ops", f"ops must be a list, not {kind_of(raw_ops)}.")
             return None
         if not raw_ops:
             if "logistics" in doc:
@@ -306,8 +290,11 @@ class _Checker:
                 ops.append(op)
         self._check_graph(ops, seen)
         self._check_volumes(ops, seen)
-        self._check_literals(doc, ops, variables)
-        self._check_secrets(doc)
+        check_references(
+            doc, variables, {op.key: set(op.results) for op in ops}, {op.key: op.exposure.numbers() for op in ops},
+            self.problems,
+        )
+        check_secret_references(doc, self.problems)
         return JobDefinition(
             version="0.1", ops=tuple(ops), variables=variables, meta=meta, warnings=tuple(self.warnings)
         )
@@ -317,10 +304,10 @@ class _Checker:
             return
         path = "$.meta.system_requirements"
         if not isinstance(req, dict):
-            self.add(path, f"system_requirements must be an object, not {_kind(req)}.")
+            self.add(path, f"system_requirements must be an object, not {kind_of(req)}.")
             return
         vram = req.get("vram_total_mb")
-        if vram is not None and (not _is_number(vram) or vram < 0):
+        if vram is not None and (not is_number(vram) or vram < 0):
             self.add(f"{path}.vram_total_mb", "vram_total_mb must be a number of megabytes, 0 or more.")
         cuda = req.get("required_cuda")
         if cuda is not None and not (
@@ -332,7 +319,7 @@ class _Checker:
 
     def _check_op(self, path: str, position: int, raw: Any, defaults: dict) -> OpDefinition | None:
         if not isinstance(raw, dict):
-            self.add(path, f"An op must be an object, not {_kind(raw)}.")
+            self.add(path, f"An op must be an object, not {kind_of(raw)}.")
             return None
         self.refuse_unknown(path, raw, OP_FIELDS)
         key = raw.get("id")
@@ -360,7 +347,7 @@ class _Checker:
             args = {}
             ok = False
         elif not isinstance(args, dict):
-            self.add(f"{path}.args", f"args must be an object, not {_kind(args)}.")
+            self.add(f"{path}.args", f"args must be an object, not {kind_of(args)}.")
             args = {}
             ok = False
         exposure = Exposure()
@@ -379,7 +366,9 @@ class _Checker:
             if defaults.get("gpu") is True:
                 merged["gpu"] = True  # as in Nosana, an op cannot turn off a global gpu
             args = merged
-            ok &= self._check_args(f"{path}.args", args, require_image=True)
+            ok &= check_run_args(
+                f"{path}.args", args, require_image=True, problems=self.problems, refuse_unknown=self.refuse_unknown
+            )
             before = len(self.problems)
             exposure = read_expose(f"{path}.args.expose", args.get("expose"), self.problems, self.refuse_unknown)
             ok &= len(self.problems) == before
@@ -401,164 +390,11 @@ class _Checker:
             exposure=exposure,
         )
 
-    def _check_args(self, path: str, args: dict, *, require_image: bool) -> bool:
-        before = len(self.problems)
-        image = args.get("image")
-        if image is None:
-            if require_image:
-                self.add(f"{path}.image", "Missing: the container image to run, like \"ubuntu:24.04\".")
-        elif not isinstance(image, str) or not image.strip():
-            self.add(f"{path}.image", "image must be a non-empty string.")
-        else:
-            self._no_nul(f"{path}.image", image, "The image name")
-        for name in ("cmd", "entrypoint"):
-            value = args.get(name)
-            if value is not None and not _is_command(value):
-                self.add(f"{path}.{name}", f"{name} must be a string or a list of strings.")
-            elif isinstance(value, str):
-                self._no_nul(f"{path}.{name}", value, name)
-            elif value is not None:
-                for i, word in enumerate(value):
-                    self._no_nul(f"{path}.{name}[{i}]", word, f"{name}[{i}]")
-        env = args.get("env")
-        if env is not None:
-            if not isinstance(env, dict):
-                self.add(f"{path}.env", f"env must be an object of names to strings, not {_kind(env)}.")
-            else:
-                for name, value in env.items():
-                    if "\x00" in name:
-                        self._no_nul(f"{path}.env", name, f"The env name {name!r}")
-                    elif not isinstance(value, (str, int, float, bool)):
-                        self.add(f"{path}.env.{name}", f"The value of {name} must be a string.")
-                    else:
-                        self._no_nul(f"{path}.env.{name}", value, f"The value of {name}")
-        work_dir = args.get("work_dir")
-        if work_dir is not None and not isinstance(work_dir, str):
-            self.add(f"{path}.work_dir", "work_dir must be a path, as a string.")
-        else:
-            self._no_nul(f"{path}.work_dir", work_dir, "work_dir")
-        gpu = args.get("gpu")
-        if gpu is not None and not isinstance(gpu, bool):
-            self.add(f"{path}.gpu", "gpu must be true or false.")
-        vram = args.get("required_vram")
-        if vram is not None and (not _is_number(vram) or vram < 0):
-            self.add(f"{path}.required_vram", "required_vram must be a number of gigabytes, 0 or more.")
-        for name, low in (("gpu_count", 0), ("timeout", 1), ("retries", 0)):
-            value = args.get(name)
-            if value is not None and (not _is_int(value) or value < low):
-                self.add(f"{path}.{name}", f"{name} must be a whole number, {low} or more.")
-        market = args.get("market")
-        if market is not None and (not isinstance(market, str) or not market):
-            self.add(f"{path}.market", "market must be a market's slug, as a string.")
-        output = args.get("output")
-        if output is not None and not isinstance(output, str):
-            self.add(f"{path}.output", "output must be a folder path inside the container.")
-        else:
-            self._no_nul(f"{path}.output", output, "output")
-        volumes = args.get("volumes")
-        if volumes is not None:
-            if not isinstance(volumes, list):
-                self.add(f"{path}.volumes", "volumes must be a list of {\"name\", \"dest\"} objects.")
-            else:
-                for i, volume in enumerate(volumes):
-                    if isinstance(volume, dict):
-                        self.refuse_unknown(f"{path}.volumes[{i}]", volume, VOLUME_FIELDS)
-                    if not (
-                        isinstance(volume, dict)
-                        and isinstance(volume.get("name"), str)
-                        and isinstance(volume.get("dest"), str)
-                    ):
-                        self.add(f"{path}.volumes[{i}]", 'A volume needs a "name" and a "dest" path.')
-                    else:
-                        for key in ("name", "dest"):
-                            self._no_nul(f"{path}.volumes[{i}].{key}", volume[key], f"The volume's {key}")
-        private = args.get("private")
-        if private is not None and not isinstance(private, bool):
-            self.add(f"{path}.private", "private must be true or false.")
-        aliases = args.get("aliases")
-        if aliases is not None:
-            self._check_aliases(f"{path}.aliases", aliases)
-        policy = args.get("restart_policy")
-        if policy is not None:
-            self._check_restart_policy(f"{path}.restart_policy", policy)
-        resources = args.get("resources")
-        if resources is not None and not (
-            isinstance(resources, list) and all(isinstance(r, dict) for r in resources)
-        ):
-            self.add(f"{path}.resources", "resources must be a list of objects.")
-        auth = args.get("authentication")
-        if auth is not None:
-            self._check_authentication(f"{path}.authentication", auth)
-        return len(self.problems) == before
-
-    def _no_nul(self, path: str, value: Any, what: str) -> None:
-        """Refuse a NUL in what reaches the container: Docker and the kernel cut or refuse it when it starts."""
-        if isinstance(value, str) and "\x00" in value:
-            self.add(path, f"{what} holds a NUL character, which a container cannot be given: remove it.")
-
-    def _check_authentication(self, path: str, auth: Any) -> None:
-        if not isinstance(auth, dict) or set(auth) - {"docker"}:
-            self.add(path, 'authentication must be {"docker": {"username", "password", "server"}}.')
-            return
-        docker = auth.get("docker")
-        if docker is None:
-            return
-        if not isinstance(docker, dict):
-            self.add(f"{path}.docker", 'docker must be {"username", "password", "server"}.')
-            return
-        self.refuse_unknown(f"{path}.docker", docker, DOCKER_AUTH_FIELDS)
-        if not docker.get("username") and not docker.get("password"):
-            return  # empty fields mean no login, as in Nosana
-        for key in ("username", "password"):
-            if not isinstance(docker.get(key), str) or not docker[key]:
-                self.add(f"{path}.docker.{key}", f"Missing: the registry {key}, as a string.")
-        for key in ("server", "email"):
-            if docker.get(key) is not None and not isinstance(docker[key], str):
-                self.add(f"{path}.docker.{key}", f"{key} must be a string.")
-        password = docker.get("password")
-        if isinstance(password, str) and password and not _is_secret_reference(password):
-            self.add(
-                f"{path}.docker.password",
-                "Give the password as a secret: `peergrid secret set NAME` keeps it on the server, then write "
-                '"password": "%%secrets.NAME%%". A password written here would show wherever the job does.',
-            )
-
-    def _check_restart_policy(self, path: str, policy: Any) -> None:
-        if isinstance(policy, str):
-            name = policy
-        elif isinstance(policy, dict):
-            self.refuse_unknown(path, policy, RESTART_POLICY_FIELDS)
-            name = policy.get("policy")
-            tries = policy.get("restart_tries")
-            if tries is not None and (not _is_int(tries) or tries < 0):
-                self.add(f"{path}.restart_tries", "restart_tries must be a whole number, 0 or more.")
-        else:
-            self.add(path, "restart_policy must be a policy name or {\"policy\", \"restart_tries\"}.")
-            return
-        if name not in RESTART_POLICIES:
-            self.add(path, f"Unknown restart policy {name!r}: use one of {', '.join(RESTART_POLICIES)}.")
-
-    def _check_aliases(self, path: str, aliases: Any) -> None:
-        names = [aliases] if isinstance(aliases, str) else aliases
-        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-            self.add(path, "aliases must be a name, or a list of names, like [\"db\", \"cache\"].")
-            return
-        for i, name in enumerate(names):
-            where = path if isinstance(aliases, str) else f"{path}[{i}]"
-            if LITERAL.fullmatch(name):
-                continue  # known once its literal resolves
-            if not _ALIAS.fullmatch(name):
-                self.add(
-                    where,
-                    f"Alias {name!r} is not a host name: use letters, digits and - (not first or last), "
-                    "at most 63 to a label, labels joined by dots.",
-                )
-
     def _check_execution(self, path: str, execution: Any) -> tuple[str | None, tuple[str, ...], bool, int | None]:
         if execution is None:
             return None, (), False, None
         if not isinstance(execution, dict):
-            self.add(path, f"execution must be an object, not {_kind(execution)}.")
+            self.add(path, f"execution must be an object, not {kind_of(execution)}.")
             return None, (), False, None
         self.refuse_unknown(path, execution, EXECUTION_FIELDS)
         group = execution.get("group")
@@ -577,7 +413,7 @@ class _Checker:
             self.add(f"{path}.stop_if_dependent_stops", "stop_if_dependent_stops must be true or false.")
             stop_if = False
         timeout = execution.get("timeout")
-        if timeout is not None and (not _is_int(timeout) or timeout < 1):
+        if timeout is not None and (not is_int(timeout) or timeout < 1):
             self.add(f"{path}.timeout", "timeout must be a whole number of seconds, 1 or more.")
             timeout = None
         return group, tuple(depends_on), stop_if, timeout
@@ -586,7 +422,7 @@ class _Checker:
         if results is None:
             return {}
         if not isinstance(results, dict):
-            self.add(path, f"results must be an object of names to regexes, not {_kind(results)}.")
+            self.add(path, f"results must be an object of names to regexes, not {kind_of(results)}.")
             return {}
         rules: dict[str, ResultRule] = {}
         for name, rule in results.items():
@@ -654,121 +490,11 @@ class _Checker:
                         f"Volume {volume.get('name')!r} is used but no container/create-volume op makes it.",
                     )
 
-    def _check_literals(self, doc: dict, ops: list[OpDefinition], variables: dict) -> None:
-        results = {op.key: set(op.results) for op in ops}
-        exposed = {op.key: op.exposure.numbers() for op in ops}
-        for path, text in _strings(doc.get("ops", []), "$.ops"):
-            for match in LITERAL.finditer(text):
-                parts = match.group(1).split(".")
-                literal = match.group(0)
-                if parts[0] == "secrets":
-                    continue  # _check_secrets
-                if parts[0] == "ops" and len(parts) >= 3 and parts[2] in OP_ADDRESS_LITERALS:
-                    self._check_address_literal(path, literal, parts, exposed)
-                elif parts[0] == "ops":
-                    if len(parts) != 4 or parts[2] != "results":
-                        self.add(path, f"{literal} is not a literal: write %%ops.<op id>.results.<name>%%.")
-                    elif parts[1] not in results:
-                        self.add(path, f"{literal} names op {parts[1]!r}, which is not an op of this job.")
-                    elif parts[3] not in results[parts[1]]:
-                        self.add(path, f"{literal} names result {parts[3]!r}, which op {parts[1]!r} does not define.")
-                elif parts[0] in ("global", "globals"):
-                    if len(parts) >= 2 and parts[1] == "variables":
-                        if len(parts) != 3 or parts[2] not in variables:
-                            self.add(path, f"{literal} names a variable that global.variables does not define.")
-                else:
-                    self.add(path, f"{literal} is not a literal: it must start with ops. or global.")
-                    continue
-                if parts[0] in ("global", "globals") and len(parts) == 2 and parts[1] not in GLOBAL_BUILTINS:
-                    self.add(path, f"{literal} is not a known global: use {', '.join(GLOBAL_BUILTINS)} or variables.<name>.")
-
-    def _check_address_literal(
-        self, path: str, literal: str, parts: list[str], exposed: dict[str, frozenset[int] | None]
-    ) -> None:
-        """Check %%ops.ID.host%%, %%ops.ID.endpoint.PORT%% and %%ops.ID.deployment_endpoint%%."""
-        key, what = parts[1], parts[2]
-        if key not in exposed:
-            self.add(path, f"{literal} names op {key!r}, which is not an op of this job.")
-            return
-        if what == "host":
-            if len(parts) != 3:
-                self.add(path, f"{literal} is not a literal: write %%ops.{key}.host%%.")
-            return
-        if what == "endpoint" and (len(parts) != 4 or not parts[3].isdigit()):
-            self.add(path, f"{literal} is not a literal: write %%ops.{key}.endpoint.<port>%%.")
-            return
-        if what == "deployment_endpoint" and len(parts) != 3:
-            self.add(path, f"{literal} is not a literal: write %%ops.{key}.deployment_endpoint%%.")
-            return
-        ports = exposed[key]
-        if ports is None:
-            return  # its ports are known only once its own literals resolve
-        if not ports:
-            self.add(path, f"{literal} names an endpoint of op {key!r}, which exposes no port: add \"expose\" to it.")
-        elif what == "endpoint" and int(parts[3]) not in ports:
-            shown = ", ".join(str(p) for p in sorted(ports))
-            self.add(path, f"{literal} names port {parts[3]}, which op {key!r} does not expose (it exposes {shown}).")
-
-    def _check_secrets(self, doc: dict) -> None:
-        for path, name in secret_references(doc):
-            if not SECRET_NAME.match(name):
-                self.add(
-                    path,
-                    f"%%secrets.{name}%% does not name a secret: names are capital letters, digits and _, "
-                    "like %%secrets.HF_TOKEN%%.",
-                )
-            elif not _SECRET_PLACE.match(path):
-                self.add(
-                    path,
-                    f"%%secrets.{name}%% can be used only in env values and in authentication.docker's username "
-                    "and password, where it never shows on the job's pages.",
-                )
-
-
 def exposed_ports(expose: Any) -> frozenset[int] | None:
     """The port numbers an op's `expose` names (a range gives each of its ports); None where a
     literal decides them when the op runs. expose is read as parse_definition reads it; what it
     would refuse counts for nothing here."""
     return read_expose("$", expose, [], lambda *_: None).numbers()
-
-
-def check_name(name: str) -> str:
-    """Return name if it can name a secret.
-
-    Raises:
-        PeergridError: it cannot, saying what a name looks like.
-    """
-    if not isinstance(name, str) or not SECRET_NAME.match(name):
-        raise PeergridError(
-            f"{name!r} cannot name a secret: use capital letters, digits and _, starting with a letter or _, "
-            "like HF_TOKEN (at most 100 characters)."
-        )
-    return name
-
-
-def secret_references(doc: Any) -> list[tuple[str, str]]:
-    """Every %%secrets.NAME%% in a definition's ops and global defaults, with its JSON path."""
-    if not isinstance(doc, dict):
-        return []
-    return [*_secrets_in(doc.get("global"), "$.global"), *_secrets_in(doc.get("ops"), "$.ops")]
-
-
-def secret_names(value: Any) -> set[str]:
-    """The names of the secrets referenced anywhere in value."""
-    return {name for _, name in _secrets_in(value, "$")}
-
-
-def _secrets_in(value: Any, path: str):
-    for where, text in _strings(value, path):
-        for match in LITERAL.finditer(text):
-            head, _, name = match.group(1).partition(".")
-            if head == "secrets":
-                yield where, name
-
-
-def _is_secret_reference(text: str) -> bool:
-    match = LITERAL.fullmatch(text)
-    return match is not None and match.group(1).startswith("secrets.")
 
 
 def _find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
@@ -817,34 +543,3 @@ def _too_deep(doc: Any) -> str | None:
             return "$" + "".join(reversed(steps))
         stack.extend((item, depth + 1, (trail, key)) for key, item in children if isinstance(item, (dict, list)))
     return None
-
-
-def _strings(value: Any, path: str):
-    if isinstance(value, str):
-        yield path, value
-    elif isinstance(value, list):
-        for i, item in enumerate(value):
-            yield from _strings(item, f"{path}[{i}]")
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            yield from _strings(item, f"{path}.{key}")
-
-
-def _kind(value: Any) -> str:
-    return {
-        dict: "an object", list: "a list", str: "a string", bool: "true/false",
-        int: "a number", float: "a number", type(None): "null",
-    }.get(type(value), type(value).__name__)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _is_command(value: Any) -> bool:
-    return isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value))
-

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from scheduler.errors import PeergridError
-from scheduler.jobdef import LITERAL
+from scheduler.references import LITERAL
 
 REMOVE_IF_EMPTY = "__remove-if-empty__"
 SPREAD = "__spread__"

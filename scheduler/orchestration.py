@@ -14,10 +14,11 @@ from protocol.names import op_slug
 from scheduler import events, ledger, offers
 from scheduler.endpoints import any_node_serves_endpoints, close_endpoints, op_endpoint_url, op_ready
 from scheduler.errors import Conflict, PeergridError
-from scheduler.jobdef import CREATE_VOLUME, LITERAL, JobDefinition, OpDefinition, group_ranks
+from scheduler.jobdef import CREATE_VOLUME, JobDefinition, OpDefinition, group_ranks
 from scheduler.literals import Scope, UnresolvedLiteral, has_literals, resolve_args
 from scheduler.models import Attempt, Job, Op, User
 from scheduler.placement import most_cost, plan_ops
+from scheduler.references import LITERAL
 from scheduler.states import (
     ATTEMPT_FINISHED,
     ATTEMPT_HELD,

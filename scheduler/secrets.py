@@ -12,8 +12,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from scheduler.errors import NotFound, PeergridError, Problem, SecretMissing
-from scheduler.jobdef import LITERAL, SECRET_NAME, check_name, secret_names, secret_references
 from scheduler.models import Job, Op, Secret, User
+from scheduler.references import LITERAL, SECRET_NAME, check_name, secret_names, secret_references
 from scheduler.states import utcnow
 
 MASK = "***"
