@@ -32,19 +32,21 @@ from worker.broker import connect, consume_offers
 from worker.client import CLAIM_RETRIES, HEARTBEAT_RETRIES, NodeClient
 from worker.archives import file_sha256, input_folder
 from worker.capacity import Capacity, share_limits
+from worker.delivery import Delivery
 from worker.errors import AttemptGone, ServerError, WorkerError
 from worker.events import NodeEvents, event_hostname
 from worker.gpus import Inventory, probe, simulated_inventory
 from worker.images import PrivateImages
 from worker.joining import NodeToken, node_token
-from worker.logs import MAX_BATCH, LogShipper
-from worker.networks import JobNetworks, network_aliases
-from worker.outbox import Outbox, Outcome
+from worker.logs import LogShipper
+from worker.networks import network_aliases
+from worker.outbox import Outbox
 from worker.health import HealthMonitor
-from worker.reach import LOOPBACK, Reach, jobs_network
-from worker.runtime import DockerRuntime, Limits, Machine, Owner, container_spec, restart_policy, volume_name
+from worker.reach import Reach
+from worker.runtime import DockerRuntime, Limits, Machine, Owner, container_spec, restart_policy
 from worker.settings import WorkerSettings
-from worker.gateways import Gateways
+from worker.serving import Serving
+from worker.volumes import Volumes
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +83,6 @@ class Agent:
             private_images=PrivateImages(settings.data_dir / "private-images.json" if settings.data_dir else None),
             reach=Reach.of(settings.job_reach, settings.worker_container),
         )
-        # The network job containers run on, settled once the node is known (worker.reach).
-        self._jobs_network: str | None = None
         self.inventory = inventory or (
             simulated_inventory(settings.simulate_gpus, seed=settings.name or settings.token[-8:] or platform.node())
             if settings.simulate_gpus
@@ -109,22 +109,17 @@ class Agent:
         # Attempts this agent has run to an end since it started, for monitors.
         self.processed = 0
         self.events: NodeEvents | None = None
-        # The jobs whose volumes this node holds, as last listed; _sweeping is held while that runs.
-        self._volume_jobs: list[int] = []
-        self._sweeping = threading.Lock()
-        # Outcomes the server has not taken yet; _sending is held while one is sent.
+        # The jobs' volumes this node holds (worker.volumes).
+        self.volumes = Volumes(self.runtime, lambda: self.owner, self._busy_jobs)
+        # Outcomes the server has not taken yet, and their delivery (worker.delivery).
         self.outbox = Outbox(settings.data_dir / "outbox" if settings.data_dir else None)
-        self._sending = threading.Lock()
+        self.delivery = Delivery(self.outbox, lambda: self.client)
         # The health file, which the heartbeat and offers loops beat once registered; and since when
         # the server has not answered a heartbeat (time.time(); None while it answers).
         self.liveness = Liveness(settings.health_file)
         self._unanswered_since: float | None = None
-        # The tunnels to every live gateway, which carry this node's endpoints; the registration and
-        # each heartbeat answer name the gateways.
-        self.gateways: Gateways | None = None
-        # The networks the ops of one job share here; none with --job-network none.
-        self.networks = JobNetworks(lambda: self.runtime.client(), lambda: self.owner.labels(),
-                                    lambda: self.runtime.reach.container)
+        # The job networks and gateway tunnels that serve the ports its ops expose (worker.serving).
+        self.serving = Serving(settings, self.runtime, lambda: self.client, lambda: self.owner)
 
     # -- what the node tells the server ------------------------------------------------------
 
@@ -164,14 +159,9 @@ class Agent:
             running=tuple(running),
             undelivered=tuple(undelivered),
             # The rest wait for later heartbeats.
-            volume_jobs=tuple(self._volume_jobs[:MAX_VOLUME_JOBS]),
-            serves_endpoints=self.serves_endpoints,
+            volume_jobs=tuple(self.volumes.jobs[:MAX_VOLUME_JOBS]),
+            serves_endpoints=self.serving.serves_endpoints,
         )
-
-    @property
-    def serves_endpoints(self) -> bool:
-        """Whether this node's containers have a network, so the ports they expose can be served."""
-        return self.settings.job_network != "none"
 
     def authenticate(self) -> bool:
         """Settle the node token: the one given, the one an earlier join saved, or a new one got by
@@ -191,7 +181,7 @@ class Agent:
         delay = 1.0
         while not self.stopping.is_set():
             try:
-                if self.deliver_outbox():
+                if self.delivery.deliver_outbox():
                     answer = self.client.register(self.report())
                     break
                 log.warning("cannot deliver the outcomes of attempts %s yet; registering once the server takes them",
@@ -214,70 +204,12 @@ class Agent:
         self._markets = answer.markets
         self.heartbeat_interval_s = answer.heartbeat_interval_s
         log.info("registered as node %s (%s) of cluster %s", answer.node_name, answer.node_id, answer.cluster_id)
-        self._tunnel_to(answer)
+        self.serving.tunnel_to(answer, self.credential.token)
         removed = self.runtime.remove_leftovers(self.owner)
         if removed:
             log.info("removed %d container(s) left from an earlier run of this node", removed)
-        if self.settings.job_network == "bridge" and (removed := self.networks.remove_leftovers()):
-            log.info("removed %d job network(s) left from an earlier run of this node", removed)
-        if not self.serves_endpoints:
-            log.info("this node cannot serve endpoints: its containers run without a network (--job-network none), "
-                     "so ops that expose ports are placed on other nodes; restart it with --job-network bridge to "
-                     "serve them")
-        self._sweep_volumes([])  # volumes an earlier run left are found by their labels
-
-    def _tunnel_to(self, answer: Registration) -> None:
-        """Open a tunnel to each gateway the registration names (pinning the host key it gives)."""
-        if self.gateways is None:
-            self.gateways = Gateways(answer.node_id, self.credential.token)
-        if not answer.gateways and self.settings.job_network != "none":
-            log.info("the server names no endpoint gateway yet; ops that expose ports are unreachable until one starts")
-        self.gateways.follow(answer.gateways)
-
-    def _forward(self, attempt: WorkOrder, published: dict[int, tuple[str, int]], shipper: LogShipper) -> None:
-        """Ask the gateway to forward each endpoint of the attempt to where this worker dials its port."""
-        for endpoint in attempt.endpoints:
-            target = published.get(endpoint.port)
-            if target is None:
-                shipper.add("system", f"[peergrid] port {endpoint.port} was not published; its endpoint is not served")
-            elif self.gateways is None or not self.gateways.open(endpoint.label, endpoint.port, target[1], host=target[0]):
-                shipper.add("system", f"[peergrid] no gateway to serve port {endpoint.port} through yet")
-
-    def _monitor(self, attempt: WorkOrder, shipper: LogShipper) -> HealthMonitor | None:
-        """The health checks of a service attempt's exposed ports, started; None for an op exposing none."""
-        if not attempt.endpoints:
-            return None
-        monitor = HealthMonitor(
-            [e.port for e in attempt.endpoints], attempt.spec.get("expose"),
-            lambda report: self.client.health(attempt.id, report),
-            interval_s=self.settings.health_interval_s, failures=self.settings.health_failures,
-            note=lambda text: shipper.add("system", text), name=f"health-{attempt.id}",
-        )
-        monitor.start()
-        return monitor
-
-    def _restarted(self, attempt: WorkOrder, count: int, reason: str) -> None:
-        """Tell the server an op with no endpoints was restarted in place (a service's monitor does that)."""
-        try:
-            self.client.health(attempt.id, HealthReport(restarts=count, reason=reason))
-        except ServerError as e:
-            log.warning("could not report that attempt %s restarted: %s", attempt.id, e)
-
-    def _published(self, attempt: WorkOrder, published: dict[int, tuple[str, int]], shipper: LogShipper,
-                   monitor: HealthMonitor | None) -> None:
-        """The container runs (again), its ports reached at published: forward them, and check their health."""
-        self._forward(attempt, published, shipper)
-        if monitor is not None:
-            monitor.watch(published)
-
-    def _network(self) -> str:
-        """The network job containers run on, as asked; for a worker in a container, a network of the
-        operator's is joined first (worker.reach); settled on first use."""
-        if self.runtime.reach.mode == LOOPBACK:
-            return self.settings.job_network
-        if self._jobs_network is None:
-            self._jobs_network = jobs_network(self.runtime.client(), self.runtime.reach, self.settings.job_network)
-        return self._jobs_network
+        self.serving.remove_leftovers()
+        self.volumes.sweep([])  # volumes an earlier run left are found by their labels
 
     # -- capacity ----------------------------------------------------------------------------
 
@@ -296,7 +228,7 @@ class Agent:
         markets = self.servable()
         if not markets:
             return []
-        services = [service_queue(m.queue) for m in markets] if self.serves_endpoints else []
+        services = [service_queue(m.queue) for m in markets] if self.serving.serves_endpoints else []
         return sorted([node_queue(self.node_id), *(m.queue for m in markets), *services])
 
     # -- offers and runs ---------------------------------------------------------------------
@@ -370,23 +302,13 @@ class Agent:
         try:
             labels = {**self.owner.labels(), "peergrid.attempt": str(attempt_id), "peergrid.job": str(attempt.job_id)}
             if "create_volume" in attempt.spec:
-                name = volume_name(self.owner.cluster, attempt.job_id, attempt.spec["create_volume"])
                 started()
-                outcome = self.runtime.create_volume(name, labels)
+                outcome = self.volumes.create(attempt.job_id, attempt.spec["create_volume"], labels)
                 if outcome.error is None:
                     shipper.add("system", f"[peergrid] volume {attempt.spec['create_volume']} is ready")
                 self._report(run, shipper, outcome.exit_code, outcome.error)
                 return
-            if attempt.endpoints and self.settings.job_network == "none":
-                raise WorkerError(
-                    "This node runs containers without a network (--job-network none), so it cannot serve the "
-                    "op's exposed ports; submit it again and it runs on another node, or restart this worker "
-                    "with --job-network bridge."
-                )
-            network = self._network()
-            if network == "bridge":
-                # The job's own network here, where its ops reach each other by op id and aliases.
-                network = job_network = self.networks.acquire(self.owner.cluster, attempt.job_id)
+            network, job_network = self.serving.network_of(attempt, self.owner.cluster)
             spec = container_spec(
                 attempt.spec,
                 network=network,
@@ -401,20 +323,21 @@ class Agent:
                 limits=self._limits(len(attempt.gpus)),
             )
             inputs = self._fetch_inputs(attempt, scratch, shipper)
-            monitor = self._monitor(attempt, shipper)
+            monitor = self.serving.monitor(attempt, shipper)
             outcome = self.runtime.run(
                 spec,
                 shipper.add,
                 time_limit=lambda: run.time_limit,
                 should_stop=lambda: run.cancel.is_set() or shipper.gone.is_set() or self.stopping.is_set(),
                 on_started=started,
-                on_published=lambda published: self._published(attempt, published, shipper, monitor),
+                on_published=lambda published: self.serving.published(attempt, published, shipper, monitor),
                 stop_grace_s=self.settings.stop_grace_s,
                 inputs=inputs,
                 output_archive=scratch / "output.tar.gz",
                 restart=restart_policy(attempt.spec),
                 should_restart=monitor.restart_wanted if monitor else lambda: None,
-                on_restarting=monitor.restarting if monitor else lambda count, why: self._restarted(attempt, count, why),
+                on_restarting=(monitor.restarting if monitor
+                               else lambda count, why: self.serving.restarted(attempt, count, why)),
             )
             if outcome.stopped and self.stopping.is_set() and not (run.cancel.is_set() or shipper.gone.is_set()):
                 self._give_back(run, shipper)
@@ -427,15 +350,10 @@ class Agent:
                 log.exception("attempt %s crashed in the worker", attempt_id)
                 message = "The worker failed while running the op."
             shipper.add("system", f"[peergrid] {message}")
-            self._conclude(run, shipper, FinishedReport(exit_code=None, error=message))
+            self.delivery.conclude(attempt_id, shipper, FinishedReport(exit_code=None, error=message),
+                                   cancel=run.cancel)
         finally:
-            if monitor is not None:
-                monitor.stop()
-            if job_network is not None:
-                self.networks.release(job_network)  # its container is gone by now
-            if self.gateways is not None:
-                for endpoint in attempt.endpoints:
-                    self.gateways.close(endpoint.label)
+            self.serving.end(attempt, monitor, job_network)  # its container is gone by now
             shutil.rmtree(scratch, ignore_errors=True)
             self.capacity.release(attempt_id)
             with self._lock:
@@ -454,7 +372,8 @@ class Agent:
         if not (run.cancel.is_set() or shipper.gone.is_set()):
             ids = {"job": run.attempt.job_id, "op": run.attempt.op, "attempt": attempt_id, "node": self.node_id}
             log.info("attempt %s ended: exit code %s%s", attempt_id, exit_code, f", {error}" if error else "", extra=ids)
-        self._conclude(run, shipper, FinishedReport(exit_code=exit_code, error=error), artifact=artifact)
+        self.delivery.conclude(attempt_id, shipper, FinishedReport(exit_code=exit_code, error=error),
+                               cancel=run.cancel, artifact=artifact)
 
     def _give_back(self, run: Running, shipper: LogShipper) -> None:
         """Tell the server an attempt stopped unfinished because this worker is stopping."""
@@ -462,108 +381,7 @@ class Agent:
         shipper.add("system", f"[peergrid] Given back unfinished: {self._stop_reason}. It is offered again.")
         log.info("giving back attempt %s unfinished: %s", attempt_id, self._stop_reason,
                  extra={"job": run.attempt.job_id, "op": run.attempt.op, "attempt": attempt_id, "node": self.node_id})
-        self._conclude(run, shipper, ReleaseReport(reason=self._stop_reason))
-
-    # -- outcomes ----------------------------------------------------------------------------
-
-    def _conclude(self, run: Running, shipper: LogShipper, report: Outcome, *, artifact: Path | None = None) -> None:
-        """Keep the attempt's outcome with the lines the server lacks, at once, before anything waits
-        on the server; then stop its log shipper and deliver what the server still lacks."""
-        attempt_id = run.attempt.id
-        if not (run.cancel.is_set() or shipper.gone.is_set()):
-            self._keep(attempt_id, replace(report, lines=tuple(shipper.pending())), artifact=artifact)
-        lines = shipper.finish()
-        if run.cancel.is_set() or shipper.gone.is_set():
-            log.info("attempt %s was taken back by the server; not reporting it", attempt_id)
-            self.outbox.remove(attempt_id)
-            return
-        report = replace(report, lines=tuple(lines))
-        self._keep(attempt_id, report)
-        self._end(attempt_id, report)
-
-    def _keep(self, attempt_id: int, report: Outcome, *, artifact: Path | None = None) -> None:
-        try:
-            self.outbox.put(attempt_id, report, artifact=artifact)
-        except OSError as e:
-            log.error("could not keep the outcome of attempt %s in %s (%s); if it cannot be delivered now it is "
-                      "lost", attempt_id, self.outbox.folder, e)
-
-    def _end(self, attempt_id: int, report: Outcome) -> None:
-        """Try to deliver a kept outcome; what is not delivered now goes later."""
-        try:
-            with self._sending:
-                delivered = self._deliver(attempt_id, report, retries=3)
-        except ServerError as e:
-            log.error("the server refuses this node's report of attempt %s: %s", attempt_id, e)
-            return
-        if not delivered:
-            log.warning("could not report how attempt %s ended yet; keeping its outcome and sending it again "
-                        "until the server takes it", attempt_id)
-
-    def deliver_outbox(self) -> bool:
-        """Send the kept outcomes, oldest first; True when none is left.
-
-        Raises:
-            ServerError: the server refuses this node (401 or 403); the outcomes stay kept.
-        """
-        with self._sending:
-            for attempt_id in self.outbox.held():
-                report = self.outbox.get(attempt_id)
-                if report is None:
-                    continue  # unreadable, and set aside
-                if not self._deliver(attempt_id, report, retries=0):
-                    return False  # the server is not answering; the rest wait with this one
-                log.info("delivered the kept outcome of attempt %s", attempt_id)
-        return True
-
-    def _deliver(self, attempt_id: int, report: Outcome, *, retries: int) -> bool:
-        """Send an attempt's outcome (its output archive, its log lines, how it ended); True when the
-        server took it or never will, and it is no longer kept; False when it could not be told now
-        (down, or failing)."""
-        lines = report.lines
-        try:
-            artifact = self.outbox.artifact(attempt_id)
-            if artifact is not None:
-                try:
-                    self.client.upload_artifact(attempt_id, artifact, file_sha256(artifact), retries=retries)
-                except AttemptGone:
-                    raise
-                except ServerError as e:
-                    if e.status in (401, 403) or _transient(e):
-                        raise
-                    report = replace(report, error=report.error or f"The output folder could not be uploaded: {e}")
-                    self.outbox.put(attempt_id, report)
-                self.outbox.drop_artifact(attempt_id)
-            # The finished report carries at most one batch; the server stores each line once.
-            while len(lines) > MAX_BATCH:
-                if self.client.logs(attempt_id, lines[:MAX_BATCH], retries=retries).full:
-                    lines = ()
-                    break
-                lines = lines[MAX_BATCH:]
-            if isinstance(report, ReleaseReport):
-                self.client.release(attempt_id, replace(report, lines=lines), retries=retries)
-            else:
-                self.client.finished(attempt_id, replace(report, lines=lines), retries=retries)
-        except AttemptGone:
-            log.info("attempt %s ended but is no longer ours; its outcome is dropped", attempt_id)
-        except ServerError as e:
-            if e.status in (401, 403):
-                raise
-            if _transient(e):
-                return False
-            log.error("the server cannot take the outcome of attempt %s (%s); dropping it", attempt_id, e)
-        self.outbox.remove(attempt_id)
-        return True
-
-    def _send_outbox(self) -> None:
-        """Send the outcomes that could not be delivered when their attempts ended, until taken."""
-        while not self.stopping.wait(min(self.heartbeat_interval_s, 5.0)):
-            if not self.outbox.held():
-                continue
-            try:
-                self.deliver_outbox()
-            except ServerError as e:
-                log.warning("the server refuses this node's reports: %s", e)
+        self.delivery.conclude(attempt_id, shipper, ReleaseReport(reason=self._stop_reason), cancel=run.cancel)
 
     def _limits(self, gpus: int) -> Limits:
         """A container's limits: what the provider set, else its op's share of the machine."""
@@ -633,29 +451,11 @@ class Agent:
             if run is not None:
                 log.info("server cancelled attempt %s; stopping its container", attempt_id)
                 run.cancel.set()
-        if answer.gateways is not None and self.gateways is not None:
-            self.gateways.follow(answer.gateways)
+        self.serving.follow(answer.gateways)
         # Aside from the heartbeats, so an engine slow to answer cannot make the node look silent.
         ended = list(answer.ended_jobs)
-        threading.Thread(target=self._sweep_volumes, args=(ended,), name="volumes", daemon=True).start()
+        threading.Thread(target=self.volumes.sweep, args=(ended,), name="volumes", daemon=True).start()
         return True
-
-    def _sweep_volumes(self, ended: list[int]) -> None:
-        """Remove the volumes of jobs that have ended and run nothing here, then list whose remain."""
-        if not self._sweeping.acquire(blocking=False):
-            return  # the last sweep still runs; the server names these jobs again next time
-        try:
-            with self._lock:
-                busy = {run.attempt.job_id for run in self._running.values()}
-            for job_id in sorted(set(ended) - busy):
-                removed = self.runtime.remove_volumes(self.owner, job_id)
-                if removed:
-                    log.info("removed %d volume(s) of job %s, which has ended", removed, job_id)
-            held = self.runtime.volume_jobs(self.owner)
-            if held is not None:
-                self._volume_jobs = sorted(held)
-        finally:
-            self._sweeping.release()
 
     # -- main loop ---------------------------------------------------------------------------
 
@@ -672,7 +472,8 @@ class Agent:
         self.liveness.expect("heartbeat", self.heartbeat_interval_s)
         self.liveness.expect("offers", OFFERS_EVERY_S + CONNECT_WITHIN_S)
         threading.Thread(target=self._heartbeats, name="heartbeat", daemon=True).start()
-        threading.Thread(target=self._send_outbox, name="outbox", daemon=True).start()
+        threading.Thread(target=self.delivery.send_until, args=(self.stopping, min(self.heartbeat_interval_s, 5.0)),
+                         name="outbox", daemon=True).start()
         if self.settings.events:
             self.events = NodeEvents(
                 self.broker_url, event_hostname(self.registration.node_name), freq=self.heartbeat_interval_s, load=self.load
@@ -694,8 +495,7 @@ class Agent:
             self._wait_for_runs()
             if self.events is not None:
                 self.events.stop()
-            if self.gateways is not None:
-                self.gateways.stop()
+            self.serving.stop()
 
     def load(self) -> dict:
         """Count the attempts running now and those run to an end, as Celery's worker events name them."""
@@ -726,6 +526,11 @@ class Agent:
         with self._lock:
             return len(self._running)
 
+    def _busy_jobs(self) -> set[int]:
+        """The jobs with an attempt running here."""
+        with self._lock:
+            return {run.attempt.job_id for run in self._running.values()}
+
     def _leave(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         while not self.stopping.is_set():
@@ -746,11 +551,6 @@ class Agent:
             threads = [r.thread for r in self._running.values() if r.thread]
         for thread in threads:
             thread.join(max(0.1, deadline - time.monotonic()))
-
-
-def _transient(e: ServerError) -> bool:
-    """Whether the server may take later what it did not take now: it was down, or failing."""
-    return e.status is None or e.status >= 500 or e.status in (408, 429)
 
 
 def _memory_mb() -> int:
