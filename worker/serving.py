@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 from typing import Callable
 
-from protocol.messages import GatewayRef, HealthReport, Registration, WorkOrder
+from protocol.messages import Registration, WorkOrder
+from protocol.services import GatewayRef, HealthReport
 from worker.client import NodeClient
 from worker.errors import ServerError, WorkerError
 from worker.gateways import Gateways
