@@ -259,7 +259,7 @@ def test_the_gateway_answers_each_caller_as_the_policy_says(core):
         for label in labels.values():
             tunnel.open(label, 8000, target.sockets[0].getsockname()[1])
         deadline = time.monotonic() + 10
-        while any(gateway.forwards.get(label) is None for label in labels.values()):
+        while any(gateway.forwards.get(label) is None or label not in tunnel.forwarded for label in labels.values()):
             assert time.monotonic() < deadline, "the gateway never took the tunnel's forwards"
             time.sleep(0.05)
         for endpoint, policy in GATEWAY_POLICY.items():

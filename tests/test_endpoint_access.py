@@ -161,7 +161,7 @@ def world(tmp_path_factory, sqlite_template):
     for label in labels.values():
         tunnel.open(label, 8000, target.sockets[0].getsockname()[1])
     deadline = time.monotonic() + 10
-    while any(gateway.forwards.get(label) is None for label in labels.values()):
+    while any(gateway.forwards.get(label) is None or label not in tunnel.forwarded for label in labels.values()):
         assert time.monotonic() < deadline, "the gateway never took the tunnel's forwards"
         time.sleep(0.05)
     world = World(core=core, app=app, gateway=gateway, port=port, web_url=f"http://127.0.0.1:{web_port}",
@@ -444,7 +444,7 @@ def test_the_admin_setting_makes_every_endpoint_private(tmp_path, sqlite_url):
             await loop.run_in_executor(None, tunnel.start)
             tunnel.open(label, 8000, target.sockets[0].getsockname()[1])
             deadline = time.monotonic() + 10
-            while gateway.forwards.get(label) is None and time.monotonic() < deadline:
+            while (gateway.forwards.get(label) is None or label not in tunnel.forwarded) and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
             forward = gateway.forwards.get(label)
             assert forward is not None and not forward.private, "the gateway never took the forward"

@@ -149,7 +149,7 @@ def test_a_client_reaches_its_server_by_op_id_alias_and_endpoint_literal(tmp_pat
         url = job["ops"][0]["endpoints"][0]["url"]
         assert _through_gateway(stack, url, "/index.html").text == "hello\n"
         # And the job's network is there while its server runs, and gone once the job is cancelled
-        network = f"peergrid-{stack.cluster()}-job-{job_id}"
+        network = f"peergrid-{stack.cluster()}-node{job['ops'][0]['node']['id']}-job-{job_id}"
         assert _networks(network) == [network]
         assert api.post(f"/jobs/{job_id}/cancel").status_code == 200
         deadline = time.monotonic() + 30

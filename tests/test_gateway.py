@@ -168,7 +168,7 @@ def test_the_gateway_serves_an_endpoint_through_its_nodes_tunnel_and_drops_it_wh
             tunnel = Tunnel(f"127.0.0.1:{gateway.ssh_port}", key, node_id, node_token)
             await asyncio.get_running_loop().run_in_executor(None, tunnel.start)
             tunnel.open(label, 8000, target_port)
-            assert await _until(lambda: _served(gateway, label))
+            assert await _until(lambda: _served(gateway, label, tunnel))
 
             # Then a request with the endpoint's host name reaches the service, through the tunnel
             status, body = await _get(gateway.http_port, host)
@@ -212,8 +212,10 @@ def test_the_gateway_serves_an_endpoint_through_its_nodes_tunnel_and_drops_it_wh
     in_a_loop_of_its_own(scenario())
 
 
-async def _served(gateway: Gateway, label: str) -> bool:
-    return gateway.forwards.get(label) is not None
+async def _served(gateway: Gateway, label: str, tunnel: Tunnel) -> bool:
+    """Both ends hold label's forward: the gateway took it, and the tunnel heard so (until then a
+    channel the gateway opens finds no listener on the node's side)."""
+    return gateway.forwards.get(label) is not None and label in tunnel.forwarded
 
 
 async def _gone(gateway: Gateway, label: str) -> bool:
@@ -255,7 +257,7 @@ def test_a_private_endpoint_refuses_an_anonymous_caller(client, core):
         try:
             await asyncio.get_running_loop().run_in_executor(None, tunnel.start)
             tunnel.open(label, 8000, _closed_port())
-            assert await _until(lambda: _served(gateway, label))
+            assert await _until(lambda: _served(gateway, label, tunnel))
             status, body = await _get(gateway.http_port, f"{label}.localhost")
             assert status == 403 and b"private" in body
         finally:

@@ -61,7 +61,9 @@ class Rig:
         label, port = self._free.pop(0)
         self.tunnel.open(label, port, target_port)
         deadline = time.monotonic() + 10
-        while self.gateway.forwards.get(label) is None:
+        # Both ends hold it: the gateway took it, and the tunnel heard so (until then a channel the
+        # gateway opens finds no listener on the node's side).
+        while self.gateway.forwards.get(label) is None or label not in self.tunnel.forwarded:
             assert time.monotonic() < deadline, f"the gateway never took the forward of endpoint {label}"
             time.sleep(0.02)
         return f"{label}.localhost:{self.port}"

@@ -75,7 +75,7 @@ def test_two_gateways_serve_one_endpoint_and_a_node_follows_them_as_they_come_an
             assert [g.name for g in listed] == ["first"]
             await off(None, node.follow, listed)
             assert node.open(label, 8000, target_port)
-            assert await _until(lambda: _held(first, label))
+            assert await _until(lambda: _held(first, label, node))
 
             # When a second gateway starts, the node hears of it at its next heartbeat and forwards there too
             await second.start()
@@ -83,7 +83,7 @@ def test_two_gateways_serve_one_endpoint_and_a_node_follows_them_as_they_come_an
             assert [g.name for g in listed] == ["first", "second"]
             assert listed[0].host_key != listed[1].host_key
             await off(None, node.follow, listed)
-            assert await _until(lambda: _held(second, label))
+            assert await _until(lambda: _held(second, label, node))
 
             # Then either gateway serves the endpoint, and the store says both forward it
             for gateway in (first, second):
@@ -115,7 +115,7 @@ def test_two_gateways_serve_one_endpoint_and_a_node_follows_them_as_they_come_an
             again = _gateway(core, tmp_path, "first")
             await again.start()
             await off(None, node.follow, await off(None, beat))
-            assert await _until(lambda: _held(again, label))
+            assert await _until(lambda: _held(again, label, node))
             assert await _get(again.http_port, f"{label}.localhost:{again.http_port}") == (200, b"hello\n")
             assert await off(None, ready)
             await again.stop()
@@ -128,8 +128,9 @@ def test_two_gateways_serve_one_endpoint_and_a_node_follows_them_as_they_come_an
     in_a_loop_of_its_own(scenario())
 
 
-async def _held(gateway: Gateway, label: str) -> bool:
-    return gateway.forwards.get(label) is not None
+async def _held(gateway: Gateway, label: str, node: Gateways) -> bool:
+    """Both ends hold label's forward: the gateway took it, and the node's tunnel to it heard so."""
+    return gateway.forwards.get(label) is not None and gateway.name in node.forwarded_by(label)
 
 
 async def _forwarded_by(store, label: str, names: list[str]) -> bool:

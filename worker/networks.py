@@ -1,8 +1,8 @@
 """Job networks: the Docker network the ops of one job share on a node, where each op's container
 answers to its op id (as a DNS label, protocol.names.op_slug) and to the op's `aliases`.
 
-One network per job and node, made when the job's first container here is about to start and
-removed when its last one here is gone. Like the worker's other things it carries the labels of
+One network per job and node (nodes sharing one engine each have their own), made when the job's
+first container here is about to start and removed when its last one here is gone. Like the worker's other things it carries the labels of
 its cluster, node and job, so a later run of the worker finds and removes what an earlier one left.
 """
 
@@ -25,9 +25,10 @@ _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _HOST_NAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*")
 
 
-def job_network_name(cluster: str, job_id: int) -> str:
-    """The Docker network of a job's ops on a node of cluster."""
-    return f"peergrid-{cluster}-job-{job_id}"
+def job_network_name(cluster: str, node: str, job_id: int) -> str:
+    """The Docker network of a job's ops on one node of cluster: named for the node too, since
+    nodes may share an engine and each removes its own when its last container of the job is gone."""
+    return f"peergrid-{cluster}-node{node}-job-{job_id}"
 
 
 def network_aliases(op_id: str, aliases: object) -> tuple[str, ...]:
@@ -61,7 +62,7 @@ class JobNetworks:
         Raises:
             ContainerFailed: the engine could not make it.
         """
-        name = job_network_name(cluster, job_id)
+        name = job_network_name(cluster, self._labels()["peergrid.node"], job_id)
         with self._lock:
             if not self._users.get(name):
                 self._ensure(name, job_id)
