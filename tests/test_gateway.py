@@ -317,7 +317,7 @@ def test_the_tunnel_comes_back_and_forwards_again_after_the_gateway_restarts(cli
         tunnel.open(label, 8000, _closed_port())
         second = None
         try:
-            assert await _until(lambda: _served(first, label))
+            assert await _until(lambda: _served(first, label, tunnel))
             # When the gateway stops, the store no longer says it forwards the endpoint
             await first.stop()
             with core.transaction() as session:
@@ -326,7 +326,7 @@ def test_the_tunnel_comes_back_and_forwards_again_after_the_gateway_restarts(cli
             second = Gateway(core, ssh_port=ssh_port, http_port=http_port)
             await second.start()
             # Then the node's tunnel reconnects and forwards the endpoint again
-            assert await _until(lambda: _served(second, label), timeout=15)
+            assert await _until(lambda: _served(second, label, tunnel), timeout=15)
         finally:
             await asyncio.get_running_loop().run_in_executor(None, tunnel.stop)
             if second is not None:
