@@ -483,12 +483,16 @@ class _Checker:
     def _check_volumes(self, ops: list[OpDefinition], index: dict[str, int]) -> None:
         created = {op.args.get("name") for op in ops if op.type == CREATE_VOLUME}
         for op in ops:
-            for i, volume in enumerate(op.args.get("volumes") or []):
+            volumes = op.args.get("volumes")
+            if not isinstance(volumes, list):
+                continue  # not a list: refused where the op's args are read (or not a field of its type)
+            for i, volume in enumerate(volumes):
                 if isinstance(volume, dict) and volume.get("name") not in created:
                     self.add(
                         f"$.ops[{index[op.key]}].args.volumes[{i}].name",
                         f"Volume {volume.get('name')!r} is used but no container/create-volume op makes it.",
                     )
+
 
 def exposed_ports(expose: Any) -> frozenset[int] | None:
     """The port numbers an op's `expose` names (a range gives each of its ports); None where a

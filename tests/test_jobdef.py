@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from scheduler.errors import InvalidDefinition
-from scheduler.jobdef import parse_definition
+from scheduler.jobdef import parse_definition, read_definition
 
 COMPAT = Path(__file__).resolve().parents[2] / "shared" / "compat" / "nosana"
 if not COMPAT.is_dir():  # a checkout with shared/ inside it
@@ -335,3 +335,15 @@ def test_every_refused_nosana_example_is_refused_with_a_sentence_saying_what_to_
 
 def test_the_refused_examples_are_there():
     assert len(REFUSED) == 3
+
+
+@pytest.mark.parametrize("op_type, args, said", [
+    ("container/create-volume", {"name": "x", "volumes": 1.5}, "Unknown field 'volumes'"),
+    ("container/run", {"image": "busybox", "volumes": 1.5}, "volumes must be a list"),
+])
+def test_volumes_that_are_not_a_list_are_a_problem_at_their_path_not_a_crash(op_type, args, said):
+    doc = {"version": "0.1", "type": "container", "ops": [{"type": op_type, "id": "v", "args": args}]}
+
+    _, problems = read_definition(doc)
+
+    assert [(p.path, said in p.message) for p in problems] == [("$.ops[0].args.volumes", True)], problems
