@@ -356,13 +356,7 @@ class ReadConnection:
 
     async def _pipe_from_client(self) -> bool:
         """After a switch of protocol: the client's bytes go to the service as they are."""
-        data, closed = self.client.trailing_data
-        if data:
-            self.up_writer.write(data)
-        if not closed:
-            await pipe(self.reader, self.up_writer)
-        elif self.up_writer.can_write_eof():
-            self.up_writer.write_eof()
+        await _pipe_after_switch(self.client, self.reader, self.up_writer)
         return True
 
     def _next_cycle(self) -> None:
@@ -436,13 +430,19 @@ class ReadConnection:
         self._end()
 
     async def _pipe_from_service(self) -> None:
-        data, closed = self.service.trailing_data
-        if data:
-            self.writer.write(data)
-        if not closed:
-            await pipe(self.up_reader, self.writer)
-        elif self.writer.can_write_eof():
-            self.writer.write_eof()
+        """After a switch of protocol: the service's bytes go to the client as they are."""
+        await _pipe_after_switch(self.service, self.up_reader, self.writer)
+
+
+async def _pipe_after_switch(side: h11.Connection, reader, writer) -> None:
+    """Pass on what h11 read past the switch of protocol on side, then the rest of reader's bytes."""
+    data, closed = side.trailing_data
+    if data:
+        writer.write(data)
+    if not closed:
+        await pipe(reader, writer)
+    elif writer.can_write_eof():
+        writer.write_eof()
 
 
 async def serve_read(gateway: "Gateway", forward: "Forward", reader, writer, head: bytes, peer, *, private: bool) -> None:
