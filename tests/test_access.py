@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -224,7 +223,7 @@ def test_the_gateway_answers_each_caller_as_the_policy_says(core):
     from gateway.service import Gateway
     from scheduler.attempts import claim_attempt
     from tests.test_dashboard import sign_in
-    from tests.test_endpoint_access import LoopThread, stand_in_service
+    from tests.test_endpoint_access import LoopThread, forward_all, stand_in_service
     from worker.tunnel import Tunnel
 
     world = build_world(core)
@@ -256,12 +255,7 @@ def test_the_gateway_answers_each_caller_as_the_policy_says(core):
             conn.close()
 
     try:
-        for label in labels.values():
-            tunnel.open(label, 8000, target.sockets[0].getsockname()[1])
-        deadline = time.monotonic() + 10
-        while any(gateway.forwards.get(label) is None or label not in tunnel.forwarded for label in labels.values()):
-            assert time.monotonic() < deadline, "the gateway never took the tunnel's forwards"
-            time.sleep(0.05)
+        forward_all(gateway, tunnel, labels.values(), target.sockets[0].getsockname()[1])
         for endpoint, policy in GATEWAY_POLICY.items():
             label = labels[endpoint]
             for caller in CALLERS:

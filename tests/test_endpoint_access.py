@@ -81,6 +81,18 @@ async def stand_in_service(reader, writer) -> None:
         writer.close()
 
 
+def forward_all(gateway: Gateway, tunnel: Tunnel, labels, target_port: int) -> None:
+    """Forward each of labels (container port 8000) to target_port, and wait until both ends hold
+    every forward: the gateway took it, and the tunnel heard so."""
+    labels = list(labels)
+    for label in labels:
+        tunnel.open(label, 8000, target_port)
+    deadline = time.monotonic() + 10
+    while any(gateway.forwards.get(label) is None or label not in tunnel.forwarded for label in labels):
+        assert time.monotonic() < deadline, "the gateway never took the tunnel's forwards"
+        time.sleep(0.05)
+
+
 class LoopThread:
     """An event loop in a thread of its own, for the gateway and the stand-in service, so tests
     (and Playwright, which keeps a loop in the main thread) call them with plain sockets."""
@@ -158,12 +170,7 @@ def world(tmp_path_factory, sqlite_template):
     target = loop.run(asyncio.start_server(stand_in_service, "127.0.0.1", 0))
     tunnel = Tunnel(f"127.0.0.1:{gateway.ssh_port}", gateway.key.export_public_key().decode(), node_id, node_token)
     tunnel.start()
-    for label in labels.values():
-        tunnel.open(label, 8000, target.sockets[0].getsockname()[1])
-    deadline = time.monotonic() + 10
-    while any(gateway.forwards.get(label) is None or label not in tunnel.forwarded for label in labels.values()):
-        assert time.monotonic() < deadline, "the gateway never took the tunnel's forwards"
-        time.sleep(0.05)
+    forward_all(gateway, tunnel, labels.values(), target.sockets[0].getsockname()[1])
     world = World(core=core, app=app, gateway=gateway, port=port, web_url=f"http://127.0.0.1:{web_port}",
                   tokens={"owner": owner_token, "other": other_token}, labels=labels, jobs=jobs)
     world.owner_id = owner_id
