@@ -13,7 +13,7 @@ SERVICE_TYPES = ("web", "api", "webapi", "websocket", "none")
 HEALTH_CHECK_TYPES = ("http", "websocket")
 HTTP_METHODS = ("GET", "POST", "PUT", "DELETE")
 # The fields of each kind of check, as Nosana's types name them.
-HTTP_CHECK_FIELDS = ("type", "path", "method", "expected_status", "headers", "body", "continuous")
+HTTP_CHECK_FIELDS = ("type", "path", "method", "expected_status", "expected_response", "headers", "body", "continuous")
 WEBSOCKET_CHECK_FIELDS = ("type", "expected_response", "continuous")
 PORT_FIELDS = ("port", "type", "health_checks")
 # "8000-8010", the older SDK's way of exposing a range of ports.
@@ -172,6 +172,12 @@ def _read_http_check(where: str, check: dict, problems: list[Problem], refuse_un
     if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
         problems.append(Problem(f"{where}.headers", "headers must be an object of header names to strings."))
         headers = {}
+    expected = check.get("expected_response")
+    if expected is not None and not isinstance(expected, str):
+        problems.append(
+            Problem(f"{where}.expected_response", "expected_response must be text the healthy answer's body contains.")
+        )
+        expected = None
     return HealthCheck(
         type="http",
         continuous=_read_continuous(where, check, problems),
@@ -180,6 +186,7 @@ def _read_http_check(where: str, check: dict, problems: list[Problem], refuse_un
         expected_status=status if isinstance(status, int) else None,
         headers=tuple(headers.items()),
         body=check.get("body"),
+        expected_response=expected,
     )
 
 

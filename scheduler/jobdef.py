@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable
@@ -10,6 +9,7 @@ from typing import Any, Iterable
 from protocol.gpus import mb_from_gb
 from scheduler.errors import InvalidDefinition, Problem
 from scheduler.expose import Exposure, ExposedPort, read_expose
+from scheduler.nearest import nearest
 from scheduler.json_kinds import is_int, is_number, kind_of
 from scheduler.references import check_references, check_secret_references
 from scheduler.run_args import check_run_args
@@ -196,9 +196,9 @@ class _Checker:
             if name in known:
                 continue
             where = f"{path}.{name}"
-            nearest = difflib.get_close_matches(str(name), known, n=1, cutoff=0.6)
-            if nearest:
-                self.add(where, f"Unknown field {name!r} (did you mean {nearest[0]!r}?): rename or remove it.")
+            meant = nearest(str(name), known)
+            if meant:
+                self.add(where, f"Unknown field {name!r} (did you mean {meant!r}?): rename or remove it.")
             else:
                 self.add(where, f"Unknown field {name!r}: remove it; the fields here are {', '.join(known)}.")
 

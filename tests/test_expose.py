@@ -59,11 +59,13 @@ def test_health_checks_are_read_with_nosana_fields():
     op = _op([{"port": 8000, "type": "api", "health_checks": [
         {"type": "http", "path": "/health", "method": "POST", "expected_status": 204,
          "headers": {"Authorization": "Bearer x"}, "body": {"ping": 1}, "continuous": True},
+        {"type": "http", "path": "/", "expected_status": 200, "expected_response": "It works"},
         {"type": "websocket", "expected_response": "pong", "continuous": False},
     ]}])
     assert op.exposed[0].health_checks == (
         HealthCheck(type="http", continuous=True, path="/health", method="POST", expected_status=204,
                     headers=(("Authorization", "Bearer x"),), body={"ping": 1}),
+        HealthCheck(type="http", path="/", expected_status=200, expected_response="It works"),
         HealthCheck(type="websocket", expected_response="pong"),
     )
 
@@ -87,6 +89,8 @@ def test_health_checks_are_read_with_nosana_fields():
      "$.ops[0].args.expose[0].health_checks[0].method", "GET"),
     ([{"port": 80, "health_checks": [{"type": "http", "expected_code": 200, "expected_status": 200}]}],
      "$.ops[0].args.expose[0].health_checks[0].expected_code", "'expected_status'"),
+    ([{"port": 80, "health_checks": [{"type": "http", "expected_status": 200, "expected_response": 200}]}],
+     "$.ops[0].args.expose[0].health_checks[0].expected_response", "text"),
     ([{"port": 80, "health_checks": [{"type": "http", "expected_status": 200, "continuous": "yes"}]}],
      "$.ops[0].args.expose[0].health_checks[0].continuous", "true or false"),
     ([{"port": 80, "health_checks": [{"type": "websocket"}]}],

@@ -36,10 +36,10 @@ def stack(tmp_path_factory, sqlite_template, test_image):
         yield stack
 
 
-def service(image: str, *, breaks: bool = False, restart_policy=None) -> dict:
+def service(image: str, *, breaks: bool = False, restart_policy=None, check=CHECK) -> dict:
     doc = hello_world(image, cmd=HTTPD)
     args = doc["ops"][0]["args"]
-    args["expose"] = [{"port": 8000, "type": "web", "health_checks": [{**CHECK, "continuous": breaks}]}]
+    args["expose"] = [{"port": 8000, "type": "web", "health_checks": [{**check, "continuous": breaks}]}]
     if breaks:
         args["env"] = {"BREAK": "1"}
     if restart_policy is not None:
@@ -89,6 +89,24 @@ def test_a_service_whose_health_check_passes_is_ready(stack):
 
     assert stack.api.post(f"/jobs/{job_id}/cancel").status_code == 200
     stack.api.wait(job_id)
+
+
+def test_an_http_check_with_an_expected_response_is_ready_only_on_a_body_that_has_it(stack):
+    # When a service is checked for the text its page has, it becomes ready
+    right = stack.api.post("/jobs", service(stack.image, check={**CHECK, "expected_response": "hello"})).json()["id"]
+    until(stack, right, lambda j: j["ops"][0]["endpoints"] and j["ops"][0]["endpoints"][0]["ready"], what="ready")
+    assert stack.api.post(f"/jobs/{right}/cancel").status_code == 200
+    stack.api.wait(right)
+
+    # And when it is checked for text its page has not, it stays unready and says what the answer lacked
+    wrong = stack.api.post("/jobs", service(stack.image, check={**CHECK, "expected_response": "goodbye"})).json()["id"]
+    job = until(stack, wrong, lambda j: j["ops"][0]["endpoints"] and j["ops"][0]["endpoints"][0]["health_detail"],
+                what="a health detail")
+    (endpoint,) = job["ops"][0]["endpoints"]
+    assert not endpoint["ready"] and endpoint["health"] != "healthy"
+    assert "answered without 'goodbye'" in endpoint["health_detail"]
+    assert stack.api.post(f"/jobs/{wrong}/cancel").status_code == 200
+    stack.api.wait(wrong)
 
 
 def test_a_continuous_check_that_keeps_failing_restarts_the_same_container(stack):

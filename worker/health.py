@@ -1,8 +1,8 @@
 """A service's health checks, run by the worker against its container while it runs.
 
 Each exposed port is checked where the worker dials it (worker.reach.dial_target, as its tunnel does): with the
-op's `health_checks` (Nosana's fields: HTTP method, path, headers, body, expected_status, and here
-also expected_response; WebSocket expected_response), or, without any, by whether it accepts
+op's `health_checks` (Nosana's fields: HTTP method, path, headers, body, expected_status and
+expected_response; WebSocket expected_response), or, without any, by whether it accepts
 connections. A port is healthy once every check passed; an op is ready when every port is. Checks
 marked `continuous` are repeated while the service runs; when one keeps failing the monitor asks for
 a restart, which the runtime does as the op's restart_policy allows.
