@@ -12,6 +12,7 @@ from scheduler.models.liveness import Lease, Listener
 from scheduler.models.ledger import Account, AccountKind, LedgerTransaction, Payout, PayoutState, Posting
 from scheduler.models.markets import Market
 from scheduler.models.nodes import Node, NodeGpu
+from scheduler.models.scheduling import JobArray, Quota, Usage
 from scheduler.models.secrets import Secret
 
 __all__ = [
@@ -26,4 +27,5 @@ __all__ = [
     "Lease",
     "Listener",
     "Artifact",
-    "Attempt", "Base", "Endpoint", "EndpointForward", "Gateway", "Cluster", "Job", "JobEvent", "LogLine", "Market", "Node", "NodeGpu", "Op", "Secret", "User"]
+    "Attempt", "Base", "Endpoint", "EndpointForward", "Gateway", "Cluster", "Job", "JobEvent", "LogLine", "Market", "Node", "NodeGpu", "Op", "Secret", "User",
+    "JobArray", "Quota", "Usage"]

@@ -41,6 +41,11 @@ class Job(Base):
     # market): a repeat with the key answers this job; one with another request is refused.
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
     request_digest: Mapped[str | None] = mapped_column(String(64))
+    # Higher runs first (capped per person by admins); 0 unless the submit asked.
+    priority: Mapped[int] = mapped_column(default=0)
+    # The array it belongs to, and its index there (PEERGRID_ARRAY_INDEX, %%array.index%%).
+    array_id: Mapped[int | None] = mapped_column(ForeignKey("job_arrays.id", ondelete="CASCADE"), index=True)
+    array_index: Mapped[int | None]
 
     ops: Mapped[list["Op"]] = relationship(
         back_populates="job", cascade="all, delete-orphan", order_by="Op.position"
@@ -113,6 +118,16 @@ class Attempt(Base):
     # When its offer was last staged: it goes to the broker after the transaction that staged it
     # commits, and one still unclaimed reoffer_after_s later (lost, never sent, or untaken) goes again.
     offered_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Where the scheduler placed it while it waits for its node to claim it (scheduler.placing): the
+    # node and the GPU UUIDs it is to run on, and when; cleared when an offer is withdrawn.
+    placed_node_id: Mapped[int | None] = mapped_column(ForeignKey("nodes.id", ondelete="SET NULL"), index=True)
+    placed_gpus: Mapped[list[Any]] = mapped_column(default=list)
+    placed_at: Mapped[datetime | None]
+    # Why it waits and where it stands, as the last pass found it ("3rd in line for gpu-80gb").
+    waiting: Mapped[str | None] = mapped_column(Text)
+    # GPUs held for it on a node from a time (a reservation), when it is first in line and fits nowhere.
+    reserved_node_id: Mapped[int | None] = mapped_column(ForeignKey("nodes.id", ondelete="SET NULL"))
+    reserved_from: Mapped[datetime | None]
     claimed_at: Mapped[datetime | None]
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
@@ -134,7 +149,7 @@ class Attempt(Base):
     ready_at: Mapped[datetime | None]
 
     op: Mapped[Op] = relationship(back_populates="attempts")
-    node: Mapped[Node | None] = relationship()
+    node: Mapped[Node | None] = relationship(foreign_keys=[node_id])
 
 
 class LogLine(Base):
