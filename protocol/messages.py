@@ -325,9 +325,11 @@ class Offer:
     queue: str
     gpu_count: int
     min_vram_mb: int
+    # The GPUs (UUIDs) the scheduler placed it on, which the node claims it with.
+    gpus: tuple[str, ...] = ()
 
     def to_wire(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "gpus": list(self.gpus)}
 
     @classmethod
     def from_wire(cls, body: Any) -> Offer:
@@ -342,7 +344,16 @@ class Offer:
             queue=str(body.get("queue", "")),
             gpu_count=read_whole(body.get("gpu_count"), "gpu_count", default=0),
             min_vram_mb=read_whole(body.get("min_vram_mb"), "min_vram_mb", default=0),
+            gpus=_uuids(body.get("gpus")),
         )
+
+
+def _uuids(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ProtocolError("gpus must be a list of GPU UUIDs.")
+    return tuple(value)
 
 
 @dataclass(frozen=True)
@@ -497,6 +508,30 @@ class FinishedReport:
         if not isinstance(lines, list):
             raise ProtocolError('lines must be a list of {"seq", "stream", "text"}.')
         return cls(exit_code=exit_code, error=error, lines=tuple(log_records(lines, most=most_lines)))
+
+
+@dataclass(frozen=True)
+class FinishedAnswer:
+    """The server's answer to a finished report: the attempt's state, and the node's next work,
+    claimed for it already on the GPUs the attempt freed."""
+
+    id: int
+    state: str
+    next: tuple[WorkOrder, ...] = ()
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"id": self.id, "state": self.state, "next": [order.to_wire() for order in self.next]}
+
+    @classmethod
+    def from_wire(cls, body: Any) -> FinishedAnswer:
+        body = read_object(body, "The answer to a finished report")
+        orders = body.get("next") or []
+        if not isinstance(orders, list):
+            raise ProtocolError("next must be a list of work orders.")
+        return cls(
+            id=read_whole(body.get("id"), "id", low=1), state=str(body.get("state", "")),
+            next=tuple(WorkOrder.from_wire(order) for order in orders),
+        )
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from scheduler.endpoints import attempt_endpoints, open_endpoints
 from scheduler.errors import Conflict, NotFound, SecretMissing
 from scheduler.models import Attempt, LogLine, Node
 from scheduler.orchestration import advance, end_attempt, pinned_node_id
+from scheduler.placing import hand_off
 from scheduler.results import extract
 from scheduler.secrets import job_masks, masks, op_secret_values, redact, reveal
 from scheduler.services import local_addresses
@@ -74,6 +75,8 @@ def claim_attempt(
         pinned = pinned_node_id(pending.op)
         if pinned is not None and pinned != node.id:
             raise Conflict(f"Attempt {attempt_id} must run on the node that holds its volumes.")
+        if pending.placed_node_id is not None and pending.placed_node_id != node.id:
+            raise Conflict(f"Attempt {attempt_id} was placed on another node; this node is offered its own work.")
         if pending.op.spec.get("expose") and not node.serves_endpoints:
             raise Conflict(
                 f"Node {node.name} runs containers without a network (--job-network none), so it cannot serve "
@@ -86,7 +89,8 @@ def claim_attempt(
     result = session.execute(
         update(Attempt)
         .where(Attempt.id == attempt_id, Attempt.state == AttemptState.QUEUED)
-        .values(state=AttemptState.CLAIMED, node_id=node.id, claimed_at=now, gpus=gpus)
+        .values(state=AttemptState.CLAIMED, node_id=node.id, claimed_at=now, gpus=gpus,
+                waiting=None, reserved_node_id=None, reserved_from=None)
         .execution_options(synchronize_session=False)
     )
     if result.rowcount != 1:
@@ -312,6 +316,25 @@ def report_finished(
     if report.lines:
         append_logs(session, node, attempt_id, report.lines, limits=limits, now=now)
     return finish_attempt(session, node, attempt_id, exit_code=report.exit_code, error=report.error, now=now)
+
+
+def next_work(
+    session: Session, node: Node, *, half_life_s: float, all_private: bool = False, now: datetime | None = None
+) -> list[WorkOrder]:
+    """Place on node the best-ranked waiting work that fits what it has free now, and claim it for
+    the node at once: the answer to a finished report carries it, so freed GPUs do not wait for a
+    pass and an offer. What cannot be claimed after all (a secret gone) is left out."""
+    orders = []
+    for attempt_id in hand_off(session, node, half_life_s=half_life_s, now=now):
+        placed = session.get(Attempt, attempt_id)
+        try:
+            answer = claim_work(session, node, attempt_id, gpus=list(placed.placed_gpus or []), now=now,
+                                all_private=all_private)
+        except Conflict:
+            continue
+        if answer.order is not None:
+            orders.append(answer.order)
+    return orders
 
 
 def release_attempt(

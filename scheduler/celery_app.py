@@ -8,6 +8,7 @@ from celery import Celery, bootsteps
 
 from scheduler.core import Core
 from scheduler.offers import broker_transport_options
+from scheduler.passes import Passes
 from scheduler.settings import Settings
 from scheduler.upkeep import Upkeep
 
@@ -44,18 +45,27 @@ def make_celery(settings: Settings, core: Core | None = None) -> Celery:
 
 
 class UpkeepStep(bootsteps.StartStopStep):
-    """Runs the timed upkeep (scheduler.upkeep) inside the worker process, for as long as it runs."""
+    """Runs the timed upkeep (scheduler.upkeep) and the placement passes (scheduler.passes) inside
+    the worker process, for as long as it runs; both act only while it holds the upkeep lease."""
 
     def __init__(self, worker, **kwargs):
         super().__init__(worker, **kwargs)
         self.upkeep: Upkeep | None = None
+        self.passes: Passes | None = None
 
     def start(self, worker) -> None:
-        self.upkeep = worker.app.upkeep = Upkeep(worker.app.peergrid)
-        worker.app.peergrid.liveness.expect("upkeep", self.upkeep.tick_s)
+        core = worker.app.peergrid
+        self.upkeep = worker.app.upkeep = Upkeep(core)
+        core.liveness.expect("upkeep", self.upkeep.tick_s)
         self.upkeep.start()
+        upkeep = self.upkeep
+        self.passes = worker.app.passes = Passes(core, lambda: upkeep.leading)
+        core.liveness.expect("placement", self.passes.every_s * 5)
+        self.passes.start()
 
     def stop(self, worker) -> None:
+        if self.passes is not None:
+            self.passes.stop()
         if self.upkeep is not None:
             self.upkeep.stop()
 

@@ -3,53 +3,56 @@
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timedelta
 from typing import Iterable
 
 from kombu import Connection, Exchange, Queue
 from sqlalchemy import create_engine, inspect, select, text
 from sqlalchemy.orm import Session
 
-from protocol.messages import OFFER_EXCHANGE, OFFER_EXCHANGE_TYPE, Offer, node_queue, service_queue
-from scheduler.models import Attempt
-from scheduler.states import AttemptState, utcnow
+from protocol.messages import OFFER_EXCHANGE, OFFER_EXCHANGE_TYPE, Offer, node_queue
+from scheduler.models import Attempt, Market, Op
 
 log = logging.getLogger(__name__)
 
 _STAGED = "peergrid.staged_offers"
 OFFERS = Exchange(OFFER_EXCHANGE, type=OFFER_EXCHANGE_TYPE)
+# The queue the leading scheduler takes its asks for a placement pass from (scheduler.passes).
+PASS_QUEUE = "scheduler.passes"
 
 
-def offer_for(attempt: Attempt, *, node_id: int | None = None) -> Offer:
-    """The offer of attempt: on the node's own queue when it must run there; else on its market's
-    queue, or for an op that exposes ports the market's services queue, which only nodes that can
-    serve endpoints take."""
+def offer_for(attempt: Attempt, *, node_id: int, gpus: tuple[str, ...] = ()) -> Offer:
+    """The offer of attempt, placed on node_id's GPUs gpus (none for a CPU market)."""
     op = attempt.op
-    market = op.market
-    if node_id is not None:
-        queue = node_queue(node_id)
-    else:
-        queue = service_queue(market.queue) if op.spec.get("expose") else market.queue
+    return _offer(attempt.id, op.job_id, op.key, op.market, node_id, gpus)
+
+
+def _offer(attempt_id: int, job_id: int, key: str, market, node_id: int, gpus: tuple[str, ...]) -> Offer:
     return Offer(
-        attempt_id=attempt.id,
-        job_id=op.job_id,
-        op=op.key,
-        market=market.slug,
-        queue=queue,
-        gpu_count=market.gpu_count,
-        min_vram_mb=market.min_vram_mb,
+        attempt_id=attempt_id, job_id=job_id, op=key, market=market.slug, queue=node_queue(node_id),
+        gpu_count=market.gpu_count, min_vram_mb=market.min_vram_mb, gpus=tuple(gpus),
     )
 
 
-def stage(session: Session, attempt: Attempt, *, now: datetime | None = None, node_id: int | None = None) -> None:
-    """Mark attempt offered and hold its offer until the session commits.
+def stage_placed(session: Session, placements) -> None:
+    """Hold, until the session commits, the offers of attempts just placed: each on its node's queue,
+    naming the GPUs it was placed on."""
+    if not placements:
+        return
+    where = {p.attempt_id: p for p in placements}
+    markets = {m.id: m for m in session.scalars(select(Market))}
+    staged = session.info.setdefault(_STAGED, [])
+    for chunk in _chunks(list(where), 5000):
+        rows = session.execute(
+            select(Attempt.id, Op.job_id, Op.key, Op.market_id).join(Op, Op.id == Attempt.op_id).where(Attempt.id.in_(chunk))
+        )
+        for attempt_id, job_id, key, market_id in rows:
+            placement = where[attempt_id]
+            staged.append(_offer(attempt_id, job_id, key, markets[market_id], placement.node_id, placement.gpus))
 
-    An attempt that must run on one node (node_id) is offered on that node's own queue.
-    """
-    attempt.offered_at = now or utcnow()
-    if attempt.id is None:
-        session.flush()  # the offer names the attempt by its id
-    session.info.setdefault(_STAGED, []).append(offer_for(attempt, node_id=node_id))
+
+def _chunks(items: list, size: int):
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
 
 
 def take_staged(session: Session) -> list[Offer]:
@@ -58,20 +61,6 @@ def take_staged(session: Session) -> list[Offer]:
 
 def discard_staged(session: Session) -> None:
     session.info.pop(_STAGED, None)
-
-
-def stale_attempts(session: Session, *, older_than: timedelta, now: datetime | None = None) -> list[Attempt]:
-    """Queued attempts whose offer sat unclaimed longer than older_than: it was lost, never went out
-    (the broker was down after the commit), or no node could take it."""
-    cutoff = (now or utcnow()) - older_than
-    return list(
-        session.scalars(
-            select(Attempt)
-            .where(Attempt.state == AttemptState.QUEUED, Attempt.offered_at < cutoff)
-            .order_by(Attempt.id)
-            .limit(1000)
-        )
-    )
 
 
 class OfferPublisher:
@@ -106,6 +95,18 @@ class OfferPublisher:
         except Exception as e:  # the broker is down or refused: the re-offer task catches up
             log.warning("could not publish %d offer(s) to the broker: %s", len(offers) - sent, e)
         return sent
+
+    def ask_for_pass(self) -> None:
+        """Ask the leading scheduler for a placement pass; a failure is logged, the next tick places anyway."""
+        try:
+            with self._pool.acquire(block=True, timeout=10) as conn:
+                queue = Queue(PASS_QUEUE, OFFERS, routing_key=PASS_QUEUE, durable=True)
+                conn.Producer(serializer="json").publish(
+                    {"pass": True}, exchange=OFFERS, routing_key=PASS_QUEUE, declare=[queue], retry=True,
+                    retry_policy={"max_retries": 1, "interval_start": 0.1},
+                )
+        except Exception as e:
+            log.warning("could not ask for a placement pass (the next timed pass places): %s", e)
 
     def close(self) -> None:
         self._pool.force_close_all()

@@ -11,12 +11,13 @@ from typing import Callable
 from sqlalchemy.orm import Session
 
 from protocol.names import op_slug
-from scheduler import events, ledger, offers
+from scheduler import events, ledger, placing
 from scheduler.endpoints import any_node_serves_endpoints, close_endpoints, op_endpoint_url, op_ready
 from scheduler.errors import Conflict, PeergridError
 from scheduler.jobdef import CREATE_VOLUME, JobDefinition, OpDefinition, group_ranks
 from scheduler.literals import Scope, UnresolvedLiteral, has_literals, resolve_args
 from scheduler.models import Attempt, Job, Op, User
+from scheduler.ordering import DEFAULT_HALF_LIFE_S, FAIR_SHARE_HALF_LIFE, record_use
 from scheduler.placement import most_cost, plan_ops
 from scheduler.references import LITERAL
 from scheduler.states import (
@@ -88,6 +89,7 @@ def create_job(
                 stop_if_dependent_stops=op_def.stop_if_dependent_stops,
                 result_rules={name: rule.as_dict() for name, rule in op_def.results.items()},
                 spec=_spec(op_def),
+                exposes=bool(op_def.args.get("expose")),
                 market=planned.market,
                 state=OpState.PENDING,
                 timeout_s=planned.timeout_s,
@@ -290,21 +292,24 @@ def pinned_node_id(op: Op) -> int | None:
 
 
 def new_attempt(session: Session, op: Op, *, now: datetime | None = None) -> Attempt:
-    """Create the op's next attempt and stage its offer for after the commit."""
+    """Create the op's next attempt, to be placed by the next pass."""
     return new_attempts(session, [op], now=now)[0]
 
 
 def new_attempts(session: Session, ops: list[Op], *, now: datetime | None = None) -> list[Attempt]:
-    """Create each op's next attempt, written in one flush, and stage their offers for after the commit."""
+    """Create each op's next attempt, written in one flush, and ask for a placement pass after the commit."""
     now = now or utcnow()
     with session.no_autoflush:  # reading one op's attempts must not flush the attempt just made for another
-        attempts = [Attempt(op=op, number=len(op.attempts) + 1, created_at=now, offered_at=now) for op in ops]
+        attempts = [
+            Attempt(op=op, number=len(op.attempts) + 1, created_at=now, offered_at=now, pinned_node_id=pinned_node_id(op))
+            for op in ops
+        ]
     session.add_all(attempts)
     session.flush()
+    placing.want_pass(session)
     servable: bool | None = None  # whether any node can serve endpoints now, asked once
     for attempt in attempts:
         op = attempt.op
-        offers.stage(session, attempt, now=now, node_id=pinned_node_id(op))
         events.record(
             session, op.job, "offered",
             f"{op.key}: attempt {attempt.number} of {op.max_attempts} offered on market {op.market.slug}.",
@@ -371,6 +376,9 @@ def end_attempt(
     attempt.error = error
     move(attempt, state, now=now)
     close_endpoints(session, attempt, now=now)
+    if held:
+        _record_use(session, attempt, now)
+        placing.want_pass(session)  # what it held is free for others
     if ending in _NOT_BILLED:
         attempt.cost_note = _NOT_BILLED[ending]
     elif held:
@@ -390,6 +398,16 @@ def end_attempt(
     message = "the container exited with code 0." if succeeded else attempt.error
     events.record(session, op.job, kind, f"{op.key}: {message}", attempt=attempt, now=now)
     _settle_op(session, op, attempt, now=now)
+
+
+def _record_use(session: Session, attempt: Attempt, now: datetime) -> None:
+    """Count the GPU time (or CPU-slot time) an attempt held toward its owner's fair share, billed or not."""
+    if attempt.started_at is None:
+        return
+    held_ms = max(0, int((now - attempt.started_at).total_seconds() * 1000))
+    units = max(1, len(attempt.gpus or []))
+    record_use(session, attempt.op.job.owner_id, held_ms * units,
+               half_life_s=session.info.get(FAIR_SHARE_HALF_LIFE, DEFAULT_HALF_LIFE_S), now=now)
 
 
 def _settle_op(session: Session, op: Op, attempt: Attempt, *, now: datetime) -> None:

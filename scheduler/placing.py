@@ -1,15 +1,47 @@
 """Placement passes: the scheduler decides which node runs each waiting attempt.
 
-Anything that adds or frees work (a submit, an attempt's end, a node joining or changing) asks for a
-pass with want_pass(session); the leading scheduler runs one soon after that transaction commits,
-and every second regardless.
+A pass reads what waits and what each node has free (plain Core selects, no ORM unit of work),
+ranks the waiting attempts (scheduler.ordering), plans (scheduler.planner), and records the plan:
+each placed attempt's node, GPUs and time, every waiting attempt's reason and reservation. The
+offers of the placed attempts go to their nodes' queues after the transaction commits; a node
+claims as before, and the server checks every claim. An offer left unclaimed for
+settings.claim_within_s is withdrawn and placed again, elsewhere if its node went away.
+
+Anything that adds or frees work (a submit, an attempt's end, a node joining or changing) asks for
+a pass with want_pass(session); the leading scheduler runs one as soon as that transaction
+commits, and every second regardless. When a node reports an attempt finished, the node's next
+work is placed at once and handed back in the answer (hand_off), so freed GPUs do not idle while
+the report waits for a pass and the node for an offer.
+
+At most one placer writes at a time: each placing transaction first locks the `placement` row of
+the leases table (SQLite's single writer does the same there).
 """
 
 from __future__ import annotations
 
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
+from protocol.gpus import gb_text, gpu_satisfies
+from scheduler import offers
+from scheduler.models import Attempt, Job, JobArray, Lease, Market, Node, NodeGpu, Op, Quota
+from scheduler.ordering import rank, recent_use
+from scheduler.planner import Limits, NodeRoom, Plan, Want, plan
+from scheduler.states import ATTEMPT_HELD, AttemptState, NodeState, utcnow
+
+log = logging.getLogger(__name__)
+
 _WANTED = "peergrid.pass_wanted"
+PLACEMENT_LOCK = "placement"
+# Nodes that take work.
+TAKING = (NodeState.ONLINE, NodeState.BUSY)
+# How many waiting attempts one hand-off considers for a node.
+HAND_OFF_CANDIDATES = 200
 
 
 def want_pass(session: Session) -> None:
@@ -20,3 +52,354 @@ def want_pass(session: Session) -> None:
 def take_wanted(session: Session) -> bool:
     """Whether the transaction asked for a pass; forgets it."""
     return bool(session.info.pop(_WANTED, False))
+
+
+def lock_placement(session: Session, now: datetime | None = None) -> None:
+    """Take the placement lock for the rest of the transaction, making its row if there is none."""
+    now = now or utcnow()
+    locked = session.execute(
+        update(Lease).where(Lease.name == PLACEMENT_LOCK).values(acquired_at=now)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    if not locked:
+        from sqlalchemy.exc import IntegrityError
+
+        try:
+            with session.begin_nested():
+                session.add(Lease(name=PLACEMENT_LOCK, holder="placement", acquired_at=now, expires_at=now))
+        except IntegrityError:
+            session.execute(update(Lease).where(Lease.name == PLACEMENT_LOCK).values(acquired_at=now))
+
+
+@dataclass
+class Snapshot:
+    """What a pass places from."""
+
+    wants: list[Want]
+    nodes: list[NodeRoom]
+    limits: Limits
+    market_names: dict[int, str]
+    never: dict[int, str]
+    # attempt -> (reason, reserved node, reserved from) as stored, to write only what changed.
+    stored: dict[int, tuple] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PassResult:
+    placed: int
+    waiting: int
+    withdrawn: int
+    reserved: int
+
+
+# -- reading -----------------------------------------------------------------------------------
+
+
+def _markets(session: Session) -> dict[int, Market]:
+    return {m.id: m for m in session.scalars(select(Market))}
+
+
+def node_rooms(session: Session, markets: dict[int, Market], *, now: datetime, node_ids=None) -> list[NodeRoom]:
+    """The nodes that take work, with their free capacity and when their busy GPUs free."""
+    query = select(Node.id, Node.name, Node.slots, Node.serves_endpoints, Node.simulated).where(Node.state.in_(TAKING))
+    if node_ids is not None:
+        query = query.where(Node.id.in_(node_ids))
+    nodes = {row.id: row for row in session.execute(query)}
+    if not nodes:
+        return []
+    gpus = defaultdict(list)
+    gpu_query = select(NodeGpu.node_id, NodeGpu.uuid, NodeGpu.name, NodeGpu.memory_total_mb,
+                       NodeGpu.compute_capability, NodeGpu.cuda_version)
+    gpu_query = gpu_query.where(NodeGpu.node_id.in_(list(nodes))) if node_ids is not None else gpu_query
+    for row in session.execute(gpu_query):
+        if row.node_id in nodes:
+            gpus[row.node_id].append(row)
+    rooms: dict[int, NodeRoom] = {}
+    qualifies_cache: dict[tuple, bool] = {}
+    for node_id, node in nodes.items():
+        qualifies: dict[int, frozenset[str]] = {}
+        served = set()
+        for market in markets.values():
+            if market.gpu_count == 0:
+                if node.slots > 0:
+                    served.add(market.id)
+                continue
+            fitting = []
+            for gpu in gpus[node_id]:
+                key = (market.id, gpu.name, gpu.memory_total_mb, gpu.compute_capability, gpu.cuda_version, node.simulated)
+                ok = qualifies_cache.get(key)
+                if ok is None:
+                    ok = qualifies_cache[key] = gpu_satisfies(gpu, market, simulated=node.simulated)
+                if ok:
+                    fitting.append(gpu.uuid)
+            if len(fitting) >= market.gpu_count:
+                qualifies[market.id] = frozenset(fitting)
+                served.add(market.id)
+        rooms[node_id] = NodeRoom(
+            id=node_id, name=node.name, gpu_vram={g.uuid: g.memory_total_mb for g in gpus[node_id]},
+            qualifies=qualifies, slots=node.slots, serves_endpoints=node.serves_endpoints, markets=frozenset(served),
+        )
+    # What each node holds (claimed or running) and what is placed on it, with when each ends.
+    held = session.execute(
+        select(Attempt.node_id, Attempt.placed_node_id, Attempt.state, Attempt.gpus, Attempt.placed_gpus,
+               Attempt.started_at, Attempt.claimed_at, Attempt.placed_at, Op.timeout_s)
+        .join(Op, Op.id == Attempt.op_id)
+        .where(or_(
+            and_(Attempt.state.in_(ATTEMPT_HELD), Attempt.node_id.in_(list(rooms))),
+            and_(Attempt.state == AttemptState.QUEUED, Attempt.placed_node_id.in_(list(rooms))),
+        ))
+    )
+    for row in held:
+        if row.state == AttemptState.QUEUED:
+            room, uuids, since = rooms[row.placed_node_id], row.placed_gpus or [], row.placed_at or now
+        else:
+            room, uuids, since = rooms[row.node_id], row.gpus or [], row.started_at or row.claimed_at or now
+        ends = since + timedelta(seconds=row.timeout_s)
+        if uuids:
+            for uuid in uuids:
+                room.busy_until[uuid] = ends
+        else:
+            room.slots_busy += 1
+    return list(rooms.values())
+
+
+def _wants_query():
+    return (
+        select(Attempt.id, Attempt.created_at, Attempt.pinned_node_id, Attempt.waiting, Attempt.reserved_node_id,
+               Attempt.reserved_from, Op.id.label("op_id"), Op.job_id, Op.market_id, Op.timeout_s, Op.exposes,
+               Job.owner_id, Job.priority, Job.array_id)
+        .join(Op, Op.id == Attempt.op_id)
+        .join(Job, Job.id == Op.job_id)
+        .where(Attempt.state == AttemptState.QUEUED, Attempt.placed_node_id.is_(None))
+    )
+
+
+def _wants(session: Session, rows, markets: dict[int, Market], stored: dict[int, tuple]) -> list[Want]:
+    rows = list(rows)
+    failed_on = _failed_nodes(session, [r.op_id for r in rows])
+    wants = []
+    for r in rows:
+        stored[r.id] = (r.waiting, r.reserved_node_id, r.reserved_from)
+        wants.append(Want(
+            attempt_id=r.id, job_id=r.job_id, owner_id=r.owner_id, market_id=r.market_id,
+            gpus=markets[r.market_id].gpu_count, timeout_s=r.timeout_s, priority=r.priority or 0,
+            created_at=r.created_at, array_id=r.array_id, pinned_node_id=r.pinned_node_id,
+            needs_endpoints=bool(r.exposes), avoid=failed_on.get(r.op_id, frozenset()),
+        ))
+    return wants
+
+
+def _failed_nodes(session: Session, op_ids: list[int]) -> dict[int, frozenset[int]]:
+    """For each op, the nodes where an earlier attempt of it failed."""
+    if not op_ids:
+        return {}
+    found = defaultdict(set)
+    for chunk in range(0, len(op_ids), 5000):
+        for op_id, node_id in session.execute(
+            select(Attempt.op_id, Attempt.node_id).where(
+                Attempt.op_id.in_(op_ids[chunk:chunk + 5000]), Attempt.state == AttemptState.FAILED,
+                Attempt.node_id.is_not(None),
+            )
+        ):
+            found[op_id].add(node_id)
+    return {op: frozenset(nodes) for op, nodes in found.items()}
+
+
+def _limits(session: Session, wants: list[Want], markets: dict[int, Market]) -> Limits:
+    quotas = {
+        (user_id, market_id): most
+        for user_id, market_id, most in session.execute(
+            select(Quota.user_id, Quota.market_id, Quota.max_running_gpus).where(Quota.max_running_gpus.is_not(None))
+        )
+    }
+    running: dict[tuple[int, int], int] = defaultdict(int)
+    owners = {w.owner_id for w in wants}
+    if quotas and owners:
+        for owner_id, market_id, gpus, placed in session.execute(
+            select(Job.owner_id, Op.market_id, Attempt.gpus, Attempt.placed_gpus)
+            .join(Op, Op.id == Attempt.op_id).join(Job, Job.id == Op.job_id)
+            .where(Job.owner_id.in_(owners), or_(
+                Attempt.state.in_(ATTEMPT_HELD),
+                and_(Attempt.state == AttemptState.QUEUED, Attempt.placed_node_id.is_not(None)),
+            ))
+        ):
+            running[(owner_id, market_id)] += len(gpus or placed or []) or 1
+    arrays = {w.array_id for w in wants if w.array_id is not None}
+    room: dict[int, int] = {}
+    if arrays:
+        limits = dict(session.execute(
+            select(JobArray.id, JobArray.max_running).where(JobArray.id.in_(arrays), JobArray.max_running.is_not(None))
+        ).all())
+        if limits:
+            busy = defaultdict(set)
+            for array_id, job_id in session.execute(
+                select(Job.array_id, Job.id).join(Op, Op.job_id == Job.id).join(Attempt, Attempt.op_id == Op.id)
+                .where(Job.array_id.in_(list(limits)), or_(
+                    Attempt.state.in_(ATTEMPT_HELD),
+                    and_(Attempt.state == AttemptState.QUEUED, Attempt.placed_node_id.is_not(None)),
+                ))
+            ):
+                busy[array_id].add(job_id)
+            room = {array_id: most - len(busy[array_id]) for array_id, most in limits.items()}
+    return Limits(running_quota=quotas, running=dict(running), array_room=room)
+
+
+def _never(wants: list[Want], nodes: list[NodeRoom], markets: dict[int, Market]) -> dict[int, str]:
+    """Wants no node that takes work now could ever run, with a sentence saying so."""
+    served = set()
+    endpoints_served = set()
+    for node in nodes:
+        served |= node.markets
+        if node.serves_endpoints:
+            endpoints_served |= node.markets
+    out = {}
+    for want in wants:
+        if want.pinned_node_id is not None:
+            continue
+        if want.market_id not in served:
+            out[want.attempt_id] = f"no online node has {_hardware(markets[want.market_id])}"
+        elif want.needs_endpoints and want.market_id not in endpoints_served:
+            out[want.attempt_id] = (
+                f"no online node with {_hardware(markets[want.market_id])} can serve the ports it exposes "
+                "(each runs its containers without a network)"
+            )
+    return out
+
+
+def _hardware(market: Market) -> str:
+    if not market.gpu_count:
+        return "a free CPU slot"
+    text = f"{market.gpu_count} GPU" + ("s" if market.gpu_count > 1 else "")
+    if market.min_vram_mb:
+        text += f" of {gb_text(market.min_vram_mb)} GB"
+    if market.gpu_models:
+        text += f" ({', '.join(market.gpu_models)})"
+    return text
+
+
+def snapshot(session: Session, *, now: datetime, half_life_s: float) -> tuple[Snapshot, dict[int, float]]:
+    markets = _markets(session)
+    stored: dict[int, tuple] = {}
+    wants = _wants(session, session.execute(_wants_query()), markets, stored)
+    nodes = node_rooms(session, markets, now=now)
+    snap = Snapshot(
+        wants=wants, nodes=nodes, limits=_limits(session, wants, markets),
+        market_names={m.id: m.slug for m in markets.values()}, never=_never(wants, nodes, markets), stored=stored,
+    )
+    return snap, recent_use(session, half_life_s=half_life_s, now=now)
+
+
+# -- writing -----------------------------------------------------------------------------------
+
+
+def record(session: Session, snap: Snapshot, result: Plan, *, now: datetime, send_offers: bool = True) -> None:
+    """Store the plan: placements (with their offers staged, unless the caller claims them at once),
+    and the reasons and reservations that changed."""
+    if result.placements:
+        session.execute(
+            update(Attempt).execution_options(synchronize_session=False),
+            [
+                {"id": p.attempt_id, "placed_node_id": p.node_id, "placed_gpus": list(p.gpus), "placed_at": now,
+                 "offered_at": now, "waiting": None, "reserved_node_id": None, "reserved_from": None}
+                for p in result.placements
+            ],
+        )
+        if send_offers:
+            offers.stage_placed(session, result.placements)
+    changed = []
+    for want in snap.wants:
+        reason = result.reasons.get(want.attempt_id)
+        if reason is None:
+            continue
+        held = result.reservations.get(want.attempt_id)
+        new = (reason, held.node_id if held else None, held.start if held else None)
+        if snap.stored.get(want.attempt_id) != new:
+            changed.append({"id": want.attempt_id, "waiting": new[0], "reserved_node_id": new[1], "reserved_from": new[2]})
+    if changed:
+        session.execute(update(Attempt).execution_options(synchronize_session=False), changed)
+
+
+def withdraw_unclaimed(session: Session, *, older_than_s: float, now: datetime) -> int:
+    """Take back placements their node did not claim in time, or whose node stopped taking work."""
+    cutoff = now - timedelta(seconds=older_than_s)
+    gone = select(Node.id).where(Node.state.not_in(TAKING))
+    result = session.execute(
+        update(Attempt)
+        .where(Attempt.state == AttemptState.QUEUED, Attempt.placed_node_id.is_not(None),
+               or_(Attempt.placed_at < cutoff, Attempt.placed_node_id.in_(gone)))
+        .values(placed_node_id=None, placed_gpus=[], placed_at=None)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount or 0
+
+
+def run_pass(session: Session, *, half_life_s: float, claim_within_s: float, now: datetime | None = None) -> PassResult:
+    """One placement pass; the caller commits, which sends the offers."""
+    now = now or utcnow()
+    lock_placement(session, now)
+    withdrawn = withdraw_unclaimed(session, older_than_s=claim_within_s, now=now)
+    snap, use = snapshot(session, now=now, half_life_s=half_life_s)
+    result = plan(rank(snap.wants, use), snap.nodes, now=now, limits=snap.limits,
+                  market_names=snap.market_names, never=snap.never)
+    record(session, snap, result, now=now)
+    if withdrawn:
+        log.info("withdrew %d offer(s) their nodes did not claim", withdrawn)
+    return PassResult(placed=len(result.placements), waiting=len(result.reasons), withdrawn=withdrawn,
+                      reserved=len(result.reservations))
+
+
+# -- the hand-off at an attempt's end ---------------------------------------------------------
+
+
+def hand_off(session: Session, node: Node, *, half_life_s: float, now: datetime | None = None) -> list[int]:
+    """Place on node, now, the best-ranked waiting work that fits what it has free; return the ids
+    of the attempts placed, for the caller to claim for the node.
+
+    The candidates are the first HAND_OFF_CANDIDATES waiting attempts of the markets the node serves
+    by priority and age; reservations other passes made stand: work goes on a reserved GPU only if
+    it ends before the reservation starts, or if it is the reserved attempt itself.
+    """
+    if node.state not in TAKING:
+        return []
+    now = now or utcnow()
+    lock_placement(session, now)
+    markets = _markets(session)
+    rooms = node_rooms(session, markets, now=now, node_ids=[node.id])
+    if not rooms:
+        return []
+    room = rooms[0]
+    free_gpus = set(room.gpu_vram) - set(room.busy_until)
+    if not free_gpus and room.slots_busy >= room.slots:
+        return []
+    stored: dict[int, tuple] = {}
+    query = (
+        _wants_query()
+        .where(Op.market_id.in_(list(room.markets)),
+               or_(Attempt.pinned_node_id.is_(None), Attempt.pinned_node_id == node.id))
+        .order_by(Job.priority.desc(), Attempt.created_at, Attempt.id)
+        .limit(HAND_OFF_CANDIDATES)
+    )
+    # Reservations held on this node by other waiting attempts keep their GPUs from longer work.
+    reserved = list(session.scalars(
+        select(Attempt.id).where(Attempt.state == AttemptState.QUEUED, Attempt.placed_node_id.is_(None),
+                                 Attempt.reserved_node_id == node.id)
+    ))
+    held_for = set(reserved)
+    rows = list(session.execute(query))
+    missing = held_for - {r.id for r in rows}
+    if missing:
+        rows += list(session.execute(_wants_query().where(Attempt.id.in_(missing))))
+    wants = _wants(session, rows, markets, stored)
+    if not wants:
+        return []
+    # The attempts holding reservations here go first, each given the same reservation again (the
+    # planner finds the same soonest GPUs on the same node), so work placed after them backfills:
+    # onto a reserved GPU only when it ends before that reservation starts.
+    ordered = [w for w in wants if w.attempt_id in held_for] + rank(
+        [w for w in wants if w.attempt_id not in held_for], recent_use(session, half_life_s=half_life_s, now=now)
+    )
+    limits = _limits(session, ordered, markets)
+    result = plan(ordered, [room], now=now, limits=limits, max_reservations=len(held_for))
+    record(session, Snapshot(wants=[], nodes=[], limits=limits, market_names={}, never={}),
+           Plan(placements=result.placements), now=now, send_offers=False)
+    return [p.attempt_id for p in result.placements]

@@ -68,8 +68,10 @@ class Settings:
     # server reaches the broker by an internal name.
     worker_broker_url: str
     secret_key: str = field(repr=False)
-    # How long an offer may sit unclaimed before the scheduler publishes it again.
-    reoffer_after_s: float = 30.0
+    # How long a placed offer may sit unclaimed before it is withdrawn and placed again.
+    reoffer_after_s: float = 5.0
+    # Fair share: what an account used a half-life ago counts half as much (scheduler.ordering).
+    fair_share_half_life_s: float = 86_400.0
     heartbeat_interval_s: float = 10.0
     # A node silent this long is offline, and what it ran is offered again elsewhere.
     node_timeout_s: float = 30.0
@@ -137,7 +139,8 @@ class Settings:
             broker_url=broker_url,
             worker_broker_url=env.get("PEERGRID_WORKER_BROKER_URL") or broker_url,
             secret_key=env.get("PEERGRID_SECRET_KEY") or "",
-            reoffer_after_s=_float(env, "PEERGRID_REOFFER_AFTER", 30.0),
+            reoffer_after_s=_float(env, "PEERGRID_REOFFER_AFTER", 5.0),
+            fair_share_half_life_s=_float(env, "PEERGRID_FAIR_SHARE_HALF_LIFE", 86_400.0),
             heartbeat_interval_s=_float(env, "PEERGRID_HEARTBEAT_INTERVAL", 10.0),
             node_timeout_s=_float(env, "PEERGRID_NODE_TIMEOUT", 30.0),
             default_timeout_s=_int(env, "PEERGRID_DEFAULT_TIMEOUT", 3600),

@@ -4,27 +4,11 @@ transaction and call plain functions. They are Celery tasks too, so an operator 
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
-
 from celery import current_app, shared_task
 
 from scheduler import offers
-from scheduler.orchestration import pinned_node_id
 
 log = logging.getLogger(__name__)
-
-
-def reoffer_stale(core) -> int:
-    """Publish again every queued attempt whose offer was lost or sat unclaimed; return how many."""
-    with core.transaction() as session:
-        stale = offers.stale_attempts(
-            session, older_than=timedelta(seconds=core.settings.reoffer_after_s)
-        )
-        for attempt in stale:
-            offers.stage(session, attempt, node_id=pinned_node_id(attempt.op))
-    if stale:
-        log.info("re-offered %d attempt(s)", len(stale))
-    return len(stale)
 
 
 def expire_overdue(core) -> int:
@@ -64,11 +48,6 @@ def reap_nodes(core) -> int:
 @shared_task(name="peergrid.reap_silent_nodes", ignore_result=True)
 def reap_silent_nodes() -> int:
     return reap_nodes(current_app.peergrid)
-
-
-@shared_task(name="peergrid.reoffer_stale_attempts", ignore_result=True)
-def reoffer_stale_attempts() -> int:
-    return reoffer_stale(current_app.peergrid)
 
 
 def prune_broker(core) -> int:

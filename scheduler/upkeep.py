@@ -1,4 +1,4 @@
-"""The scheduler's timed upkeep: re-offers, the node reaper, time limits and broker pruning.
+"""The scheduler's timed upkeep: the node reaper, time limits and broker pruning.
 
 It runs in a thread of each scheduler process, but only the process holding the upkeep lease does
 the chores; the others renew nothing and stand by. A process killed outright takes its thread with
@@ -35,7 +35,6 @@ class Chore:
 def chores(settings) -> list[Chore]:
     """The timed work, with how often each runs for these settings."""
     found = [
-        Chore("reoffer-stale-attempts", max(1.0, settings.reoffer_after_s / 3), tasks.reoffer_stale),
         Chore("reap-silent-nodes", max(1.0, settings.node_timeout_s / 5), tasks.reap_nodes),
         Chore("expire-overdue-attempts", max(1.0, min(30.0, settings.timeout_grace_s / 2)), tasks.expire_overdue),
     ]

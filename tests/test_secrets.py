@@ -105,7 +105,7 @@ def test_only_the_claim_answer_carries_the_values(database_url, tmp_path):
         with core.transaction() as session:
             op = session.query(Op).one()
             stored = json.dumps([op.spec, op.job.definition])
-            offer = json.dumps(offer_for(op.attempts[0]).to_wire())
+            offer = json.dumps(offer_for(op.attempts[0], node_id=1).to_wire())
 
         claimed = client.post(f"/api/v1/node/attempts/{attempt_id}/claim", headers=node_headers(client, core)).json
 

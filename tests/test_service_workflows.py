@@ -21,7 +21,7 @@ from scheduler.ledger import check_books
 from scheduler.models import Attempt, Endpoint, Job, Node, Op
 from scheduler.models.endpoints import Health
 from scheduler.nodes import register
-from scheduler.offers import offer_for
+from scheduler.placing import run_pass
 from scheduler.orchestration import cancel_job, extend_job
 from scheduler.services import readiness_changed
 from scheduler.states import AttemptState, utcnow
@@ -297,11 +297,29 @@ def test_a_service_that_times_out_on_its_node_ends_its_job_billed_for_its_time(f
 # -- only nodes with a job network get services -------------------------------------------------
 
 
-def test_a_service_is_offered_where_only_nodes_that_serve_endpoints_take_it(flow):
-    job = flow.submit(service("server"), op("plain"))
+def test_a_service_is_placed_only_on_a_node_that_serves_endpoints(flow):
+    # Given the flow's node, which serves endpoints, made unable to, and another node that cannot either
     with flow.core.transaction() as session:
-        offers = {a.op.key: offer_for(a) for a in session.scalars(select(Attempt))}
-    assert offers["server"].queue == "market.cpu.services" and offers["plain"].queue == "market.cpu"
+        session.get(Node, flow.node_id).serves_endpoints = False
+    bare = second_node(flow.core, serves_endpoints=False)
+    flow.submit(service("server"), op("plain"))
+
+    # When a pass places: the plain op is placed, the service waits and says why
+    with flow.core.transaction() as session:
+        run_pass(session, half_life_s=3600, claim_within_s=5)
+    with flow.core.transaction() as session:
+        attempts = {a.op.key: a for a in session.scalars(select(Attempt))}
+        assert attempts["plain"].placed_node_id in (flow.node_id, bare)
+        assert attempts["server"].placed_node_id is None
+        assert "can serve the ports it exposes" in attempts["server"].waiting
+
+    # When a node that serves endpoints joins, the next pass places the service there
+    serving = second_node(flow.core, serves_endpoints=True)
+    with flow.core.transaction() as session:
+        run_pass(session, half_life_s=3600, claim_within_s=5)
+    with flow.core.transaction() as session:
+        server = next(a for a in session.scalars(select(Attempt)) if a.op.key == "server")
+        assert (server.placed_node_id, server.waiting) == (serving, None)
 
 
 def test_a_node_without_a_job_network_is_refused_a_service_and_takes_other_work(flow):
@@ -340,7 +358,7 @@ def test_a_node_report_says_whether_the_node_serves_endpoints_and_old_workers_do
     assert NodeReport.from_wire({}).serves_endpoints is True
 
 
-def test_a_worker_without_a_job_network_takes_no_offers_of_services(tmp_path):
+def test_a_worker_takes_offers_from_its_own_queue_alone_and_reports_whether_it_serves_endpoints(tmp_path):
     from worker.agent import Agent
     from worker.settings import WorkerSettings
     from protocol.messages import MarketSpec, Registration
@@ -354,8 +372,9 @@ def test_a_worker_without_a_job_network_takes_no_offers_of_services(tmp_path):
         assert agent.report().serves_endpoints is (network != "none")
         return agent.queues()
 
-    assert queues("bridge") == ["market.cpu", "market.cpu.services", "node.7"]
-    assert queues("none") == ["market.cpu", "node.7"]
+    # The scheduler places: what a node runs comes on its own queue, services only to one that serves them
+    assert queues("bridge") == ["node.7"]
+    assert queues("none") == ["node.7"]
 
 
 # -- Nosana's own definitions -------------------------------------------------------------------

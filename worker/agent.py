@@ -23,7 +23,6 @@ from protocol.messages import (
     ReleaseReport,
     WorkOrder,
     node_queue,
-    service_queue,
 )
 from protocol.services import HealthReport
 from protocol.wire import ProtocolError
@@ -113,7 +112,10 @@ class Agent:
         self.volumes = Volumes(self.runtime, lambda: self.owner, self._busy_jobs)
         # Outcomes the server has not taken yet, and their delivery (worker.delivery).
         self.outbox = Outbox(settings.data_dir / "outbox" if settings.data_dir else None)
-        self.delivery = Delivery(self.outbox, lambda: self.client)
+        self.delivery = Delivery(self.outbox, lambda: self.client, on_next=self._handed)
+        # Work the server handed over with a finished report's answer, claimed for this node, waiting
+        # for the GPUs the ended attempt still holds here to be let go.
+        self._next: list[WorkOrder] = []
         # The health file, which the heartbeat and offers loops beat once registered; and since when
         # the server has not answered a heartbeat (time.time(); None while it answers).
         self.liveness = Liveness(settings.health_file)
@@ -143,7 +145,8 @@ class Agent:
 
     def report(self) -> NodeReport:
         with self._lock:
-            running = sorted(self._running)
+            # Work handed over but not started yet is this node's as much as what runs.
+            running = sorted({*self._running, *(order.id for order in self._next)})
         # Read after what runs: an attempt's outcome is kept before it stops running, so an attempt
         # that ends meanwhile is in one list or the other, never in neither.
         undelivered = self.outbox.held()
@@ -223,13 +226,9 @@ class Agent:
         return bool(self.servable())
 
     def queues(self) -> list[str]:
-        """The queues to take offers from now: exactly the markets free capacity satisfies, and
-        the node's own queue (offers that must run here) while anything is free."""
-        markets = self.servable()
-        if not markets:
-            return []
-        services = [service_queue(m.queue) for m in markets] if self.serving.serves_endpoints else []
-        return sorted([node_queue(self.node_id), *(m.queue for m in markets), *services])
+        """The queues to take offers from now: the node's own, where the scheduler places its work,
+        while anything is free."""
+        return [node_queue(self.node_id)] if self.servable() else []
 
     # -- offers and runs ---------------------------------------------------------------------
 
@@ -246,11 +245,13 @@ class Agent:
             log.warning("dropping an offer of market %r, which this worker does not know", offer.market)
             message.ack()
             return
-        gpus = self.capacity.reserve(attempt_id, market)
+        gpus = self.capacity.reserve_exact(attempt_id, offer.gpus, market)
         if gpus is None:
-            # Capacity changed since the consumer was set up; leave it for others (or later).
-            self.stopping.wait(0.5)
-            message.requeue()
+            # What it was placed on is still held here by an attempt whose end the server has heard
+            # of first, or was never this node's: leave it, claimed by no one; the server withdraws
+            # an offer left unclaimed and places it again.
+            log.info("attempt %s was placed on GPUs this node does not have free; leaving it", attempt_id)
+            message.ack()
             return
         # The offers loop waits on the server while it claims: a slow server is not this loop's sickness.
         self.liveness.beat("offers", self.client.longest_s(CLAIM_RETRIES), f"claiming attempt {attempt_id}")
@@ -273,6 +274,28 @@ class Agent:
             log.warning("attempt %s cannot run; the server failed it and its job's events say why", attempt_id)
             return
         self.start(answer.order)
+
+    def _handed(self, orders: tuple[WorkOrder, ...]) -> None:
+        """Take the next work a finished report's answer carried; it starts once its GPUs are free here."""
+        if self.registration is None:
+            # Outcomes of an earlier run, delivered before registering, which gives up whatever was handed.
+            return
+        with self._lock:
+            self._next.extend(orders)
+        self._start_handed()
+
+    def _start_handed(self) -> None:
+        """Start each handed order whose GPUs (or CPU slot) are free here now."""
+        with self._lock:
+            waiting, self._next = self._next, []
+        for order in waiting:
+            market = next((m for m in self._markets if m.slug == order.market), None)
+            if market is None or self.capacity.reserve_exact(order.id, order.gpus, market) is None:
+                with self._lock:
+                    self._next.append(order)
+                continue
+            log.info("starting attempt %s, handed over with the last one's end", order.id)
+            self.start(order)
 
     def start(self, attempt: WorkOrder) -> None:
         run = Running(attempt, time_limit=attempt.timeout_s)
@@ -359,6 +382,7 @@ class Agent:
             with self._lock:
                 self._running.pop(attempt_id, None)
                 self.processed += 1
+            self._start_handed()
             self._changed.set()
 
     def _report(

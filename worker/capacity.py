@@ -55,6 +55,19 @@ class Capacity:
                 self._gpu_holders[gpu.uuid] = attempt_id
             return picked
 
+    def reserve_exact(self, attempt_id: int, uuids: tuple[str, ...] | list[str], market: MarketNeeds) -> list[Gpu] | None:
+        """Hold the GPUs the scheduler placed attempt_id on (a CPU slot when it names none, for a CPU
+        market); None when one of them is not this node's, is busy here, or the slots are full."""
+        if not uuids:
+            return self.reserve(attempt_id, market) if market.gpu_count == 0 else None
+        with self._lock:
+            own = {g.uuid: g for g in self.gpus}
+            if any(u not in own or u in self._gpu_holders for u in uuids) or len(set(uuids)) != len(uuids):
+                return None
+            for uuid in uuids:
+                self._gpu_holders[uuid] = attempt_id
+            return [own[u] for u in uuids]
+
     def release(self, attempt_id: int) -> None:
         with self._lock:
             self._cpu.discard(attempt_id)

@@ -12,6 +12,7 @@ import requests
 from protocol import VERSION
 from protocol.messages import (
     ClaimAnswer,
+    FinishedAnswer,
     FinishedReport,
     HeartbeatAnswer,
     Joined,
@@ -89,9 +90,11 @@ class NodeClient:
         body = {"lines": [line.to_wire() for line in lines]}
         return _read(LogsAnswer.from_wire, self._post(f"/attempts/{attempt_id}/logs", body, retries=retries))
 
-    def finished(self, attempt_id: int, report: FinishedReport, *, retries: int = 3) -> None:
-        """Report how the attempt ended, with the log lines not sent yet."""
-        self._post(f"/attempts/{attempt_id}/finished", report.to_wire(), retries=retries)
+    def finished(self, attempt_id: int, report: FinishedReport, *, retries: int = 3) -> FinishedAnswer:
+        """Report how the attempt ended, with the log lines not sent yet; the answer may carry the
+        node's next work, claimed for it already."""
+        return _read(FinishedAnswer.from_wire,
+                     self._post(f"/attempts/{attempt_id}/finished", report.to_wire(), retries=retries))
 
     def release(self, attempt_id: int, report: ReleaseReport, *, retries: int = 3) -> None:
         """Give an attempt back unfinished, with the log lines not sent yet: the worker is stopping."""

@@ -8,7 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
-from protocol.messages import ReleaseReport
+from protocol.messages import ReleaseReport, WorkOrder
 from worker.archives import file_sha256
 from worker.client import NodeClient
 from worker.errors import AttemptGone, ServerError
@@ -21,8 +21,11 @@ log = logging.getLogger(__name__)
 class Delivery:
     """Sends the outcomes kept in an outbox to the server; every method may be called from any thread."""
 
-    def __init__(self, outbox: Outbox, client: Callable[[], NodeClient]):
+    def __init__(self, outbox: Outbox, client: Callable[[], NodeClient],
+                 on_next: Callable[[tuple[WorkOrder, ...]], None] = lambda orders: None):
         self.outbox = outbox
+        # Given the next work a finished report's answer carries, claimed for this node already.
+        self._on_next = on_next
         # The node's client, asked each time: which node token it carries is settled as the agent runs.
         self._client = client
         # Held while an outcome is sent.
@@ -107,7 +110,9 @@ class Delivery:
             if isinstance(report, ReleaseReport):
                 client.release(attempt_id, replace(report, lines=lines), retries=retries)
             else:
-                client.finished(attempt_id, replace(report, lines=lines), retries=retries)
+                answer = client.finished(attempt_id, replace(report, lines=lines), retries=retries)
+                if answer.next:
+                    self._on_next(answer.next)
         except AttemptGone:
             log.info("attempt %s ended but is no longer ours; its outcome is dropped", attempt_id)
         except ServerError as e:

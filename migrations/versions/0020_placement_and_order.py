@@ -69,6 +69,7 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column('placed_node_id', ID, nullable=True))
         batch_op.add_column(sa.Column('placed_gpus', sa.JSON(), nullable=False, server_default='[]'))
         batch_op.add_column(sa.Column('placed_at', TIME, nullable=True))
+        batch_op.add_column(sa.Column('pinned_node_id', ID, nullable=True))
         batch_op.add_column(sa.Column('waiting', sa.Text(), nullable=True))
         batch_op.add_column(sa.Column('reserved_node_id', ID, nullable=True))
         batch_op.add_column(sa.Column('reserved_from', TIME, nullable=True))
@@ -77,14 +78,25 @@ def upgrade() -> None:
                                     ondelete='SET NULL')
         batch_op.create_foreign_key(batch_op.f('fk_attempts_reserved_node_id_nodes'), 'nodes', ['reserved_node_id'],
                                     ['id'], ondelete='SET NULL')
+        batch_op.create_foreign_key(batch_op.f('fk_attempts_pinned_node_id_nodes'), 'nodes', ['pinned_node_id'],
+                                    ['id'], ondelete='SET NULL')
+    with op.batch_alter_table('ops', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('exposes', sa.Boolean(), nullable=False, server_default=sa.false()))
+    # Services made before: they expose ports.
+    op.execute("UPDATE ops SET exposes = " + ("1" if op.get_bind().dialect.name == "sqlite" else "true")
+               + " WHERE endpoint_labels IS NOT NULL")
 
 
 def downgrade() -> None:
+    with op.batch_alter_table('ops', schema=None) as batch_op:
+        batch_op.drop_column('exposes')
     with op.batch_alter_table('attempts', schema=None) as batch_op:
+        batch_op.drop_constraint(batch_op.f('fk_attempts_pinned_node_id_nodes'), type_='foreignkey')
         batch_op.drop_constraint(batch_op.f('fk_attempts_reserved_node_id_nodes'), type_='foreignkey')
         batch_op.drop_constraint(batch_op.f('fk_attempts_placed_node_id_nodes'), type_='foreignkey')
         batch_op.drop_index(batch_op.f('ix_attempts_placed_node_id'))
-        for column in ('reserved_from', 'reserved_node_id', 'waiting', 'placed_at', 'placed_gpus', 'placed_node_id'):
+        for column in ('reserved_from', 'reserved_node_id', 'waiting', 'pinned_node_id', 'placed_at', 'placed_gpus',
+                       'placed_node_id'):
             batch_op.drop_column(column)
     with op.batch_alter_table('jobs', schema=None) as batch_op:
         batch_op.drop_constraint(batch_op.f('fk_jobs_array_id_job_arrays'), type_='foreignkey')

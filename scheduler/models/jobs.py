@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy import JSON, ForeignKey, Index, String, Text, UniqueConstraint, false
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from scheduler.models.base import Base, state_column
@@ -86,6 +86,8 @@ class Op(Base):
     # The label of each exposed port's URL, by port: chosen once, so the URL is known before the op
     # runs (%%ops.ID.endpoint.PORT%% resolves to it) and stays the same when the op is placed again.
     endpoint_labels: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # Whether it exposes ports (a service), so that only a node that serves endpoints is given it.
+    exposes: Mapped[bool] = mapped_column(default=False, server_default=false())
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
 
@@ -116,11 +118,13 @@ class Attempt(Base):
     gpus: Mapped[list[Any]] = mapped_column(default=list)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     # When its offer was last staged: it goes to the broker after the transaction that staged it
-    # commits, and one still unclaimed reoffer_after_s later (lost, never sent, or untaken) goes again.
+    # commits; a placement still unclaimed reoffer_after_s later (lost, never sent, or untaken) is withdrawn.
     offered_at: Mapped[datetime] = mapped_column(default=utcnow)
     # Where the scheduler placed it while it waits for its node to claim it (scheduler.placing): the
     # node and the GPU UUIDs it is to run on, and when; cleared when an offer is withdrawn.
     placed_node_id: Mapped[int | None] = mapped_column(ForeignKey("nodes.id", ondelete="SET NULL"), index=True)
+    # The node it must run on, which holds the volumes it uses; known when it is made.
+    pinned_node_id: Mapped[int | None] = mapped_column(ForeignKey("nodes.id", ondelete="SET NULL"))
     placed_gpus: Mapped[list[Any]] = mapped_column(default=list)
     placed_at: Mapped[datetime | None]
     # Why it waits and where it stands, as the last pass found it ("3rd in line for gpu-80gb").

@@ -10,7 +10,7 @@ from typing import Any
 
 from flask import jsonify, request, send_file
 
-from protocol.messages import FinishedReport, NodeReport, ReleaseReport, log_records
+from protocol.messages import FinishedAnswer, FinishedReport, NodeReport, ReleaseReport, log_records
 from protocol.services import HealthReport
 from scheduler.artifacts import ArtifactTooLarge, artifacts_root, input_for, store_artifact
 from scheduler.attempts import (
@@ -18,6 +18,7 @@ from scheduler.attempts import (
     append_logs,
     claim_work,
     held_attempt,
+    next_work,
     release_attempt,
     report_finished,
     start_attempt,
@@ -90,8 +91,11 @@ def attempt_finished(attempt_id: int):
     """How an attempt ended, with its last log lines: one request where a short op would need two."""
     node = require_node()
     report = FinishedReport.from_wire(_body(), most_lines=core().settings.max_log_batch_lines)
+    settings = core().settings
     attempt = report_finished(db(), node, attempt_id, report, limits=_log_limits())
-    return jsonify({"id": attempt.id, "state": attempt.state.value})
+    # The node's next work, placed and claimed in the same transaction, so its GPUs start again at once.
+    orders = next_work(db(), node, half_life_s=settings.fair_share_half_life_s, all_private=settings.private_endpoints)
+    return jsonify(FinishedAnswer(id=attempt.id, state=attempt.state.value, next=tuple(orders)).to_wire())
 
 
 @bp.post("/node/attempts/<int:attempt_id>/release")
