@@ -44,6 +44,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ops", type=int, default=40)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--slack", type=int, default=2, help="seconds of time limit beyond what each op runs")
     args = parser.parse_args()
     rng = random.Random(args.seed)
     mix = [(rng.choice([1, 1, 1, 2, 2, 4]), rng.choice([1.0, 1.5, 2.0, 3.0])) for _ in range(args.ops)]
@@ -57,6 +58,7 @@ def main() -> None:
         agents = []
         try:
             stack.start_web()
+            stack.start_scheduler()
             for name, spec in NODES.items():
                 _, token, _ = factories.node(stack.core, name=name)
                 agent = Agent(WorkerSettings(server=stack.url, token=token, slots=1, log_interval_s=0.05, job_network="none"),
@@ -70,16 +72,18 @@ def main() -> None:
             for gpus, seconds in mix:
                 doc = factories.hello_world("sim", cmd=f"sleep {seconds}")
                 doc["ops"][0]["args"]["gpu_count"] = gpus
+                # A time limit a little over what it runs, as a user who knows the op would set it:
+                # reservations are made from time limits, and backfill fits work before them.
+                doc["ops"][0]["args"]["timeout"] = int(seconds) + args.slack
                 assert api.post("/jobs", doc).status_code == 201
             engine = create_engine(stack.settings.database_url)
             with engine.connect() as conn:
                 while conn.execute(select(func.count()).select_from(Job).where(Job.state == JobState.SUCCEEDED)).scalar() < len(mix):
                     time.sleep(0.1)
                 makespan = time.monotonic() - began
-                used = sum(
-                    len(gpus) * (end - start).total_seconds()
-                    for start, end, gpus in conn.execute(select(Attempt.started_at, Attempt.finished_at, Attempt.gpus))
-                )
+                runs = list(conn.execute(select(Attempt.started_at, Attempt.finished_at, Attempt.gpus, Attempt.claimed_at)))
+                used = sum(len(gpus) * (end - start).total_seconds() for start, end, gpus, _ in runs)
+                handoffs = hand_off_gaps(runs)
             engine.dispose()
         finally:
             for agent in agents:
@@ -92,6 +96,26 @@ def main() -> None:
     print(f"{'ideal (work / GPUs)':30} {ideal:11.2f} {1.0:8.0%}")
     print(f"{'peergrid':30} {makespan:11.2f} {used / (total_gpus * makespan):8.0%}")
     print(f"ratio of makespans (peergrid / ideal): {makespan / ideal:.2f}")
+    if handoffs:
+        handoffs.sort()
+        print(f"hand-off, a GPU's op ending to its next op starting, where one followed at once ({len(handoffs)}): "
+              f"p50 {handoffs[len(handoffs) // 2] * 1000:.0f} ms, p90 {handoffs[int(len(handoffs) * 0.9)] * 1000:.0f} ms")
+
+
+def hand_off_gaps(runs) -> list[float]:
+    """For each GPU, the time from one attempt's end to the start of the next one claimed on it
+    before or within a second of that end (work handed over, not work that arrived later)."""
+    by_gpu: dict[str, list] = {}
+    for start, end, gpus, claimed in runs:
+        for gpu in gpus:
+            by_gpu.setdefault(gpu, []).append((start, end, claimed))
+    gaps = []
+    for spans in by_gpu.values():
+        spans.sort()
+        for (_, end, _), (start, _, claimed) in zip(spans, spans[1:]):
+            if (claimed - end).total_seconds() < 1.0:
+                gaps.append(max(0.0, (start - end).total_seconds()))
+    return gaps
 
 
 if __name__ == "__main__":
