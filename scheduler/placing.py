@@ -95,6 +95,11 @@ class PassResult:
 # -- reading -----------------------------------------------------------------------------------
 
 
+def _read(session: Session, query):
+    """Rows of a select of columns, through the session's connection: no ORM row processing."""
+    return session.connection().execute(query)
+
+
 def _markets(session: Session) -> dict[int, Market]:
     return {m.id: m for m in session.scalars(select(Market))}
 
@@ -104,14 +109,14 @@ def node_rooms(session: Session, markets: dict[int, Market], *, now: datetime, n
     query = select(Node.id, Node.name, Node.slots, Node.serves_endpoints, Node.simulated).where(Node.state.in_(TAKING))
     if node_ids is not None:
         query = query.where(Node.id.in_(node_ids))
-    nodes = {row.id: row for row in session.execute(query)}
+    nodes = {row.id: row for row in _read(session, query)}
     if not nodes:
         return []
     gpus = defaultdict(list)
     gpu_query = select(NodeGpu.node_id, NodeGpu.uuid, NodeGpu.name, NodeGpu.memory_total_mb,
                        NodeGpu.compute_capability, NodeGpu.cuda_version)
     gpu_query = gpu_query.where(NodeGpu.node_id.in_(list(nodes))) if node_ids is not None else gpu_query
-    for row in session.execute(gpu_query):
+    for row in _read(session, gpu_query):
         if row.node_id in nodes:
             gpus[row.node_id].append(row)
     rooms: dict[int, NodeRoom] = {}
@@ -140,7 +145,7 @@ def node_rooms(session: Session, markets: dict[int, Market], *, now: datetime, n
             qualifies=qualifies, slots=node.slots, serves_endpoints=node.serves_endpoints, markets=frozenset(served),
         )
     # What each node holds (claimed or running) and what is placed on it, with when each ends.
-    held = session.execute(
+    held = _read(session, 
         select(Attempt.node_id, Attempt.placed_node_id, Attempt.state, Attempt.gpus, Attempt.placed_gpus,
                Attempt.started_at, Attempt.claimed_at, Attempt.placed_at, Op.timeout_s)
         .join(Op, Op.id == Attempt.op_id)
@@ -175,17 +180,16 @@ def _wants_query():
 
 
 def _wants(session: Session, rows, markets: dict[int, Market], stored: dict[int, tuple]) -> list[Want]:
-    rows = list(rows)
-    failed_on = _failed_nodes(session, [r.op_id for r in rows])
+    rows = [tuple(r) for r in rows]
+    failed_on = _failed_nodes(session, [r[6] for r in rows])
+    gpus = {m.id: m.gpu_count for m in markets.values()}
+    none: frozenset[int] = frozenset()
     wants = []
-    for r in rows:
-        stored[r.id] = (r.waiting, r.reserved_node_id, r.reserved_from)
-        wants.append(Want(
-            attempt_id=r.id, job_id=r.job_id, owner_id=r.owner_id, market_id=r.market_id,
-            gpus=markets[r.market_id].gpu_count, timeout_s=r.timeout_s, priority=r.priority or 0,
-            created_at=r.created_at, array_id=r.array_id, pinned_node_id=r.pinned_node_id,
-            needs_endpoints=bool(r.exposes), avoid=failed_on.get(r.op_id, frozenset()),
-        ))
+    for (attempt_id, created_at, pinned, waiting, reserved_node, reserved_from, op_id, job_id, market_id, timeout_s,
+         exposes, owner_id, priority, array_id) in rows:
+        stored[attempt_id] = (waiting, reserved_node, reserved_from)
+        wants.append(Want(attempt_id, job_id, owner_id, market_id, gpus[market_id], timeout_s, priority or 0,
+                          created_at, array_id, pinned, bool(exposes), failed_on.get(op_id, none)))
     return wants
 
 
@@ -193,14 +197,16 @@ def _failed_nodes(session: Session, op_ids: list[int]) -> dict[int, frozenset[in
     """For each op, the nodes where an earlier attempt of it failed."""
     if not op_ids:
         return {}
+    waiting_ops = select(Attempt.op_id).where(Attempt.state == AttemptState.QUEUED, Attempt.placed_node_id.is_(None))
+    query = select(Attempt.op_id, Attempt.node_id).where(
+        Attempt.state == AttemptState.FAILED, Attempt.node_id.is_not(None), Attempt.op_id.in_(waiting_ops)
+    )
+    if len(op_ids) <= 500:  # a hand-off's few: name them
+        query = query.where(Attempt.op_id.in_(op_ids))
+    wanted = set(op_ids)
     found = defaultdict(set)
-    for chunk in range(0, len(op_ids), 5000):
-        for op_id, node_id in session.execute(
-            select(Attempt.op_id, Attempt.node_id).where(
-                Attempt.op_id.in_(op_ids[chunk:chunk + 5000]), Attempt.state == AttemptState.FAILED,
-                Attempt.node_id.is_not(None),
-            )
-        ):
+    for op_id, node_id in _read(session, query):
+        if op_id in wanted:
             found[op_id].add(node_id)
     return {op: frozenset(nodes) for op, nodes in found.items()}
 
@@ -215,7 +221,7 @@ def _limits(session: Session, wants: list[Want], markets: dict[int, Market]) -> 
     running: dict[tuple[int, int], int] = defaultdict(int)
     owners = {w.owner_id for w in wants}
     if quotas and owners:
-        for owner_id, market_id, gpus, placed in session.execute(
+        for owner_id, market_id, gpus, placed in _read(session, 
             select(Job.owner_id, Op.market_id, Attempt.gpus, Attempt.placed_gpus)
             .join(Op, Op.id == Attempt.op_id).join(Job, Job.id == Op.job_id)
             .where(Job.owner_id.in_(owners), or_(
@@ -232,7 +238,7 @@ def _limits(session: Session, wants: list[Want], markets: dict[int, Market]) -> 
         ).all())
         if limits:
             busy = defaultdict(set)
-            for array_id, job_id in session.execute(
+            for array_id, job_id in _read(session, 
                 select(Job.array_id, Job.id).join(Op, Op.job_id == Job.id).join(Attempt, Attempt.op_id == Op.id)
                 .where(Job.array_id.in_(list(limits)), or_(
                     Attempt.state.in_(ATTEMPT_HELD),
@@ -280,7 +286,7 @@ def _hardware(market: Market) -> str:
 def snapshot(session: Session, *, now: datetime, half_life_s: float) -> tuple[Snapshot, dict[int, float]]:
     markets = _markets(session)
     stored: dict[int, tuple] = {}
-    wants = _wants(session, session.execute(_wants_query()), markets, stored)
+    wants = _wants(session, _read(session, _wants_query()), markets, stored)
     nodes = node_rooms(session, markets, now=now)
     snap = Snapshot(
         wants=wants, nodes=nodes, limits=_limits(session, wants, markets),
@@ -385,10 +391,10 @@ def hand_off(session: Session, node: Node, *, half_life_s: float, now: datetime 
                                  Attempt.reserved_node_id == node.id)
     ))
     held_for = set(reserved)
-    rows = list(session.execute(query))
+    rows = list(_read(session, query))
     missing = held_for - {r.id for r in rows}
     if missing:
-        rows += list(session.execute(_wants_query().where(Attempt.id.in_(missing))))
+        rows += list(_read(session, _wants_query().where(Attempt.id.in_(missing))))
     wants = _wants(session, rows, markets, stored)
     if not wants:
         return []

@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 MAX_RESERVATIONS = 32
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Want:
     """One waiting attempt, as placement sees it."""
 
@@ -139,6 +139,14 @@ def plan(
             by_market[market].append(node)
     in_line: dict[int, int] = defaultdict(int)
     reservations = 0
+    # Per market, the nodes with enough free qualifying GPUs (or a free slot) for one of its ops,
+    # kept as work is placed, so a want looks only where something is free.
+    # (A market's ops all need the same GPUs; keyed by both all the same.)
+    shapes = {(w.market_id, w.gpus) for w in wants}
+    roomy = {(m, g): {n.id for n in by_market.get(m, []) if _has_room(n, m, g)} for m, g in shapes}
+    # Per market, the shortest time limit that found no room: a longer one finds none either (placing
+    # only takes room), so it need not look.
+    no_room_from: dict[tuple[int, int], int] = {}
 
     for want in wants:
         market = names.get(want.market_id, f"market {want.market_id}")
@@ -149,19 +157,30 @@ def plan(
         if held_back:
             result.reasons[want.attempt_id] = held_back
             continue
-        candidates = by_market.get(want.market_id, [])
-        if want.pinned_node_id is not None:
-            candidates = [by_id[want.pinned_node_id]] if want.pinned_node_id in by_id else []
-            if not candidates:
-                result.reasons[want.attempt_id] = "waits for the node that holds its volumes to come back online"
-                continue
-        if want.needs_endpoints:
-            candidates = [n for n in candidates if n.serves_endpoints]
+        restricted = want.pinned_node_id is not None or want.needs_endpoints
+        if want.pinned_node_id is not None and want.pinned_node_id not in by_id:
+            result.reasons[want.attempt_id] = "waits for the node that holds its volumes to come back online"
+            continue
         end = now + timedelta(seconds=want.timeout_s)
-        spot = _fit_now(want, candidates, end, reserved_from)
+        spot = None
+        shape = (want.market_id, want.gpus)
+        if want.timeout_s < no_room_from.get(shape, 1 << 62):
+            with_room = roomy.get(shape, set())
+            if want.pinned_node_id is not None:
+                looked = [by_id[want.pinned_node_id]] if want.pinned_node_id in with_room else []
+            else:
+                looked = [by_id[n] for n in with_room]
+            if want.needs_endpoints:
+                looked = [n for n in looked if n.serves_endpoints]
+            spot = _fit_now(want, looked, end, reserved_from)
+            if spot is None and not restricted:
+                no_room_from[shape] = want.timeout_s
         if spot is not None:
             node, gpus = spot
             _take(node, gpus, end, free_from)
+            for market, gpus_needed in shapes:
+                if market in node.markets and not _has_room(node, market, gpus_needed):
+                    roomy[(market, gpus_needed)].discard(node.id)
             units = len(gpus) or 1
             running[(want.owner_id, want.market_id)] += units
             owner_total[want.owner_id] += units
@@ -172,6 +191,11 @@ def plan(
         in_line[want.market_id] += 1
         reason = f"{ordinal(in_line[want.market_id])} in line for {market}"
         if want.gpus and reservations < max_reservations:
+            candidates = by_market.get(want.market_id, [])
+            if want.pinned_node_id is not None:
+                candidates = [by_id[want.pinned_node_id]]
+            if want.needs_endpoints:
+                candidates = [n for n in candidates if n.serves_endpoints]
             held = _reserve(want, candidates, now, free_from, reserved_from)
             if held is not None:
                 reservations += 1
@@ -180,6 +204,13 @@ def plan(
                 reason = f"{reason}; GPUs reserved on {node_name} from {held.start:%H:%M:%S} UTC"
         result.reasons[want.attempt_id] = reason
     return result
+
+
+def _has_room(node: NodeRoom, market: int, gpus: int) -> bool:
+    """Whether node has free what one op of market needs, reservations aside."""
+    if gpus == 0:
+        return node.slots_busy < node.slots
+    return sum(1 for u in node.qualifies.get(market, ()) if u not in node.busy_until) >= gpus
 
 
 def _held_back(want: Want, running, owner_total, limits: Limits, array_room: dict[int, int]) -> str | None:
