@@ -6,6 +6,7 @@ directly and read them back through each view.
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 from datetime import timedelta
@@ -34,7 +35,7 @@ def gpu_job(key: str, gpus: int) -> dict:
 @pytest.fixture
 def world(client, core):
     """rig-3 with four 80 GB GPUs runs Ann's 1-GPU warm-up; her 4-GPU train waits with a reservation on
-    rig-3; Bob's 1-GPU eval is placed on rig-3; his sweep waits 2nd in line."""
+    rig-3; Bob's 1-GPU eval is placed on rig-3; his priority-5 sweep waits for his quota."""
     node_id, _, _ = factories.node(core, owner_email="prov@example.com", name="rig-3")
     _, ann = factories.user(core, email="ann@example.com")
     _, bob = factories.user(core, email="bob@example.com")
@@ -56,13 +57,15 @@ def world(client, core):
         start_attempt(session, node, attempt("warmup").id)
         train = attempt("train")
         reserved_from = train.created_at + timedelta(hours=1)
-        train.waiting, train.reserved_node_id, train.reserved_from = "GPUs reserved on rig-3 from 14:05", node_id, reserved_from
+        train.waiting = f"GPUs reserved on rig-3 from {reserved_from:%H:%M}"
+        train.reserved_node_id, train.reserved_from = node_id, reserved_from
         evaluation = attempt("eval")
         evaluation.placed_node_id, evaluation.placed_gpus, evaluation.placed_at = node_id, ["GPU-1"], evaluation.created_at
         sweep = attempt("sweep")
-        sweep.waiting = "2nd in line for gpu-80gb"
+        sweep.waiting = "your quota of 1 GPU is in use"
         session.get(Job, ids["sweep"]).priority = 5
-    return {"ids": ids, "node_id": node_id, "ann": ann, "bob": bob, "reserved_from": reserved_from}
+    return {"ids": ids, "node_id": node_id, "ann": ann, "bob": bob, "reserved_from": reserved_from,
+            "train_reason": f"GPUs reserved on rig-3 from {reserved_from:%H:%M}"}
 
 
 def op_of(client, token, job_id):
@@ -79,7 +82,7 @@ def test_the_api_says_why_an_op_waits_and_where_it_stands(client, core, world):
 
     train = op_of(client, world["ann"], ids["train"])
     assert train["state"] == "queued"
-    assert train["waiting"]["reason"] == "GPUs reserved on rig-3 from 14:05"
+    assert train["waiting"]["reason"] == world["train_reason"]
     assert train["waiting"]["placed_on"] is None
     assert train["waiting"]["reserved"] == {"node": rig, "from": iso(world["reserved_from"])}
 
@@ -88,7 +91,7 @@ def test_the_api_says_why_an_op_waits_and_where_it_stands(client, core, world):
     assert evaluation["waiting"] == {"reason": "placed on rig-3, waiting for it to start", "placed_on": rig,
                                      "reserved": None, "since": evaluation["waiting"]["since"]}
     sweep = op_of(client, world["bob"], ids["sweep"])
-    assert sweep["waiting"]["reason"] == "2nd in line for gpu-80gb" and sweep["waiting"]["reserved"] is None
+    assert sweep["waiting"]["reason"] == "your quota of 1 GPU is in use" and sweep["waiting"]["reserved"] is None
 
     # A running op does not wait.
     warmup = op_of(client, world["ann"], ids["warmup"])
@@ -112,7 +115,7 @@ def test_the_cli_shows_each_ops_reason_and_reservation(client, world):
         env = {"PEERGRID_TOKEN": world["ann"], "PEERGRID_SERVER": f"http://127.0.0.1:{server.port}"}
         shown = CliRunner().invoke(main, ["job", "status", str(world["ids"]["train"])], env=env)
         assert shown.exit_code == 0, shown.output
-        assert re.search(r"^  train: queued  waiting: GPUs reserved on rig-3 from 14:05 \(since .+ UTC\)$",
+        assert re.search(rf"^  train: queued  waiting: {world['train_reason']} \(since .+ UTC\)$",
                          shown.output, re.M), shown.output
         running = CliRunner().invoke(main, ["job", "status", str(world["ids"]["warmup"])], env=env)
         assert "  warmup: running on rig-3" in running.output and "waiting" not in running.output
@@ -121,7 +124,7 @@ def test_the_cli_shows_each_ops_reason_and_reservation(client, world):
         placed = CliRunner().invoke(main, ["job", "status", str(world["ids"]["eval"])], env=env)
         assert "eval: queued  waiting: placed on rig-3, waiting for it to start" in placed.output
         as_json = CliRunner().invoke(main, ["job", "status", str(world["ids"]["sweep"]), "--json"], env=env)
-        assert '"reason": "2nd in line for gpu-80gb"' in as_json.output
+        assert json.loads(as_json.output)["ops"][0]["waiting"]["reason"] == "your quota of 1 GPU is in use"
     finally:
         server.shutdown()
 
@@ -130,7 +133,7 @@ def test_the_job_page_shows_the_reason_and_the_reservation(client, world):
     sign_in(client, "ann@example.com")
     page = client.get(f"/jobs/{world['ids']['train']}").get_data(as_text=True)
     note = re.search(r'<section class="waiting" id="waiting".*?</section>', page, re.S).group(0)
-    assert '<strong>Waiting:</strong> <span class="reason-text">GPUs reserved on rig-3 from 14:05</span>' in note
+    assert f'<strong>Waiting:</strong> <span class="reason-text">{world["train_reason"]}</span>' in note
     # The reason names the reservation already, so no second line repeats it.
     assert "GPUs reserved on <strong>" not in note and "Waiting since" in note
     assert 'id="waiting"' not in client.get(f"/jobs/{world['ids']['warmup']}").get_data(as_text=True)
@@ -164,7 +167,11 @@ def test_the_overview_lists_the_queue_in_order_and_the_reservations(client, worl
     # Ann's 4-GPU op: its owner's name, no link to someone else's job, and its reason.
     four = re.search(r'id="queue-gpu-4x-80gb".*?</table>', queue, re.S).group(0)
     assert f"#{ids['train']}" in four and f'href="/jobs/{ids["train"]}"' not in four
-    assert "<td>ann</td>" in four and "GPUs reserved on rig-3 from 14:05" in four and '<td class="num">4</td>' in four
+    assert "<td>ann</td>" in four and world["train_reason"] in four and '<td class="num">4</td>' in four
+    # Reasons are written to the owner; others read them about the owner.
+    assert "your quota of 1 GPU is in use" in one_gpu
+    sign_in(client, "ann@example.com")
+    assert "their quota of 1 GPU is in use" in client.get("/").get_data(as_text=True)
     reservations = re.search(r'<table class="list" id="reservations">.*?</table>', queue, re.S).group(0)
     assert "<td>rig-3</td>" in reservations and f"#{ids['train']}" in reservations and "train" in reservations
 
@@ -184,8 +191,9 @@ def test_the_nodes_page_shows_what_runs_on_each_gpu_and_the_reservation(client, 
     assert len(rows) == 4
     # The provider sees that GPU 0 runs someone's op, since when and until when, not the job's page.
     assert f"an op of job #{ids['warmup']}" in rows[0][1] and "since" in rows[0][1] and "time limit" in rows[0][1]
-    assert all("free" in work for _, work in rows[1:])
-    assert re.search(rf"Starting an op of job #{ids['eval']} on 1 GPU: placed here at", node)
+    # GPU 1 waits for Bob's eval, placed there; the others are free.
+    assert re.search(rf"starting</span> an op of job #{ids['eval']}<div class=\"muted small\">placed here at <time", rows[1][1])
+    assert all("free" in work for _, work in rows[2:])
     assert re.search(rf'<p class="reserved"><strong>4 GPUs</strong> reserved from <strong><time[^>]*>[^<]+ UTC</time>'
                      rf'</strong> for job #{ids["train"]} <code>train</code>', node)
 
@@ -195,3 +203,32 @@ def test_an_admin_gets_links_to_the_jobs_the_nodes_run(client, core, world):
     sign_in(client, "root@example.com")
     page = client.get("/nodes").get_data(as_text=True)
     assert f'<a href="/jobs/{world["ids"]["warmup"]}">#{world["ids"]["warmup"]} warmup</a>' in page
+
+
+def test_the_pages_in_a_browser_show_the_wait(client, core, world, browser):
+    """Screenshots of the job page, the overview and the nodes page with work waiting and a reservation."""
+    from werkzeug.serving import make_server
+
+    from tests.test_browser import new_page, shoot
+    from tests.test_browser import sign_in as browser_sign_in
+
+    factories.user(core, email="root@example.com", admin=True)
+    server = make_server("127.0.0.1", 0, client.application, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    live = type("Live", (), {"url": f"http://127.0.0.1:{server.port}"})
+    try:
+        page = new_page(browser)
+        browser_sign_in(page, live, "ann@example.com")
+        page.goto(f"{live.url}/jobs/{world['ids']['train']}")
+        assert page.inner_text("#waiting .waiting-reason") == f"Waiting: {world['train_reason']}"
+        shoot(page, "waiting-job-laptop")
+        page.goto(live.url + "/")
+        assert "GPUs reserved on rig-3" in page.inner_text("#queue-gpu-4x-80gb")
+        shoot(page, "waiting-overview-laptop")
+        admin = new_page(browser)
+        browser_sign_in(admin, live, "root@example.com")
+        admin.goto(live.url + "/nodes")
+        assert "4 GPUs reserved from" in admin.inner_text("p.reserved")
+        shoot(admin, "waiting-nodes-laptop")
+    finally:
+        server.shutdown()
