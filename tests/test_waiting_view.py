@@ -237,3 +237,24 @@ def test_the_pages_in_a_browser_show_the_wait(client, core, world, browser):
         shoot(admin, "waiting-nodes-laptop")
     finally:
         server.shutdown()
+
+
+def test_the_store_ranks_each_markets_line_on_sqlite_and_postgresql(database_url, tmp_path):
+    from scheduler import queue_view
+    from scheduler.models import Market, Usage
+    from scheduler.states import utcnow
+
+    with factories.served(database_url, tmp_path) as (core, client):
+        ann_id, ann = factories.user(core, email="ann@example.com")
+        _, bob = factories.user(core, email="bob@example.com")
+        old, bobs, urgent = (client.post("/api/v1/jobs", json=gpu_job(key, 1), headers=bearer(owner)).json["id"]
+                             for owner, key in ((ann, "old"), (bob, "bobs"), (ann, "urgent")))
+        with core.transaction() as session:
+            session.get(Job, urgent).priority = 2
+            # Ann used GPUs lately, Bob did not: his op goes before her older one.
+            session.add(Usage(user_id=ann_id, gpu_ms=3_600_000, as_of=utcnow()))
+        with core.transaction() as session:
+            market = session.scalar(select(Market.id).where(Market.slug == "gpu-80gb"))
+            line = queue_view.first_in_line(session, first=2)
+        assert [(i.position, i.job_id, i.priority) for i in line[market]] == [(1, urgent, 2), (2, bobs, 0)]
+        assert old not in {i.job_id for i in line[market]}
