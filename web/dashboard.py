@@ -151,7 +151,9 @@ def job(job_id: int):
                    for e in attempt_endpoints(db(), op.attempts[-1])],
         # Each op's last attempt, whose restarts the endpoints table shows.
         services={op.key: op.attempts[-1] for op in job.ops if op.attempts},
-        waiting={op.key: w for op in job.ops if (w := queue_view.attempt_waiting(db(), op.attempts[-1] if op.attempts else None))},
+        # Why each waiting op waits, by its key.
+        waiting={op.key: w for op in job.ops
+                 if (w := queue_view.attempt_waiting(db(), op.attempts[-1] if op.attempts else None))},
     )
 
 
