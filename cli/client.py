@@ -256,7 +256,14 @@ def job_status(job_id: int, as_json: bool) -> None:
         node = op["node"]["name"] if op["node"] else "-"
         code = "" if op["exit_code"] is None else f" exit {op['exit_code']}"
         note = f"  ({op['error']})" if op["error"] else ""
-        click.echo(f"  {op['id']}: {op['state']}{code} on {node}{note}")
+        waiting = op.get("waiting")
+        if waiting:
+            since = f" (since {_clock(waiting['since'])})" if waiting.get("since") else ""
+            click.echo(f"  {op['id']}: {op['state']}  waiting: {waiting['reason']}{since}{note}")
+            for line in _waiting_details(waiting):
+                click.echo(f"    {line}")
+        else:
+            click.echo(f"  {op['id']}: {op['state']}{code} on {node}{note}")
         for endpoint in op.get("endpoints") or []:
             if endpoint.get("open", True):
                 again = f", restarts {op['restarts']}" if op.get("restarts") else ""
@@ -264,6 +271,29 @@ def job_status(job_id: int, as_json: bool) -> None:
                 click.echo(f"    port {endpoint['port']}: {_endpoint_state(endpoint, op)}{again}{detail}")
         for key, value in (op.get("results") or {}).items():
             click.echo(f"    {key} = {value}")
+
+
+def _waiting_details(waiting: dict) -> list[str]:
+    """Where a waiting op stands beyond its reason: the node it was placed on, GPUs reserved for it
+    (each unless the reason names that node already)."""
+    lines = []
+    placed, reserved = waiting.get("placed_on"), waiting.get("reserved")
+    if placed and placed["name"] not in waiting["reason"]:
+        lines.append(f"placed on {placed['name']}, which is to start it")
+    if reserved and reserved["node"]["name"] not in waiting["reason"]:
+        start = f" from {_clock(reserved['from'])}" if reserved.get("from") else ""
+        lines.append(f"GPUs reserved on {reserved['node']['name']}{start}")
+    return lines
+
+
+def _clock(iso_time: str) -> str:
+    """An API time as a person reads it: 14:05 UTC today, else with its date."""
+    from datetime import datetime, timezone
+
+    when = datetime.fromisoformat(iso_time.replace("Z", "+00:00")).astimezone(timezone.utc)
+    if when.date() == datetime.now(timezone.utc).date():
+        return when.strftime("%H:%M UTC")
+    return when.strftime("%Y-%m-%d %H:%M UTC")
 
 
 @job.command("endpoints")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from functools import wraps
 from urllib.parse import urlparse
 
@@ -11,7 +12,7 @@ from flask import Blueprint, abort, flash, redirect, render_template, request, s
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
-from scheduler import ledger, overview
+from scheduler import ledger, overview, queue_view
 from scheduler.accounts import authenticate
 from scheduler.artifacts import job_artifacts
 from scheduler.endpoint_access import hop_url
@@ -21,11 +22,10 @@ from scheduler.events import job_events
 from scheduler.jobs import job_for, job_logs, list_jobs
 from scheduler.joining import create_join_token, join_tokens_of, revoke_join_token
 from scheduler.ledger_views import earnings_by_node, movements, payouts
-from scheduler.models import Attempt, Endpoint, Job, Node, Op
+from scheduler.models import Endpoint, Job, Node, Op
 from scheduler.nodes import create_node, remove_node, set_draining
 from scheduler.orchestration import cancel_job, extend_job
-from scheduler.states import ATTEMPT_HELD
-from scheduler.states import JobState
+from scheduler.states import JobState, utcnow
 from web.api.serialize import endpoint_json
 from web.auth import check_csrf, csrf_token, session_user
 from web.ratelimit import Attempts
@@ -46,6 +46,13 @@ def _template_globals():
         "credits": ledger.credits,
         "once": lambda: secrets.token_hex(8),
     }
+
+
+@bp.app_template_filter("clock")
+def _clock(value: datetime) -> str:
+    """A time as a queue shows it: 14:05 when it falls today (UTC), else with its date."""
+    value = value.astimezone(timezone.utc)
+    return value.strftime("%H:%M" if value.date() == utcnow().date() else "%Y-%m-%d %H:%M")
 
 
 def login_required(view):
@@ -108,6 +115,8 @@ def home():
         gpus=gpus,
         cpu_nodes=cpu_nodes,
         queues=overview.queue_depth(db()),
+        in_line=queue_view.first_in_line(db()),
+        reservations=queue_view.reservations(db()),
         recent=list_jobs(db(), user, page=1).jobs[:8],
         usage=overview.gpu_utilisation(db()),
         balances=ledger.balances(db(), user.id),
@@ -142,6 +151,9 @@ def job(job_id: int):
                    for e in attempt_endpoints(db(), op.attempts[-1])],
         # Each op's last attempt, whose restarts the endpoints table shows.
         services={op.key: op.attempts[-1] for op in job.ops if op.attempts},
+        # Why each waiting op waits, by its key.
+        waiting={op.key: w for op in job.ops
+                 if (w := queue_view.attempt_waiting(db(), op.attempts[-1] if op.attempts else None))},
     )
 
 
@@ -189,20 +201,13 @@ def _nodes_page(**extra):
     if not user.is_admin:
         query = query.where(Node.owner_id == user.id)
     rows = list(db().scalars(query))
-    running = {}
-    if rows:
-        held = db().execute(
-            select(Attempt.node_id, Op.key, Op.job_id, Attempt.gpus, Job.owner_id)
-            .join(Op, Op.id == Attempt.op_id)
-            .join(Job, Job.id == Op.job_id)
-            .where(Attempt.node_id.in_([n.id for n in rows]), Attempt.state.in_(ATTEMPT_HELD))
-        )
-        for node_id, key, job_id, gpus, owner_id in held:
-            # A provider sees that its node runs someone's op, but only its own jobs link to their pages.
-            visible = owner_id == user.id or user.is_admin
-            running.setdefault(node_id, []).append((job_id, key, gpus or [], visible))
+    ids = [n.id for n in rows]
+    reserved: dict[int, list] = {}
+    for r in queue_view.reservations(db(), node_ids=ids) if ids else []:
+        reserved.setdefault(r.node_id, []).append(r)
     return render_template(
-        "nodes.html", nodes=rows, running=running, earned=earnings_by_node(db(), [n.id for n in rows]),
+        "nodes.html", nodes=rows, running=queue_view.node_work(db(), ids), reserved=reserved,
+        earned=earnings_by_node(db(), ids),
         new_token=None, server=request.host_url.rstrip("/"), join_tokens=join_tokens_of(db(), user),
         **{"new_join_token": None, **extra},
     )
@@ -220,7 +225,7 @@ def node_create():
     db().flush()
     # The token is shown on this page once, with the command that uses it; only its hash is kept.
     return render_template(
-        "nodes.html", nodes=[node], running={}, earned={}, new_token=token, new_node=node,
+        "nodes.html", nodes=[node], running={}, reserved={}, earned={}, new_token=token, new_node=node,
         server=request.host_url.rstrip("/"),
     )
 

@@ -82,6 +82,23 @@ VALIDATION = {
         "max_cost": {"type": "integer"}, "available": {"type": "integer"},
     },
 }
+NODE_REF = {"type": "object", "required": ["id", "name"], "properties": {
+    "id": {"type": "integer"}, "name": {"type": "string"}}}
+WAITING = {
+    "type": "object", "nullable": True, "required": ["reason", "placed_on", "reserved", "since"],
+    "description": "Null unless the op's last attempt waits. Why it waits and where it stands, as the last "
+                   "placement pass found it (\"3rd in line for gpu-80gb\", \"your quota of 4 GPUs is in use\").",
+    "properties": {
+        "reason": {"type": "string"},
+        "placed_on": {**NODE_REF, "nullable": True,
+                      "description": "The node it was placed on, which is yet to claim it"},
+        "reserved": {"type": "object", "nullable": True, "required": ["node", "from"],
+                     "description": "GPUs held for it on a node from a time: it is first in line and fits nowhere now",
+                     "properties": {"node": NODE_REF, "from": {"type": "string", "nullable": True}}},
+        "since": {"type": "string", "description": "When the waiting attempt was made"},
+    },
+}
+OP = {"type": "object", "properties": {"id": {"type": "string"}, "state": {"type": "string"}, "waiting": WAITING}}
 REPEATED = "A repeat of an earlier submit's Idempotency-Key: the job that submit made, now"
 
 
@@ -113,7 +130,7 @@ def spec() -> dict:
                     "created_at": {"type": "string"}, "started_at": {"type": "string", "nullable": True},
                     "finished_at": {"type": "string", "nullable": True}, "cost": {"type": "integer"},
                     "max_cost": {"type": "integer"}, "reserved": {"type": "integer"},
-                    "ops": {"type": "array", "items": OBJ}, "events": {"type": "array", "items": OBJ}}},
+                    "ops": {"type": "array", "items": OP}, "events": {"type": "array", "items": OBJ}}},
                 "JobDefinition": {"type": "object", "description": "A Nosana job definition, version 0.1.",
                                   "properties": {"version": {"type": "string"}, "type": {"type": "string"},
                                                  "ops": {"type": "array", "items": OBJ}}},

@@ -8,6 +8,7 @@ from sqlalchemy.orm import object_session
 
 from scheduler.endpoints import attempt_endpoints, endpoint_ready, endpoint_url
 from scheduler.models import Attempt, Endpoint, Job, JobEvent, Market, Node, Op
+from scheduler.queue_view import NodeRef, attempt_waiting
 from web.db import core
 
 
@@ -60,7 +61,22 @@ def op_json(op: Op) -> dict:
         # Of its last attempt: how often its container was restarted in place, and whether it is now.
         "restarts": last.restarts if last else 0,
         "restarting": last.restarting if last else False,
+        # Why it waits and where it stands, while its last attempt waits to be placed or claimed.
+        "waiting": waiting_json(object_session(op), last),
     }
+
+
+def waiting_json(session, attempt: Attempt | None) -> dict | None:
+    waiting = attempt_waiting(session, attempt)
+    if waiting is None:
+        return None
+
+    def ref(node: NodeRef | None) -> dict | None:
+        return {"id": node.id, "name": node.name} if node else None
+
+    reserved = {"node": ref(waiting.reserved_on), "from": iso(waiting.reserved_from)} if waiting.reserved_on else None
+    return {"reason": waiting.reason, "placed_on": ref(waiting.placed_on), "reserved": reserved,
+            "since": iso(waiting.since)}
 
 
 def endpoint_json(endpoint: Endpoint) -> dict:

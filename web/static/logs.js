@@ -34,7 +34,19 @@
     job.ops.forEach(function (op) {
       const cell = document.querySelector(`.op-state[data-op="${CSS.escape(op.id)}"]`);
       if (cell) badge(cell, op.state);
+      waitingNote(op);
     });
+    const waiting = document.getElementById("waiting");
+    if (waiting) waiting.hidden = !waiting.querySelector(".waiting-op:not([hidden])");
+  }
+
+  // Keep an op's reason to wait current, and put it away once the op no longer waits.
+  function waitingNote(op) {
+    const note = document.querySelector(`.waiting-op[data-op="${CSS.escape(op.id)}"]`);
+    if (!note) return;
+    note.hidden = !op.waiting;
+    const reason = note.querySelector(".reason-text");
+    if (op.waiting && reason && reason.textContent !== op.waiting.reason) reason.textContent = op.waiting.reason;
   }
 
   async function poll() {
