@@ -112,6 +112,7 @@ def one_setup(setup: str, count: int) -> tuple[float, float]:
                 # As each set-up is deployed: `peergrid up` serves with one process; compose.yaml runs
                 # gunicorn with several.
                 stack.start_web(processes=(os.cpu_count() or 1) if setup == "scaled" else 0)
+                stack.start_scheduler()
                 ours = peergrid_run(stack, count)
             # In a process of its own: Celery's test worker does not start cleanly twice in one.
             with multiprocessing.get_context("spawn").Pool(1) as pool:

@@ -36,6 +36,7 @@ def through_peergrid(setup: str, runs: int, root: Path) -> list[float]:
     with store_and_broker(setup, root) as (database_url, broker_url), \
             Stack(root, database_url=database_url, broker_url=broker_url) as stack:
         stack.start_web()
+        stack.start_scheduler()
         _, node_token, _ = factories.node(stack.core, name="bench")
         stack.start_worker(node_token)
         _, token = factories.user(stack.core)

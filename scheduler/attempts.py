@@ -90,7 +90,7 @@ def claim_attempt(
         update(Attempt)
         .where(Attempt.id == attempt_id, Attempt.state == AttemptState.QUEUED)
         .values(state=AttemptState.CLAIMED, node_id=node.id, claimed_at=now, gpus=gpus,
-                waiting=None, reserved_node_id=None, reserved_from=None)
+                waiting=None, line_position=None, reserved_node_id=None, reserved_from=None)
         .execution_options(synchronize_session=False)
     )
     if result.rowcount != 1:

@@ -171,7 +171,7 @@ def node_rooms(session: Session, markets: dict[int, Market], *, now: datetime, n
 def _wants_query():
     return (
         select(Attempt.id, Attempt.created_at, Attempt.pinned_node_id, Attempt.waiting, Attempt.reserved_node_id,
-               Attempt.reserved_from, Op.id.label("op_id"), Op.job_id, Op.market_id, Op.timeout_s, Op.exposes,
+               Attempt.reserved_from, Attempt.line_position, Op.id.label("op_id"), Op.job_id, Op.market_id, Op.timeout_s, Op.exposes,
                Job.owner_id, Job.priority, Job.array_id)
         .join(Op, Op.id == Attempt.op_id)
         .join(Job, Job.id == Op.job_id)
@@ -181,13 +181,13 @@ def _wants_query():
 
 def _wants(session: Session, rows, markets: dict[int, Market], stored: dict[int, tuple]) -> list[Want]:
     rows = [tuple(r) for r in rows]
-    failed_on = _failed_nodes(session, [r[6] for r in rows])
+    failed_on = _failed_nodes(session, [r[7] for r in rows])
     gpus = {m.id: m.gpu_count for m in markets.values()}
     none: frozenset[int] = frozenset()
     wants = []
-    for (attempt_id, created_at, pinned, waiting, reserved_node, reserved_from, op_id, job_id, market_id, timeout_s,
-         exposes, owner_id, priority, array_id) in rows:
-        stored[attempt_id] = (waiting, reserved_node, reserved_from)
+    for (attempt_id, created_at, pinned, waiting, reserved_node, reserved_from, position, op_id, job_id, market_id,
+         timeout_s, exposes, owner_id, priority, array_id) in rows:
+        stored[attempt_id] = (waiting, reserved_node, reserved_from, position)
         wants.append(Want(attempt_id, job_id, owner_id, market_id, gpus[market_id], timeout_s, priority or 0,
                           created_at, array_id, pinned, bool(exposes), failed_on.get(op_id, none)))
     return wants
@@ -306,7 +306,8 @@ def record(session: Session, snap: Snapshot, result: Plan, *, now: datetime, sen
             update(Attempt).execution_options(synchronize_session=False),
             [
                 {"id": p.attempt_id, "placed_node_id": p.node_id, "placed_gpus": list(p.gpus), "placed_at": now,
-                 "offered_at": now, "waiting": None, "reserved_node_id": None, "reserved_from": None}
+                 "offered_at": now, "waiting": None, "line_position": None, "reserved_node_id": None,
+                 "reserved_from": None}
                 for p in result.placements
             ],
         )
@@ -318,9 +319,11 @@ def record(session: Session, snap: Snapshot, result: Plan, *, now: datetime, sen
         if reason is None:
             continue
         held = result.reservations.get(want.attempt_id)
-        new = (reason, held.node_id if held else None, held.start if held else None)
+        new = (reason, held.node_id if held else None, held.start if held else None,
+               result.positions.get(want.attempt_id))
         if snap.stored.get(want.attempt_id) != new:
-            changed.append({"id": want.attempt_id, "waiting": new[0], "reserved_node_id": new[1], "reserved_from": new[2]})
+            changed.append({"id": want.attempt_id, "waiting": new[0], "reserved_node_id": new[1],
+                            "reserved_from": new[2], "line_position": new[3]})
     if changed:
         session.execute(update(Attempt).execution_options(synchronize_session=False), changed)
 

@@ -79,8 +79,9 @@ class Reservation:
 class Plan:
     placements: list[Placement] = field(default_factory=list)
     reservations: dict[int, Reservation] = field(default_factory=dict)
-    # Why each attempt left waiting waits.
+    # Why each attempt left waiting waits, and its place in line for its market.
     reasons: dict[int, str] = field(default_factory=dict)
+    positions: dict[int, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -189,6 +190,7 @@ def plan(
             result.placements.append(Placement(want.attempt_id, node.id, gpus))
             continue
         in_line[want.market_id] += 1
+        result.positions[want.attempt_id] = in_line[want.market_id]
         reason = f"{ordinal(in_line[want.market_id])} in line for {market}"
         if want.gpus and reservations < max_reservations:
             candidates = by_market.get(want.market_id, [])

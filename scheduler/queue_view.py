@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from scheduler.models import Attempt, Job, Market, Node, Op, Usage, User
+from scheduler.models import Attempt, Job, Market, Node, Op, User
 from scheduler.states import ATTEMPT_HELD, AttemptState
 
 # How many of each market's waiting ops the overview lists.
@@ -107,7 +107,6 @@ def first_in_line(session: Session, *, first: int = FIRST_IN_LINE) -> dict[int, 
         )
         .join(Op, Op.id == Attempt.op_id)
         .join(Job, Job.id == Op.job_id)
-        .outerjoin(Usage, Usage.user_id == Job.owner_id)
         .where(Attempt.state == AttemptState.QUEUED)
         .subquery()
     )
@@ -136,10 +135,9 @@ def first_in_line(session: Session, *, first: int = FIRST_IN_LINE) -> dict[int, 
 
 
 def _line_order() -> list:
-    # Mirrors the placement pass's order (scheduler.ordering): higher priority first, then whoever used
-    # the fewest GPU-seconds lately, then the oldest. The stored use is decayed as of its own time; the
-    # pass also counts what runs now, so two people close in use may show in either order.
-    return [Job.priority.desc(), func.coalesce(Usage.gpu_ms, 0), Attempt.created_at, Attempt.id]
+    # The place in line the last placement pass stored (scheduler.ordering decides it); placed
+    # attempts, which have none, are about to start and come first.
+    return [func.coalesce(Attempt.line_position, 0), Attempt.id]
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ def stack(tmp_path, sqlite_url, test_image):
     with Stack(tmp_path, database_url=sqlite_url, broker_url=f"sqla+sqlite:///{tmp_path / 'broker.sqlite'}",
                   extra_env={"PEERGRID_MIN_PAYOUT": "0.0001"}) as stack:
         stack.start_web()
+        stack.start_scheduler()
         yield stack
 
 

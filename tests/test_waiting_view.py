@@ -62,7 +62,7 @@ def world(client, core):
         evaluation = attempt("eval")
         evaluation.placed_node_id, evaluation.placed_gpus, evaluation.placed_at = node_id, ["GPU-1"], evaluation.created_at
         sweep = attempt("sweep")
-        sweep.waiting = "your quota of 1 GPU is in use"
+        sweep.waiting, sweep.line_position = "your quota of 1 GPU is in use", 1
         session.get(Job, ids["sweep"]).priority = 5
     return {"ids": ids, "node_id": node_id, "ann": ann, "bob": bob, "reserved_from": reserved_from,
             "train_reason": f"GPUs reserved on rig-3 from {reserved_from:%H:%M}"}
@@ -160,9 +160,10 @@ def test_the_overview_lists_the_queue_in_order_and_the_reservations(client, worl
     one_gpu = re.search(r'id="queue-gpu-80gb".*?</table>', queue, re.S).group(0)
     rows = re.findall(r"<tr><td class=\"num\">(\d+)</td><td>(.*?)</td>\s*<td>(.*?)</td><td class=\"num\">(-?\d+)</td>"
                       r"<td class=\"num\">(\d+)</td>", one_gpu, re.S)
-    # Bob's priority-5 sweep first, his placed eval next; both his own, so both link.
-    assert [(pos, owner, prio, gpus) for pos, _, owner, prio, gpus in rows] == [("1", "you", "5", "1"), ("2", "you", "0", "1")]
-    assert f'href="/jobs/{ids["sweep"]}"' in rows[0][1] and f'href="/jobs/{ids["eval"]}"' in rows[1][1]
+    # Bob's eval, placed and about to start, first; his priority-5 sweep, first of those the pass put in
+    # line, next; both his own, so both link.
+    assert [(pos, owner, prio, gpus) for pos, _, owner, prio, gpus in rows] == [("1", "you", "0", "1"), ("2", "you", "5", "1")]
+    assert f'href="/jobs/{ids["eval"]}"' in rows[0][1] and f'href="/jobs/{ids["sweep"]}"' in rows[1][1]
     assert "2 waiting" in one_gpu.replace("<strong>", "").replace("</strong>", "")
     # Ann's 4-GPU op: its owner's name, no link to someone else's job, and its reason.
     four = re.search(r'id="queue-gpu-4x-80gb".*?</table>', queue, re.S).group(0)
@@ -244,15 +245,28 @@ def test_the_store_ranks_each_markets_line_on_sqlite_and_postgresql(database_url
     from scheduler.models import Market, Usage
     from scheduler.states import utcnow
 
+    from scheduler.placing import run_pass
+
     with factories.served(database_url, tmp_path) as (core, client):
         ann_id, ann = factories.user(core, email="ann@example.com")
         _, bob = factories.user(core, email="bob@example.com")
+        # One node, its one GPU busy
+        node_id, _, _ = factories.node(core, name="rig")
+        with core.transaction() as session:
+            register(session, session.get(Node, node_id), NodeReport(gpus=(
+                GpuReport(uuid="GPU-0", name=H100, index=0, memory_total_mb=81559, memory_free_mb=81000),)))
+        blocker = client.post("/api/v1/jobs", json=gpu_job("blocker", 1), headers=bearer(bob)).json["id"]
+        with core.transaction() as session:
+            attempt_id = session.scalar(select(Attempt.id).join(Op).where(Op.job_id == blocker))
+            claim_attempt(session, session.get(Node, node_id), attempt_id, gpus=["GPU-0"])
         old, bobs, urgent = (client.post("/api/v1/jobs", json=gpu_job(key, 1), headers=bearer(owner)).json["id"]
                              for owner, key in ((ann, "old"), (bob, "bobs"), (ann, "urgent")))
         with core.transaction() as session:
             session.get(Job, urgent).priority = 2
-            # Ann used GPUs lately, Bob did not: his op goes before her older one.
-            session.add(Usage(user_id=ann_id, gpu_ms=3_600_000, as_of=utcnow()))
+            # Ann used GPUs lately, Bob used less: his op goes before her older one.
+            session.add(Usage(user_id=ann_id, gpu_ms=36_000_000, as_of=utcnow()))
+        with core.transaction() as session:
+            run_pass(session, half_life_s=86_400, claim_within_s=5)
         with core.transaction() as session:
             market = session.scalar(select(Market.id).where(Market.slug == "gpu-80gb"))
             line = queue_view.first_in_line(session, first=2)

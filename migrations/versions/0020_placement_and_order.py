@@ -71,6 +71,7 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column('placed_at', TIME, nullable=True))
         batch_op.add_column(sa.Column('pinned_node_id', ID, nullable=True))
         batch_op.add_column(sa.Column('waiting', sa.Text(), nullable=True))
+        batch_op.add_column(sa.Column('line_position', ID, nullable=True))
         batch_op.add_column(sa.Column('reserved_node_id', ID, nullable=True))
         batch_op.add_column(sa.Column('reserved_from', TIME, nullable=True))
         batch_op.create_index(batch_op.f('ix_attempts_placed_node_id'), ['placed_node_id'], unique=False)
@@ -95,7 +96,7 @@ def downgrade() -> None:
         batch_op.drop_constraint(batch_op.f('fk_attempts_reserved_node_id_nodes'), type_='foreignkey')
         batch_op.drop_constraint(batch_op.f('fk_attempts_placed_node_id_nodes'), type_='foreignkey')
         batch_op.drop_index(batch_op.f('ix_attempts_placed_node_id'))
-        for column in ('reserved_from', 'reserved_node_id', 'waiting', 'pinned_node_id', 'placed_at', 'placed_gpus',
+        for column in ('reserved_from', 'reserved_node_id', 'line_position', 'waiting', 'pinned_node_id', 'placed_at', 'placed_gpus',
                        'placed_node_id'):
             batch_op.drop_column(column)
     with op.batch_alter_table('jobs', schema=None) as batch_op:

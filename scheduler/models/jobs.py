@@ -129,6 +129,8 @@ class Attempt(Base):
     placed_at: Mapped[datetime | None]
     # Why it waits and where it stands, as the last pass found it ("3rd in line for gpu-80gb").
     waiting: Mapped[str | None] = mapped_column(Text)
+    # Its place in line for its market as the last pass found it (1 goes next); None once placed.
+    line_position: Mapped[int | None]
     # GPUs held for it on a node from a time (a reservation), when it is first in line and fits nowhere.
     reserved_node_id: Mapped[int | None] = mapped_column(ForeignKey("nodes.id", ondelete="SET NULL"))
     reserved_from: Mapped[datetime | None]
