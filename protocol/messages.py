@@ -38,12 +38,6 @@ def market_queue(slug: str) -> str:
     return f"market.{slug}"
 
 
-def service_queue(queue: str) -> str:
-    """The queue beside a market's queue for its ops that expose ports, which only nodes that can
-    serve endpoints take (a slug has no dot, so no market's own queue ends so)."""
-    return f"{queue}.services"
-
-
 # -- what a node says about itself ---------------------------------------------------------
 
 

@@ -15,6 +15,7 @@ from scheduler.hearing import Hearing
 from scheduler.accounts import NODE_TOKEN_PREFIX, hash_token, new_token
 from scheduler.errors import AuthenticationError, Banned, Conflict, PeergridError
 from scheduler.markets import market_spec
+from scheduler.placing import want_pass
 from scheduler.models import Attempt, Cluster, Job, Market, Node, NodeGpu, Op, User
 from scheduler.models.cluster import THIS_CLUSTER
 from scheduler.states import ATTEMPT_HELD, JOB_FINISHED, NodeState, move, utcnow
@@ -156,6 +157,7 @@ def register(
     lose_attempts(session, node, f"node {node.name} restarted while running it.", now=now)
     node.registered_at = now
     record_report(session, node, report, now=now)
+    want_pass(session)  # a node (back) with all its capacity free
     from scheduler.endpoints import gateway_refs
 
     return Registration(

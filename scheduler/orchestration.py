@@ -378,7 +378,7 @@ def end_attempt(
     close_endpoints(session, attempt, now=now)
     if held:
         _record_use(session, attempt, now)
-        placing.want_pass(session)  # what it held is free for others
+        placing.freed(session)  # what it held is free for others
     if ending in _NOT_BILLED:
         attempt.cost_note = _NOT_BILLED[ending]
     elif held:

@@ -37,6 +37,8 @@ from scheduler.states import ATTEMPT_HELD, AttemptState, NodeState, utcnow
 log = logging.getLogger(__name__)
 
 _WANTED = "peergrid.pass_wanted"
+# Set when an attempt's end freed what it held; a hand-off to that node (hand_off) settles it.
+_FREED = "peergrid.capacity_freed"
 PLACEMENT_LOCK = "placement"
 # Nodes that take work.
 TAKING = (NodeState.ONLINE, NodeState.BUSY)
@@ -49,9 +51,15 @@ def want_pass(session: Session) -> None:
     session.info[_WANTED] = True
 
 
+def freed(session: Session) -> None:
+    """Note that an attempt's end freed what it held: a pass is wanted unless a hand-off places on that node."""
+    session.info[_FREED] = True
+
+
 def take_wanted(session: Session) -> bool:
-    """Whether the transaction asked for a pass; forgets it."""
-    return bool(session.info.pop(_WANTED, False))
+    """Whether the transaction asked for a pass, or freed capacity no hand-off took up; forgets both."""
+    wanted = bool(session.info.pop(_WANTED, False))
+    return bool(session.info.pop(_FREED, False)) or wanted
 
 
 def lock_placement(session: Session, now: datetime | None = None) -> None:
@@ -371,6 +379,8 @@ def hand_off(session: Session, node: Node, *, half_life_s: float, now: datetime 
     if node.state not in TAKING:
         return []
     now = now or utcnow()
+    # The node the freed capacity was on is placed now; what is left free there no waiting work fits.
+    session.info.pop(_FREED, None)
     lock_placement(session, now)
     markets = _markets(session)
     rooms = node_rooms(session, markets, now=now, node_ids=[node.id])

@@ -362,6 +362,8 @@ class Agent:
                 on_restarting=(monitor.restarting if monitor
                                else lambda count, why: self.serving.restarted(attempt, count, why)),
             )
+            # Its container is gone: what it held is free here for the work the report's answer hands over.
+            self.capacity.release(attempt_id)
             if outcome.stopped and self.stopping.is_set() and not (run.cancel.is_set() or shipper.gone.is_set()):
                 self._give_back(run, shipper)
                 return
