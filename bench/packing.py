@@ -1,10 +1,12 @@
 """Packing: how much of a simulated cluster's GPU time is used while work waits.
 
-    .venv/bin/python -m bench.packing [--ops 40] [--seed 1]
+    .venv/bin/python -m bench.packing [--ops 40] [--seed 1] [--long]
 
 Three simulated nodes (4, 2 and 2 GPUs) take a mix of 1-, 2- and 4-GPU ops that sleep for 1 to 3
-seconds instead of running a container. The baseline is the ideal: all GPU-seconds of work spread
-perfectly over all GPUs (a lower bound on the makespan that no scheduler beats).
+seconds (10 to 30 with --long) instead of running a container, each with a time limit a little over
+that (--slack). The baseline is the ideal: all GPU-seconds of work spread perfectly over all GPUs (a
+lower bound on the makespan that no scheduler beats). Also printed: how long the 4-GPU ops waited,
+and the hand-off, from an op's end to the next op's start on the GPUs it freed.
 """
 
 from __future__ import annotations
@@ -45,9 +47,11 @@ def main() -> None:
     parser.add_argument("--ops", type=int, default=40)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--slack", type=int, default=2, help="seconds of time limit beyond what each op runs")
+    parser.add_argument("--long", action="store_true", help="ops of 10 to 30 s instead of 1 to 3 s")
     args = parser.parse_args()
     rng = random.Random(args.seed)
-    mix = [(rng.choice([1, 1, 1, 2, 2, 4]), rng.choice([1.0, 1.5, 2.0, 3.0])) for _ in range(args.ops)]
+    lengths = [10.0, 15.0, 20.0, 30.0] if args.long else [1.0, 1.5, 2.0, 3.0]
+    mix = [(rng.choice([1, 1, 1, 2, 2, 4]), rng.choice(lengths)) for _ in range(args.ops)]
     total_gpus = 8
     work = sum(gpus * seconds for gpus, seconds in mix)
 
@@ -82,6 +86,8 @@ def main() -> None:
                     time.sleep(0.1)
                 makespan = time.monotonic() - began
                 runs = list(conn.execute(select(Attempt.started_at, Attempt.finished_at, Attempt.gpus, Attempt.claimed_at)))
+                big_waits = [(started - created).total_seconds() for started, created, gpus in conn.execute(
+                    select(Attempt.started_at, Attempt.created_at, Attempt.gpus)) if len(gpus) == 4]
                 used = sum(len(gpus) * (end - start).total_seconds() for start, end, gpus, _ in runs)
                 handoffs = hand_off_gaps(runs)
             engine.dispose()
@@ -91,11 +97,15 @@ def main() -> None:
             stack.stop()
 
     ideal = work / total_gpus
-    print(f"packing, {len(mix)} ops of 1/2/4 GPUs lasting 1-3 s, on nodes of 4, 2 and 2 GPUs (seed {args.seed})")
+    print(f"packing, {len(mix)} ops of 1/2/4 GPUs lasting {lengths[0]:g}-{lengths[-1]:g} s, time limits {args.slack} s "
+          f"over, on nodes of 4, 2 and 2 GPUs (seed {args.seed})")
     print(f"{'what':30} {'makespan s':>11} {'GPU use':>8}")
     print(f"{'ideal (work / GPUs)':30} {ideal:11.2f} {1.0:8.0%}")
     print(f"{'peergrid':30} {makespan:11.2f} {used / (total_gpus * makespan):8.0%}")
     print(f"ratio of makespans (peergrid / ideal): {makespan / ideal:.2f}")
+    if big_waits:
+        print(f"4-GPU ops ({len(big_waits)}): waited {sum(big_waits) / len(big_waits):.1f} s on average, "
+              f"{max(big_waits):.1f} s at most, of a {makespan:.1f} s makespan")
     if handoffs:
         handoffs.sort()
         print(f"hand-off, a GPU's op ending to its next op starting, where one followed at once ({len(handoffs)}): "

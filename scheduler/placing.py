@@ -24,7 +24,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, bindparam, or_, select, update
 from sqlalchemy.orm import Session
 
 from protocol.gpus import gb_text, gpu_satisfies
@@ -310,15 +310,21 @@ def record(session: Session, snap: Snapshot, result: Plan, *, now: datetime, sen
     """Store the plan: placements (with their offers staged, unless the caller claims them at once),
     and the reasons and reservations that changed."""
     if result.placements:
-        session.execute(
-            update(Attempt).execution_options(synchronize_session=False),
-            [
-                {"id": p.attempt_id, "placed_node_id": p.node_id, "placed_gpus": list(p.gpus), "placed_at": now,
-                 "offered_at": now, "waiting": None, "line_position": None, "reserved_node_id": None,
-                 "reserved_from": None}
-                for p in result.placements
-            ],
+        # Only what still waits unplaced: the plan was made from reads that took no lock, and a
+        # hand-off or a cancel may have come in between.
+        session.connection().execute(
+            update(Attempt)
+            .where(Attempt.id == bindparam("b_attempt"), Attempt.state == AttemptState.QUEUED,
+                   Attempt.placed_node_id.is_(None))
+            .values(placed_node_id=bindparam("b_node"), placed_gpus=bindparam("b_gpus"), placed_at=now,
+                    offered_at=now, waiting=None, line_position=None, reserved_node_id=None, reserved_from=None),
+            [{"b_attempt": p.attempt_id, "b_node": p.node_id, "b_gpus": list(p.gpus)} for p in result.placements],
         )
+        taken = set()
+        for chunk in range(0, len(result.placements), 5000):
+            ids = [p.attempt_id for p in result.placements[chunk:chunk + 5000]]
+            taken |= set(_read(session, select(Attempt.id).where(Attempt.id.in_(ids), Attempt.placed_at == now)).scalars())
+        result.placements = [p for p in result.placements if p.attempt_id in taken]
         if send_offers:
             offers.stage_placed(session, result.placements)
     changed = []
@@ -351,13 +357,17 @@ def withdraw_unclaimed(session: Session, *, older_than_s: float, now: datetime) 
 
 
 def run_pass(session: Session, *, half_life_s: float, claim_within_s: float, now: datetime | None = None) -> PassResult:
-    """One placement pass; the caller commits, which sends the offers."""
+    """One placement pass; the caller commits, which sends the offers.
+
+    It reads and plans first, taking no lock (on SQLite, a read holds none; writers go on), then
+    locks, withdraws what was left unclaimed (placed again by the next pass) and writes the plan.
+    """
     now = now or utcnow()
-    lock_placement(session, now)
-    withdrawn = withdraw_unclaimed(session, older_than_s=claim_within_s, now=now)
     snap, use = snapshot(session, now=now, half_life_s=half_life_s)
     result = plan(rank(snap.wants, use), snap.nodes, now=now, limits=snap.limits,
                   market_names=snap.market_names, never=snap.never)
+    lock_placement(session, now)
+    withdrawn = withdraw_unclaimed(session, older_than_s=claim_within_s, now=now)
     record(session, snap, result, now=now)
     if withdrawn:
         log.info("withdrew %d offer(s) their nodes did not claim", withdrawn)

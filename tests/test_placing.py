@@ -105,11 +105,12 @@ def test_an_offer_left_unclaimed_is_withdrawn_and_placed_again_elsewhere_when_it
     with core.transaction() as session:
         session.get(Node, first_node).state = NodeState.OFFLINE
     second_node = gpu_node(core, "second", 1)
-    result = place(core)
-    assert result.withdrawn == 1 and attempt(core, attempt_id).placed_node_id == second_node
-    # And one left unclaimed past the window is withdrawn and placed again
-    later = place(core, now=utcnow() + timedelta(seconds=6))
-    assert later.withdrawn == 1 and later.placed == 1
+    assert place(core).withdrawn == 1
+    place(core)
+    assert attempt(core, attempt_id).placed_node_id == second_node
+    # And one left unclaimed past the window is withdrawn, and placed again by the pass after
+    assert place(core, now=utcnow() + timedelta(seconds=6)).withdrawn == 1
+    assert place(core, now=utcnow() + timedelta(seconds=6)).placed == 1
 
 
 def test_a_claim_of_an_attempt_placed_on_another_node_is_refused(core):
