@@ -247,3 +247,13 @@ def test_admins_set_quotas_and_caps_on_the_dashboard(client, core):
                                                  "clear": "1"}, follow_redirects=True)
     assert "Removed eve@example.com&#39;s quota on cpu." in removed.get_data(as_text=True)
     assert "No quotas: nobody is limited." in removed.get_data(as_text=True)
+
+
+def test_people_see_their_own_cap_and_quotas_on_their_account_page(client, core):
+    user_id, _ = factories.user(core, email="fay@example.com")
+    with core.transaction() as session:
+        set_quota(session, session.get(User, user_id), None, max_running_gpus=None, max_waiting_jobs=9)
+    sign_in(client, "fay@example.com")
+    page = client.get("/account").get_data(as_text=True)
+    assert '<strong id="priority-cap">10</strong>' in page
+    assert "<td>every market</td>" in page and '<td class="num">9</td>' in page
