@@ -251,8 +251,9 @@ def quota_cmd(email: str, slug: str | None, running_gpus: str | None, waiting_jo
 
     A limit not given keeps its value; none lifts it.
     """
+    from scheduler.accounts import user_named
     from scheduler.priorities import priority_cap
-    from scheduler.quotas import clear_quota, list_quotas, market_named, quota_of, set_quota, user_named
+    from scheduler.quotas import clear_quota, list_quotas, market_named, quota_of, set_quota
 
     running, waiting = _limit_option(running_gpus, "--running-gpus"), _limit_option(waiting_jobs, "--waiting-jobs")
     if clear and (running != "keep" or waiting != "keep"):
@@ -293,8 +294,8 @@ def quota_cmd(email: str, slug: str | None, running_gpus: str | None, waiting_jo
 @click.argument("cap")
 def max_priority_cmd(email: str, cap: str) -> None:
     """Set the highest job priority a person (EMAIL or id) may ask for; CAP "default" gives the cluster's."""
+    from scheduler.accounts import user_named
     from scheduler.priorities import set_max_priority
-    from scheduler.quotas import user_named
 
     if cap.strip().lower() in ("default", "none"):
         value = None

@@ -203,17 +203,3 @@ def _has_waiting_quota(session: Session, owner: User, markets: list[Market]) -> 
         ).limit(1)
     ) is not None
 
-
-def user_named(session: Session, ref: str) -> User:
-    """The account of an email or an id.
-
-    Raises:
-        NotFound: there is none.
-    """
-    ref = ref.strip()
-    user = session.get(User, int(ref)) if ref.isdigit() and len(ref) < 19 else None
-    if user is None:
-        user = session.scalar(select(User).where(User.email == ref.lower()))
-    if user is None:
-        raise NotFound(f"There is no account {ref!r}; give its email or its id.")
-    return user

@@ -10,13 +10,14 @@ from sqlalchemy import func, select
 
 from protocol.gpus import mb_from_gb
 from scheduler import ledger
+from scheduler.accounts import user_named
 from scheduler.errors import PeergridError
 from scheduler.ledger_views import movements, payouts
 from scheduler.markets import create_market, update_market
 from scheduler.models import Account, AccountKind, Market, Node, User
 from scheduler.nodes import ban_node, unban_node
 from scheduler.priorities import set_max_priority
-from scheduler.quotas import clear_quota, list_quotas, market_named, set_quota, user_named
+from scheduler.quotas import clear_quota, list_quotas, market_named, set_quota
 from web.auth import check_csrf, session_user
 from web.dashboard import login_required
 from web.db import core, db

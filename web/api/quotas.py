@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from flask import jsonify, request
 
+from scheduler.accounts import user_named
 from scheduler.errors import PeergridError
 from scheduler.events import job_events
 from scheduler.jobs import job_for
 from scheduler.models import User
 from scheduler.priorities import priority_cap, read_priority, set_job_priority, set_max_priority
-from scheduler.quotas import QuotaView, clear_quota, list_quotas, market_named, set_quota, user_named
+from scheduler.quotas import QuotaView, clear_quota, list_quotas, market_named, set_quota
 from web.api import bp
 from web.api.serialize import iso, job_json
 from web.auth import require_admin
