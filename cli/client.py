@@ -138,13 +138,16 @@ SUBMIT_TRIES = 6
 @job.command("submit")
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--market", help="The market's slug, for ops that name none.")
+@click.option("--priority", type=int, default=None, metavar="N",
+              help="Higher runs first; 0 by default, below 0 lets others go first; at most your cap.")
 @click.option("--wait", is_flag=True, help="Wait for the job to end; exit 0 only if it succeeded.")
 @click.option("--wait-ready", is_flag=True,
               help="Wait until every endpoint of its services is ready, then print their URLs; exit 1 if it ends first.")
 @click.option("--follow", is_flag=True, help="Print its log lines as they arrive, until it ends.")
 @click.option("--idempotency-key", "key", metavar="KEY",
               help="Send this key instead of a new one: a submit that may have been made already answers that job.")
-def job_submit(file: str, market: str | None, wait: bool, wait_ready: bool, follow: bool, key: str | None) -> None:
+def job_submit(file: str, market: str | None, priority: int | None, wait: bool, wait_ready: bool, follow: bool,
+               key: str | None) -> None:
     """Submit a job definition and print the job's id.
 
     The submit carries an Idempotency-Key, so when the connection breaks before the answer it is
@@ -162,10 +165,13 @@ def job_submit(file: str, market: str | None, wait: bool, wait_ready: bool, foll
         click.echo(f"No answer from the server ({why}); sending the submit again in {seconds:g} s, "
                    "with the same Idempotency-Key.", err=True)
 
+    params = {"market": market, "priority": priority}
+    params = {k: v for k, v in params.items() if v is not None} or None
+
     def submit():
         try:
             return client.request(
-                "POST", "/jobs", json=document, params={"market": market} if market else None,
+                "POST", "/jobs", json=document, params=params,
                 headers={"Idempotency-Key": key}, tries=SUBMIT_TRIES, on_retry=retrying,
             )
         except ApiError as e:
@@ -251,7 +257,8 @@ def job_status(job_id: int, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(body, indent=2))
         return
-    click.echo(f"job {body['id']}: {body['state']}  cost {body['cost'] / 1e6:.6f} credits")
+    click.echo(f"job {body['id']}: {body['state']}  priority {body.get('priority', 0)}  "
+               f"cost {body['cost'] / 1e6:.6f} credits")
     for op in body["ops"]:
         node = op["node"]["name"] if op["node"] else "-"
         code = "" if op["exit_code"] is None else f" exit {op['exit_code']}"

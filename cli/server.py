@@ -228,6 +228,92 @@ def check_books_cmd() -> None:
     sys.exit(1)
 
 
+def _limit_option(value: str | None, flag: str) -> int | None | str:
+    """A limit as typed: a whole number, "none" to lift it, or "keep" when the flag was not given."""
+    if value is None:
+        return "keep"
+    if value.strip().lower() in ("none", "off", "-"):
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        fail(f"{flag} takes a whole number, or none to lift that limit; not {value!r}.")
+
+
+@admin.command("quota")
+@click.argument("email")
+@click.option("--market", "slug", metavar="SLUG", help="On this market only [default: on every market together].")
+@click.option("--running-gpus", metavar="N", help="The most GPUs their ops hold at once (none: no limit).")
+@click.option("--waiting-jobs", metavar="N", help="The most of their jobs waiting at once (none: no limit).")
+@click.option("--clear", is_flag=True, help="Remove the quota (on --market, or the every-market one).")
+def quota_cmd(email: str, slug: str | None, running_gpus: str | None, waiting_jobs: str | None, clear: bool) -> None:
+    """Set, clear or show a person's quotas (EMAIL or id); with no limit given, show them.
+
+    A limit not given keeps its value; none lifts it.
+    """
+    from scheduler.accounts import user_named
+    from scheduler.priorities import priority_cap
+    from scheduler.quotas import clear_quota, list_quotas, market_named, quota_of, set_quota
+
+    running, waiting = _limit_option(running_gpus, "--running-gpus"), _limit_option(waiting_jobs, "--waiting-jobs")
+    if clear and (running != "keep" or waiting != "keep"):
+        fail("--clear removes the quota; give it without --running-gpus or --waiting-jobs.")
+    core = _core()
+    where = f"on {slug}" if slug else "on every market"
+    with _transaction(core) as session:
+        user = user_named(session, email)
+        market = market_named(session, slug)
+        if clear:
+            said = f"Removed {user.email}'s quota {where}." if clear_quota(session, user, market) else \
+                f"{user.email} had no quota {where}."
+        elif running != "keep" or waiting != "keep":
+            now = quota_of(session, user, market)
+            if running == "keep":
+                running = now.max_running_gpus if now else None
+            if waiting == "keep":
+                waiting = now.max_waiting_jobs if now else None
+            kept = set_quota(session, user, market, max_running_gpus=running, max_waiting_jobs=waiting)
+            said = f"Set {user.email}'s quota {where}." if kept else f"{user.email} has no quota {where} now."
+        else:
+            said = None
+        quotas = list_quotas(session, user)
+        cap = priority_cap(user, core.settings.priority_bounds)
+    if said:
+        click.echo(said)
+    click.echo(f"{user.email}: priority cap {cap}{'' if user.max_priority is not None else ' (the default)'}")
+    if not quotas:
+        click.echo("  no quotas")
+    for q in quotas:
+        gpus = "no limit" if q.max_running_gpus is None else q.max_running_gpus
+        jobs = "no limit" if q.max_waiting_jobs is None else q.max_waiting_jobs
+        click.echo(f"  {q.market or 'every market'}: running GPUs {gpus}, waiting jobs {jobs}")
+
+
+@admin.command("max-priority")
+@click.argument("email")
+@click.argument("cap")
+def max_priority_cmd(email: str, cap: str) -> None:
+    """Set the highest job priority a person (EMAIL or id) may ask for; CAP "default" gives the cluster's."""
+    from scheduler.accounts import user_named
+    from scheduler.priorities import set_max_priority
+
+    if cap.strip().lower() in ("default", "none"):
+        value = None
+    else:
+        try:
+            value = int(cap)
+        except ValueError:
+            fail(f"CAP is a whole number, or default for the cluster's (PEERGRID_MAX_PRIORITY); not {cap!r}.")
+    core = _core()
+    with _transaction(core) as session:
+        user = user_named(session, email)
+        set_max_priority(session, user, value)
+    if value is None:
+        click.echo(f"{user.email} may ask for priorities up to the cluster's default, {core.settings.max_priority}.")
+    else:
+        click.echo(f"{user.email} may ask for priorities up to {value}.")
+
+
 @admin.group("market")
 def market() -> None:
     """Markets: which hardware an op gets, and its price."""

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from scheduler import ledger
-from scheduler.errors import AuthenticationError, Conflict, PeergridError
+from scheduler.errors import AuthenticationError, Conflict, NotFound, PeergridError
 from scheduler.models import ApiToken, User
 from scheduler.states import utcnow
 
@@ -60,6 +60,21 @@ def create_user(
 
 def find_user(session: Session, email: str) -> User | None:
     return session.scalar(select(User).where(User.email == email.strip().lower()))
+
+
+def user_named(session: Session, ref: str) -> User:
+    """The account of an email or an id.
+
+    Raises:
+        NotFound: there is none.
+    """
+    ref = ref.strip()
+    user = session.get(User, int(ref)) if ref.isascii() and ref.isdigit() and len(ref) < 19 else None
+    if user is None:
+        user = session.scalar(select(User).where(User.email == ref.lower()))
+    if user is None:
+        raise NotFound(f"There is no account {ref!r}; give its email or its id.")
+    return user
 
 
 def authenticate(session: Session, email: str, password: str) -> User:

@@ -61,3 +61,18 @@ class NoMarket(PeergridError):
 
 class SecretMissing(PeergridError):
     """Raised when an op is about to run and its job's owner no longer has a secret it names."""
+
+
+class QuotaExceeded(PeergridError):
+    """Raised when a submit would leave more of a person's jobs waiting than an admin's quota allows."""
+
+    def __init__(self, message: str, *, market: str | None, max_waiting_jobs: int, waiting: int, adding: int):
+        super().__init__(message)
+        self.market = market
+        self.max_waiting_jobs = max_waiting_jobs
+        self.waiting = waiting
+        self.adding = adding
+
+
+class PriorityRefused(PeergridError):
+    """Raised when a submit asks for a priority that is not a whole number or lies outside what its owner may ask."""

@@ -13,11 +13,22 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, defer, selectinload
 
 from scheduler import ledger
-from scheduler.errors import Conflict, InvalidDefinition, NoMarket, NotFound, PeergridError, Problem
+from scheduler.errors import (
+    Conflict,
+    InvalidDefinition,
+    NoMarket,
+    NotFound,
+    PeergridError,
+    PriorityRefused,
+    Problem,
+    QuotaExceeded,
+)
 from scheduler.jobdef import JobDefinition, read_definition
 from scheduler.models import AccountKind, Attempt, Job, LogLine, Market, Op, User
 from scheduler.orchestration import create_job
-from scheduler.placement import PlannedOp, plan_op
+from scheduler.placement import PlannedOp, plan_op, plan_ops
+from scheduler.priorities import PriorityBounds, check_priority
+from scheduler.quotas import check_waiting_quota, waiting_quota_problem
 from scheduler.secrets import missing_secrets
 from scheduler.states import JobState
 
@@ -34,18 +45,30 @@ def submit_job(
     market_slug: str | None = None,
     default_timeout_s: int,
     max_ops: int | None = None,
+    priority: int = 0,
+    priorities: PriorityBounds = PriorityBounds(),
 ) -> Job:
     """Validate a job definition and store the job; nothing is stored when it is wrong.
 
     Raises:
+        PriorityRefused: owner may not ask for this priority.
         InvalidDefinition: the definition has problems, all of them listed (more than max_ops ops is one).
         NoMarket: an op needs hardware no market serves.
+        QuotaExceeded: owner's quota allows no more waiting jobs on one of its markets.
     """
+    check_priority(owner, priority, priorities)
     definition = check_definition(session, owner, document, max_ops=max_ops)
+    planned = plan_ops(session, definition, market_slug=market_slug, default_timeout_s=default_timeout_s)
+    check_waiting_quota(session, owner, _markets(planned))
     # check_definition refused anything but an object
     return create_job(
-        session, owner, cast(dict, document), definition, market_slug=market_slug, default_timeout_s=default_timeout_s
+        session, owner, cast(dict, document), definition, market_slug=market_slug, default_timeout_s=default_timeout_s,
+        priority=priority, planned=planned,
     )
+
+
+def _markets(planned: list[PlannedOp]) -> list[Market]:
+    return list({p.market.id: p.market for p in planned}.values())
 
 
 @dataclass(frozen=True)
@@ -66,27 +89,42 @@ def submit_once(
     market_slug: str | None = None,
     default_timeout_s: int,
     max_ops: int | None = None,
+    priority: int = 0,
+    priorities: PriorityBounds = PriorityBounds(),
 ) -> Submission:
     """Submit a job at most once per key: a repeat of owner's request with the same key answers
     the job the first one made, however many run at once.
 
     Raises:
         PeergridError: the key is empty, too long or not printable ASCII.
-        Conflict: owner used the key for a different request (definition or market).
+        Conflict: owner used the key for a different request (definition, market or priority).
+        PriorityRefused: owner may not ask for this priority.
         InvalidDefinition: the definition has problems, all of them listed.
         NoMarket: an op needs hardware no market serves.
+        QuotaExceeded: owner's quota allows no more waiting jobs on one of its markets.
     """
     key = key.strip()
     if not _IDEMPOTENCY_KEY.fullmatch(key):
         raise PeergridError("An Idempotency-Key is 1 to 255 printable ASCII characters, like a UUID.")
-    digest = request_digest(document, market_slug)
+    digest = request_digest(document, market_slug, priority)
     earlier = _job_of_key(session, owner, key)
     if earlier is None:
+        check_priority(owner, priority, priorities)
         definition = check_definition(session, owner, document, max_ops=max_ops)
+        planned = plan_ops(session, definition, market_slug=market_slug, default_timeout_s=default_timeout_s)
+        try:
+            check_waiting_quota(session, owner, _markets(planned))
+        except QuotaExceeded:
+            # A concurrent submit with the key may have made its job while this one waited to count.
+            earlier = _job_of_key(session, owner, key)
+            if earlier is None:
+                raise
+    if earlier is None:
         try:
             job = create_job(
                 session, owner, cast(dict, document), definition, market_slug=market_slug,
                 default_timeout_s=default_timeout_s, idempotency_key=key, request_digest=digest,
+                priority=priority, planned=planned,
             )
             return Submission(job)
         except IntegrityError:  # a concurrent submit with the key committed first
@@ -101,9 +139,12 @@ def submit_once(
     return Submission(earlier, repeated=True)
 
 
-def request_digest(document: object, market_slug: str | None) -> str:
+def request_digest(document: object, market_slug: str | None, priority: int = 0) -> str:
     """The SHA-256 of what a submit asks for, to tell a repeat from another request."""
-    canonical = json.dumps({"definition": document, "market": market_slug}, sort_keys=True, separators=(",", ":"))
+    asked: dict = {"definition": document, "market": market_slug}
+    if priority:  # absent at 0, so keys kept from before priorities keep their digests
+        asked["priority"] = priority
+    canonical = json.dumps(asked, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -160,10 +201,16 @@ def plan_job(
     market_slug: str | None = None,
     default_timeout_s: int,
     max_ops: int | None = None,
+    priority: int = 0,
+    priorities: PriorityBounds = PriorityBounds(),
 ) -> JobPlan:
     """Check a definition as submit_job would, and plan it: each op's market and most cost, and
-    whether owner has the credits; every problem at once, and nothing stored."""
+    whether owner has the credits and room in their quotas; every problem at once, and nothing stored."""
     definition, problems = _read_as_submitted(session, owner, document, max_ops=max_ops)
+    try:
+        check_priority(owner, priority, priorities)
+    except PriorityRefused as e:
+        problems.append(Problem("priority", str(e)))
     if definition is None:
         return JobPlan(problems=tuple(problems))
     planned: list[PlannedOp] = []
@@ -180,6 +227,8 @@ def plan_job(
     if not problems and needed > available:
         # as escrow would refuse it, in its words
         problems.append(Problem("$", str(ledger.InsufficientCredits(needed, available, "This job at its longest"))))
+    if not problems and (over := waiting_quota_problem(session, owner, _markets(planned))) is not None:
+        problems.append(Problem("$", str(over)))
     return JobPlan(problems=tuple(problems), warnings=definition.warnings, ops=tuple(planned), available=available)
 
 

@@ -18,7 +18,7 @@ from scheduler.jobdef import CREATE_VOLUME, JobDefinition, OpDefinition, group_r
 from scheduler.literals import Scope, UnresolvedLiteral, has_literals, resolve_args
 from scheduler.models import Attempt, Job, Op, User
 from scheduler.ordering import DEFAULT_HALF_LIFE_S, FAIR_SHARE_HALF_LIFE, record_use
-from scheduler.placement import most_cost, plan_ops
+from scheduler.placement import PlannedOp, most_cost, plan_ops
 from scheduler.references import LITERAL
 from scheduler.states import (
     ATTEMPT_FINISHED,
@@ -52,21 +52,27 @@ def create_job(
     default_timeout_s: int,
     idempotency_key: str | None = None,
     request_digest: str | None = None,
+    priority: int = 0,
+    planned: list[PlannedOp] | None = None,
     now: datetime | None = None,
 ) -> Job:
-    """Store a job and its ops, and offer the ops that can start now.
+    """Store a job and its ops, and offer the ops that can start now; planned, when given, is
+    plan_ops' answer for the definition, already found by the caller.
 
     Raises:
         NoMarket: an op needs hardware no market serves; nothing is stored.
         IntegrityError: owner has a job with this idempotency_key (scheduler.jobs.submit_once).
     """
     now = now or utcnow()
-    placed = plan_ops(session, definition, market_slug=market_slug, default_timeout_s=default_timeout_s)
+    placed = planned if planned is not None else plan_ops(
+        session, definition, market_slug=market_slug, default_timeout_s=default_timeout_s
+    )
 
     creators = {op.args.get("name"): op.key for op in definition.ops if op.type == CREATE_VOLUME}
     job = Job(
         owner_id=owner.id, definition=document, state=JobState.QUEUED, created_at=now,
         idempotency_key=idempotency_key, request_digest=request_digest,
+        priority=priority,
     )
     if idempotency_key is None:
         session.add(job)

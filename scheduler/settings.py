@@ -10,6 +10,7 @@ from typing import Mapping
 
 from scheduler.credits import parse_credits
 from scheduler.errors import ConfigurationError, PeergridError
+from scheduler.priorities import DEFAULT_MAX_PRIORITY, DEFAULT_MIN_PRIORITY, PriorityBounds
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
@@ -117,11 +118,19 @@ class Settings:
     private_endpoints: bool = False
     # The dashboard's address, for the gateway's sign-in page of a private endpoint; None: no link.
     dashboard_url: str | None = None
+    # The highest job priority a person may ask for unless an admin set their own cap (admins may ask
+    # any), and the lowest anyone may (a nice job, below everyone's default of 0).
+    max_priority: int = DEFAULT_MAX_PRIORITY
+    min_priority: int = DEFAULT_MIN_PRIORITY
 
     @property
     def embedded(self) -> bool:
         """Whether the store and broker are the embedded SQLite ones."""
         return self.database_url.startswith("sqlite") and self.broker_url.startswith("sqla+sqlite")
+
+    @property
+    def priority_bounds(self) -> PriorityBounds:
+        return PriorityBounds(default_cap=self.max_priority, floor=self.min_priority)
 
     def with_overrides(self, **changes) -> "Settings":
         return replace(self, **changes)
@@ -160,6 +169,8 @@ class Settings:
             gateway_lease_s=_float(env, "PEERGRID_GATEWAY_LEASE", 15.0),
             private_endpoints=_bool(env, "PEERGRID_PRIVATE_ENDPOINTS", False),
             dashboard_url=(env.get("PEERGRID_DASHBOARD_URL") or "").rstrip("/") or None,
+            max_priority=_int(env, "PEERGRID_MAX_PRIORITY", DEFAULT_MAX_PRIORITY),
+            min_priority=_int(env, "PEERGRID_MIN_PRIORITY", DEFAULT_MIN_PRIORITY),
         )
         values["gateway_ssh_address"] = (
             env.get("PEERGRID_GATEWAY_SSH_ADDRESS") or f"127.0.0.1:{values['gateway_ssh_port']}"
@@ -172,6 +183,10 @@ class Settings:
             raise ConfigurationError("PEERGRID_MAX_LOG_BYTES_PER_ATTEMPT must be 1 or more.")
         if values["max_ops_per_job"] < 1:
             raise ConfigurationError("PEERGRID_MAX_OPS_PER_JOB must be 1 or more.")
+        if not values["min_priority"] <= 0 <= values["max_priority"]:
+            raise ConfigurationError(
+                "PEERGRID_MIN_PRIORITY must be 0 or less and PEERGRID_MAX_PRIORITY 0 or more: 0 is every job's default."
+            )
         settings = cls(**values)
         if not settings.secret_key:
             settings = replace(settings, secret_key=_local_secret(settings.data_dir))

@@ -39,6 +39,8 @@ POLICY = {
     "api.admin_ledger_csv": "api_admin", "api.markets_create": "api_admin", "api.markets_update": "api_admin",
     "api.admin_payouts": "api_admin", "api.admin_payouts_csv": "api_admin", "api.admin_payout_approve": "api_admin",
     "api.admin_payout_reject": "api_admin",
+    "api.admin_quotas": "api_admin", "api.admin_user_limits": "api_admin", "api.admin_quota_put": "api_admin",
+    "api.admin_quota_delete": "api_admin", "api.admin_max_priority": "api_admin", "api.admin_job_priority": "api_admin",
     "api.node_register": "node_any", "api.node_heartbeat": "node_any",
     "api.attempt_claim": "node_owned", "api.attempt_started": "node_owned", "api.attempt_logs": "node_owned",
     "api.attempt_finished": "node_owned", "api.attempt_release": "node_owned", "api.attempt_artifact": "node_owned",
@@ -56,6 +58,7 @@ POLICY = {
     "admin.ledger_page": "page_admin", "admin.markets": "page_admin", "admin.market_create": "page_admin",
     "admin.market_edit": "page_admin", "admin.node_ban": "page_admin", "admin.payout_queue": "page_admin",
     "admin.payout_decide": "page_admin", "admin.users": "page_admin", "admin.grant": "page_admin",
+    "admin.quota_set": "page_admin", "admin.max_priority": "page_admin",
 }
 
 
@@ -131,7 +134,7 @@ def build_world(core) -> World:
         set_secret(session, owner, "TOKEN", "owners-secret-value")
         ids = {"job_id": job_id, "attempt_id": attempt.id, "node_id": node.id, "payout_id": payout.id,
                "user_id": other_id, "slug": "cpu", "op_key": "hello-world", "filename": "peergrid.css",
-               "name": "TOKEN", "label": label}
+               "name": "TOKEN", "label": label, "user_ref": "other@example.com"}
     tokens = {"owner": owner_token, "other": other_token, "admin": admin_token,
               "node": node_token, "other_node": other_node_token, "joiner": join_token}
     ids["token_id"] = 1  # the owner's first API token, made by the factory

@@ -6,6 +6,8 @@ from flask import Blueprint, abort, flash, redirect, render_template, request, s
 
 from scheduler.accounts import create_api_token, create_user, revoke_token, tokens_of
 from scheduler.errors import PeergridError
+from scheduler.priorities import priority_cap
+from scheduler.quotas import list_quotas
 from scheduler.secrets import delete_secret, secrets_of, set_secret
 from web.auth import check_csrf, session_user
 from web.dashboard import login_required
@@ -48,7 +50,9 @@ def account():
 
 def _account_page(**extra):
     user = session_user()
-    return render_template("account.html", tokens=tokens_of(db(), user), secrets=secrets_of(db(), user), **extra)
+    return render_template("account.html", tokens=tokens_of(db(), user), secrets=secrets_of(db(), user),
+                           priority_cap=priority_cap(user, core().settings.priority_bounds),
+                           quotas=list_quotas(db(), user), **extra)
 
 
 @bp.post("/account/tokens")

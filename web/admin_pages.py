@@ -1,4 +1,5 @@
-"""The admin's pages: payouts to decide, the ledger and whether the books balance, users to credit."""
+"""The admin's pages: payouts to decide, the ledger and whether the books balance, users to credit and
+to limit (priority caps and quotas)."""
 
 from __future__ import annotations
 
@@ -9,14 +10,17 @@ from sqlalchemy import func, select
 
 from protocol.gpus import mb_from_gb
 from scheduler import ledger
+from scheduler.accounts import user_named
 from scheduler.errors import PeergridError
 from scheduler.ledger_views import movements, payouts
 from scheduler.markets import create_market, update_market
 from scheduler.models import Account, AccountKind, Market, Node, User
 from scheduler.nodes import ban_node, unban_node
+from scheduler.priorities import set_max_priority
+from scheduler.quotas import clear_quota, list_quotas, market_named, set_quota
 from web.auth import check_csrf, session_user
 from web.dashboard import login_required
-from web.db import db
+from web.db import core, db
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 
@@ -78,7 +82,64 @@ def users():
         db().execute(select(Account.user_id, func.sum(Account.balance)).where(Account.kind == AccountKind.AVAILABLE)
                      .group_by(Account.user_id)).all()
     )
-    return render_template("admin/users.html", people=people, available_by_user=available)
+    quotas: dict[int, list] = {}
+    for quota in list_quotas(db()):
+        quotas.setdefault(quota.user_id, []).append(quota)
+    return render_template(
+        "admin/users.html", people=people, available_by_user=available, quotas_by_user=quotas,
+        markets=db().scalars(select(Market.slug).order_by(Market.slug)).all(),
+        default_cap=core().settings.max_priority,
+    )
+
+
+def _form_limit(name: str, label: str) -> int | None:
+    raw = request.form.get(name, "").strip()
+    if not raw:
+        return None
+    if not raw.isdigit():
+        raise PeergridError(f"{label} is a whole number, or empty for no limit; not {raw!r}.")
+    return int(raw)
+
+
+@bp.post("/quotas")
+@admin_required
+def quota_set():
+    """Set a person's quota on a market (or on every market); clear removes it, as do two empty limits."""
+    check_csrf()
+    slug = request.form.get("market", "").strip() or None
+    where = f"on {slug}" if slug else "on every market"
+    try:
+        user = user_named(db(), request.form.get("user", ""))
+        market = market_named(db(), slug)
+        if request.form.get("clear"):
+            clear_quota(db(), user, market)
+            flash(f"Removed {user.email}'s quota {where}.", "ok")
+        else:
+            kept = set_quota(db(), user, market, max_running_gpus=_form_limit("running_gpus", "Running GPUs"),
+                             max_waiting_jobs=_form_limit("waiting_jobs", "Waiting jobs"))
+            flash(f"Set {user.email}'s quota {where}." if kept else f"{user.email} has no quota {where} now.", "ok")
+    except PeergridError as e:
+        flash(str(e), "error")
+    return redirect(url_for("admin.users"))
+
+
+@bp.post("/users/<int:user_id>/max-priority")
+@admin_required
+def max_priority(user_id: int):
+    """Set the highest priority a person may ask for; empty gives them the cluster's default."""
+    check_csrf()
+    user = db().get(User, user_id)
+    if user is None:
+        abort(404, f"There is no user {user_id}.")
+    raw = request.form.get("max_priority", "").strip()
+    try:
+        if raw and not raw.isdigit():
+            raise PeergridError(f"A priority cap is a whole number, or empty for the cluster's default; not {raw!r}.")
+        set_max_priority(db(), user, int(raw) if raw else None)
+        flash(f"{user.email} may ask for priorities up to {raw or 'the default'}.", "ok")
+    except PeergridError as e:
+        flash(str(e), "error")
+    return redirect(url_for("admin.users"))
 
 
 @bp.post("/users/<int:user_id>/grant")

@@ -17,6 +17,7 @@ from scheduler.errors import (
     NoMarket,
     NotFound,
     PeergridError,
+    QuotaExceeded,
 )
 
 
@@ -53,6 +54,13 @@ def init_app(app: Flask) -> None:
         return _page_or_json(402, str(e)) if not _wants_json() else json_error(
             402, str(e), needed=e.needed, available=e.available, shortfall=e.shortfall
         )
+
+    @app.errorhandler(QuotaExceeded)
+    def _over_quota(e: QuotaExceeded):
+        if not _wants_json():
+            return _page_or_json(429, str(e))
+        return json_error(429, str(e), quota={"market": e.market, "max_waiting_jobs": e.max_waiting_jobs},
+                          waiting=e.waiting)
 
     @app.errorhandler(ArtifactTooLarge)
     def _too_large(e: ArtifactTooLarge):

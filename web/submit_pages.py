@@ -13,11 +13,13 @@ from sqlalchemy import select
 
 from protocol.gpus import gb_text
 from scheduler import ledger
-from scheduler.errors import InvalidDefinition, NoMarket, PeergridError, Problem
+from scheduler.errors import InvalidDefinition, NoMarket, PeergridError, PriorityRefused, Problem
 from scheduler.jobdef import parse_definition
 from scheduler.jobs import check_definition, submit_job
 from scheduler.models import Market
 from scheduler.placement import choose_market, plan_ops, requirements_for
+from scheduler.priorities import check_priority, priority_cap, read_priority
+from scheduler.quotas import waiting_quota_problem
 from web.auth import check_csrf, session_user
 from web.dashboard import login_required
 from web.db import core, db
@@ -68,10 +70,14 @@ def labelled() -> list[dict]:
     return [{**entry, "market": market_for(entry, markets)} for entry in gallery()]
 
 
-def check(text: str, market: str | None) -> dict:
+def check(text: str, market: str | None, priority: object = None) -> dict:
     """What the editor shows: every problem by path, or the plan with its cost and the balance."""
     user = session_user()
     available = ledger.balances(db(), user.id)["available"]
+    try:
+        check_priority(user, read_priority(priority), core().settings.priority_bounds)
+    except PriorityRefused as e:
+        return {"valid": False, "available": available, "errors": [{"path": "priority", "message": str(e)}]}
     try:
         document = json.loads(text)
     except json.JSONDecodeError as e:
@@ -88,6 +94,9 @@ def check(text: str, market: str | None) -> dict:
     except NoMarket as e:
         return {"valid": False, "available": available, "errors": [{"path": "$.ops", "message": str(e)}]}
     total = sum(p.max_cost for p in planned)
+    over = waiting_quota_problem(db(), user, {p.market.id: p.market for p in planned}.values())
+    if over is not None:
+        return {"valid": False, "available": available, "errors": [{"path": "$", "message": str(over)}]}
     return {
         "valid": True,
         "available": available,
@@ -105,7 +114,8 @@ def submit_page():
     chosen = request.args.get("template") or "nosana-hello-world"
     entries = labelled()
     entry = next((g for g in entries if g["slug"] == chosen), entries[0])
-    return render_template("submit.html", gallery=entries, chosen=entry, text=entry["text"], result=None)
+    return render_template("submit.html", gallery=entries, chosen=entry, text=entry["text"], result=None,
+                           priority="", priority_cap=_cap())
 
 
 @bp.post("/submit/check")
@@ -114,7 +124,7 @@ def submit_check():
     # A JSON call from the editor: the session's CSRF token travels in a header.
     check_csrf(header=True)
     body = request.get_json(silent=True) or {}
-    return jsonify(check(str(body.get("definition", "")), body.get("market") or None))
+    return jsonify(check(str(body.get("definition", "")), body.get("market") or None, body.get("priority")))
 
 
 @bp.post("/submit")
@@ -123,12 +133,14 @@ def submit_post():
     check_csrf()
     text = request.form.get("definition", "")
     market = request.form.get("market") or None
-    result = check(text, market)
+    priority = request.form.get("priority", "")
+    result = check(text, market, priority)
     if result["valid"]:
         try:
             job = submit_job(db(), session_user(), json.loads(text), market_slug=market,
                              default_timeout_s=core().settings.default_timeout_s,
-                             max_ops=core().settings.max_ops_per_job)
+                             max_ops=core().settings.max_ops_per_job, priority=read_priority(priority),
+                             priorities=core().settings.priority_bounds)
         except ledger.InsufficientCredits as e:
             result = {**result, "valid": False, "errors": [{"path": "$", "message": str(e)}]}
         except (InvalidDefinition, NoMarket, PeergridError) as e:
@@ -136,4 +148,9 @@ def submit_post():
             result = {**result, "valid": False, "errors": [p.as_dict() for p in problems]}
         else:
             return redirect(url_for("dashboard.job", job_id=job.id))
-    return render_template("submit.html", gallery=labelled(), chosen=None, text=text, result=result), 422
+    return render_template("submit.html", gallery=labelled(), chosen=None, text=text, result=result,
+                           priority=priority, priority_cap=_cap()), 422
+
+
+def _cap() -> int:
+    return priority_cap(session_user(), core().settings.priority_bounds)

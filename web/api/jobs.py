@@ -10,6 +10,7 @@ from scheduler.jobs import job_for, job_logs, list_jobs, plan_job, submit_job, s
 from scheduler.artifacts import artifact_of_op, artifacts_root, job_artifacts
 from scheduler.events import job_events
 from scheduler.orchestration import cancel_job, extend_job
+from scheduler.priorities import read_priority
 from web.api import bp
 from web.api.serialize import iso, job_json
 from web.bodies import NestedTooDeep
@@ -46,6 +47,8 @@ def create_job():
         market_slug=request.args.get("market") or None,
         default_timeout_s=settings.default_timeout_s,
         max_ops=settings.max_ops_per_job,
+        priority=read_priority(request.args.get("priority")),
+        priorities=settings.priority_bounds,
     )
     key = request.headers.get("Idempotency-Key")
     if key is None:
@@ -64,6 +67,7 @@ def validate_job():
     plan = plan_job(
         db(), user, json_body(), market_slug=request.args.get("market") or None,
         default_timeout_s=settings.default_timeout_s, max_ops=settings.max_ops_per_job,
+        priority=read_priority(request.args.get("priority")), priorities=settings.priority_bounds,
     )
     return jsonify({
         "valid": plan.valid,

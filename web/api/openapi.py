@@ -20,7 +20,8 @@ def _json(schema: dict, description: str = "OK") -> dict:
 
 def _errors(*codes: int) -> dict:
     words = {400: "Bad input", 401: "No or wrong token", 402: "Not enough credits", 403: "Not allowed",
-             404: "Not found", 409: "Conflict", 413: "Too large", 422: "Invalid definition"}
+             404: "Not found", 409: "Conflict", 413: "Too large", 422: "Invalid definition",
+             429: "Over a quota of waiting jobs"}
     return {str(code): _json(PROBLEMS if code == 422 else ERROR, words[code]) for code in codes}
 
 
@@ -99,6 +100,21 @@ WAITING = {
     },
 }
 OP = {"type": "object", "properties": {"id": {"type": "string"}, "state": {"type": "string"}, "waiting": WAITING}}
+PRIORITY = {"name": "priority", "in": "query", "required": False, "schema": {"type": "integer"},
+            "description": "Higher runs first; 0 by default, below 0 lets others go first. At most your cap "
+                           "(an admin's setting, else the cluster's default); more is refused with 400."}
+NULLABLE_COUNT = {"type": "integer", "minimum": 0, "nullable": True}
+QUOTA = {"type": "object", "required": ["user", "market", "max_running_gpus", "max_waiting_jobs"], "properties": {
+    "user": {"type": "string"}, "user_id": {"type": "integer"},
+    "market": {"type": "string", "nullable": True, "description": "null: on every market together"},
+    "max_running_gpus": NULLABLE_COUNT, "max_waiting_jobs": NULLABLE_COUNT, "updated_at": {"type": "string"}}}
+LIMITS = {"type": "object", "required": ["user", "max_priority", "priority_cap", "quotas"], "properties": {
+    "user": OBJ, "max_priority": {"type": "integer", "nullable": True,
+                                  "description": "The person's own cap; null: the cluster's default"},
+    "priority_cap": {"type": "integer", "description": "The cap that applies to them"},
+    "quotas": {"type": "array", "items": QUOTA}, "removed": {"type": "boolean"}}}
+USER_REF = {"name": "user_ref", "in": "path", "required": True, "schema": {"type": "string"},
+            "description": "The account's email or id"}
 REPEATED = "A repeat of an earlier submit's Idempotency-Key: the job that submit made, now"
 
 
@@ -130,6 +146,7 @@ def spec() -> dict:
                     "created_at": {"type": "string"}, "started_at": {"type": "string", "nullable": True},
                     "finished_at": {"type": "string", "nullable": True}, "cost": {"type": "integer"},
                     "max_cost": {"type": "integer"}, "reserved": {"type": "integer"},
+                    "priority": {"type": "integer", "description": "Higher runs first"},
                     "ops": {"type": "array", "items": OP}, "events": {"type": "array", "items": OBJ}}},
                 "JobDefinition": {"type": "object", "description": "A Nosana job definition, version 0.1.",
                                   "properties": {"version": {"type": "string"}, "type": {"type": "string"},
@@ -142,15 +159,15 @@ def spec() -> dict:
                 "get": _op("Your jobs, newest first", _json(OBJ), 400, 401, params=[
                     _path("state", {"type": "string", "enum": ["queued", "running", "succeeded", "failed", "cancelled"]}, "query"),
                     _path("page", {"type": "integer", "minimum": 1}, "query")]),
-                "post": _op("Submit a job definition", _json(SUBMITTED, "Created"), 400, 401, 402, 409, 413, 422,
+                "post": _op("Submit a job definition", _json(SUBMITTED, "Created"), 400, 401, 402, 409, 413, 422, 429,
                             ok_code=201, also={"200": _json(SUBMITTED, REPEATED)},
-                            params=[_path("market", {"type": "string"}, "query"), IDEMPOTENCY_KEY],
+                            params=[_path("market", {"type": "string"}, "query"), PRIORITY, IDEMPOTENCY_KEY],
                             body={"$ref": "#/components/schemas/JobDefinition"}),
             },
             "/jobs/validate": {"post": _op(
                 "Check and plan a job definition as a submit would, storing and reserving nothing",
                 _json(VALIDATION), 400, 401, 413, 422,
-                params=[_path("market", {"type": "string"}, "query")],
+                params=[_path("market", {"type": "string"}, "query"), PRIORITY],
                 body={"$ref": "#/components/schemas/JobDefinition"})},
             "/jobs/{job_id}": {"get": _op("A job with its ops and events", _json(JOB), 401, 404, params=[job_id])},
             "/jobs/{job_id}/logs": {"get": _op("A job's log lines, in order", _json(OBJ), 401, 404, params=[
@@ -222,6 +239,29 @@ def spec() -> dict:
                                            body={"type": "object", "required": ["slug"], "properties": {"slug": {"type": "string"}}})},
             "/admin/markets/{slug}": {"patch": _op("Change a market (admin)", _json(OBJ), 400, 401, 403, 404,
                                                    params=[_path("slug", {"type": "string"})], body=OBJ)},
+            "/admin/quotas": {"get": _op("Every person's quotas (admin)", _json(
+                {"type": "object", "required": ["quotas"], "properties": {"quotas": {"type": "array", "items": QUOTA}}}),
+                401, 403)},
+            "/admin/users/{user_ref}/quotas": {"get": _op(
+                "A person's priority cap and quotas (admin)", _json(LIMITS), 401, 403, 404, params=[USER_REF])},
+            "/admin/users/{user_ref}/quota": {
+                "put": _op("Set a person's quota on a market, or on every market with market null; a limit null or "
+                           "left out does not apply, and with neither the quota is removed (admin)", _json(LIMITS),
+                           400, 401, 403, 404, params=[USER_REF], body={"type": "object", "properties": {
+                               "market": {"type": "string", "nullable": True},
+                               "max_running_gpus": NULLABLE_COUNT, "max_waiting_jobs": NULLABLE_COUNT}}),
+                "delete": _op("Remove a person's quota on ?market=SLUG, or their every-market one (admin)",
+                              _json(LIMITS), 400, 401, 403, 404,
+                              params=[USER_REF, _path("market", {"type": "string"}, "query")]),
+            },
+            "/admin/users/{user_ref}/max-priority": {"put": _op(
+                "Set the highest priority a person may ask for; null: the cluster's default (admin)", _json(LIMITS),
+                400, 401, 403, 404, params=[USER_REF], body={"type": "object", "required": ["max_priority"],
+                                                             "properties": {"max_priority": NULLABLE_COUNT}})},
+            "/admin/jobs/{job_id}/priority": {"post": _op(
+                "Change a waiting job's priority, past its owner's cap if need be (admin)", _json(JOB),
+                400, 401, 403, 404, 409, params=[job_id], body={"type": "object", "required": ["priority"],
+                                                               "properties": {"priority": {"type": "integer"}}})},
             "/node/register": {"post": _op("A worker starts (node token)", _json(OBJ), 400, 401, 403, security=NODE, body=OBJ)},
             "/node/heartbeat": {"post": _op("A worker's heartbeat (node token)", _json(OBJ), 400, 401, 403, security=NODE, body=OBJ)},
             "/node/attempts/{attempt_id}/claim": {"post": _op(

@@ -114,6 +114,7 @@ def job_json(job: Job, *, with_ops: bool = True, events: list[JobEvent] | None =
         "cost": job.cost,
         "max_cost": job.max_cost,
         "reserved": job.reserved,
+        "priority": job.priority,
     }
     if with_ops:
         body["ops"] = [op_json(op) for op in job.ops]

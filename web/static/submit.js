@@ -6,6 +6,7 @@
   const button = document.getElementById("submit-button");
   const imageInput = document.getElementById("image");
   const marketInput = document.getElementById("market");
+  const priorityInput = document.getElementById("priority");
   const csrf = document.getElementById("csrf").value;
   let timer = null;
   let lastSent = "";
@@ -58,7 +59,8 @@
   }
 
   async function check() {
-    const payload = JSON.stringify({definition: editor.value, market: marketInput.value});
+    const payload = JSON.stringify({definition: editor.value, market: marketInput.value,
+                                   priority: priorityInput ? priorityInput.value : ""});
     if (payload === lastSent) return;
     lastSent = payload;
     try {
@@ -71,6 +73,7 @@
   function soon() { clearTimeout(timer); timer = setTimeout(check, 300); }
   editor.addEventListener("input", soon);
   marketInput.addEventListener("input", soon);
+  if (priorityInput) priorityInput.addEventListener("input", soon);
   imageInput.addEventListener("change", function () {
     if (!imageInput.value.trim()) return;
     try {
