@@ -29,9 +29,10 @@ from sqlalchemy.orm import Session
 
 from protocol.gpus import gb_text, gpu_satisfies
 from scheduler import offers
-from scheduler.models import Attempt, Job, JobArray, Lease, Market, Node, NodeGpu, Op, Quota
+from scheduler.models import Attempt, Job, JobArray, Lease, Market, Node, NodeGpu, Op
 from scheduler.ordering import rank, recent_use
 from scheduler.planner import Limits, NodeRoom, Plan, Want, plan
+from scheduler.quotas import running_gpu_limits
 from scheduler.states import ATTEMPT_HELD, AttemptState, NodeState, utcnow
 
 log = logging.getLogger(__name__)
@@ -220,12 +221,7 @@ def _failed_nodes(session: Session, op_ids: list[int]) -> dict[int, frozenset[in
 
 
 def _limits(session: Session, wants: list[Want], markets: dict[int, Market]) -> Limits:
-    quotas = {
-        (user_id, market_id): most
-        for user_id, market_id, most in session.execute(
-            select(Quota.user_id, Quota.market_id, Quota.max_running_gpus).where(Quota.max_running_gpus.is_not(None))
-        )
-    }
+    quotas = running_gpu_limits(session)
     running: dict[tuple[int, int], int] = defaultdict(int)
     owners = {w.owner_id for w in wants}
     if quotas and owners:

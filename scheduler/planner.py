@@ -218,13 +218,16 @@ def _has_room(node: NodeRoom, market: int, gpus: int) -> bool:
 def _held_back(want: Want, running, owner_total, limits: Limits, array_room: dict[int, int]) -> str | None:
     """Why an owner's quota or an array's limit keeps want from starting now, if either does."""
     units = want.gpus or 1
-    thing = "GPUs" if want.gpus else "CPU slots"
+
+    def things(n: int) -> str:
+        return f"{n} {'GPU' if want.gpus else 'CPU slot'}{'' if n == 1 else 's'}"
+
     market_quota = limits.running_quota.get((want.owner_id, want.market_id))
     if market_quota is not None and running[(want.owner_id, want.market_id)] + units > market_quota:
-        return f"your quota of {market_quota} {thing} on this market is in use"
+        return f"your quota of {things(market_quota)} on this market is in use"
     overall = limits.running_quota.get((want.owner_id, None))
     if overall is not None and owner_total[want.owner_id] + units > overall:
-        return f"your quota of {overall} GPUs is in use"
+        return f"your quota of {things(overall)} is in use"
     if want.array_id is not None and array_room.get(want.array_id, 1) <= 0:
         return "its array runs as many jobs at once as its limit allows"
     return None

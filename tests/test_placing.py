@@ -156,3 +156,22 @@ def test_priority_goes_first_and_a_reservation_is_stored_with_its_reason(core):
     assert held.waiting.startswith("1st in line for a100x2; GPUs reserved on rig from ")
     assert attempt(core, low).placed_node_id is None
     assert attempt(core, low).waiting.startswith("1st in line for a100;")
+
+
+def test_a_quota_of_running_gpus_set_by_an_admin_holds_the_person_back_while_others_go_ahead(core):
+    from scheduler.models import Quota
+
+    gpu_market(core, "a100", 1)
+    gpu_node(core, "rig", 4)
+    ann, _ = factories.user(core, credits=1_000_000)
+    bob, _ = factories.user(core, credits=1_000_000)
+    with core.transaction() as session:
+        session.add(Quota(user_id=ann, market_id=None, max_running_gpus=2))
+    anns = [submit(core, ann, market="a100") for _ in range(4)]
+    bobs = [submit(core, bob, market="a100") for _ in range(2)]
+
+    place(core)
+
+    placed = {a: attempt(core, a).placed_node_id is not None for a in anns + bobs}
+    assert sum(placed[a] for a in anns) == 2 and all(placed[b] for b in bobs)
+    assert {attempt(core, a).waiting for a in anns if not placed[a]} == {"your quota of 2 GPUs is in use"}
