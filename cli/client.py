@@ -144,12 +144,18 @@ SUBMIT_TRIES = 6
 @click.option("--follow", is_flag=True, help="Print its log lines as they arrive, until it ends.")
 @click.option("--idempotency-key", "key", metavar="KEY",
               help="Send this key instead of a new one: a submit that may have been made already answers that job.")
-def job_submit(file: str, market: str | None, wait: bool, wait_ready: bool, follow: bool, key: str | None) -> None:
-    """Submit a job definition and print the job's id.
+@click.option("--array", "array", metavar="SPEC",
+              help="Submit an array of jobs, one per index (0-99, 0-999%50 for at most 50 running, 1,3,5-9, 0-20:5); "
+                   "print the array's id. Each job sees PEERGRID_ARRAY_INDEX and %%array.index%%.")
+def job_submit(file: str, market: str | None, wait: bool, wait_ready: bool, follow: bool, key: str | None,
+               array: str | None) -> None:
+    """Submit a job definition and print the job's id (with --array, the array's).
 
     The submit carries an Idempotency-Key, so when the connection breaks before the answer it is
     sent again, and however often it reaches the server it makes one job.
     """
+    if array is not None and (wait_ready or follow):
+        fail("--array takes --wait, not --wait-ready or --follow: follow one of its jobs with `peergrid job logs`.")
     import uuid
 
     from cli.apiclient import ApiError
@@ -165,7 +171,8 @@ def job_submit(file: str, market: str | None, wait: bool, wait_ready: bool, foll
     def submit():
         try:
             return client.request(
-                "POST", "/jobs", json=document, params={"market": market} if market else None,
+                "POST", "/jobs", json=document,
+                params={k: v for k, v in (("market", market), ("array", array)) if v is not None} or None,
                 headers={"Idempotency-Key": key}, tries=SUBMIT_TRIES, on_retry=retrying,
             )
         except ApiError as e:
@@ -176,6 +183,12 @@ def job_submit(file: str, market: str | None, wait: bool, wait_ready: bool, foll
 
     created = _api(submit)
     click.echo(created["id"])
+    if array is not None:
+        from cli.arrays import wait_for_array
+
+        if wait:
+            sys.exit(wait_for_array(client, created["id"]))
+        return
     if wait_ready:
         services = {
             op.get("id") for op in (document.get("ops") or []) if isinstance(op, dict)
