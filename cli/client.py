@@ -71,7 +71,8 @@ def job() -> None:
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the problems (and the plan) as JSON.")
 @click.option("--market", help="The market's slug, for ops that name none.")
-def job_validate(file: str, as_json: bool, market: str | None) -> None:
+@click.option("--array", "array", metavar="SPEC", help="Check it as an array's (%%array.index%% allowed), planned for SPEC's jobs.")
+def job_validate(file: str, as_json: bool, market: str | None, array: str | None) -> None:
     """Exit 0 if the definition is valid, else print each problem as `PATH: message`.
 
     With PEERGRID_TOKEN set, the server also plans it as a submit would (each op's market, the most
@@ -85,7 +86,7 @@ def job_validate(file: str, as_json: bool, market: str | None) -> None:
         from cli.apiclient import ApiError  # only here: offline, validate loads no HTTP library
 
         try:
-            plan = _client().post("/jobs/validate", document, market=market)
+            plan = _client().post("/jobs/validate", document, market=market, array=array)
         except ApiError as e:
             if e.body.get("errors"):
                 plan = {"valid": False, "errors": e.body["errors"], "warnings": [], "ops": []}
@@ -95,7 +96,7 @@ def job_validate(file: str, as_json: bool, market: str | None) -> None:
         click.echo("Could not plan it without a server (set PEERGRID_TOKEN to check markets, cost and "
                    "credits too); only the definition was checked.", err=True)
     if plan is None:
-        plan = _validate_offline(document)
+        plan = _validate_offline(document, in_array=array is not None)
     if as_json:
         click.echo(json.dumps(plan, indent=2))
     else:
@@ -111,12 +112,12 @@ def job_validate(file: str, as_json: bool, market: str | None) -> None:
         sys.exit(1)
 
 
-def _validate_offline(document) -> dict:
+def _validate_offline(document, *, in_array: bool = False) -> dict:
     from scheduler.errors import InvalidDefinition
     from scheduler.jobdef import parse_definition
 
     try:
-        definition = parse_definition(document)
+        definition = parse_definition(document, in_array=in_array)
     except InvalidDefinition as e:
         return {"valid": False, "errors": [p.as_dict() for p in e.problems], "warnings": [], "ops": []}
     return {"valid": True, "errors": [], "warnings": [w.as_dict() for w in definition.warnings],

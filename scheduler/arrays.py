@@ -147,7 +147,6 @@ def _store(
     ]
     if key is not None:  # the first job holds the key, as a lone job does
         job_rows[0].update(idempotency_key=key, request_digest=digest)
-    # Written without RETURNING, which SQLite gives only a row at a time; read back by index instead.
     _insert_many(session, Job, job_rows)
     job_ids = list(session.scalars(select(Job.id).where(Job.array_id == array.id).order_by(Job.array_index)))
 
@@ -234,10 +233,8 @@ def _first_attempts(
     rows = [dict(op_id=op_id, number=1, state=AttemptState.QUEUED, created_at=now, offered_at=now, gpus=[],
                  placed_gpus=[]) for op_id, _ in queued]
     _insert_many(session, Attempt, rows)
-    made = dict(session.execute(
-        select(Attempt.op_id, Attempt.id).where(Attempt.op_id.in_(select(Op.id).join(Job, Job.id == Op.job_id)
-                                                                 .where(Job.id == Op.job_id, Job.array_id == array_id)))
-    ).all())
+    in_array = select(Op.id).join(Job, Job.id == Op.job_id).where(Job.array_id == array_id)
+    made = dict(session.execute(select(Attempt.op_id, Attempt.id).where(Attempt.op_id.in_(in_array))).all())
     attempt_ids = [made[op_id] for op_id, _ in queued]
     markets = {p.definition.key: p.market for p in planned}
     _stage_offers(session, attempt_ids, queued, markets, now=now)

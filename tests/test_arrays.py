@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from sqlalchemy import distinct, func, select
@@ -135,6 +136,23 @@ def test_other_literals_resolve_per_job_and_a_lone_job_is_told_to_use_an_array(c
         {"id": "a", "type": "container/run", "args": {"image": "busybox", "cmd": ["echo", "%%array.size%%"]}}]},
         headers=bearer(token))
     assert wrong.status_code == 422 and "knows only %%array.index%%" in wrong.json["errors"][0]["message"]
+
+
+def test_an_op_that_reads_its_own_endpoint_resolves_it_per_job(client, core):
+    # Given a service whose env names the URL of its own port, which only a stored op has
+    _, token = factories.user(core, credits=100)
+    doc = {"version": "0.1", "ops": [{"id": "web", "type": "container/run", "args": {
+        "image": "busybox", "expose": 8080, "env": {"URL": "%%ops.web.endpoint.8080%%", "SHARD": "%%array.index%%"}}}]}
+    # When it is submitted as an array, each job advances as a lone one would
+    created = submit(client, token, "0-1", doc)
+    assert created.status_code == 201, created.json
+    with core.transaction() as session:
+        ops = list(session.scalars(select(Op).join(Job).where(Job.array_id == created.json["id"]).order_by(Job.array_index)))
+        # Then each is queued with its own URL and index, and one attempt
+        assert [o.state.value for o in ops] == ["queued", "queued"] and [len(o.attempts) for o in ops] == [1, 1]
+        assert [o.spec["env"]["SHARD"] for o in ops] == ["0", "1"]
+        urls = [o.spec["env"]["URL"] for o in ops]
+        assert all(url.startswith("http://") for url in urls) and urls[0] != urls[1]
 
 
 # -- one escrow ------------------------------------------------------------------------------
@@ -290,3 +308,15 @@ def test_three_jobs_each_echo_their_index_on_the_real_stack(array_stack, test_im
     cancelled = subprocess.run([sys.executable, "-m", "cli", "array", "cancel", str(array_id)],
                                env=env, capture_output=True, text=True, timeout=30)
     assert cancelled.returncode == 0 and f"array {array_id}: 3/3 done: 3 succeeded" in cancelled.stdout
+
+
+def test_validate_accepts_the_literal_only_as_an_arrays(tmp_path):
+    path = tmp_path / "sweep.json"
+    path.write_text(json.dumps(sweep()))
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    lone = subprocess.run([sys.executable, "-m", "cli", "job", "validate", str(path)], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert lone.returncode == 1 and "only in a job of an array" in lone.stdout
+    array = subprocess.run([sys.executable, "-m", "cli", "job", "validate", str(path), "--array", "0-3"], env=env,
+                           capture_output=True, text=True, timeout=60)
+    assert array.returncode == 0 and "valid, 1 op(s)" in array.stdout
