@@ -32,4 +32,4 @@ def main() -> None:
 
 
 # Importing them registers the commands on main.
-from cli import client, health, server, worker  # noqa: E402,F401
+from cli import arrays, client, health, server, worker  # noqa: E402,F401

@@ -71,7 +71,8 @@ def job() -> None:
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the problems (and the plan) as JSON.")
 @click.option("--market", help="The market's slug, for ops that name none.")
-def job_validate(file: str, as_json: bool, market: str | None) -> None:
+@click.option("--array", "array", metavar="SPEC", help="Check it as an array's (%%array.index%% allowed), planned for SPEC's jobs.")
+def job_validate(file: str, as_json: bool, market: str | None, array: str | None) -> None:
     """Exit 0 if the definition is valid, else print each problem as `PATH: message`.
 
     With PEERGRID_TOKEN set, the server also plans it as a submit would (each op's market, the most
@@ -85,7 +86,7 @@ def job_validate(file: str, as_json: bool, market: str | None) -> None:
         from cli.apiclient import ApiError  # only here: offline, validate loads no HTTP library
 
         try:
-            plan = _client().post("/jobs/validate", document, market=market)
+            plan = _client().post("/jobs/validate", document, market=market, array=array)
         except ApiError as e:
             if e.body.get("errors"):
                 plan = {"valid": False, "errors": e.body["errors"], "warnings": [], "ops": []}
@@ -95,7 +96,7 @@ def job_validate(file: str, as_json: bool, market: str | None) -> None:
         click.echo("Could not plan it without a server (set PEERGRID_TOKEN to check markets, cost and "
                    "credits too); only the definition was checked.", err=True)
     if plan is None:
-        plan = _validate_offline(document)
+        plan = _validate_offline(document, in_array=array is not None)
     if as_json:
         click.echo(json.dumps(plan, indent=2))
     else:
@@ -111,12 +112,12 @@ def job_validate(file: str, as_json: bool, market: str | None) -> None:
         sys.exit(1)
 
 
-def _validate_offline(document) -> dict:
+def _validate_offline(document, *, in_array: bool = False) -> dict:
     from scheduler.errors import InvalidDefinition
     from scheduler.jobdef import parse_definition
 
     try:
-        definition = parse_definition(document)
+        definition = parse_definition(document, in_array=in_array)
     except InvalidDefinition as e:
         return {"valid": False, "errors": [p.as_dict() for p in e.problems], "warnings": [], "ops": []}
     return {"valid": True, "errors": [], "warnings": [w.as_dict() for w in definition.warnings],
@@ -146,13 +147,18 @@ SUBMIT_TRIES = 6
 @click.option("--follow", is_flag=True, help="Print its log lines as they arrive, until it ends.")
 @click.option("--idempotency-key", "key", metavar="KEY",
               help="Send this key instead of a new one: a submit that may have been made already answers that job.")
+@click.option("--array", "array", metavar="SPEC",
+              help="Submit an array of jobs, one per index (0-99, 0-999%50 for at most 50 running, 1,3,5-9, 0-20:5); "
+                   "print the array's id. Each job sees PEERGRID_ARRAY_INDEX and %%array.index%%.")
 def job_submit(file: str, market: str | None, priority: int | None, wait: bool, wait_ready: bool, follow: bool,
-               key: str | None) -> None:
-    """Submit a job definition and print the job's id.
+               key: str | None, array: str | None) -> None:
+    """Submit a job definition and print the job's id (with --array, the array's).
 
     The submit carries an Idempotency-Key, so when the connection breaks before the answer it is
     sent again, and however often it reaches the server it makes one job.
     """
+    if array is not None and (wait_ready or follow):
+        fail("--array takes --wait, not --wait-ready or --follow: follow one of its jobs with `peergrid job logs`.")
     import uuid
 
     from cli.apiclient import ApiError
@@ -165,7 +171,7 @@ def job_submit(file: str, market: str | None, priority: int | None, wait: bool, 
         click.echo(f"No answer from the server ({why}); sending the submit again in {seconds:g} s, "
                    "with the same Idempotency-Key.", err=True)
 
-    params = {"market": market, "priority": priority}
+    params = {"market": market, "priority": priority, "array": array}
     params = {k: v for k, v in params.items() if v is not None} or None
 
     def submit():
@@ -182,6 +188,12 @@ def job_submit(file: str, market: str | None, priority: int | None, wait: bool, 
 
     created = _api(submit)
     click.echo(created["id"])
+    if array is not None:
+        from cli.arrays import wait_for_array
+
+        if wait:
+            sys.exit(wait_for_array(client, created["id"]))
+        return
     if wait_ready:
         services = {
             op.get("id") for op in (document.get("ops") or []) if isinstance(op, dict)

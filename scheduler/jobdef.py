@@ -157,7 +157,7 @@ def group_ranks(ops: Iterable[tuple[str, str | None]]) -> dict[str, int]:
     return ranks
 
 
-def parse_definition(doc: Any, *, max_ops: int | None = None) -> JobDefinition:
+def parse_definition(doc: Any, *, max_ops: int | None = None, in_array: bool = False) -> JobDefinition:
     """Read a job definition, or raise with every problem found in it.
 
     max_ops, when given, is the most ops a job may have here; a longer list is the one problem
@@ -166,25 +166,29 @@ def parse_definition(doc: Any, *, max_ops: int | None = None) -> JobDefinition:
     Raises:
         InvalidDefinition: the definition is wrong; `problems` lists each mistake with its JSON path.
     """
-    definition, problems = read_definition(doc, max_ops=max_ops)
+    definition, problems = read_definition(doc, max_ops=max_ops, in_array=in_array)
     if problems or definition is None:
         raise InvalidDefinition(problems)
     return definition
 
 
-def read_definition(doc: Any, *, max_ops: int | None = None) -> tuple[JobDefinition | None, list[Problem]]:
+def read_definition(
+    doc: Any, *, max_ops: int | None = None, in_array: bool = False
+) -> tuple[JobDefinition | None, list[Problem]]:
     """Read a job definition as far as it can be read: its well-formed ops (None where nothing of it
-    can be read) and every problem found in it; a definition is valid only without problems."""
-    checker = _Checker(max_ops=max_ops)
+    can be read) and every problem found in it; a definition is valid only without problems.
+    in_array: it is submitted as an array, whose jobs know %%array.index%%."""
+    checker = _Checker(max_ops=max_ops, in_array=in_array)
     definition = checker.check(doc)
     return definition, checker.problems
 
 
 class _Checker:
-    def __init__(self, *, max_ops: int | None = None) -> None:
+    def __init__(self, *, max_ops: int | None = None, in_array: bool = False) -> None:
         self.problems: list[Problem] = []
         self.warnings: list[Problem] = []
         self.max_ops = max_ops
+        self.in_array = in_array
 
     def add(self, path: str, message: str) -> None:
         self.problems.append(Problem(path, message))
@@ -292,7 +296,7 @@ class _Checker:
         self._check_volumes(ops, seen)
         check_references(
             doc, variables, {op.key: set(op.results) for op in ops}, {op.key: op.exposure.numbers() for op in ops},
-            self.problems,
+            self.problems, in_array=self.in_array,
         )
         check_secret_references(doc, self.problems)
         return JobDefinition(

@@ -103,9 +103,7 @@ def submit_once(
         NoMarket: an op needs hardware no market serves.
         QuotaExceeded: owner's quota allows no more waiting jobs on one of its markets.
     """
-    key = key.strip()
-    if not _IDEMPOTENCY_KEY.fullmatch(key):
-        raise PeergridError("An Idempotency-Key is 1 to 255 printable ASCII characters, like a UUID.")
+    key = check_idempotency_key(key)
     digest = request_digest(document, market_slug, priority)
     earlier = _job_of_key(session, owner, key)
     if earlier is None:
@@ -139,6 +137,18 @@ def submit_once(
     return Submission(earlier, repeated=True)
 
 
+def check_idempotency_key(key: str) -> str:
+    """key without the spaces around it.
+
+    Raises:
+        PeergridError: it is empty, too long or not printable ASCII.
+    """
+    key = key.strip()
+    if not _IDEMPOTENCY_KEY.fullmatch(key):
+        raise PeergridError("An Idempotency-Key is 1 to 255 printable ASCII characters, like a UUID.")
+    return key
+
+
 def request_digest(document: object, market_slug: str | None, priority: int = 0) -> str:
     """The SHA-256 of what a submit asks for, to tell a repeat from another request."""
     asked: dict = {"definition": document, "market": market_slug}
@@ -153,25 +163,25 @@ def _job_of_key(session: Session, owner: User, key: str) -> Job | None:
 
 
 def check_definition(
-    session: Session, owner: User, document: object, *, max_ops: int | None = None
+    session: Session, owner: User, document: object, *, max_ops: int | None = None, in_array: bool = False
 ) -> JobDefinition:
-    """Read a definition as owner would submit it: its own problems and any secret it names that
-    owner does not have, all at once.
+    """Read a definition as owner would submit it (in_array: as an array's): its own problems and
+    any secret it names that owner does not have, all at once.
 
     Raises:
         InvalidDefinition: listing every problem.
     """
-    definition, problems = _read_as_submitted(session, owner, document, max_ops=max_ops)
+    definition, problems = _read_as_submitted(session, owner, document, max_ops=max_ops, in_array=in_array)
     if problems or definition is None:
         raise InvalidDefinition(problems)
     return definition
 
 
 def _read_as_submitted(
-    session: Session, owner: User, document: object, *, max_ops: int | None
+    session: Session, owner: User, document: object, *, max_ops: int | None, in_array: bool = False
 ) -> tuple[JobDefinition | None, list[Problem]]:
     """A definition's well-formed part, and its problems with any secret it names that owner lacks."""
-    definition, problems = read_definition(document, max_ops=max_ops)
+    definition, problems = read_definition(document, max_ops=max_ops, in_array=in_array)
     return definition, problems + missing_secrets(session, owner, document)
 
 
@@ -183,6 +193,8 @@ class JobPlan:
     warnings: tuple[Problem, ...] = ()
     ops: tuple[PlannedOp, ...] = ()
     available: int = 0
+    # How many jobs of the definition the submit makes: an array's size, else 1.
+    copies: int = 1
 
     @property
     def valid(self) -> bool:
@@ -190,7 +202,7 @@ class JobPlan:
 
     @property
     def max_cost(self) -> int:
-        return sum(op.max_cost for op in self.ops)
+        return sum(op.max_cost for op in self.ops) * self.copies
 
 
 def plan_job(
@@ -203,10 +215,13 @@ def plan_job(
     max_ops: int | None = None,
     priority: int = 0,
     priorities: PriorityBounds = PriorityBounds(),
+    array_size: int | None = None,
 ) -> JobPlan:
-    """Check a definition as submit_job would, and plan it: each op's market and most cost, and
-    whether owner has the credits and room in their quotas; every problem at once, and nothing stored."""
-    definition, problems = _read_as_submitted(session, owner, document, max_ops=max_ops)
+    """Check a definition as submit_job would (or, with array_size, as an array of that many jobs),
+    and plan it: each op's market and most cost, and whether owner has the credits and room in their
+    quotas; every problem at once, and nothing stored."""
+    in_array = array_size is not None
+    definition, problems = _read_as_submitted(session, owner, document, max_ops=max_ops, in_array=in_array)
     try:
         check_priority(owner, priority, priorities)
     except PriorityRefused as e:
@@ -223,13 +238,17 @@ def plan_job(
         except NoMarket as e:
             problems.append(Problem(f"$.ops[{op_def.position}]", str(e)))
     available = ledger.balances(session, owner.id)[AccountKind.AVAILABLE.value]
-    needed = sum(op.max_cost for op in planned)
+    copies = array_size if in_array else 1
+    needed = sum(op.max_cost for op in planned) * copies
+    what = f"This array of {copies} jobs at their longest" if in_array else "This job at its longest"
     if not problems and needed > available:
         # as escrow would refuse it, in its words
-        problems.append(Problem("$", str(ledger.InsufficientCredits(needed, available, "This job at its longest"))))
-    if not problems and (over := waiting_quota_problem(session, owner, _markets(planned))) is not None:
+        problems.append(Problem("$", str(ledger.InsufficientCredits(needed, available, what))))
+    if not problems and (over := waiting_quota_problem(session, owner, _markets(planned), adding=copies)) is not None:
         problems.append(Problem("$", str(over)))
-    return JobPlan(problems=tuple(problems), warnings=definition.warnings, ops=tuple(planned), available=available)
+    return JobPlan(
+        problems=tuple(problems), warnings=definition.warnings, ops=tuple(planned), available=available, copies=copies
+    )
 
 
 def job_for(session: Session, user: User, job_id: int) -> Job:

@@ -209,6 +209,51 @@ def escrow(session: Session, job: Job, amount: int, *, key: str, what: str) -> N
         job.reserved += amount
 
 
+def check_available(session: Session, user_id: int, amount: int, *, what: str) -> None:
+    """Lock a person's funds and make sure amount of them is available, before anything is stored.
+
+    Raises:
+        InsufficientCredits: less is available, with the shortfall.
+    """
+    available = _available(session, user_id)
+    if available.balance < amount:
+        raise InsufficientCredits(amount, available.balance, what)
+
+
+def escrow_many(session: Session, user_id: int, amount: int, *, key: str, what: str, memo: str) -> None:
+    """Reserve amount of a person's available credits for many jobs in one movement; each job
+    records its own share in its reserved (scheduler.arrays: one escrow for a whole array).
+
+    Raises:
+        InsufficientCredits: less is available, with the shortfall.
+    """
+    if amount <= 0:
+        return
+    check_available(session, user_id, amount, what=what)
+    available = account(session, K.AVAILABLE, user_id)
+    try:
+        post(
+            session, key, "escrow", [(available, -amount), (account(session, K.ESCROW, user_id), amount)],
+            memo=memo, actor_id=user_id,
+        )
+    except IntegrityError:  # a concurrent movement spent it first; the store refused the overdraft
+        session.refresh(available, ["balance"])
+        raise InsufficientCredits(amount, available.balance, what) from None
+
+
+def release_many(session: Session, user_id: int, amount: int, *, key: str, memo: str) -> None:
+    """Return amount of a person's escrow to their available credits in one movement, for jobs that
+    ended together and have set their reserved to zero (scheduler.arrays: cancelling an array)."""
+    if amount <= 0:
+        return
+    lock_funds(session, user_id)
+    post(
+        session, key, "release",
+        [(account(session, K.ESCROW, user_id), -amount), (account(session, K.AVAILABLE, user_id), amount)],
+        memo=memo,
+    )
+
+
 def bill_attempt(session: Session, attempt: Attempt, *, end: datetime | None = None) -> int:
     """Charge an attempt for the seconds the server saw it run (capped at its op's limit), times
     its GPUs (or one core) and its market's price: the fee to the platform, the rest to the

@@ -2,7 +2,8 @@
 
 `%%ops.<id>.results.<key>%%`, `%%ops.<id>.host%%`, `%%ops.<id>.endpoint.<port>%%`,
 `%%ops.<id>.deployment_endpoint%%`, `%%global.variables.<name>%%` and the builtins `%%global.job%%`,
-`%%global.host%%`, `%%global.version%%`; then the collection markers `__spread__` and
+`%%global.host%%`, `%%global.version%%`
+(`%%array.index%%` is filled in when an array is submitted: fill_array_index); then the collection markers `__spread__` and
 `__remove-if-empty__`; then every env value becomes a string.
 
 An endpoint's URL is known before its op runs (as in Nosana, where an op of an earlier group may
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from scheduler.errors import PeergridError
-from scheduler.references import LITERAL
+from scheduler.references import ARRAY_INDEX, LITERAL
 
 REMOVE_IF_EMPTY = "__remove-if-empty__"
 SPREAD = "__spread__"
@@ -64,6 +65,11 @@ class Scope:
             if parts[2] not in self.variables:
                 raise UnresolvedLiteral(f"Unresolved literal %%{name}%%: global.variables has no {parts[2]!r}.")
             return self.variables[parts[2]]
+        if head == "array":
+            raise UnresolvedLiteral(
+                f"Unresolved literal %%{name}%%: only the jobs of an array have %%array.index%%; submit the "
+                "definition with --array, or remove it."
+            )
         if head in ("global", "globals") and len(parts) == 2:
             builtins = {"job": str(self.job_id), "host": f"peergrid-job-{self.job_id}", "version": self.version}
             if parts[1] in builtins:
@@ -191,3 +197,16 @@ def has_literals(value: Any) -> bool:
     if isinstance(value, dict):
         return SPREAD in value or any(has_literals(v) for v in value.values())
     return False
+
+
+def fill_array_index(value: Any, index: int) -> Any:
+    """value with each %%array.index%% in its strings replaced by index; every other literal kept."""
+    if isinstance(value, str):
+        if "%%" not in value:
+            return value
+        return LITERAL.sub(lambda m: str(index) if m.group(1) == ARRAY_INDEX else m.group(0), value)
+    if isinstance(value, list):
+        return [fill_array_index(v, index) for v in value]
+    if isinstance(value, dict):
+        return {k: fill_array_index(v, index) for k, v in value.items()}
+    return value

@@ -83,26 +83,7 @@ def create_job(
         with session.begin_nested():
             session.add(job)
     for planned in placed:
-        op_def = planned.definition
-        volume_creators = [creators[v["name"]] for v in op_def.args.get("volumes") or [] if v["name"] in creators]
-        job.ops.append(
-            Op(
-                key=op_def.key,
-                position=op_def.position,
-                type=op_def.type,
-                group=op_def.group,
-                depends_on=list(dict.fromkeys([*op_def.depends_on, *volume_creators])),
-                stop_if_dependent_stops=op_def.stop_if_dependent_stops,
-                result_rules={name: rule.as_dict() for name, rule in op_def.results.items()},
-                spec=_spec(op_def),
-                exposes=bool(op_def.args.get("expose")),
-                market=planned.market,
-                state=OpState.PENDING,
-                timeout_s=planned.timeout_s,
-                max_attempts=op_def.max_attempts,
-                attempts=[],
-            )
-        )
+        job.ops.append(Op(**op_columns(planned, creators), market=planned.market, attempts=[]))
     job.max_cost = max_cost(job)
     session.flush()
     ledger.escrow(session, job, job.max_cost, key=f"escrow:job:{job.id}", what="This job at its longest")
@@ -113,6 +94,29 @@ def create_job(
     )
     advance(session, job, now=now)
     return job
+
+
+def op_columns(planned: PlannedOp, creators: dict[str, str]) -> dict:
+    """An op's columns as planned, but its market's (create_job; scheduler.arrays stores many at once).
+
+    creators maps each volume's name to the id of the op that makes it.
+    """
+    op_def = planned.definition
+    volume_creators = [creators[v["name"]] for v in op_def.args.get("volumes") or [] if v["name"] in creators]
+    return dict(
+        key=op_def.key,
+        position=op_def.position,
+        type=op_def.type,
+        group=op_def.group,
+        depends_on=list(dict.fromkeys([*op_def.depends_on, *volume_creators])),
+        stop_if_dependent_stops=op_def.stop_if_dependent_stops,
+        result_rules={name: rule.as_dict() for name, rule in op_def.results.items()},
+        spec=_spec(op_def),
+        exposes=bool(op_def.args.get("expose")),
+        state=OpState.PENDING,
+        timeout_s=planned.timeout_s,
+        max_attempts=op_def.max_attempts,
+    )
 
 
 def _spec(op_def: OpDefinition) -> dict:

@@ -45,22 +45,27 @@ def record_use(session: Session, owner_id: int, gpu_ms: int, *, half_life_s: flo
     usage.as_of = now
 
 
-def recent_use(session: Session, *, half_life_s: float, now: datetime) -> dict[int, float]:
+def recent_use(session: Session, *, half_life_s: float, now: datetime, owners=None) -> dict[int, float]:
     """Each account's use as of now (GPU-milliseconds): its ended attempts', decayed, and what its
-    running attempts have held so far."""
+    running attempts have held so far; of the accounts owners names, when given."""
     from scheduler.models import Attempt, Job, Op
     from scheduler.states import AttemptState
 
     connection = session.connection()
-    use = {
-        user_id: decayed(gpu_ms, as_of, now, half_life_s)
-        for user_id, gpu_ms, as_of in connection.execute(select(Usage.user_id, Usage.gpu_ms, Usage.as_of))
-    }
-    running = connection.execute(
+    ended = select(Usage.user_id, Usage.gpu_ms, Usage.as_of)
+    running = (
         select(Job.owner_id, Attempt.started_at, Attempt.gpus)
         .join(Op, Op.id == Attempt.op_id).join(Job, Job.id == Op.job_id)
         .where(Attempt.state == AttemptState.RUNNING, Attempt.started_at.is_not(None))
     )
+    if owners is not None:
+        ended = ended.where(Usage.user_id.in_(list(owners)))
+        running = running.where(Job.owner_id.in_(list(owners)))
+    use = {
+        user_id: decayed(gpu_ms, as_of, now, half_life_s)
+        for user_id, gpu_ms, as_of in connection.execute(ended)
+    }
+    running = connection.execute(running)
     for owner_id, started_at, gpus in running:
         held_ms = max(0.0, (now - started_at).total_seconds() * 1000)
         use[owner_id] = use.get(owner_id, 0.0) + held_ms * max(1, len(gpus or ()))

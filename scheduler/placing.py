@@ -420,9 +420,9 @@ def hand_off(session: Session, node: Node, *, half_life_s: float, now: datetime 
     # The attempts holding reservations here go first, each given the same reservation again (the
     # planner finds the same soonest GPUs on the same node), so work placed after them backfills:
     # onto a reserved GPU only when it ends before that reservation starts.
-    ordered = [w for w in wants if w.attempt_id in held_for] + rank(
-        [w for w in wants if w.attempt_id not in held_for], recent_use(session, half_life_s=half_life_s, now=now)
-    )
+    others = [w for w in wants if w.attempt_id not in held_for]
+    use = recent_use(session, half_life_s=half_life_s, now=now, owners={w.owner_id for w in others})
+    ordered = [w for w in wants if w.attempt_id in held_for] + rank(others, use)
     limits = _limits(session, ordered, markets)
     result = plan(ordered, [room], now=now, limits=limits, max_reservations=len(held_for))
     record(session, Snapshot(wants=[], nodes=[], limits=limits, market_names={}, never={}),

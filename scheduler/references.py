@@ -7,9 +7,11 @@ from typing import Any
 
 from scheduler.errors import PeergridError, Problem
 
-# %%ops.<op>.results.<key>%%, %%global.variables.<name>%%, %%global.<builtin>%%
+# %%ops.<op>.results.<key>%%, %%global.variables.<name>%%, %%global.<builtin>%%, %%array.index%%
 LITERAL = re.compile(r"%%([A-Za-z0-9_.:\-]+)%%")
 GLOBAL_BUILTINS = ("job", "host", "version")
+# %%array.index%%: a job's index in its array (scheduler.arrays), known when the array is submitted.
+ARRAY_INDEX = "array.index"
 # What %%ops.<id>.X%% may name besides results: the op's host name on its job network, the URL of one
 # of its exposed ports, and (Nosana's deployments) the URL its first port keeps across a deployment.
 OP_ADDRESS_LITERALS = ("host", "endpoint", "deployment_endpoint")
@@ -24,14 +26,17 @@ _SECRET_PLACE = re.compile(
 
 def check_references(
     doc: dict, variables: dict, results: dict[str, set[str]], exposed: dict[str, frozenset[int] | None],
-    problems: list[Problem],
+    problems: list[Problem], *, in_array: bool = False,
 ) -> None:
-    """Add to problems each %%ops.…%% and %%global.…%% in doc's ops that names nothing the job has.
+    """Add to problems each %%ops.…%% and %%global.…%% in doc's ops that names nothing the job has,
+    and each %%array.…%% (in its ops or global defaults) that is not %%array.index%% of an array's job.
 
     results maps each op's id to the results it defines, exposed to the ports it exposes (None where
-    a literal decides them); variables is global.variables.
+    a literal decides them); variables is global.variables; in_array, whether doc is submitted as an array.
     """
-    _References(problems).check_literals(doc, variables, results, exposed)
+    references = _References(problems)
+    references.check_literals(doc, variables, results, exposed)
+    references.check_array_literals(doc, in_array)
 
 
 def check_secret_references(doc: dict, problems: list[Problem]) -> None:
@@ -53,8 +58,8 @@ class _References:
             for match in LITERAL.finditer(text):
                 parts = match.group(1).split(".")
                 literal = match.group(0)
-                if parts[0] == "secrets":
-                    continue  # check_secrets
+                if parts[0] in ("secrets", "array"):
+                    continue  # check_secrets, check_array_literals
                 if parts[0] == "ops" and len(parts) >= 3 and parts[2] in OP_ADDRESS_LITERALS:
                     self._check_address_literal(path, literal, parts, exposed)
                 elif parts[0] == "ops":
@@ -73,6 +78,22 @@ class _References:
                     continue
                 if parts[0] in ("global", "globals") and len(parts) == 2 and parts[1] not in GLOBAL_BUILTINS:
                     self.add(path, f"{literal} is not a known global: use {', '.join(GLOBAL_BUILTINS)} or variables.<name>.")
+
+    def check_array_literals(self, doc: dict, in_array: bool) -> None:
+        places = [*_strings(doc.get("global"), "$.global"), *_strings(doc.get("ops", []), "$.ops")]
+        for path, text in places:
+            for match in LITERAL.finditer(text):
+                name = match.group(1)
+                if name.split(".")[0] != "array":
+                    continue
+                if name != ARRAY_INDEX:
+                    self.add(path, f"{match.group(0)} is not a literal: an array's job knows only %%array.index%%.")
+                elif not in_array:
+                    self.add(
+                        path,
+                        "%%array.index%% has a value only in a job of an array: submit the definition as one "
+                        "(peergrid job submit FILE --array 0-9, or POST /api/v1/jobs?array=0-9), or remove it.",
+                    )
 
     def _check_address_literal(
         self, path: str, literal: str, parts: list[str], exposed: dict[str, frozenset[int] | None]

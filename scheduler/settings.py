@@ -88,6 +88,10 @@ class Settings:
     max_body_bytes: int = 4 * 1024 * 1024
     # The most ops one job may have: what a single submit may ask the server to plan and watch.
     max_ops_per_job: int = 1000
+    # The most jobs one array may have (the size of 0-999: 1,000), and the most ops its jobs may have
+    # in all: what one array submit may ask the server to store at once.
+    max_array_size: int = 10_000
+    max_array_ops: int = 100_000
     # Largest output archive an op may upload.
     max_artifact_bytes: int = 1024 * 1024 * 1024
     # Micro-credits every new account is granted; on in the embedded set-up, so the quick start runs.
@@ -156,6 +160,8 @@ class Settings:
             timeout_grace_s=_float(env, "PEERGRID_TIMEOUT_GRACE", 60.0),
             max_body_bytes=_int(env, "PEERGRID_MAX_BODY_BYTES", 4 * 1024 * 1024),
             max_ops_per_job=_int(env, "PEERGRID_MAX_OPS_PER_JOB", 1000),
+            max_array_size=_int(env, "PEERGRID_MAX_ARRAY_SIZE", 10_000),
+            max_array_ops=_int(env, "PEERGRID_MAX_ARRAY_OPS", 100_000),
             max_artifact_bytes=_int(env, "PEERGRID_MAX_ARTIFACT_BYTES", 1024 * 1024 * 1024),
             max_log_bytes_per_attempt=_int(env, "PEERGRID_MAX_LOG_BYTES_PER_ATTEMPT", 16 * 1024 * 1024),
             min_payout=_credits(env, "PEERGRID_MIN_PAYOUT", 1_000_000),
@@ -187,6 +193,8 @@ class Settings:
             raise ConfigurationError(
                 "PEERGRID_MIN_PRIORITY must be 0 or less and PEERGRID_MAX_PRIORITY 0 or more: 0 is every job's default."
             )
+        if values["max_array_size"] < 1 or values["max_array_ops"] < 1:
+            raise ConfigurationError("PEERGRID_MAX_ARRAY_SIZE and PEERGRID_MAX_ARRAY_OPS must be 1 or more.")
         settings = cls(**values)
         if not settings.secret_key:
             settings = replace(settings, secret_key=_local_secret(settings.data_dir))

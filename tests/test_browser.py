@@ -198,6 +198,39 @@ def test_every_link_works_for_a_user_and_an_admin(live, browser, who):
         assert {"/admin/payouts", "/admin/ledger", "/admin/users", "/admin/markets"} <= set(statuses)
 
 
+def test_an_array_shows_its_progress_and_is_cancelled_from_its_page(live, browser):
+    # Given someone who submitted an array of four jobs that each run for a while
+    _, token = factories.user(live.core, email="sweeper@example.com", credits=100)
+    api = Api(live.url, token)
+    created = api.http.post(api.url + "/jobs", params={"array": "0-3%2"}, timeout=10,
+                            json=hello_world(live.image, ["sleep", "30"]))
+    assert created.status_code == 201, created.text
+    array_id = created.json()["id"]
+    # When they open it from the jobs list
+    page = new_page(browser)
+    sign_in(page, live, "sweeper@example.com")
+    page.goto(live.url + "/jobs")
+    page.click(f"text=array #{array_id} >> nth=0")
+    page.wait_for_url(f"{live.url}/arrays/{array_id}")
+    # Then the page shows its progress, a bar and its four jobs by index
+    assert page.text_content("#array-progress").startswith("0/4 done")
+    assert page.locator("#array-jobs tbody tr").count() == 4
+    assert page.locator("svg.progress-bar rect.seg").count() >= 1
+    shoot(page, "array-laptop")
+    # When they cancel it from there, every job ends cancelled
+    page.on("dialog", lambda dialog: dialog.accept())
+    page.click("text=Cancel array")
+    page.wait_for_url(f"{live.url}/arrays/{array_id}")
+    assert page.text_content("#array-progress") == "4/4 done: 4 cancelled"
+    assert page.locator("text=Cancel array").count() == 0
+    assert {job["state"] for job in api.get("/jobs")["jobs"]} == {"cancelled"}
+    phone = new_page(browser, "phone")
+    sign_in(phone, live, "sweeper@example.com")
+    phone.goto(f"{live.url}/arrays/{array_id}")
+    assert phone.evaluate("document.documentElement.scrollWidth - window.innerWidth") <= 1, _widest(phone)
+    shoot(phone, "array-phone")
+
+
 MAIN_PAGES = ["/", "/jobs", "/submit", "/nodes", "/credits", "/account", "/admin/payouts", "/admin/ledger",
               "/admin/users", "/admin/markets"]
 

@@ -63,7 +63,7 @@ def create_app(settings: Settings | None = None, *, core: Core | None = None) ->
     # GPU memory on pages, in the one unit it is counted in (protocol.gpus).
     app.add_template_filter(gb_text, "gb")
 
-    from web import account_pages, admin_pages, api, dashboard, errors, metrics, submit_pages
+    from web import account_pages, admin_pages, api, array_pages, dashboard, errors, metrics, submit_pages  # noqa: F401
 
     errors.init_app(app)
     app.register_blueprint(api.bp)

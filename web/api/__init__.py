@@ -4,4 +4,4 @@ from flask import Blueprint
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
-from web.api import admin, agent, health, joining, jobs, ledger, markets, nodes, openapi, quotas, secrets  # noqa: E402,F401  (routes register on bp)
+from web.api import admin, agent, arrays, health, joining, jobs, ledger, markets, nodes, openapi, quotas, secrets  # noqa: E402,F401  (routes register on bp)

@@ -5,13 +5,14 @@ from __future__ import annotations
 from flask import current_app, jsonify, request, send_file, url_for
 
 from protocol.names import op_slug
+from scheduler.array_spec import parse_array_spec
 from scheduler.errors import InvalidDefinition, PeergridError, Problem
 from scheduler.jobs import job_for, job_logs, list_jobs, plan_job, submit_job, submit_once
 from scheduler.artifacts import artifact_of_op, artifacts_root, job_artifacts
 from scheduler.events import job_events
 from scheduler.orchestration import cancel_job, extend_job
 from scheduler.priorities import read_priority
-from web.api import bp
+from web.api import arrays, bp
 from web.api.serialize import iso, job_json
 from web.bodies import NestedTooDeep
 from web.auth import require_user
@@ -39,7 +40,8 @@ def json_body() -> object:
 
 @bp.post("/jobs")
 def create_job():
-    """Submit a job; with an Idempotency-Key, a repeat answers the job the first made (200)."""
+    """Submit a job (with ?array=SPEC, an array of them); with an Idempotency-Key, a repeat answers
+    what the first made (200)."""
     user = require_user()
     document = json_body()
     settings = core().settings
@@ -50,6 +52,8 @@ def create_job():
         priority=read_priority(request.args.get("priority")),
         priorities=settings.priority_bounds,
     )
+    if "array" in request.args:  # many jobs of the definition, each with its index
+        return arrays.submit(user, document, options)
     key = request.headers.get("Idempotency-Key")
     if key is None:
         job, status = submit_job(db(), user, document, **options), 201
@@ -61,13 +65,16 @@ def create_job():
 
 @bp.post("/jobs/validate")
 def validate_job():
-    """Check and plan a definition as a submit would; nothing is stored and nothing reserved."""
+    """Check and plan a definition as a submit would (with ?array=SPEC, as an array's); nothing is
+    stored and nothing reserved."""
     user = require_user()
     settings = core().settings
+    array = request.args.get("array")
     plan = plan_job(
         db(), user, json_body(), market_slug=request.args.get("market") or None,
         default_timeout_s=settings.default_timeout_s, max_ops=settings.max_ops_per_job,
         priority=read_priority(request.args.get("priority")), priorities=settings.priority_bounds,
+        array_size=None if array is None else parse_array_spec(array, max_size=settings.max_array_size).size,
     )
     return jsonify({
         "valid": plan.valid,

@@ -115,7 +115,25 @@ LIMITS = {"type": "object", "required": ["user", "max_priority", "priority_cap",
     "quotas": {"type": "array", "items": QUOTA}, "removed": {"type": "boolean"}}}
 USER_REF = {"name": "user_ref", "in": "path", "required": True, "schema": {"type": "string"},
             "description": "The account's email or id"}
-REPEATED = "A repeat of an earlier submit's Idempotency-Key: the job that submit made, now"
+REPEATED = "A repeat of an earlier submit's Idempotency-Key: the job (or array) that submit made, now"
+ARRAY_SPEC = {
+    "name": "array", "in": "query", "required": False, "schema": {"type": "string", "minLength": 1},
+    "description": "Submit an array of jobs of the definition, one per index, as Slurm's --array writes them: "
+                   "0-999, 0-999%50 (at most 50 running at once), 1,3,5-9 or 0-20:5. Each job sees "
+                   "PEERGRID_ARRAY_INDEX in its env and %%array.index%% in its literals; the answer is the array's.",
+}
+SUBMITTED_ARRAY = {"type": "object", "required": ["id", "size", "state", "max_cost"], "properties": {
+    "id": {"type": "integer"}, "size": {"type": "integer"}, "state": {"type": "string"},
+    "max_running": {"type": "integer", "nullable": True}, "max_cost": {"type": "integer"}}}
+ARRAY = {"type": "object", "required": ["id", "size", "state", "counts", "jobs"], "properties": {
+    "id": {"type": "integer"}, "size": {"type": "integer"}, "max_running": {"type": "integer", "nullable": True},
+    "state": {"type": "string"},
+    "counts": {"type": "object", "additionalProperties": {"type": "integer"},
+               "description": "How many of its jobs are in each job state"},
+    "done": {"type": "integer"}, "progress": {"type": "string", "description": "One line, like "
+                                              "\"37/100 done: 30 succeeded, 7 failed; 8 running; 55 queued\""},
+    "max_cost": {"type": "integer"}, "cost": {"type": "integer"},
+    "jobs": {"type": "array", "items": {"type": "integer"}, "description": "Its jobs' ids, by index"}}}
 
 
 def spec() -> dict:
@@ -147,6 +165,7 @@ def spec() -> dict:
                     "finished_at": {"type": "string", "nullable": True}, "cost": {"type": "integer"},
                     "max_cost": {"type": "integer"}, "reserved": {"type": "integer"},
                     "priority": {"type": "integer", "description": "Higher runs first"},
+                    "array_id": {"type": "integer", "nullable": True}, "array_index": {"type": "integer", "nullable": True},
                     "ops": {"type": "array", "items": OP}, "events": {"type": "array", "items": OBJ}}},
                 "JobDefinition": {"type": "object", "description": "A Nosana job definition, version 0.1.",
                                   "properties": {"version": {"type": "string"}, "type": {"type": "string"},
@@ -159,16 +178,21 @@ def spec() -> dict:
                 "get": _op("Your jobs, newest first", _json(OBJ), 400, 401, params=[
                     _path("state", {"type": "string", "enum": ["queued", "running", "succeeded", "failed", "cancelled"]}, "query"),
                     _path("page", {"type": "integer", "minimum": 1}, "query")]),
-                "post": _op("Submit a job definition", _json(SUBMITTED, "Created"), 400, 401, 402, 409, 413, 422, 429,
-                            ok_code=201, also={"200": _json(SUBMITTED, REPEATED)},
-                            params=[_path("market", {"type": "string"}, "query"), PRIORITY, IDEMPOTENCY_KEY],
+                "post": _op("Submit a job definition (with ?array=SPEC, an array of jobs of it)",
+                            _json({"oneOf": [SUBMITTED, SUBMITTED_ARRAY]}, "Created"), 400, 401, 402, 409, 413, 422, 429,
+                            ok_code=201, also={"200": _json({"oneOf": [SUBMITTED, SUBMITTED_ARRAY]}, REPEATED)},
+                            params=[_path("market", {"type": "string"}, "query"), ARRAY_SPEC, PRIORITY, IDEMPOTENCY_KEY],
                             body={"$ref": "#/components/schemas/JobDefinition"}),
             },
             "/jobs/validate": {"post": _op(
                 "Check and plan a job definition as a submit would, storing and reserving nothing",
                 _json(VALIDATION), 400, 401, 413, 422,
-                params=[_path("market", {"type": "string"}, "query"), PRIORITY],
+                params=[_path("market", {"type": "string"}, "query"), PRIORITY, ARRAY_SPEC],
                 body={"$ref": "#/components/schemas/JobDefinition"})},
+            "/arrays/{array_id}": {"get": _op("An array of jobs: its counts by state and its jobs' ids", _json(ARRAY),
+                                              401, 404, params=[_path("array_id")])},
+            "/arrays/{array_id}/cancel": {"post": _op("Cancel every unfinished job of an array", _json(ARRAY),
+                                                      401, 404, params=[_path("array_id")])},
             "/jobs/{job_id}": {"get": _op("A job with its ops and events", _json(JOB), 401, 404, params=[job_id])},
             "/jobs/{job_id}/logs": {"get": _op("A job's log lines, in order", _json(OBJ), 401, 404, params=[
                 job_id, _path("op", {"type": "string"}, "query"), _path("after", {"type": "integer", "minimum": 0}, "query")])},

@@ -115,6 +115,9 @@ def job_json(job: Job, *, with_ops: bool = True, events: list[JobEvent] | None =
         "max_cost": job.max_cost,
         "reserved": job.reserved,
         "priority": job.priority,
+        # The array it is a job of, and its index there; None for a lone job.
+        "array_id": job.array_id,
+        "array_index": job.array_index,
     }
     if with_ops:
         body["ops"] = [op_json(op) for op in job.ops]
