@@ -31,6 +31,7 @@ POLICY = {
     "api.my_movements": "api_user", "api.payout_request": "api_user", "api.my_payouts": "api_user",
     "api.secrets_index": "api_user", "api.secret_put": "api_user", "api.secret_delete": "api_owned",
     "api.job_show": "api_owned", "api.job_log_lines": "api_owned", "api.job_cancel": "api_owned",
+    "api.array_show": "api_owned", "api.array_cancel": "api_owned",
     "api.job_extend": "api_owned", "api.job_artifact_list": "api_owned", "api.job_artifact_download": "api_owned",
     "api.nodes_drain": "api_owned",
     "api.join_tokens_create": "api_user", "api.join_tokens_index": "api_user", "api.join_tokens_revoke": "api_owned",
@@ -53,6 +54,7 @@ POLICY = {
     "submit.submit_page": "page_user", "submit.submit_post": "page_user", "submit.submit_check": "page_user",
     "dashboard.endpoint_open": "page_owner",
     "dashboard.job": "page_owned", "dashboard.job_cancel": "page_owned", "dashboard.job_extend": "page_owned",
+    "dashboard.job_array": "page_owned", "dashboard.job_array_cancel": "page_owned",
     "dashboard.join_token_create": "page_user", "dashboard.join_token_revoke": "page_owned",
     "dashboard.node_drain": "page_owned", "dashboard.node_remove": "page_owned", "account.token_revoke": "page_owned",
     "admin.ledger_page": "page_admin", "admin.markets": "page_admin", "admin.market_create": "page_admin",
@@ -135,6 +137,9 @@ def build_world(core) -> World:
         ids = {"job_id": job_id, "attempt_id": attempt.id, "node_id": node.id, "payout_id": payout.id,
                "user_id": other_id, "slug": "cpu", "op_key": "hello-world", "filename": "peergrid.css",
                "name": "TOKEN", "label": label, "user_ref": "other@example.com"}
+    # An array of the owner's, made after the claim above, which took the one attempt there was.
+    ids["array_id"] = client.post("/api/v1/jobs?array=0-1", json=hello_world("busybox"),
+                                  headers=bearer(owner_token)).json["id"]
     tokens = {"owner": owner_token, "other": other_token, "admin": admin_token,
               "node": node_token, "other_node": other_node_token, "joiner": join_token}
     ids["token_id"] = 1  # the owner's first API token, made by the factory
