@@ -175,3 +175,43 @@ def test_a_quota_of_running_gpus_set_by_an_admin_holds_the_person_back_while_oth
     placed = {a: attempt(core, a).placed_node_id is not None for a in anns + bobs}
     assert sum(placed[a] for a in anns) == 2 and all(placed[b] for b in bobs)
     assert {attempt(core, a).waiting for a in anns if not placed[a]} == {"your quota of 2 GPUs is in use"}
+
+
+def test_an_array_runs_at_most_its_limit_at_once_and_the_next_starts_as_one_ends(core):
+    from scheduler.array_spec import parse_array_spec
+    from scheduler.arrays import submit_array
+    from scheduler.attempts import finish_attempt
+
+    gpu_market(core, "a100", 1)
+    rig = gpu_node(core, "rig", 8)
+    user_id, _ = factories.user(core, credits=1_000_000)
+    doc = hello_world("busybox")
+    doc["ops"][0]["args"]["gpu_count"] = 1
+    with core.transaction() as session:
+        made = submit_array(session, session.get(User, user_id), doc, parse_array_spec("0-9%3", max_size=100),
+                            market_slug="a100", default_timeout_s=60, max_array_ops=1000)
+        array_id = made.array.id
+
+    place(core)
+
+    with core.sessions() as session:
+        from scheduler.models import Job, Op
+
+        attempts = list(session.scalars(select(Attempt).join(Op).join(Job).where(Job.array_id == array_id)))
+        placed = [a for a in attempts if a.placed_node_id == rig]
+        assert len(placed) == 3
+        assert {a.waiting for a in attempts if a.placed_node_id is None} == {
+            "its array runs as many jobs at once as its limit allows"}
+        first = placed[0]
+        gpus = list(first.placed_gpus)
+    # When one of the three ends, the next of the array takes its place
+    with core.transaction() as session:
+        node = session.get(Node, rig)
+        claim_attempt(session, node, first.id, gpus=gpus)
+    with core.transaction() as session:
+        from scheduler.attempts import start_attempt
+
+        start_attempt(session, session.get(Node, rig), first.id)
+    with core.transaction() as session:
+        finish_attempt(session, session.get(Node, rig), first.id, exit_code=0)
+    assert place(core).placed == 1
