@@ -1,8 +1,9 @@
-"""Dispatch: many trivial ops through peergrid (submit → offered → claimed → finished → settled)
+"""Dispatch: many trivial ops through peergrid (submit → placed → claimed → finished → settled)
 against raw Celery no-op tasks of the same count, on the same broker.
 
-    .venv/bin/python -m bench.dispatch [--ops 200] [--setup embedded|scaled|both]
+    .venv/bin/python -m bench.dispatch [--ops 1000] [--setup embedded|scaled|both] [--separate]
 
+The ops are one job array (`?array=0-N`), submitted in one request; --separate submits a job each.
 The ops run on worker agents whose container runtime returns at once, so this measures the control
 plane (API, store, broker, claims, reports, settlement), not Docker. Both sides get 8 concurrent slots.
 The scaled set-up serves the web with gunicorn, a process per core, as compose.yaml does.
@@ -73,7 +74,7 @@ def celery_baseline(broker_url: str, count: int) -> float:
         return time.monotonic() - began
 
 
-def peergrid_run(stack: Stack, count: int) -> float:
+def peergrid_run(stack: Stack, count: int, *, separate: bool = False) -> float:
     _, node_token, _ = factories.node(stack.core, name="bench-node")
     agent = Agent(
         WorkerSettings(server=stack.url, token=node_token, slots=SLOTS, log_interval_s=0.05,
@@ -87,8 +88,9 @@ def peergrid_run(stack: Stack, count: int) -> float:
     engine = create_engine(stack.settings.database_url)
     time.sleep(2)  # let the agent register and start consuming
     began = time.monotonic()
-    for _ in range(count):
-        response = api.post("/jobs", factories.hello_world("instant"))
+    for _ in range(count if separate else 1):
+        path = "/jobs" if separate else f"/jobs?array=0-{count - 1}"
+        response = api.post(path, factories.hello_world("instant"))
         assert response.status_code == 201, (response.status_code, response.text[:300], stack.logs()[-2000:])
     deadline = time.monotonic() + 60 + count
     with engine.connect() as conn:
@@ -104,7 +106,7 @@ def peergrid_run(stack: Stack, count: int) -> float:
     return elapsed
 
 
-def one_setup(setup: str, count: int) -> tuple[float, float]:
+def one_setup(setup: str, count: int, *, separate: bool = False) -> tuple[float, float]:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         with store_and_broker(setup, root) as (database_url, broker_url):
@@ -113,7 +115,7 @@ def one_setup(setup: str, count: int) -> tuple[float, float]:
                 # gunicorn with several.
                 stack.start_web(processes=(os.cpu_count() or 1) if setup == "scaled" else 0)
                 stack.start_scheduler()
-                ours = peergrid_run(stack, count)
+                ours = peergrid_run(stack, count, separate=separate)
             # In a process of its own: Celery's test worker does not start cleanly twice in one.
             with multiprocessing.get_context("spawn").Pool(1) as pool:
                 baseline = pool.apply(celery_baseline, (broker_url, count))
@@ -122,14 +124,16 @@ def one_setup(setup: str, count: int) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ops", type=int, default=200)
+    parser.add_argument("--ops", type=int, default=1000)
     parser.add_argument("--setup", choices=["embedded", "scaled", "both"], default="both")
+    parser.add_argument("--separate", action="store_true", help="a submit per job instead of one array")
     args = parser.parse_args()
     setups = ["embedded", "scaled"] if args.setup == "both" else [args.setup]
-    print(f"dispatch, {args.ops} trivial ops, {SLOTS} slots each side")
+    how = "separate submits" if args.separate else "one array"
+    print(f"dispatch, {args.ops} trivial ops ({how}), {SLOTS} slots each side")
     print(f"{'setup':10} {'peergrid s':>11} {'ops/s':>8} {'celery s':>9} {'tasks/s':>8} {'× celery':>9}")
     for setup in setups:
-        ours, baseline = one_setup(setup, args.ops)
+        ours, baseline = one_setup(setup, args.ops, separate=args.separate)
         print(f"{setup:10} {ours:11.2f} {args.ops / ours:8.1f} {baseline:9.2f} {args.ops / baseline:8.1f} {ours / baseline:9.1f}")
 
 
