@@ -23,6 +23,7 @@ import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from types import SimpleNamespace
 
 from sqlalchemy import and_, bindparam, or_, select, update
 from sqlalchemy.orm import Session
@@ -118,62 +119,66 @@ def node_rooms(session: Session, markets: dict[int, Market], *, now: datetime, n
     query = select(Node.id, Node.name, Node.slots, Node.serves_endpoints, Node.simulated).where(Node.state.in_(TAKING))
     if node_ids is not None:
         query = query.where(Node.id.in_(node_ids))
-    nodes = {row.id: row for row in _read(session, query)}
+    nodes = {row[0]: row for row in _read(session, query)}
     if not nodes:
         return []
+    taking = select(Node.id).where(Node.state.in_(TAKING))
+    if node_ids is not None:
+        taking = taking.where(Node.id.in_(node_ids))
     gpus = defaultdict(list)
     gpu_query = select(NodeGpu.node_id, NodeGpu.uuid, NodeGpu.name, NodeGpu.memory_total_mb,
-                       NodeGpu.compute_capability, NodeGpu.cuda_version)
-    gpu_query = gpu_query.where(NodeGpu.node_id.in_(list(nodes))) if node_ids is not None else gpu_query
-    for row in _read(session, gpu_query):
-        if row.node_id in nodes:
-            gpus[row.node_id].append(row)
+                       NodeGpu.compute_capability, NodeGpu.cuda_version).where(NodeGpu.node_id.in_(taking))
+    for node_id, uuid, name, memory, capability, cuda in _read(session, gpu_query):
+        gpus[node_id].append((uuid, (name, memory, capability, cuda)))
+    gpu_markets = [(m.id, m.gpu_count, m) for m in markets.values() if m.gpu_count]
+    cpu_markets = [m.id for m in markets.values() if not m.gpu_count]
+    # Whether a kind of GPU (model, memory, capability, CUDA; simulated or not) serves a market, asked once a kind.
+    serves: dict[tuple, bool] = {}
+
+    def qualifies(market, kind, simulated) -> bool:
+        key = (market.id, kind, simulated)
+        if key not in serves:
+            name, memory, capability, cuda = kind
+            facts = SimpleNamespace(name=name, memory_total_mb=memory, compute_capability=capability, cuda_version=cuda)
+            serves[key] = gpu_satisfies(facts, market, simulated=simulated)
+        return serves[key]
+
     rooms: dict[int, NodeRoom] = {}
-    qualifies_cache: dict[tuple, bool] = {}
-    for node_id, node in nodes.items():
-        qualifies: dict[int, frozenset[str]] = {}
-        served = set()
-        for market in markets.values():
-            if market.gpu_count == 0:
-                if node.slots > 0:
-                    served.add(market.id)
+    for node_id, (_, name, slots, serves_endpoints, simulated) in nodes.items():
+        own = gpus[node_id]
+        kinds = {kind for _, kind in own}
+        fits: dict[int, frozenset[str]] = {}
+        served = set(cpu_markets) if slots > 0 else set()
+        for market_id, count, market in gpu_markets:
+            if len(own) < count:
                 continue
-            fitting = []
-            for gpu in gpus[node_id]:
-                key = (market.id, gpu.name, gpu.memory_total_mb, gpu.compute_capability, gpu.cuda_version, node.simulated)
-                ok = qualifies_cache.get(key)
-                if ok is None:
-                    ok = qualifies_cache[key] = gpu_satisfies(gpu, market, simulated=node.simulated)
-                if ok:
-                    fitting.append(gpu.uuid)
-            if len(fitting) >= market.gpu_count:
-                qualifies[market.id] = frozenset(fitting)
-                served.add(market.id)
+            if len(kinds) == 1:  # the usual node: one kind of GPU, all of them serve or none
+                fitting = [u for u, _ in own] if qualifies(market, next(iter(kinds)), simulated) else []
+            else:
+                fitting = [u for u, kind in own if qualifies(market, kind, simulated)]
+            if len(fitting) >= count:
+                fits[market_id] = frozenset(fitting)
+                served.add(market_id)
         rooms[node_id] = NodeRoom(
-            id=node_id, name=node.name, gpu_vram={g.uuid: g.memory_total_mb for g in gpus[node_id]},
-            qualifies=qualifies, slots=node.slots, serves_endpoints=node.serves_endpoints, markets=frozenset(served),
+            id=node_id, name=name, gpu_vram={u: kind[1] for u, kind in own}, qualifies=fits, slots=slots,
+            serves_endpoints=serves_endpoints, markets=frozenset(served),
         )
     # What each node holds (claimed or running) and what is placed on it, with when each ends.
-    held = _read(session, 
-        select(Attempt.node_id, Attempt.placed_node_id, Attempt.state, Attempt.gpus, Attempt.placed_gpus,
-               Attempt.started_at, Attempt.claimed_at, Attempt.placed_at, Op.timeout_s)
-        .join(Op, Op.id == Attempt.op_id)
-        .where(or_(
-            and_(Attempt.state.in_(ATTEMPT_HELD), Attempt.node_id.in_(list(rooms))),
-            and_(Attempt.state == AttemptState.QUEUED, Attempt.placed_node_id.in_(list(rooms))),
-        ))
-    )
-    for row in held:
-        if row.state == AttemptState.QUEUED:
-            room, uuids, since = rooms[row.placed_node_id], row.placed_gpus or [], row.placed_at or now
-        else:
-            room, uuids, since = rooms[row.node_id], row.gpus or [], row.started_at or row.claimed_at or now
-        ends = since + timedelta(seconds=row.timeout_s)
-        if uuids:
-            for uuid in uuids:
-                room.busy_until[uuid] = ends
-        else:
-            room.slots_busy += 1
+    held = select(Attempt.node_id, Attempt.gpus, Attempt.started_at, Attempt.claimed_at, Op.timeout_s).join(
+        Op, Op.id == Attempt.op_id).where(Attempt.state.in_(ATTEMPT_HELD), Attempt.node_id.in_(taking))
+    placed = select(Attempt.placed_node_id, Attempt.placed_gpus, Attempt.placed_at, Attempt.placed_at, Op.timeout_s).join(
+        Op, Op.id == Attempt.op_id).where(Attempt.state == AttemptState.QUEUED, Attempt.placed_node_id.in_(taking))
+    for query in (held, placed):
+        for node_id, uuids, started_at, claimed_at, timeout_s in _read(session, query):
+            room = rooms.get(node_id)
+            if room is None:
+                continue
+            ends = (started_at or claimed_at or now) + timedelta(seconds=timeout_s)
+            if uuids:
+                for uuid in uuids:
+                    room.busy_until[uuid] = ends
+            else:
+                room.slots_busy += 1
     return list(rooms.values())
 
 

@@ -11,6 +11,7 @@ Every attempt left waiting is told why.
 
 from __future__ import annotations
 
+import heapq
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -148,6 +149,7 @@ def plan(
     # Per market, the shortest time limit that found no room: a longer one finds none either (placing
     # only takes room), so it need not look.
     no_room_from: dict[tuple[int, int], int] = {}
+    soonest_on: dict[tuple, tuple] = {}
 
     for want in wants:
         market = names.get(want.market_id, f"market {want.market_id}")
@@ -179,6 +181,7 @@ def plan(
         if spot is not None:
             node, gpus = spot
             _take(node, gpus, end, free_from)
+            _forget(soonest_on, node.id)
             for market, gpus_needed in shapes:
                 if market in node.markets and not _has_room(node, market, gpus_needed):
                     roomy[(market, gpus_needed)].discard(node.id)
@@ -198,14 +201,20 @@ def plan(
                 candidates = [by_id[want.pinned_node_id]]
             if want.needs_endpoints:
                 candidates = [n for n in candidates if n.serves_endpoints]
-            held = _reserve(want, candidates, now, free_from, reserved_from)
+            held = _reserve(want, candidates, now, free_from, reserved_from, soonest_on)
             if held is not None:
+                _forget(soonest_on, held.node_id)
                 reservations += 1
                 result.reservations[want.attempt_id] = held
                 node_name = by_id[held.node_id].name
                 reason = f"{reason}; GPUs reserved on {node_name} from {held.start:%H:%M:%S} UTC"
         result.reasons[want.attempt_id] = reason
     return result
+
+
+def _forget(soonest_on: dict, node_id: int) -> None:
+    for key in [k for k in soonest_on if k[0] == node_id]:
+        del soonest_on[key]
 
 
 def _has_room(node: NodeRoom, market: int, gpus: int) -> bool:
@@ -278,17 +287,29 @@ def _take(node: NodeRoom, gpus: tuple[str, ...], end: datetime, free_from) -> No
         free_from[(node.id, uuid)] = end
 
 
-def _reserve(want: Want, candidates: list[NodeRoom], now: datetime, free_from, reserved_from) -> Reservation | None:
-    """Hold the GPUs where want fits soonest, from when they are all free; later ones see them taken."""
+def _reserve(want: Want, candidates: list[NodeRoom], now: datetime, free_from, reserved_from,
+             soonest_on: dict) -> Reservation | None:
+    """Hold the GPUs where want fits soonest, from when they are all free; later ones see them taken.
+
+    soonest_on caches, per (node, market, GPUs), when and on which GPUs such an op could start; the
+    caller drops a node's entries when what is free there changes.
+    """
     best: Reservation | None = None
+    best_key = None
     for node in candidates:
-        qualifying = node.qualifies.get(want.market_id, frozenset())
-        if len(qualifying) < want.gpus:
-            continue
-        soonest = sorted(qualifying, key=lambda u: (free_from.get((node.id, u), now), u))[: want.gpus]
-        start = max(free_from.get((node.id, u), now) for u in soonest)
-        if best is None or (start, node.id in want.avoid) < (best.start, best.node_id in want.avoid):
-            best = Reservation(want.attempt_id, node.id, tuple(soonest), start)
+        cached = soonest_on.get((node.id, want.market_id, want.gpus))
+        if cached is None:
+            qualifying = node.qualifies.get(want.market_id)
+            if not qualifying or len(qualifying) < want.gpus:
+                continue
+            times = [(free_from.get((node.id, u), now), u) for u in qualifying]
+            soonest = heapq.nsmallest(want.gpus, times) if want.gpus < len(times) else sorted(times)
+            cached = soonest_on[(node.id, want.market_id, want.gpus)] = (soonest[-1][0], tuple(u for _, u in soonest))
+        start, gpus = cached
+        key = (start, node.id in want.avoid)
+        if best_key is None or key < best_key:
+            best_key = key
+            best = Reservation(want.attempt_id, node.id, gpus, start)
     if best is None:
         return None
     end = best.start + timedelta(seconds=want.timeout_s)
