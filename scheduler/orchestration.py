@@ -308,6 +308,8 @@ def new_attempt(session: Session, op: Op, *, now: datetime | None = None) -> Att
 
 def new_attempts(session: Session, ops: list[Op], *, now: datetime | None = None) -> list[Attempt]:
     """Create each op's next attempt, written in one flush, and ask for a placement pass after the commit."""
+    if not ops:
+        return []
     now = now or utcnow()
     with session.no_autoflush:  # reading one op's attempts must not flush the attempt just made for another
         attempts = [

@@ -402,32 +402,34 @@ def hand_off(session: Session, node: Node, *, half_life_s: float, now: datetime 
     if not free_gpus and room.slots_busy >= room.slots:
         return []
     stored: dict[int, tuple] = {}
-    query = (
-        _wants_query()
-        .where(Op.market_id.in_(list(room.markets)),
-               or_(Attempt.pinned_node_id.is_(None), Attempt.pinned_node_id == node.id))
-        .order_by(Job.priority.desc(), Attempt.created_at, Attempt.id)
-        .limit(HAND_OFF_CANDIDATES)
-    )
+    fits_here = (Op.market_id.in_(list(room.markets)),
+                 or_(Attempt.pinned_node_id.is_(None), Attempt.pinned_node_id == node.id))
+    # The candidates, through the index on (state, line_position): first those the last pass put in
+    # line, in its order (priority, fair share, age); then those made since, which it has not ranked.
+    in_line = (_wants_query().where(*fits_here, Attempt.line_position.is_not(None))
+               .order_by(Attempt.line_position, Attempt.id).limit(HAND_OFF_CANDIDATES))
+    since = (_wants_query().where(*fits_here, Attempt.line_position.is_(None))
+             .order_by(Attempt.id).limit(HAND_OFF_CANDIDATES))
     # Reservations held on this node by other waiting attempts keep their GPUs from longer work.
-    reserved = list(session.scalars(
+    held_for = set(session.scalars(
         select(Attempt.id).where(Attempt.state == AttemptState.QUEUED, Attempt.placed_node_id.is_(None),
                                  Attempt.reserved_node_id == node.id)
     ))
-    held_for = set(reserved)
-    rows = list(_read(session, query))
-    missing = held_for - {r.id for r in rows}
+    ranked_rows = list(_read(session, in_line))
+    new_rows = list(_read(session, since))
+    missing = held_for - {r.id for r in ranked_rows} - {r.id for r in new_rows}
     if missing:
-        rows += list(_read(session, _wants_query().where(Attempt.id.in_(missing))))
-    wants = _wants(session, rows, markets, stored)
-    if not wants:
+        ranked_rows += list(_read(session, _wants_query().where(Attempt.id.in_(missing))))
+    ranked = _wants(session, ranked_rows, markets, stored)
+    new = _wants(session, new_rows, markets, stored)
+    if not ranked and not new:
         return []
     # The attempts holding reservations here go first, each given the same reservation again (the
     # planner finds the same soonest GPUs on the same node), so work placed after them backfills:
     # onto a reserved GPU only when it ends before that reservation starts.
-    others = [w for w in wants if w.attempt_id not in held_for]
-    use = recent_use(session, half_life_s=half_life_s, now=now, owners={w.owner_id for w in others})
-    ordered = [w for w in wants if w.attempt_id in held_for] + rank(others, use)
+    use = recent_use(session, half_life_s=half_life_s, now=now, owners={w.owner_id for w in new}) if new else {}
+    ordered = ([w for w in ranked if w.attempt_id in held_for] + [w for w in ranked if w.attempt_id not in held_for]
+               + [w for w in rank(new, use) if w.attempt_id not in held_for])
     limits = _limits(session, ordered, markets)
     result = plan(ordered, [room], now=now, limits=limits, max_reservations=len(held_for))
     record(session, Snapshot(wants=[], nodes=[], limits=limits, market_names={}, never={}),

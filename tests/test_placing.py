@@ -13,6 +13,7 @@ from scheduler.attempts import claim_attempt
 from scheduler.errors import Conflict
 from scheduler.models import Attempt, Market, Node, User
 from scheduler.nodes import register
+from scheduler import placing
 from scheduler.placing import run_pass
 from scheduler.states import NodeState, utcnow
 from tests import factories
@@ -215,3 +216,31 @@ def test_an_array_runs_at_most_its_limit_at_once_and_the_next_starts_as_one_ends
     with core.transaction() as session:
         finish_attempt(session, session.get(Node, rig), first.id, exit_code=0)
     assert place(core).placed == 1
+
+
+def test_a_finished_attempts_node_is_handed_the_first_in_line_at_once(core):
+    from scheduler.attempts import finish_attempt, next_work, start_attempt
+
+    gpu_market(core, "a100", 1)
+    rig = gpu_node(core, "rig", 1)
+    user_id, _ = factories.user(core, credits=1_000_000)
+    running = submit(core, user_id, market="a100")
+    place(core)
+    with core.transaction() as session:
+        node = session.get(Node, rig)
+        claim_attempt(session, node, running, gpus=["GPU-rig-0"])
+        start_attempt(session, node, running)
+    older = submit(core, user_id, market="a100")
+    urgent = submit(core, user_id, market="a100", priority=5)
+    place(core)  # puts them in line: the urgent one first
+    assert attempt(core, urgent).waiting.startswith("1st in line") and attempt(core, older).line_position == 2
+
+    # When the running attempt's end is reported, the same transaction places and claims the urgent one
+    with core.transaction() as session:
+        node = session.get(Node, rig)
+        finish_attempt(session, node, running, exit_code=0)
+        orders = next_work(session, node, half_life_s=3600)
+        assert [(o.id, o.gpus) for o in orders] == [(urgent, ("GPU-rig-0",))]
+        # and asks for no pass: the freed GPU is taken
+        assert not placing.take_wanted(session)
+    assert attempt(core, urgent).node_id == rig and attempt(core, older).node_id is None

@@ -75,6 +75,7 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column('reserved_node_id', ID, nullable=True))
         batch_op.add_column(sa.Column('reserved_from', TIME, nullable=True))
         batch_op.create_index(batch_op.f('ix_attempts_placed_node_id'), ['placed_node_id'], unique=False)
+        batch_op.create_index('ix_attempts_state_line_position', ['state', 'line_position'], unique=False)
         batch_op.create_foreign_key(batch_op.f('fk_attempts_placed_node_id_nodes'), 'nodes', ['placed_node_id'], ['id'],
                                     ondelete='SET NULL')
         batch_op.create_foreign_key(batch_op.f('fk_attempts_reserved_node_id_nodes'), 'nodes', ['reserved_node_id'],
@@ -95,6 +96,7 @@ def downgrade() -> None:
         batch_op.drop_constraint(batch_op.f('fk_attempts_pinned_node_id_nodes'), type_='foreignkey')
         batch_op.drop_constraint(batch_op.f('fk_attempts_reserved_node_id_nodes'), type_='foreignkey')
         batch_op.drop_constraint(batch_op.f('fk_attempts_placed_node_id_nodes'), type_='foreignkey')
+        batch_op.drop_index('ix_attempts_state_line_position')
         batch_op.drop_index(batch_op.f('ix_attempts_placed_node_id'))
         for column in ('reserved_from', 'reserved_node_id', 'line_position', 'waiting', 'pinned_node_id', 'placed_at', 'placed_gpus',
                        'placed_node_id'):

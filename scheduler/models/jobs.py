@@ -105,6 +105,8 @@ class Attempt(Base):
     __table_args__ = (
         UniqueConstraint("op_id", "number"),
         Index("ix_attempts_state_offered_at", "state", "offered_at"),
+        # A hand-off reads the first in line (scheduler.placing.hand_off).
+        Index("ix_attempts_state_line_position", "state", "line_position"),
         # The overview's utilisation chart reads the attempts that ended in the last hours.
         Index("ix_attempts_finished_at", "finished_at"),
     )
