@@ -90,6 +90,8 @@ def main() -> None:
                     select(Attempt.started_at, Attempt.created_at, Attempt.gpus)) if len(gpus) == 4]
                 used = sum(len(gpus) * (end - start).total_seconds() for start, end, gpus, _ in runs)
                 handoffs = hand_off_gaps(runs)
+                first_submit = conn.execute(select(func.min(Attempt.created_at))).scalar()
+                while_waiting = use_while_waiting(runs, first_submit, total_gpus)
             engine.dispose()
         finally:
             for agent in agents:
@@ -108,6 +110,7 @@ def main() -> None:
     print(f"{'bound (4-GPU ops on one node)':30} {bound:11.2f} {work / (total_gpus * bound):8.0%}")
     print(f"{'peergrid':30} {makespan:11.2f} {used / (total_gpus * makespan):8.0%}")
     print(f"ratio of makespans (peergrid / ideal): {makespan / ideal:.2f}")
+    print(f"GPU use while work waited (from the first submit to the last op's start): {while_waiting:.0%}")
     if big_waits:
         print(f"4-GPU ops ({len(big_waits)}): waited {sum(big_waits) / len(big_waits):.1f} s on average, "
               f"{max(big_waits):.1f} s at most, of a {makespan:.1f} s makespan")
@@ -115,6 +118,19 @@ def main() -> None:
         handoffs.sort()
         print(f"hand-off, a GPU's op ending to its next op starting, where one followed at once ({len(handoffs)}): "
               f"p50 {handoffs[len(handoffs) // 2] * 1000:.0f} ms, p90 {handoffs[int(len(handoffs) * 0.9)] * 1000:.0f} ms")
+
+
+def use_while_waiting(runs, since, total_gpus: int) -> float:
+    """Busy GPU-seconds over available GPU-seconds from since to the last start: while some op
+    waited, so any idle GPU then is placement's doing, not the tail's (the last ops running alone)."""
+    until = max(start for start, _, _, _ in runs)
+    span = (until - since).total_seconds()
+    if span <= 0:
+        return 1.0
+    busy = sum(
+        len(gpus) * max(0.0, (min(end, until) - max(start, since)).total_seconds()) for start, end, gpus, _ in runs
+    )
+    return busy / (total_gpus * span)
 
 
 def hand_off_gaps(runs) -> list[float]:
