@@ -13,8 +13,10 @@ commits, and every second regardless. When a node reports an attempt finished, t
 work is placed at once and handed back in the answer (hand_off), so freed GPUs do not idle while
 the report waits for a pass and the node for an offer.
 
-At most one placer writes at a time: each placing transaction first locks the `placement` row of
-the leases table (SQLite's single writer does the same there).
+At most one pass writes at a time: each locks the `placement` row of the leases table before it
+writes (SQLite's single writer does the same there). A pass and a hand-off write only attempts that
+still wait unplaced, and a claim is refused GPUs another attempt holds, so they cannot give one
+attempt, or one GPU, twice.
 """
 
 from __future__ import annotations
@@ -392,7 +394,8 @@ def hand_off(session: Session, node: Node, *, half_life_s: float, now: datetime 
     now = now or utcnow()
     # The node the freed capacity was on is placed now; what is left free there no waiting work fits.
     session.info.pop(_FREED, None)
-    lock_placement(session, now)
+    # No placement lock: a hand-off writes only attempts still unplaced, as a pass does, and a GPU
+    # both take is refused to the second claim; so finishes on many nodes do not wait on each other.
     markets = _markets(session)
     rooms = node_rooms(session, markets, now=now, node_ids=[node.id])
     if not rooms:

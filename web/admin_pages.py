@@ -92,6 +92,14 @@ def users():
     )
 
 
+def _user(user_id: int) -> User:
+    """The user of a form's URL; 404 when there is none."""
+    user = db().get(User, user_id)
+    if user is None:
+        abort(404, f"There is no user {user_id}.")
+    return user
+
+
 def _form_limit(name: str, label: str) -> int | None:
     raw = request.form.get(name, "").strip()
     if not raw:
@@ -128,9 +136,7 @@ def quota_set():
 def max_priority(user_id: int):
     """Set the highest priority a person may ask for; empty gives them the cluster's default."""
     check_csrf()
-    user = db().get(User, user_id)
-    if user is None:
-        abort(404, f"There is no user {user_id}.")
+    user = _user(user_id)
     raw = request.form.get("max_priority", "").strip()
     try:
         if raw and not raw.isdigit():
@@ -146,9 +152,7 @@ def max_priority(user_id: int):
 @admin_required
 def grant(user_id: int):
     check_csrf()
-    user = db().get(User, user_id)
-    if user is None:
-        abort(404, f"There is no user {user_id}.")
+    user = _user(user_id)
     try:
         amount = ledger.parse_credits(request.form.get("credits", ""))
         ledger.grant(db(), user, amount, memo=request.form.get("memo", ""), actor=session_user(),
