@@ -480,11 +480,16 @@ class FinishedReport:
     exit_code: int | None
     error: str | None = None
     lines: tuple[LogRecord, ...] = ()
+    # Whether the node takes more work now: the answer carries its next work only then (not while
+    # it drains or stops).
+    more: bool = True
 
     def to_wire(self) -> dict[str, Any]:
         body: dict[str, Any] = {"exit_code": self.exit_code, "error": self.error}
         if self.lines:
             body["lines"] = [line.to_wire() for line in self.lines]
+        if not self.more:
+            body["more"] = False
         return body
 
     @classmethod
@@ -501,7 +506,10 @@ class FinishedReport:
         lines = body.get("lines") or []
         if not isinstance(lines, list):
             raise ProtocolError('lines must be a list of {"seq", "stream", "text"}.')
-        return cls(exit_code=exit_code, error=error, lines=tuple(log_records(lines, most=most_lines)))
+        more = body.get("more", True)
+        if not isinstance(more, bool):
+            raise ProtocolError("more must be true or false: whether the node takes more work now.")
+        return cls(exit_code=exit_code, error=error, lines=tuple(log_records(lines, most=most_lines)), more=more)
 
 
 @dataclass(frozen=True)

@@ -112,7 +112,7 @@ class Agent:
         self.volumes = Volumes(self.runtime, lambda: self.owner, self._busy_jobs)
         # Outcomes the server has not taken yet, and their delivery (worker.delivery).
         self.outbox = Outbox(settings.data_dir / "outbox" if settings.data_dir else None)
-        self.delivery = Delivery(self.outbox, lambda: self.client, on_next=self._handed)
+        self.delivery = Delivery(self.outbox, lambda: self.client, on_next=self._handed, taking=self._taking)
         # Work the server handed over with a finished report's answer, claimed for this node, waiting
         # for the GPUs the ended attempt still holds here to be let go.
         self._next: list[WorkOrder] = []
@@ -275,10 +275,22 @@ class Agent:
             return
         self.start(answer.order)
 
+    def _taking(self) -> bool:
+        """Whether this node takes more work now: registered, and not draining, leaving or stopping."""
+        return self.registration is not None and not (self.draining or self.leaving or self.stopping.is_set())
+
     def _handed(self, orders: tuple[WorkOrder, ...]) -> None:
         """Take the next work a finished report's answer carried; it starts once its GPUs are free here."""
         if self.registration is None:
             # Outcomes of an earlier run, delivered before registering, which gives up whatever was handed.
+            return
+        if not self._taking():
+            # Handed over as this node began to drain or stop: give it back, to be placed elsewhere.
+            for order in orders:
+                try:
+                    self.client.release(order.id, ReleaseReport(reason="its worker takes no more work"))
+                except ServerError as e:
+                    log.warning("could not give back attempt %s (the server takes it back later): %s", order.id, e)
             return
         with self._lock:
             self._next.extend(orders)

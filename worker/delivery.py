@@ -22,8 +22,11 @@ class Delivery:
     """Sends the outcomes kept in an outbox to the server; every method may be called from any thread."""
 
     def __init__(self, outbox: Outbox, client: Callable[[], NodeClient],
-                 on_next: Callable[[tuple[WorkOrder, ...]], None] = lambda orders: None):
+                 on_next: Callable[[tuple[WorkOrder, ...]], None] = lambda orders: None,
+                 taking: Callable[[], bool] = lambda: False):
         self.outbox = outbox
+        # Whether the node takes more work now, asked as each finished report goes out.
+        self._taking = taking
         # Given the next work a finished report's answer carries, claimed for this node already.
         self._on_next = on_next
         # The node's client, asked each time: which node token it carries is settled as the agent runs.
@@ -110,7 +113,8 @@ class Delivery:
             if isinstance(report, ReleaseReport):
                 client.release(attempt_id, replace(report, lines=lines), retries=retries)
             else:
-                answer = client.finished(attempt_id, replace(report, lines=lines), retries=retries)
+                answer = client.finished(attempt_id, replace(report, lines=lines, more=self._taking()),
+                                         retries=retries)
                 if answer.next:
                     self._on_next(answer.next)
         except AttemptGone:

@@ -94,7 +94,8 @@ def attempt_finished(attempt_id: int):
     settings = core().settings
     attempt = report_finished(db(), node, attempt_id, report, limits=_log_limits())
     # The node's next work, placed and claimed in the same transaction, so its GPUs start again at once.
-    orders = next_work(db(), node, half_life_s=settings.fair_share_half_life_s, all_private=settings.private_endpoints)
+    orders = next_work(db(), node, half_life_s=settings.fair_share_half_life_s,
+                       all_private=settings.private_endpoints) if report.more else []
     return jsonify(FinishedAnswer(id=attempt.id, state=attempt.state.value, next=tuple(orders)).to_wire())
 
 
