@@ -45,6 +45,8 @@ GPUS_PER_NODE = 2
 EVENTS_PER_JOB = 4
 LINES_PER_JOB = 3
 CHUNK = 5_000
+# Seconds of heartbeats alone, before the person's requests, over which their CPU cost is measured.
+CPU_PROBE_S = 5.0
 
 
 @dataclass
@@ -250,6 +252,49 @@ class HeartbeatLoad:
             round_ += 1
 
 
+def group_cpu_s(pgid: int) -> float:
+    """CPU seconds (user and system) used so far by the live processes of a process group."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        if int(fields[2]) == pgid:  # pgrp; utime and stime follow at 11 and 12
+            total += int(fields[11]) + int(fields[12])
+    return total / tick
+
+
+def machine_busy_s() -> tuple[float, float]:
+    """(busy, all) CPU seconds of the whole machine so far, from /proc/stat."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = values[3] + values[4]
+    tick = os.sysconf("SC_CLK_TCK")
+    return (sum(values) - idle) / tick, sum(values) / tick
+
+
+@dataclass
+class CpuProbe:
+    """What heartbeats alone cost: the web's CPU per heartbeat and the machine's busy share."""
+
+    heartbeats: int
+    web_ms_per_heartbeat: float
+    machine_busy: float
+
+
+def probe_cpu(load: "HeartbeatLoad", web_pgid: int, seconds: float) -> CpuProbe:
+    """Measure while only the heartbeats run (the person waits)."""
+    web0, (busy0, all0), n0 = group_cpu_s(web_pgid), machine_busy_s(), len(load.latencies)
+    time.sleep(seconds)
+    web1, (busy1, all1), n1 = group_cpu_s(web_pgid), machine_busy_s(), len(load.latencies)
+    beats = max(1, n1 - n0)
+    return CpuProbe(beats, (web1 - web0) * 1000 / beats, (busy1 - busy0) / max(1e-9, all1 - all0))
+
+
 Requests = dict[str, Callable[[], requests.Response]]
 
 
@@ -292,7 +337,11 @@ def count_statements(stack: Stack, seeded: Seeded, image: str) -> dict[str, int]
     """Statements the store runs for each request kind, in-process on the same data."""
     from web import create_app
 
+    from scheduler.hearing import Ears
+
     app = create_app(stack.settings)
+    # As a serving process has it: heard times wait for its hearing thread (here never run).
+    app.extensions["peergrid.ears"] = Ears(app.extensions["peergrid"], "bench-count")
     engine = app.extensions["peergrid"].engine
     counted = [0]
 
@@ -342,6 +391,7 @@ class Figures:
     heartbeat: HeartbeatLoad
     statements: dict[str, int]
     seed_s: float
+    cpu: CpuProbe
 
 
 @contextmanager
@@ -368,10 +418,11 @@ def one_store(
         load = HeartbeatLoad(stack.url, seeded.node_tokens, interval_s=HEARTBEAT_INTERVAL_S)
         load.start()
         time.sleep(1)
+        cpu = probe_cpu(load, stack.process("web").pid, CPU_PROBE_S)
         times = measure(kinds, rounds)
         load.stop()
         statements = count_statements(stack, seeded, image)
-        return Figures(times=times, quiet=quiet, heartbeat=load, statements=statements, seed_s=seed_s)
+        return Figures(times=times, quiet=quiet, heartbeat=load, statements=statements, seed_s=seed_s, cpu=cpu)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -397,6 +448,10 @@ def report(setup: str, nodes: int, jobs: int, big: Figures, small: Figures, serv
     hb = big.heartbeat
     print(f"heartbeats: {len(hb.latencies)} answered at {hb.rate():.1f}/s (target {nodes / HEARTBEAT_INTERVAL_S:.0f}/s), "
           f"{hb.errors} failed, {hb.late} more than an interval late")
+    for name, figures in (("large", big), ("base", small)):
+        cpu = figures.cpu
+        print(f"heartbeats alone, {name} store ({CPU_PROBE_S:.0f} s, {cpu.heartbeats} heartbeats): "
+              f"web {cpu.web_ms_per_heartbeat:.2f} ms CPU each, machine {cpu.machine_busy:.0%} busy")
 
 
 def main() -> None:
