@@ -35,8 +35,7 @@ NODE_REPORTED = ("simulated", "gpu_message", "agent_version", "hostname", "cpu_c
                  "serves_endpoints")
 NODE_FACTS = frozenset({"simulated", "cpu_count", "memory_mb", "slots", "serves_endpoints"})
 
-_NODE_COLUMNS = ("id", "name", "state", "drain_requested", "removed_at", "banned_at", "ban_reason",
-                 "last_heartbeat_at", *NODE_REPORTED)
+_NODE_COLUMNS = ("id", "name", "state", "drain_requested", "removed_at", "banned_at", "ban_reason", *NODE_REPORTED)
 _GPU_COLUMNS = ("id", "uuid", *GPU_FACTS, *GPU_READINGS)
 
 
@@ -51,7 +50,6 @@ class HeardNode:
     removed_at: datetime | None
     banned_at: datetime | None
     ban_reason: str | None
-    last_heartbeat_at: datetime | None
     simulated: bool
     gpu_message: str | None
     agent_version: str | None
