@@ -72,14 +72,12 @@ def gpu_utilisation(session: Session, *, hours: int = 24, now: datetime | None =
     )
     attempts = session.execute(
         select(Attempt.started_at, Attempt.finished_at, gpus_held)
-        .where(Attempt.started_at.is_not(None))
+        .where(Attempt.started_at.is_not(None), gpus_held > 0)  # a CPU op's rows are not even read
         .where(or_(Attempt.finished_at.is_(None), Attempt.finished_at > start))
     ).all()
     used = [0.0] * hours
     # Each attempt adds its GPU-seconds to the hours it overlaps, and only to those.
     for began, ended, gpus in attempts:
-        if not gpus:
-            continue  # a CPU op's
         lo, hi = max(began, start), min(ended or current, end_of_window)
         if hi <= lo:
             continue
