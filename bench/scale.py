@@ -45,6 +45,8 @@ GPUS_PER_NODE = 2
 EVENTS_PER_JOB = 4
 LINES_PER_JOB = 3
 CHUNK = 5_000
+# Seconds of heartbeats alone, before the person's requests, over which their CPU cost is measured.
+CPU_PROBE_S = 5.0
 
 
 @dataclass
@@ -250,6 +252,49 @@ class HeartbeatLoad:
             round_ += 1
 
 
+def group_cpu_s(pgid: int) -> float:
+    """CPU seconds (user and system) used so far by the live processes of a process group."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        if int(fields[2]) == pgid:  # pgrp; utime and stime follow at 11 and 12
+            total += int(fields[11]) + int(fields[12])
+    return total / tick
+
+
+def machine_busy_s() -> tuple[float, float]:
+    """(busy, all) CPU seconds of the whole machine so far, from /proc/stat."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = values[3] + values[4]
+    tick = os.sysconf("SC_CLK_TCK")
+    return (sum(values) - idle) / tick, sum(values) / tick
+
+
+@dataclass
+class CpuProbe:
+    """What heartbeats alone cost: the web's CPU per heartbeat and the machine's busy share."""
+
+    heartbeats: int
+    web_ms_per_heartbeat: float
+    machine_busy: float
+
+
+def probe_cpu(load: "HeartbeatLoad", web_pgid: int, seconds: float) -> CpuProbe:
+    """Measure while only the heartbeats run (the person waits)."""
+    web0, (busy0, all0), n0 = group_cpu_s(web_pgid), machine_busy_s(), len(load.latencies)
+    time.sleep(seconds)
+    web1, (busy1, all1), n1 = group_cpu_s(web_pgid), machine_busy_s(), len(load.latencies)
+    beats = max(1, n1 - n0)
+    return CpuProbe(beats, (web1 - web0) * 1000 / beats, (busy1 - busy0) / max(1e-9, all1 - all0))
+
+
 Requests = dict[str, Callable[[], requests.Response]]
 
 
@@ -292,7 +337,11 @@ def count_statements(stack: Stack, seeded: Seeded, image: str) -> dict[str, int]
     """Statements the store runs for each request kind, in-process on the same data."""
     from web import create_app
 
+    from scheduler.hearing import Ears
+
     app = create_app(stack.settings)
+    # As a serving process has it: heard times wait for its hearing thread (here never run).
+    app.extensions["peergrid.ears"] = Ears(app.extensions["peergrid"], "bench-count")
     engine = app.extensions["peergrid"].engine
     counted = [0]
 
@@ -342,6 +391,7 @@ class Figures:
     heartbeat: HeartbeatLoad
     statements: dict[str, int]
     seed_s: float
+    cpu: CpuProbe | None
 
 
 @contextmanager
@@ -354,7 +404,8 @@ def running_stack(setup: str, root: Path) -> Iterator[Stack]:
 
 
 def one_store(
-    setup: str, *, nodes: int, jobs: int, rounds: int, image: str, rng: random.Random, processes: int
+    setup: str, *, nodes: int, jobs: int, rounds: int, image: str, rng: random.Random, processes: int,
+    cpu_probe_s: float = 0.0,
 ) -> Figures:
     with tempfile.TemporaryDirectory() as tmp, running_stack(setup, Path(tmp)) as stack:
         stack.start_web(processes=processes)
@@ -368,10 +419,11 @@ def one_store(
         load = HeartbeatLoad(stack.url, seeded.node_tokens, interval_s=HEARTBEAT_INTERVAL_S)
         load.start()
         time.sleep(1)
+        cpu = probe_cpu(load, stack.process("web").pid, cpu_probe_s) if cpu_probe_s else None
         times = measure(kinds, rounds)
         load.stop()
         statements = count_statements(stack, seeded, image)
-        return Figures(times=times, quiet=quiet, heartbeat=load, statements=statements, seed_s=seed_s)
+        return Figures(times=times, quiet=quiet, heartbeat=load, statements=statements, seed_s=seed_s, cpu=cpu)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -397,6 +449,10 @@ def report(setup: str, nodes: int, jobs: int, big: Figures, small: Figures, serv
     hb = big.heartbeat
     print(f"heartbeats: {len(hb.latencies)} answered at {hb.rate():.1f}/s (target {nodes / HEARTBEAT_INTERVAL_S:.0f}/s), "
           f"{hb.errors} failed, {hb.late} more than an interval late")
+    # (Measured on the large store only: the baseline's 10 nodes send too few for a figure per heartbeat.)
+    cpu = big.cpu
+    print(f"heartbeats alone, {CPU_PROBE_S:.0f} s before the person's requests ({cpu.heartbeats} heartbeats): "
+          f"web {cpu.web_ms_per_heartbeat:.2f} ms CPU each, machine {cpu.machine_busy:.0%} busy")
 
 
 def main() -> None:
@@ -414,7 +470,7 @@ def main() -> None:
         rng = random.Random(7)
         common = dict(rounds=args.requests, image=args.image, rng=rng, processes=args.processes)
         small = one_store(setup, nodes=10, jobs=500, **common)
-        big = one_store(setup, nodes=args.nodes, jobs=args.jobs, **common)
+        big = one_store(setup, nodes=args.nodes, jobs=args.jobs, cpu_probe_s=CPU_PROBE_S, **common)
         server = f"gunicorn, {args.processes} processes × 4 threads" if args.processes else "peergrid web (waitress, 8 threads)"
         report(setup, args.nodes, args.jobs, big, small, server)
 

@@ -12,6 +12,9 @@ from sqlalchemy.orm import Session
 
 from protocol.messages import GpuReport, HeartbeatAnswer, NodeReport, Registration
 from scheduler.hearing import Hearing
+from scheduler.heartbeats import HeardNode, held_attempts, write_report
+from scheduler.heartbeats import gateway_refs as heard_gateways
+from scheduler.last_seen import SeenBuffer
 from scheduler.accounts import NODE_TOKEN_PREFIX, hash_token, new_token
 from scheduler.errors import AuthenticationError, Banned, Conflict, PeergridError
 from scheduler.markets import market_spec
@@ -174,45 +177,54 @@ def register(
 
 def heartbeat(
     session: Session,
-    node: Node,
+    node: Node | HeardNode,
     report: NodeReport,
     *,
     heartbeat_interval_s: float = 10.0,
     now: datetime | None = None,
+    seen: SeenBuffer | None = None,
 ) -> HeartbeatAnswer:
     """Refresh a node from its heartbeat and reconcile what it holds both ways: attempts it runs
     that are no longer its own it must stop; attempts the server thinks it holds but it neither
     runs nor keeps an outcome of are lost. Answer with what it must stop, how long what it holds
-    may run, and which of the jobs it keeps volumes for have ended."""
+    may run, and which of the jobs it keeps volumes for have ended.
+
+    Only what the report changes is written (scheduler.heartbeats); with seen, the time the node
+    was heard waits there to be written in a batch. A change placement reads asks for a pass.
+    """
     from scheduler.attempts import lose_forgotten
+    from scheduler.placing import want_pass
 
     now = now or utcnow()
-    rows = session.execute(
-        select(Attempt.id, Op.timeout_s, Attempt.claimed_at)
-        .join(Op, Op.id == Attempt.op_id)
-        .where(Attempt.node_id == node.id, Attempt.state.in_(ATTEMPT_HELD))
-    ).all()
+    loaded = node if isinstance(node, Node) else None
+    if loaded is not None:
+        session.flush()  # what the caller changed is stored before the report is compared with it
+    heard = HeardNode.of(node) if loaded is not None else node
+    rows = held_attempts(session, heard.id)
     accounted = set(report.running) | set(report.undelivered)
     # An attempt claimed within the last interval may have been won after the node made its report.
     cutoff = now - timedelta(seconds=heartbeat_interval_s)
     forgotten = [a for a, _, claimed in rows if a not in accounted and claimed is not None and claimed < cutoff]
     if forgotten:
-        lose_forgotten(session, node, forgotten, now=now)
+        lose_forgotten(session, loaded or session.get(Node, heard.id), forgotten, now=now)
     held = {a: timeout for a, timeout, _ in rows if a not in forgotten}
-    record_report(session, node, report, holds=bool(held), now=now)
-    from scheduler.endpoints import gateway_refs
+    outcome = write_report(session, heard, report, holds=bool(held), now=now, seen=seen)
+    if outcome.placement_changed:
+        want_pass(session)
+    if loaded is not None and outcome.wrote:
+        session.expire(loaded)  # its row and GPUs were written past the ORM
 
     return HeartbeatAnswer(
-        state=node.state.value,
+        state=outcome.state.value,
         # Attempts the node runs that are no longer its own (cancelled, or given to another node).
         cancel=tuple(sorted(set(report.running) - set(held))),
         time_limits=held,
-        ended_jobs=tuple(ended_jobs(session, node, report.volume_jobs)),
-        gateways=gateway_refs(session, now=now),
+        ended_jobs=tuple(ended_jobs(session, heard, report.volume_jobs)),
+        gateways=heard_gateways(session, now=now),
     )
 
 
-def ended_jobs(session: Session, node: Node, job_ids: tuple[int, ...]) -> list[int]:
+def ended_jobs(session: Session, node: Node | HeardNode, job_ids: tuple[int, ...]) -> list[int]:
     """Of job_ids, those that have ended and that node ran an attempt of; of other jobs it learns nothing."""
     if not job_ids:
         return []

@@ -91,11 +91,16 @@ def test_a_submit_runs_a_bounded_number_of_statements(client, core):
     assert len(seen) <= 22, "\n".join(s.split("\n")[0][:120] for s in seen)
 
 
-def test_a_heartbeat_runs_five_statements(client, core):
+def test_a_heartbeat_runs_four_statements_and_three_where_its_time_is_batched(app, client, core):
+    from scheduler.hearing import Ears
+
     _, node_token, _ = factories.node(core)
     report = {"gpus": [{"index": 0, "uuid": "GPU-0", "name": "NVIDIA L4"}], "simulated": True, "running": []}
     client.post("/api/v1/node/register", json=report, headers=bearer(node_token))
     beat = lambda: client.post("/api/v1/node/heartbeat", json=report, headers=bearer(node_token))  # noqa: E731
-    # The node by its token, its held attempts, its GPUs, the update of its last heartbeat, and the
-    # live gateways (which the answer carries, so the node follows them).
-    assert counted(core, beat) == 5
+    # The node by its token with its GPUs, its held attempts, the update of its last heartbeat, and
+    # the live gateways (which the answer carries, so the node follows them).
+    assert counted(core, beat) == 4
+    # A serving process's hearing thread writes the heard time in its next mark (scheduler.last_seen).
+    app.extensions["peergrid.ears"] = Ears(core, "test")
+    assert counted(core, beat) == 3

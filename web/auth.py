@@ -63,14 +63,19 @@ def require_admin() -> User:
     return user
 
 
-def require_node() -> Node:
+def node_token() -> str:
+    """The node token a worker agent sends; whose it is, scheduler.nodes.node_for_token says."""
     token = bearer_token()
     if token is None:
         raise AuthenticationError("Send the node token as 'Authorization: Bearer <token>'.")
     if token.startswith(JOIN_TOKEN_PREFIX):
         raise AuthenticationError("This is a join token: a worker joins with it (PEERGRID_JOIN_TOKEN) and then "
                                   "speaks with the node token it got.")
-    return node_for_token(db(), token)
+    return token
+
+
+def require_node() -> Node:
+    return node_for_token(db(), node_token())
 
 
 def require_join_token() -> str:

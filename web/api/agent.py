@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import jsonify, request, send_file
+from flask import current_app, jsonify, request, send_file
 
 from protocol.messages import FinishedAnswer, FinishedReport, NodeReport, ReleaseReport, log_records
 from protocol.services import HealthReport
@@ -25,9 +25,10 @@ from scheduler.attempts import (
 )
 from scheduler.errors import PeergridError
 from scheduler.health import report_health
+from scheduler.heartbeats import heard_node
 from scheduler.nodes import heartbeat, register
 from web.api import bp
-from web.auth import require_node
+from web.auth import node_token, require_node
 from web.db import core, db
 
 
@@ -57,8 +58,12 @@ def node_register():
 
 @bp.post("/node/heartbeat")
 def node_heartbeat():
+    """The hottest route: read in one select, written only where the report changed something, the
+    time it was heard batched by this process's hearing thread when it runs one (scheduler.last_seen)."""
+    ears = current_app.extensions.get("peergrid.ears")
     answer = heartbeat(
-        db(), require_node(), NodeReport.from_wire(_body()), heartbeat_interval_s=core().settings.heartbeat_interval_s
+        db(), heard_node(db(), node_token()), NodeReport.from_wire(_body()),
+        heartbeat_interval_s=core().settings.heartbeat_interval_s, seen=ears.seen if ears is not None else None,
     )
     return jsonify(answer.to_wire())
 
