@@ -87,8 +87,9 @@ def test_a_submit_runs_a_bounded_number_of_statements(client, core):
     submit(client, token, 1)
     with statements(core) as seen:
         submit(client, token, 1)
-    # Token, user, markets; the job and its op; the escrow; the attempt and its events.
-    assert len(seen) <= 22, "\n".join(s.split("\n")[0][:120] for s in seen)
+    # Token, user, markets, whether a waiting quota applies; the job and its op; the escrow; the
+    # attempt and its events.
+    assert len(seen) <= 23, "\n".join(s.split("\n")[0][:120] for s in seen)
 
 
 def test_a_heartbeat_runs_four_statements_and_three_where_its_time_is_batched(app, client, core):
