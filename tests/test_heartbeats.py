@@ -3,11 +3,10 @@ reaper still takes silent nodes, and only those, offline."""
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import event, select, update
+from sqlalchemy import select, update
 
 from protocol.messages import NodeReport
 from scheduler.hearing import Ears, hearing
@@ -18,6 +17,7 @@ from scheduler.placing import take_wanted
 from scheduler.states import NodeState, utcnow
 from tests import factories
 from tests.factories import bearer
+from tests.test_queries import statements
 
 GPU = {"uuid": "GPU-1", "index": 0, "name": "NVIDIA A100", "memory_total_mb": 81920, "memory_free_mb": 80000,
        "compute_capability": "8.0", "cuda_version": "12.4", "driver_version": "550.54", "utilization_pct": 3,
@@ -26,19 +26,6 @@ REPORT = {"hostname": "rig", "cpu_count": 8, "memory_mb": 32000, "slots": 2, "ag
           "simulated": True, "gpus": [GPU]}
 
 
-@contextmanager
-def statements(core):
-    """The SQL statements the store runs inside the block."""
-    seen: list[str] = []
-
-    def tally(conn, cursor, statement, *args):
-        seen.append(statement)
-
-    event.listen(core.engine, "before_cursor_execute", tally)
-    try:
-        yield seen
-    finally:
-        event.remove(core.engine, "before_cursor_execute", tally)
 
 
 def writes(seen: list[str]) -> list[str]:
