@@ -162,8 +162,7 @@ def waiting_quota_problem(
         ).order_by(Quota.market_id.is_not(None), Quota.market_id)
     ))
     for quota in quotas:
-        limit = quota.max_waiting_jobs
-        assert limit is not None  # selected for it
+        limit = int(quota.max_waiting_jobs or 0)  # never None: selected for it
         waiting = waiting_jobs(session, user, quota.market_id)
         if waiting + adding <= limit:
             continue
