@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Iterable
 
-from sqlalchemy import distinct, func, insert, select, update
+from sqlalchemy import and_, distinct, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
@@ -336,15 +336,19 @@ def array_jobs(session: Session, array: JobArray, *, page: int = 1, per_page: in
 
 
 def running_counts(session: Session, array_ids: Iterable[int]) -> dict[int, int]:
-    """For each array, how many of its jobs have an attempt a node holds now (claimed or running);
-    arrays with none are left out. What a placement pass holds to an array's max_running."""
+    """For each array, how many of its jobs have an attempt a node holds now (claimed or running) or
+    is placed on and yet to claim; arrays with none are left out. What a placement pass holds to an
+    array's max_running (scheduler.placing)."""
     ids = list(array_ids)
     if not ids:
         return {}
     rows = session.execute(
         select(Job.array_id, func.count(distinct(Job.id)))
         .join(Op, Op.job_id == Job.id).join(Attempt, Attempt.op_id == Op.id)
-        .where(Job.array_id.in_(ids), Attempt.state.in_(ATTEMPT_HELD))
+        .where(Job.array_id.in_(ids), or_(
+            Attempt.state.in_(ATTEMPT_HELD),
+            and_(Attempt.state == AttemptState.QUEUED, Attempt.placed_node_id.is_not(None)),
+        ))
         .group_by(Job.array_id)
     )
     return {array_id: n for array_id, n in rows}

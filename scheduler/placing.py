@@ -248,16 +248,10 @@ def _limits(session: Session, wants: list[Want], markets: dict[int, Market]) -> 
             select(JobArray.id, JobArray.max_running).where(JobArray.id.in_(arrays), JobArray.max_running.is_not(None))
         ).all())
         if limits:
-            busy = defaultdict(set)
-            for array_id, job_id in _read(session, 
-                select(Job.array_id, Job.id).join(Op, Op.job_id == Job.id).join(Attempt, Attempt.op_id == Op.id)
-                .where(Job.array_id.in_(list(limits)), or_(
-                    Attempt.state.in_(ATTEMPT_HELD),
-                    and_(Attempt.state == AttemptState.QUEUED, Attempt.placed_node_id.is_not(None)),
-                ))
-            ):
-                busy[array_id].add(job_id)
-            room = {array_id: most - len(busy[array_id]) for array_id, most in limits.items()}
+            from scheduler.arrays import running_counts  # arrays asks placing for passes
+
+            busy = running_counts(session, limits)
+            room = {array_id: most - busy.get(array_id, 0) for array_id, most in limits.items()}
     return Limits(running_quota=quotas, running=dict(running), array_room=room)
 
 
